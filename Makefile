@@ -1,0 +1,28 @@
+# Two commands for a newcomer: `make demo` and `make test`. Both create .venv when missing.
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+# torch first and pinned to the build this machine keeps on disk; override for another machine,
+# e.g. `make test TORCH_PKGS="torch torchvision"`
+TORCH_PKGS ?= torch==2.14.1 torchvision==0.29.1
+PYTEST_ARGS ?=
+
+.PHONY: setup test demo clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PKGS)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+demo: setup
+	$(PY) -m timm_aconv.demo
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

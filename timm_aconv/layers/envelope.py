@@ -1,0 +1,79 @@
+""" Normalized Gaussian envelope of adaptive convolution kernels
+
+Paper: `Adaptive Convolution Kernel for Artificial Neural Networks` (F. Boray Tek et al.),
+section 3.2 (the circular Gaussian envelope, eq. 11) and section 3.3 (its normalization,
+eq. 21 and Theorem 3.1).
+
+For every output filter q with aperture ``sigma_q`` the envelope on an n×n grid is
+
+    U_q[k, l] = s_q * exp(-||g_kl - mu||² / (2 sigma_q² + 1e-8))
+
+with grid coordinates ``g_kl = (k / (n - 1), l / (n - 1))`` normalized to the unit square
+(both edges included), the fixed centre ``mu = (0.5, 0.5)`` and ``s_q`` chosen so that
+``sum_kl U_q[k, l]² == n²``: the mean squared coefficient is one, which keeps the mean
+variance of ``W ∘ U`` equal to that of ``W`` whatever sigma is (Theorem 3.1).
+"""
+from typing import List
+
+import torch
+
+__all__ = ['grid_sq_distance', 'gaussian_envelope', 'centre_energy_fraction', 'effective_kernel_size']
+
+# the authors' guard against a division by zero for sigma -> 0
+SIGMA_EPS = 1e-8
+
+
+def grid_sq_distance(kernel_size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """ Squared distance of each point of the normalized n×n grid to its centre, shape (n, n). """
+    coords = torch.linspace(-0.5, 0.5, kernel_size, device=device, dtype=dtype)
+    return coords.unsqueeze(1).square() + coords.unsqueeze(0).square()
+
+
+def gaussian_envelope(sigma: torch.Tensor, kernel_size: int, eps: float = SIGMA_EPS) -> torch.Tensor:
+    """ Normalized circular Gaussian envelopes, one per aperture.
+
+    Args:
+        sigma: apertures in normalized grid units, shape (filters,).
+        kernel_size: odd base-grid size n.
+        eps: added to 2 sigma² against a division by zero (the authors' 1e-8).
+
+    Returns:
+        Envelopes of shape (filters, n, n) with ``envelope[q].square().sum() == n * n``.
+    """
+    sq_distance = grid_sq_distance(kernel_size, sigma.device, sigma.dtype)
+    two_var = 2 * sigma.square() + eps
+    raw = torch.exp(-sq_distance / two_var[:, None, None])
+    # s_q of eq. 21: scale each envelope so that its squared coefficients sum to n²
+    scale = kernel_size / raw.square().sum(dim=(1, 2), keepdim=True).sqrt()
+    return raw * scale
+
+
+def centre_energy_fraction(kernel: torch.Tensor) -> List[float]:
+    """ Fraction of a kernel's energy (sum of squares) inside each odd centred window.
+
+    Args:
+        kernel: (..., n, n) tensor with odd n; energy is summed over every leading dim.
+
+    Returns:
+        ``fractions[i]`` is the energy share of the centred (2i+1)×(2i+1) window.
+    """
+    energy = kernel.detach().float().square().reshape(-1, *kernel.shape[-2:]).sum(0)
+    total = float(energy.sum())
+    n = energy.shape[-1]
+    centre = n // 2
+    fractions = []
+    for radius in range(centre + 1):
+        window = energy[centre - radius:centre + radius + 1, centre - radius:centre + radius + 1]
+        fractions.append(float(window.sum()) / total if total > 0 else 1.0)
+    return fractions
+
+
+def effective_kernel_size(kernel: torch.Tensor, energy: float = 0.95) -> int:
+    """ Smallest odd centred window of ``kernel`` (..., n, n) that holds ``energy`` of its energy. """
+    if not 0.0 < energy <= 1.0:
+        raise ValueError(f'energy must be in (0, 1], got {energy}')
+    for radius, fraction in enumerate(centre_energy_fraction(kernel)):
+        # a tiny tolerance so that energy=1.0 does not demand more than float rounding allows
+        if fraction >= energy - 1e-6:
+            return 2 * radius + 1
+    return kernel.shape[-1]

@@ -1,0 +1,103 @@
+""" Training helpers for the apertures (sigma) of adaptive layers
+
+The paper clips every sigma into [1/n, n] after each optimizer update (section 3.3,
+Algorithm 1) and its code keeps sigma out of the L2 penalty. These helpers give a whole
+model that treatment:
+
+    >>> optimizer = torch.optim.SGD(timm_aconv.param_groups(model, weight_decay=1e-4), lr=0.1)
+    >>> handle = timm_aconv.register_sigma_clamp(optimizer, model)  # clamps after every step()
+"""
+from typing import Dict, Iterator, List, Optional
+
+import torch
+import torch.nn as nn
+from torch.utils.hooks import RemovableHandle
+
+from .adaptive_conv import AdaptiveConv2d
+
+__all__ = ['adaptive_layers', 'clamp_sigmas_', 'register_sigma_clamp', 'param_groups']
+
+
+def adaptive_layers(model: nn.Module) -> Iterator[AdaptiveConv2d]:
+    """ Every :class:`AdaptiveConv2d` in ``model`` (each shared module once). """
+    return (module for module in model.modules() if isinstance(module, AdaptiveConv2d))
+
+
+def clamp_sigmas_(model: nn.Module) -> int:
+    """ Clip the sigma of every adaptive layer in ``model`` into its bounds; returns the layer count. """
+    count = 0
+    for layer in adaptive_layers(model):
+        layer.clamp_sigma_()
+        count += 1
+    return count
+
+
+def register_sigma_clamp(optimizer: torch.optim.Optimizer, model: nn.Module) -> RemovableHandle:
+    """ Clamp the sigmas of ``model`` after every ``optimizer.step()``.
+
+    Uses :meth:`torch.optim.Optimizer.register_step_post_hook`, so the clamp runs only when the
+    optimizer really steps: a step skipped under gradient accumulation (Accelerate's
+    ``AcceleratedOptimizer``) or by an AMP ``GradScaler`` after an overflow does not clamp.
+    Register it on the plain optimizer, before or after ``accelerator.prepare``.
+
+    Returns:
+        A handle whose ``remove()`` detaches the hook.
+    """
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f'optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}')
+    # an AcceleratedOptimizer is itself an Optimizer subclass wrapping the real one
+    target = getattr(optimizer, 'optimizer', optimizer)
+    if not isinstance(target, torch.optim.Optimizer):
+        target = optimizer
+
+    def _clamp_hook(_optimizer, _args, _kwargs):
+        clamp_sigmas_(model)
+
+    return target.register_step_post_hook(_clamp_hook)
+
+
+def param_groups(
+        model: nn.Module,
+        weight_decay: float = 0.0,
+        lr: Optional[float] = None,
+        sigma_lr_scale: float = 1.0,
+        no_weight_decay_1d: bool = True,
+) -> List[Dict]:
+    """ Optimizer parameter groups: decayed weights, undecayed rest, and sigma.
+
+    Args:
+        model: the model.
+        weight_decay: weight decay of the ``decay`` group (conv/linear weights; ``W`` of adaptive
+            layers, as the paper's L2 penalty is on W and not on W ∘ U).
+        lr: base learning rate; needed when ``sigma_lr_scale`` is not 1.
+        sigma_lr_scale: sigma's learning rate is ``lr * sigma_lr_scale``.
+        no_weight_decay_1d: biases and other 1-d parameters (norm layers) get no weight decay.
+
+    Returns:
+        A list of groups (each with a ``name``) for any ``torch.optim`` optimizer; empty groups
+        are left out. Sigma never gets weight decay.
+    """
+    if sigma_lr_scale <= 0:
+        raise ValueError(f'sigma_lr_scale must be > 0, got {sigma_lr_scale}')
+    if sigma_lr_scale != 1.0 and lr is None:
+        raise ValueError('param_groups needs lr to scale the sigma learning rate (sigma_lr_scale != 1)')
+    sigma_ids = {id(layer.sigma) for layer in adaptive_layers(model)}
+    decay, no_decay, sigmas = [], [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if id(param) in sigma_ids:
+            sigmas.append(param)
+        elif no_weight_decay_1d and (param.ndim <= 1 or name.endswith('.bias')):
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    groups = [
+        dict(name='decay', params=decay, weight_decay=weight_decay),
+        dict(name='no_decay', params=no_decay, weight_decay=0.0),
+        dict(name='sigma', params=sigmas, weight_decay=0.0),
+    ]
+    if lr is not None:
+        for group in groups:
+            group['lr'] = lr * (sigma_lr_scale if group['name'] == 'sigma' else 1.0)
+    return [group for group in groups if group['params']]

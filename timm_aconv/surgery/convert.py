@@ -1,0 +1,198 @@
+""" Model surgery: ordinary ``nn.Conv2d`` layers → :class:`AdaptiveConv2d`
+
+    >>> model = smp.Unet('resnet34', encoder_weights=None)
+    >>> convert_convs(model, sizes=[7], include=['encoder.conv1'])   # only the first conv
+
+With ``preserve=True`` (default) the converted model computes the same function at the moment
+of conversion: the original k×k kernel is centred in the n×n grid and divided by the envelope
+there, the rest of the grid starts at zero, and padding grows by ``dilation * (n - k) / 2`` so
+every output keeps its position and shape.
+"""
+import fnmatch
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+
+from ..layers.adaptive_conv import AdaptiveConv2d, SigmaInit, resolve_kernel_size
+from .module_tree import replace_modules
+
+__all__ = ['convert_convs', 'convert_conv', 'PRESERVE_SIGMA_INIT']
+
+# a wide envelope at conversion keeps the division by U mild (weights are rescaled by at most
+# ~e on a 7×7 grid) and lets training shrink the kernels from the original size
+PRESERVE_SIGMA_INIT = 0.5
+FRESH_SIGMA_INIT = (0.1, 0.5)
+
+FilterFn = Callable[[str, nn.Conv2d], bool]
+
+
+def _explicit_padding(conv: nn.Conv2d) -> Tuple[int, int]:
+    """ The symmetric per-side padding a conv applies, with 'same'/'valid' made explicit. """
+    if conv.padding == 'valid':
+        return 0, 0
+    if conv.padding == 'same':
+        return tuple(d * (k - 1) // 2 for d, k in zip(conv.dilation, conv.kernel_size))
+    return tuple(conv.padding)
+
+
+def _converted_padding(conv: nn.Conv2d, size: int, name: str) -> Tuple[int, int]:
+    padding = []
+    for pad, dil, k in zip(_explicit_padding(conv), conv.dilation, conv.kernel_size):
+        if (size - k) % 2:
+            raise ValueError(
+                f"convert_convs: layer '{name}' has a {k}-wide kernel; it can only become an odd n×n "
+                f"adaptive kernel with its taps kept in place when k is odd (got sizes value {size}). "
+                f"Exclude it (exclude=['{name}']).")
+        new_pad = pad + dil * (size - k) // 2
+        if new_pad < 0:
+            raise ValueError(
+                f"convert_convs: layer '{name}' ({conv.kernel_size[0]}x{conv.kernel_size[1]}, padding {conv.padding}) "
+                f"cannot shrink to {size}x{size} without changing its output shape; use a size >= "
+                f"{max(conv.kernel_size) - 2 * pad // dil}")
+        padding.append(new_pad)
+    return tuple(padding)
+
+
+def convert_conv(
+        conv: nn.Conv2d,
+        size: Optional[int] = None,
+        preserve: bool = True,
+        sigma_init: Optional[SigmaInit] = None,
+        sigma_bounds: Optional[Tuple[float, float]] = None,
+        name: str = 'conv',
+) -> AdaptiveConv2d:
+    """ An :class:`AdaptiveConv2d` with n×n grid replacing ``conv`` (see :func:`convert_convs`). """
+    size = resolve_kernel_size(max(conv.kernel_size) if size is None else size, name='sizes')
+    if preserve and size < max(conv.kernel_size):
+        raise ValueError(
+            f"convert_convs: layer '{name}' has a {conv.kernel_size[0]}x{conv.kernel_size[1]} kernel; "
+            f"preserve=True needs sizes >= {max(conv.kernel_size)}, got {size} (or pass preserve=False)")
+    if sigma_init is None:
+        sigma_init = PRESERVE_SIGMA_INIT if preserve else FRESH_SIGMA_INIT
+    weight = conv.weight
+    layer = AdaptiveConv2d(
+        conv.in_channels, conv.out_channels, size, stride=conv.stride,
+        padding=_converted_padding(conv, size, name), dilation=conv.dilation, groups=conv.groups,
+        bias=conv.bias is not None, padding_mode=conv.padding_mode, device=weight.device, dtype=weight.dtype,
+        sigma_init=sigma_init, sigma_bounds=sigma_bounds)
+    if preserve:
+        with torch.no_grad():
+            kh, kw = conv.kernel_size
+            top, left = (size - kh) // 2, (size - kw) // 2
+            envelope = layer.envelope()[:, None, top:top + kh, left:left + kw]
+            layer.weight.zero_()
+            layer.weight[:, :, top:top + kh, left:left + kw] = weight / envelope
+            if conv.bias is not None:
+                layer.bias.copy_(conv.bias)
+    layer.weight.requires_grad_(weight.requires_grad)
+    layer.sigma.requires_grad_(weight.requires_grad)
+    if conv.bias is not None:
+        layer.bias.requires_grad_(conv.bias.requires_grad)
+    return layer.train(conv.training)
+
+
+def _matches(names: Sequence[str], patterns: Optional[Sequence[str]]) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for name in names for pattern in patterns)
+
+
+def _as_patterns(patterns, arg: str) -> Optional[List[str]]:
+    if patterns is None:
+        return None
+    if isinstance(patterns, str):
+        return [patterns]
+    if not all(isinstance(p, str) for p in patterns):
+        raise TypeError(f'{arg} must be a list of fnmatch patterns (str), got {patterns!r}')
+    return list(patterns)
+
+
+def _describe(names: Dict[nn.Module, List[str]], limit: int = 40) -> str:
+    rows = [f"{aliases[0]} ({'x'.join(map(str, conv.kernel_size))})" for conv, aliases in names.items()]
+    more = f', ... ({len(rows) - limit} more)' if len(rows) > limit else ''
+    return ', '.join(rows[:limit]) + more if rows else '(none)'
+
+
+def convert_convs(
+        model: nn.Module,
+        sizes: Union[None, int, Sequence[int]] = (7,),
+        include: Optional[Sequence[str]] = None,
+        exclude: Optional[Sequence[str]] = None,
+        filter_fn: Optional[FilterFn] = None,
+        preserve: bool = True,
+        sigma_init: Optional[SigmaInit] = None,
+        sigma_bounds: Optional[Tuple[float, float]] = None,
+        skip_pointwise: bool = True,
+) -> nn.Module:
+    """ Replace chosen ``nn.Conv2d`` layers of ``model`` by :class:`AdaptiveConv2d`, in place.
+
+    Args:
+        model: any module (a bare ``nn.Conv2d`` is returned converted).
+        sizes: adaptive grid size n: one value for every chosen layer, one per chosen layer in
+            module order, or None to keep each layer's own size.
+        include: fnmatch patterns on qualified module names; a layer is chosen when one of its
+            names matches (None: every conv).
+        exclude: fnmatch patterns of layers to leave alone.
+        filter_fn: ``filter_fn(name, conv) -> bool``, a further test every chosen layer must pass.
+        preserve: keep the model's function at conversion (see the module docstring); False
+            initializes the adaptive layers afresh.
+        sigma_init: apertures of the new layers; default 0.5 with ``preserve`` (a wide envelope:
+            mild rescaling), else the paper's (0.1, 0.5).
+        sigma_bounds: clamp range, default (1/n, n).
+        skip_pointwise: leave 1×1 convolutions alone.
+
+    Only layers whose type is exactly ``nn.Conv2d`` are candidates: adaptive layers are left
+    as they are (a second call is a no-op) and Conv2d subclasses keep their own semantics.
+    Device, dtype, ``requires_grad`` and train/eval mode carry over; a module shared under
+    several names becomes one adaptive module under all of them.
+
+    Returns:
+        ``model`` (or the new layer when ``model`` itself is a converted ``nn.Conv2d``).
+    """
+    include, exclude = _as_patterns(include, 'include'), _as_patterns(exclude, 'exclude')
+    aliases: Dict[nn.Module, List[str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        if type(module) is nn.Conv2d or isinstance(module, AdaptiveConv2d):
+            aliases.setdefault(module, []).append(name)
+
+    chosen, already_adaptive = {}, 0
+    for conv, names in aliases.items():
+        if skip_pointwise and tuple(conv.kernel_size) == (1, 1):
+            continue
+        if include is not None and not _matches(names, include):
+            continue
+        if exclude is not None and _matches(names, exclude):
+            continue
+        if filter_fn is not None and not filter_fn(names[0], conv):
+            continue
+        if isinstance(conv, AdaptiveConv2d):
+            already_adaptive += 1
+        else:
+            chosen[conv] = names
+
+    if not chosen:
+        if already_adaptive:
+            return model  # everything chosen is adaptive already: converting again is a no-op
+        raise ValueError(
+            f'convert_convs selected no layer (include={include}, exclude={exclude}, '
+            f'filter_fn={filter_fn}, skip_pointwise={skip_pointwise}). Convolution layers in this model: '
+            f'{_describe(aliases)}')
+
+    if sizes is None or isinstance(sizes, int):
+        per_layer = [sizes] * len(chosen)
+    else:
+        sizes = list(sizes)
+        if len(sizes) == 1:
+            per_layer = sizes * len(chosen)
+        elif len(sizes) == len(chosen):
+            per_layer = sizes
+        else:
+            raise ValueError(
+                f'convert_convs: sizes has {len(sizes)} values but {len(chosen)} layers were chosen; give one '
+                f'value or one per chosen layer, in this order: {[names[0] for names in chosen.values()]}')
+
+    replacements = {
+        conv: convert_conv(conv, size, preserve=preserve, sigma_init=sigma_init, sigma_bounds=sigma_bounds,
+                           name=names[0])
+        for (conv, names), size in zip(chosen.items(), per_layer)
+    }
+    return replace_modules(model, replacements)

@@ -1,0 +1,73 @@
+""" Deployment: adaptive layers → plain ``nn.Conv2d`` holding the product kernel
+
+The product kernel ``W ∘ U`` is an ordinary convolution kernel, so a trained adaptive model
+runs as a plain CNN. Where the learned envelopes leave little energy near the grid's border,
+``crop_tol`` crops the fused kernel to a smaller centred window (with padding reduced to keep
+every output in place) for a faster layer.
+"""
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from ..layers.adaptive_conv import AdaptiveConv2d
+from ..layers.envelope import centre_energy_fraction
+from .module_tree import replace_modules
+
+__all__ = ['fuse_convs', 'crop_conv']
+
+
+def crop_conv(conv: nn.Conv2d, crop_tol: float) -> nn.Conv2d:
+    """ ``conv`` with its (odd, square) kernel cropped to the smallest centred window that keeps
+    all but ``crop_tol`` of the kernel's energy (sum of squares over all filters).
+
+    Padding shrinks by ``dilation * (n - m) / 2`` so output shape and alignment are unchanged;
+    the window never shrinks past what the layer's padding allows.
+    """
+    if not 0.0 <= crop_tol < 1.0:
+        raise ValueError(f'crop_tol must be in [0, 1), got {crop_tol}')
+    n = conv.kernel_size[0]
+    if conv.kernel_size[1] != n or n % 2 == 0 or isinstance(conv.padding, str) and conv.padding != 'same':
+        return conv
+    padding = conv.padding if conv.padding != 'same' else tuple(d * (n - 1) // 2 for d in conv.dilation)
+    # each side can lose at most padding // dilation taps without moving the outputs
+    max_shrink = min(p // d for p, d in zip(padding, conv.dilation))
+    fractions = centre_energy_fraction(conv.weight)
+    radius = next(r for r, fraction in enumerate(fractions) if fraction >= 1.0 - crop_tol - 1e-12)
+    radius = max(radius, n // 2 - max_shrink)
+    size = 2 * radius + 1
+    if size == n:
+        return conv
+    trim = (n - size) // 2
+    cropped = nn.Conv2d(
+        conv.in_channels, conv.out_channels, size, stride=conv.stride,
+        padding=tuple(p - d * trim for p, d in zip(padding, conv.dilation)), dilation=conv.dilation,
+        groups=conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode,
+        device=conv.weight.device, dtype=conv.weight.dtype)
+    with torch.no_grad():
+        cropped.weight.copy_(conv.weight[:, :, trim:trim + size, trim:trim + size])
+        if conv.bias is not None:
+            cropped.bias.copy_(conv.bias)
+    cropped.weight.requires_grad_(conv.weight.requires_grad)
+    return cropped.train(conv.training)
+
+
+def fuse_convs(model: nn.Module, crop_tol: Optional[float] = None) -> nn.Module:
+    """ Replace every :class:`AdaptiveConv2d` in ``model`` by an ``nn.Conv2d``, in place.
+
+    Args:
+        model: a model with adaptive layers (a bare adaptive layer is returned fused).
+        crop_tol: None keeps the n×n size (outputs equal up to float rounding); a value in
+            [0, 1) crops each fused kernel as :func:`crop_conv` does.
+
+    Returns:
+        ``model`` (or the fused layer when ``model`` itself is adaptive).
+    """
+    if crop_tol is not None and not 0.0 <= crop_tol < 1.0:
+        raise ValueError(f'crop_tol must be None or in [0, 1), got {crop_tol}')
+    replacements = {}
+    for module in model.modules():
+        if isinstance(module, AdaptiveConv2d) and module not in replacements:
+            fused = module.fuse()
+            replacements[module] = fused if crop_tol is None else crop_conv(fused, crop_tol)
+    return replace_modules(model, replacements)

@@ -1,0 +1,21 @@
+""" In-place replacement of modules anywhere in a module tree """
+from typing import Dict
+
+import torch.nn as nn
+
+__all__ = ['replace_modules']
+
+
+def replace_modules(model: nn.Module, replacements: Dict[nn.Module, nn.Module]) -> nn.Module:
+    """ Swap every occurrence of each key module for its value, in place.
+
+    A module registered under several names (shared) is replaced under all of them by the
+    same new module. Returns ``model``, or its replacement when ``model`` itself is a key.
+    """
+    if model in replacements:
+        return replacements[model]
+    for parent in model.modules():
+        for child_name, child in list(parent.named_children()):
+            if child in replacements:
+                setattr(parent, child_name, replacements[child])
+    return model
