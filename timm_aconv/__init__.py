@@ -11,3 +11,17 @@ from .layers import (
 from .surgery import convert_conv, convert_convs, crop_conv, fuse_convs, summary
 
 __version__ = '0.1.0'
+
+from . import models  # noqa: F401  (registers the timm models)
+
+
+def _register_smp() -> bool:
+    try:
+        import segmentation_models_pytorch  # noqa: F401
+    except ImportError:
+        return False
+    from . import smp  # noqa: F401  (registers the SMP encoders and architectures)
+    return True
+
+
+SMP_REGISTERED = _register_smp()

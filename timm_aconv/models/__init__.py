@@ -1,0 +1,1 @@
+""" timm registrations (importing this module registers the models with timm) """

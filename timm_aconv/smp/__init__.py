@@ -1,0 +1,1 @@
+""" segmentation-models-pytorch registrations (imported by timm_aconv when SMP is installed) """
