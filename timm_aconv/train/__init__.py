@@ -1,0 +1,14 @@
+""" Training: one Accelerate engine shared by every recipe, configs, metrics, recipes' logic
+
+- :mod:`~timm_aconv.train.engine`: :class:`Trainer`, :class:`EngineConfig` (start here).
+- :mod:`~timm_aconv.train.config`: YAML + command-line configs with validation.
+- :mod:`~timm_aconv.train.metrics`: the :class:`Metric` contract, :class:`ClassificationMetric`.
+- :mod:`~timm_aconv.train.schedulers`: constant, reduce-on-plateau, the paper's one-cycle.
+- :mod:`~timm_aconv.train.callbacks`: hooks, :class:`SigmaRecorder`.
+"""
+from .callbacks import Callback, SigmaRecorder
+from .config import ConfigError, config_from_dict, config_to_dict, load_config, parse_config
+from .engine import EngineConfig, Trainer, create_optimizer, set_seed
+from .history import read_history, write_history
+from .metrics import ClassificationMetric, Metric
+from .schedulers import GaussianOneCycleLR, create_scheduler

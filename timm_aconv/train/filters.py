@@ -1,0 +1,254 @@
+""" Learning image filters with one adaptive layer (the paper's autoencoder experiment)
+
+Paper section 4.1 and Figure 4: a single linear convolution layer with 9 filters of 9×9 takes
+one grayscale image and learns to output 9 filtered versions of it — 3×3 Laplace, horizontal
+and vertical Sobel, Gaussians of three widths, and the Laplace and Sobel of the widest
+Gaussian — trained by SGD (lr 0.1, momentum 0.9, gradient clip by value 1.0) on the MSE. The
+adaptive layer (ACONV) and an ordinary 9×9 layer (CONV) are fitted from the same seed and
+their final MSE compared.
+
+    >>> result = run_learn_filters(LearnFiltersConfig(iterations=200))
+    >>> {name: fit.final_mse for name, fit in result.fits.items()}
+
+The targets follow the authors' ``test_filters.py`` (scikit-image's ``laplace(ksize=3)``,
+``sobel_h``/``sobel_v`` with their 1/4 normalization, ``gaussian``), computed with
+scipy.ndimage and zero borders, which is what the layer's zero padding can reproduce.
+"""
+import math
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+from scipy import ndimage
+
+from ..layers.adaptive_conv import AdaptiveConv2d
+from ..layers.sigma import param_groups, register_sigma_clamp
+from .kernel_plots import layer_kernel_rows, new_figure, plot_kernel_row, plot_sigma_trajectories
+
+__all__ = [
+    'FILTER_NAMES', 'LAYER_KINDS', 'WEIGHT_INITS', 'LearnFiltersConfig', 'FilterFit', 'LearnFiltersResult',
+    'load_sample_gray', 'filter_targets', 'build_filter_layer', 'fit_filters', 'run_learn_filters',
+    'plot_learned_filters']
+
+LAPLACE_3x3 = np.array([[0., -1., 0.], [-1., 4., -1.], [0., -1., 0.]])
+SOBEL_H = np.array([[1., 2., 1.], [0., 0., 0.], [-1., -2., -1.]]) / 4.0  # responds to horizontal edges
+SOBEL_V = SOBEL_H.T
+GAUSS_SIGMAS = (0.25, 1.0, 2.0)  # in pixels; the last one is smoothed further by Laplace / Sobel
+
+FILTER_NAMES = (
+    'Laplace 3×3', 'Sobel h', 'Sobel v', 'Gauss σ=0.25', 'Gauss σ=1', 'Gauss σ=2',
+    'Laplace∘Gauss σ=2', 'Sobel h∘Gauss σ=2', 'Sobel v∘Gauss σ=2')
+LAYER_KINDS = ('aconv', 'conv')
+WEIGHT_INITS = ('he_uniform', 'glorot_uniform', 'torch')
+
+
+@dataclass
+class LearnFiltersConfig:
+    """ Settings of the experiment (defaults: the authors' code, see ``recipes/configs/learn_filters.yaml``). """
+    image: str = 'china.jpg'
+    image_size: int = 128
+    kernel_size: int = 9
+    iterations: int = 2500
+    lr: float = 0.1
+    momentum: float = 0.9
+    clip_value: Optional[float] = 1.0
+    l2: float = 1e-3
+    sigma_init: float = 0.25
+    sigma_bounds: Optional[Tuple[float, float]] = None
+    weight_init: Dict[str, str] = field(default_factory=lambda: {'aconv': 'he_uniform', 'conv': 'glorot_uniform'})
+    seed: int = 9
+
+    def __post_init__(self):
+        for name in ('image_size', 'kernel_size', 'iterations'):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f'{name} must be a positive integer, got {getattr(self, name)!r}')
+        if self.lr <= 0:
+            raise ValueError(f'lr must be > 0, got {self.lr!r}')
+        if self.l2 < 0:
+            raise ValueError(f'l2 must be >= 0, got {self.l2!r}')
+        unknown = set(self.weight_init) - set(LAYER_KINDS)
+        if unknown:
+            raise ValueError(f'weight_init keys must be among {LAYER_KINDS}, got {sorted(unknown)}')
+        for kind, init in self.weight_init.items():
+            if init not in WEIGHT_INITS:
+                raise ValueError(f'weight_init[{kind!r}] must be one of {WEIGHT_INITS}, got {init!r}')
+        if self.sigma_bounds is not None:
+            self.sigma_bounds = tuple(float(bound) for bound in self.sigma_bounds)
+
+
+@dataclass
+class FilterFit:
+    """ One fitted layer: the MSE before every update, sigma after every update, the result. """
+    kind: str
+    layer: nn.Conv2d
+    mse_history: List[float]
+    sigma_history: Optional[torch.Tensor]  # (iterations + 1, filters); None for CONV
+    prediction: torch.Tensor  # (filters, H, W)
+    final_mse: float
+
+
+@dataclass
+class LearnFiltersResult:
+    image: torch.Tensor  # (H, W)
+    targets: torch.Tensor  # (filters, H, W)
+    fits: Dict[str, FilterFit]
+
+
+def load_sample_gray(name: str = 'china.jpg', size: int = 128) -> torch.Tensor:
+    """ A scikit-learn sample image as grayscale in [0, 1], centre square crop resized to size×size. """
+    from PIL import Image
+    from sklearn.datasets import load_sample_image
+    try:
+        pixels = load_sample_image(name)
+    except AttributeError as error:  # sklearn raises AttributeError for unknown names
+        raise ValueError(f"image must be a scikit-learn sample image ('china.jpg' or 'flower.jpg'), got {name!r}") \
+            from error
+    height, width = pixels.shape[:2]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    square = Image.fromarray(pixels[top:top + side, left:left + side]).convert('L')
+    resized = square.resize((size, size), Image.Resampling.BILINEAR)
+    return torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0)
+
+
+def filter_targets(image: torch.Tensor) -> torch.Tensor:
+    """ The 9 filtered versions of a (H, W) image, shape (9, H, W), in :data:`FILTER_NAMES` order. """
+    if image.ndim != 2:
+        raise ValueError(f'image must be a 2-d (H, W) tensor, got shape {tuple(image.shape)}')
+    pixels = image.double().numpy()
+
+    def correlate(array: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+        return ndimage.correlate(array, kernel, mode='constant', cval=0.0)
+
+    def gauss(array: np.ndarray, sigma: float) -> np.ndarray:
+        return ndimage.gaussian_filter(array, sigma, mode='constant', cval=0.0)
+
+    widest = gauss(pixels, GAUSS_SIGMAS[-1])
+    targets = [
+        correlate(pixels, LAPLACE_3x3), correlate(pixels, SOBEL_H), correlate(pixels, SOBEL_V),
+        *(gauss(pixels, sigma) for sigma in GAUSS_SIGMAS),
+        correlate(widest, LAPLACE_3x3), correlate(widest, SOBEL_H), correlate(widest, SOBEL_V),
+    ]
+    return torch.from_numpy(np.stack(targets)).float()
+
+
+def _init_weight_(weight: torch.Tensor, init: str) -> None:
+    receptive = weight[0, 0].numel()
+    fan_in, fan_out = weight.shape[1] * receptive, weight.shape[0] * receptive
+    if init == 'he_uniform':
+        bound = math.sqrt(6.0 / fan_in)
+    elif init == 'glorot_uniform':
+        bound = math.sqrt(6.0 / (fan_in + fan_out))
+    else:
+        return  # 'torch': keep nn.Conv2d's default
+    with torch.no_grad():
+        weight.uniform_(-bound, bound)
+
+
+def build_filter_layer(kind: str, filters: int, config: LearnFiltersConfig) -> nn.Conv2d:
+    """ The one-layer linear autoencoder: 1 input channel → ``filters`` maps, n×n, 'same' padding, no bias. """
+    if kind not in LAYER_KINDS:
+        raise ValueError(f'kind must be one of {LAYER_KINDS}, got {kind!r}')
+    common = dict(padding='same', bias=False)
+    if kind == 'aconv':
+        layer = AdaptiveConv2d(
+            1, filters, config.kernel_size, sigma_init=config.sigma_init, sigma_bounds=config.sigma_bounds, **common)
+    else:
+        layer = nn.Conv2d(1, filters, config.kernel_size, **common)
+    _init_weight_(layer.weight, config.weight_init.get(kind, 'torch'))
+    return layer
+
+
+def fit_filters(layer: nn.Conv2d, image: torch.Tensor, targets: torch.Tensor, config: LearnFiltersConfig) -> FilterFit:
+    """ Fit ``layer`` so that ``layer(image) ≈ targets`` by full-batch SGD on the MSE.
+
+    The L2 penalty of the authors' Keras code (``l2(λ)`` on W) is SGD weight decay ``2λ`` on W
+    only (:func:`timm_aconv.param_groups`); sigma is clamped into its bounds after every step
+    (:func:`timm_aconv.register_sigma_clamp`); gradients are clipped by value first.
+    """
+    kind = 'aconv' if isinstance(layer, AdaptiveConv2d) else 'conv'
+    inputs, targets = image[None, None], targets[None]
+    optimizer = torch.optim.SGD(
+        param_groups(layer, weight_decay=2 * config.l2), lr=config.lr, momentum=config.momentum)
+    register_sigma_clamp(optimizer, layer)
+    sigma_history = [layer.sigma.detach().clone()] if kind == 'aconv' else None
+    mse_history = []
+    for _ in range(config.iterations):
+        loss = nn.functional.mse_loss(layer(inputs), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.clip_value is not None:
+            nn.utils.clip_grad_value_(layer.parameters(), config.clip_value)
+        optimizer.step()
+        mse_history.append(float(loss))
+        if sigma_history is not None:
+            sigma_history.append(layer.sigma.detach().clone())
+    with torch.no_grad():
+        prediction = layer(inputs)[0]
+        final_mse = float(nn.functional.mse_loss(prediction, targets[0]))
+    return FilterFit(
+        kind=kind, layer=layer, mse_history=mse_history,
+        sigma_history=torch.stack(sigma_history) if sigma_history is not None else None,
+        prediction=prediction, final_mse=final_mse)
+
+
+def run_learn_filters(config: LearnFiltersConfig, kinds: Tuple[str, ...] = LAYER_KINDS) -> LearnFiltersResult:
+    """ Fit ACONV and CONV layers (same seed, same image and targets) and return both fits. """
+    image = load_sample_gray(config.image, config.image_size)
+    targets = filter_targets(image)
+    fits = {}
+    for kind in kinds:
+        torch.manual_seed(config.seed)
+        layer = build_filter_layer(kind, targets.shape[0], config)
+        fits[kind] = fit_filters(layer, image, targets, config)
+    return LearnFiltersResult(image=image, targets=targets, fits=fits)
+
+
+def plot_learned_filters(result: LearnFiltersResult, max_iterations_shown: Optional[int] = None):
+    """ The paper's Figure 4 in one figure.
+
+    Rows: input and targets; the predictions of each fit; for ACONV its envelopes U and product
+    kernels W ∘ U; the CONV kernels; then the MSE curves of both fits and ACONV's sigma
+    trajectories. Returns the matplotlib figure.
+    """
+    filters = result.targets.shape[0]
+    aconv, conv = result.fits.get('aconv'), result.fits.get('conv')
+    image_rows = [('target', result.targets)] + [
+        (f'{fit.kind.upper()} output', fit.prediction) for fit in result.fits.values()]
+    kernel_rows = []
+    if aconv is not None:
+        rows = layer_kernel_rows(aconv.layer)
+        kernel_rows += [('ACONV U', rows['U']), ('ACONV W ∘ U', rows['W ∘ U'])]
+    if conv is not None:
+        kernel_rows.append(('CONV W', layer_kernel_rows(conv.layer)['W']))
+    total_rows = len(image_rows) + len(kernel_rows) + 2  # + two rows for the curves
+    figure, axes = new_figure(total_rows, filters + 1, cell_size=1.3)
+    plot_kernel_row(axes[0, :1], result.image[None], 'input')
+    for row, (label, maps) in enumerate(image_rows):
+        if row > 0:
+            axes[row, 0].set_axis_off()
+        plot_kernel_row(axes[row, 1:], maps, label, FILTER_NAMES if row == 0 else None)
+    for offset, (label, kernels) in enumerate(kernel_rows):
+        row = len(image_rows) + offset
+        axes[row, 0].set_axis_off()
+        plot_kernel_row(axes[row, 1:], kernels, label)
+    curve_row = len(image_rows) + len(kernel_rows)
+    gridspec = axes[curve_row, 0].get_gridspec()
+    for axis in axes[curve_row:].flat:
+        axis.remove()
+    loss_axis = figure.add_subplot(gridspec[curve_row:, :(filters + 1) // 2])
+    for fit in result.fits.values():
+        history = fit.mse_history[:max_iterations_shown]
+        loss_axis.semilogy(history, label=f'{fit.kind.upper()} (final {fit.final_mse:.2e})')
+    loss_axis.set_xlabel('iteration')
+    loss_axis.set_ylabel('MSE')
+    loss_axis.grid(True, alpha=0.3)
+    loss_axis.legend(fontsize=7)
+    if aconv is not None:
+        sigma_axis = figure.add_subplot(gridspec[curve_row:, (filters + 1) // 2 + 1:])
+        history = aconv.sigma_history[:None if max_iterations_shown is None else max_iterations_shown + 1]
+        plot_sigma_trajectories(sigma_axis, history, FILTER_NAMES)
+    figure.tight_layout()
+    return figure

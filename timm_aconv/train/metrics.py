@@ -1,0 +1,66 @@
+""" Evaluation metrics that stay exact under data-parallel evaluation
+
+The engine evaluates every batch on every process, turns it into *per-sample* values with
+:meth:`Metric.per_sample` (the batch axis first), collects them from all processes with
+``accelerator.gather_for_metrics`` — which drops the samples a distributed sampler repeated to
+even out the last batch, so each validation sample counts exactly once — and hands the
+gathered tensors to :meth:`Metric.update`. Every process therefore computes the same numbers.
+"""
+from typing import Dict, Tuple
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ['Metric', 'ClassificationMetric']
+
+
+class Metric:
+    """ The contract between a task and the engine's evaluation loop.
+
+    Subclasses implement:
+
+    - ``per_sample(outputs, targets) -> tuple of tensors``: runs on each process before the
+      gather; every tensor has the batch axis first (reduce here what you can, e.g. logits →
+      predicted labels, or a per-image confusion matrix of shape (batch, classes, classes)).
+    - ``update(*gathered)``: accumulates the gathered tensors (the whole batch of all processes).
+    - ``compute() -> dict``: the epoch's numbers, e.g. ``{'accuracy': 0.98, 'loss': 0.05}``;
+      the engine prefixes them with ``val_``.
+    - ``reset()``: clears the accumulators (called before each evaluation).
+    """
+
+    def per_sample(self, outputs: torch.Tensor, targets: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        raise NotImplementedError
+
+    def update(self, *gathered: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def compute(self) -> Dict[str, float]:
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        raise NotImplementedError
+
+
+class ClassificationMetric(Metric):
+    """ Top-1 accuracy and mean cross-entropy over the validation set, and the sample count. """
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def per_sample(self, outputs: torch.Tensor, targets: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        loss = F.cross_entropy(outputs.float(), targets, reduction='none')
+        correct = (outputs.argmax(dim=1) == targets).float()
+        return loss, correct
+
+    def update(self, loss: torch.Tensor, correct: torch.Tensor) -> None:
+        self.loss_sum += float(loss.sum())
+        self.correct += float(correct.sum())
+        self.samples += int(correct.numel())
+
+    def compute(self) -> Dict[str, float]:
+        if self.samples == 0:
+            raise RuntimeError('ClassificationMetric.compute() before any update: the validation set is empty')
+        return dict(accuracy=self.correct / self.samples, loss=self.loss_sum / self.samples, samples=self.samples)
+
+    def reset(self) -> None:
+        self.loss_sum, self.correct, self.samples = 0.0, 0.0, 0
