@@ -1,0 +1,107 @@
+""" Sigma clamp after optimizer steps, and the sigma parameter group. """
+import pytest
+import torch
+import torch.nn as nn
+from accelerate import Accelerator
+
+import timm_aconv
+from timm_aconv import AdaptiveConv2d
+
+
+def _model():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        AdaptiveConv2d(1, 4, 5, padding=2), nn.BatchNorm2d(4), nn.ReLU(),
+        AdaptiveConv2d(4, 4, 3, padding=1, sigma_bounds=(0.25, 1.0)), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+
+
+def _push_sigmas_out_of_bounds(model):
+    with torch.no_grad():
+        for layer in timm_aconv.adaptive_layers(model):
+            layer.sigma.copy_(torch.linspace(-1.0, 50.0, layer.out_channels))
+
+
+def _in_bounds(model):
+    return all(
+        bool(((layer.sigma >= layer.sigma_bounds[0]) & (layer.sigma <= layer.sigma_bounds[1])).all())
+        for layer in timm_aconv.adaptive_layers(model))
+
+
+def _loss(model):
+    return model(torch.randn(3, 1, 6, 6)).square().mean()
+
+
+def test_clamp_sigmas_clamps_every_layer_to_its_bounds():
+    model = _model()
+    _push_sigmas_out_of_bounds(model)
+    assert timm_aconv.clamp_sigmas_(model) == 2
+    assert model[0].sigma.detach()[[0, -1]].tolist() == pytest.approx([1 / 5, 5.0])
+    assert model[3].sigma.detach()[[0, -1]].tolist() == pytest.approx([0.25, 1.0])
+
+
+def test_hook_clamps_after_every_step_until_removed():
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    handle = timm_aconv.register_sigma_clamp(optimizer, model)
+    for _ in range(3):
+        _push_sigmas_out_of_bounds(model)
+        optimizer.zero_grad()
+        _loss(model).backward()
+        optimizer.step()
+        assert _in_bounds(model)
+    handle.remove()
+    _push_sigmas_out_of_bounds(model)
+    optimizer.step()
+    assert not _in_bounds(model)
+
+
+def test_hook_does_not_clamp_on_skipped_accumulation_steps():
+    accelerator = Accelerator(gradient_accumulation_steps=2, cpu=True)
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    timm_aconv.register_sigma_clamp(optimizer, model)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    clamped = []
+    for _ in range(4):
+        _push_sigmas_out_of_bounds(model)
+        with accelerator.accumulate(model):
+            accelerator.backward(_loss(model))
+            optimizer.step()
+            optimizer.zero_grad()
+        clamped.append(_in_bounds(model))
+    assert clamped == [False, True, False, True]
+
+
+def test_hook_rejects_non_optimizer():
+    with pytest.raises(TypeError, match='optimizer must be a torch.optim.Optimizer'):
+        timm_aconv.register_sigma_clamp(object(), _model())
+
+
+def test_param_groups_sigma_without_weight_decay_and_own_lr():
+    model = _model()
+    groups = timm_aconv.param_groups(model, weight_decay=5e-4, lr=0.1, sigma_lr_scale=0.2)
+    by_name = {group['name']: group for group in groups}
+    assert set(by_name) == {'decay', 'no_decay', 'sigma'}
+    assert {id(p) for p in by_name['sigma']['params']} == {id(model[0].sigma), id(model[3].sigma)}
+    assert by_name['sigma']['weight_decay'] == 0.0 and by_name['sigma']['lr'] == pytest.approx(0.02)
+    assert by_name['decay']['weight_decay'] == 5e-4 and by_name['decay']['lr'] == 0.1
+    assert {id(p) for p in by_name['decay']['params']} == {id(model[0].weight), id(model[3].weight), id(model[5].weight)}
+    assert id(model[0].bias) in {id(p) for p in by_name['no_decay']['params']}
+    assert sum(len(g['params']) for g in groups) == len(list(model.parameters()))
+    optimizer = torch.optim.SGD(groups, lr=0.1, momentum=0.9)
+    _loss(model).backward()
+    before = model[0].sigma.detach().clone()
+    optimizer.step()
+    torch.testing.assert_close(model[0].sigma.detach(), before - 0.02 * model[0].sigma.grad)
+
+
+def test_param_groups_frozen_and_errors():
+    model = _model()
+    model[0].requires_grad_(False)
+    groups = timm_aconv.param_groups(model)
+    assert all(id(p) != id(model[0].sigma) for g in groups for p in g['params'])
+    assert all('lr' not in g for g in groups)
+    with pytest.raises(ValueError, match='needs lr'):
+        timm_aconv.param_groups(model, sigma_lr_scale=0.5)
+    with pytest.raises(ValueError, match='sigma_lr_scale must be > 0'):
+        timm_aconv.param_groups(model, lr=0.1, sigma_lr_scale=0.0)
