@@ -63,6 +63,10 @@ def convert_conv(
         name: str = 'conv',
 ) -> AdaptiveConv2d:
     """ An :class:`AdaptiveConv2d` with n×n grid replacing ``conv`` (see :func:`convert_convs`). """
+    if size is None and (max(conv.kernel_size) < 3 or max(conv.kernel_size) % 2 == 0):
+        raise ValueError(
+            f"convert_convs: layer '{name}' has a {conv.kernel_size[0]}x{conv.kernel_size[1]} kernel, which "
+            f"sizes=None would keep, but adaptive kernels need an odd size >= 3; give sizes or exclude it")
     size = resolve_kernel_size(max(conv.kernel_size) if size is None else size, name='sizes')
     if preserve and size < max(conv.kernel_size):
         raise ValueError(

@@ -15,7 +15,8 @@ def replace_modules(model: nn.Module, replacements: Dict[nn.Module, nn.Module]) 
     if model in replacements:
         return replacements[model]
     for parent in model.modules():
-        for child_name, child in list(parent.named_children()):
-            if child in replacements:
+        # _modules, not named_children(): the latter skips a child registered under a second name
+        for child_name, child in list(parent._modules.items()):
+            if child is not None and child in replacements:
                 setattr(parent, child_name, replacements[child])
     return model
