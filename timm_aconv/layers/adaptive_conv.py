@@ -19,6 +19,7 @@ Example::
     >>> conv.envelope().shape, conv.product_kernel().shape
     (torch.Size([16, 7, 7]), torch.Size([16, 3, 7, 7]))
 """
+import numbers
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -37,9 +38,11 @@ def resolve_kernel_size(kernel_size: Union[int, Sequence[int]], name: str = 'ker
         if len(kernel_size) != 2 or kernel_size[0] != kernel_size[1]:
             raise ValueError(f'{name} must be square (an int or (n, n)), got {tuple(kernel_size)}')
         kernel_size = kernel_size[0]
-    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 3 or kernel_size % 2 == 0:
-        raise ValueError(f'{name} must be an odd integer >= 3 (3, 5, 7, 9, ...), got {kernel_size!r}')
-    return kernel_size
+    if not isinstance(kernel_size, bool) and isinstance(kernel_size, numbers.Integral):
+        size = int(kernel_size)
+        if size >= 3 and size % 2 == 1:
+            return size
+    raise ValueError(f'{name} must be an odd integer >= 3 (3, 5, 7, 9, ...), got {kernel_size!r}')
 
 
 def resolve_sigma_init(sigma_init: SigmaInit) -> Tuple[float, float]:
