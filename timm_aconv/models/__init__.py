@@ -1,1 +1,18 @@
-""" timm registrations (importing this module registers the models with timm) """
+""" timm registrations: importing this package registers the models with timm
+
+- :mod:`.cifar_resnet`: ``aconv_resnet20|32|44|56|110`` and their ``conv_resnet*`` twins, the
+  paper's CIFAR ResNets (every convolution k×k, adaptive or ordinary).
+- :mod:`.adaptive_resnet`: ``aconv_resnet18|34|50|101|152``, timm's ImageNet ResNets with
+  adaptive spatial convolutions; ``pretrained=True`` converts timm's weights exactly.
+- :mod:`.simple_cnn`: ``aconv_simple_cnn`` / ``conv_simple_cnn``, the paper's simple CNN.
+"""
+from timm.layers import register_notrace_module
+
+from ..layers.adaptive_conv import AdaptiveConv2d
+from .adaptive_resnet import adaptive_resnet, convert_pretrained_resnet
+from .cifar_resnet import CIFAR10_MEAN, CIFAR10_STD, ChannelRepeatShortcut, CifarBasicBlock, CifarResNet
+from .simple_cnn import MNIST_MEAN, MNIST_STD, SimpleCnn
+
+# FX feature extraction (features_only with feature_cls='fx', timm's fx tests) calls adaptive
+# layers as leaves, so their forward (and its no-grad kernel cache) runs unchanged
+register_notrace_module(AdaptiveConv2d)

@@ -1,0 +1,157 @@
+""" The paper's simple CNN, with adaptive (ACONV) or ordinary (CONV) k×k convolutions
+
+Paper: `Adaptive Convolution Kernel for Artificial Neural Networks` (F. Boray Tek et al.),
+section 4.2 and Table 1: two convolutions of 32 filters (k×k, 'same' padding, no bias), each
+followed by BN and ReLU, 2×2 max-pooling, dropout, a dense layer of 256 units with BN and
+ReLU, dropout, and a linear classifier.
+
+The dense layer sees the flattened pooled feature map, so its size follows the input size
+given by ``img_size`` (default 28, MNIST; e.g. 8 for sklearn digits, 32 for CIFAR-10, 60 for
+MNIST-cluttered)::
+
+    >>> model = timm.create_model('aconv_simple_cnn', img_size=8, in_chans=1, num_classes=10)
+"""
+from typing import Any, Dict, Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+
+from ..layers.adaptive_conv import SigmaInit
+from ._conv_layer import create_conv_layer
+
+__all__ = ['SimpleCnn', 'MNIST_MEAN', 'MNIST_STD']
+
+MNIST_MEAN = (0.1307,)
+MNIST_STD = (0.3081,)
+
+
+def _image_size(img_size: Union[int, Tuple[int, int]]) -> Tuple[int, int]:
+    size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+    if len(size) != 2 or not all(isinstance(s, int) and s >= 2 for s in size):
+        raise ValueError(f'img_size must be an int or (height, width) of ints >= 2, got {img_size!r}')
+    return size
+
+
+class SimpleCnn(nn.Module):
+    """ conv-BN-ReLU ×2, max-pool 2, dropout, dense 256-BN-ReLU, dropout, linear.
+
+    Args:
+        num_classes: classifier outputs (0: the head ends at the 256 pre-logits).
+        in_chans: input channels.
+        img_size: input (height, width) or one side; sizes the dense layer.
+        kernel_size: n of both k×k convolutions, odd >= 3 (the paper uses 3, 5, 7, 9).
+        adaptive: :class:`~timm_aconv.AdaptiveConv2d` (True) or ``nn.Conv2d`` (False) layers.
+        sigma_init: initial apertures of the adaptive layers, spread over each layer's filters.
+        sigma_bounds: clamp range of sigma, None for the paper's (1/n, n).
+        width: filters of each convolution.
+        hidden_size: units of the dense layer.
+        drop_rate: both dropouts.
+    """
+
+    def __init__(
+            self,
+            num_classes: int = 10,
+            in_chans: int = 1,
+            img_size: Union[int, Tuple[int, int]] = 28,
+            kernel_size: int = 7,
+            adaptive: bool = True,
+            sigma_init: SigmaInit = (0.1, 0.5),
+            sigma_bounds: Optional[Tuple[float, float]] = None,
+            width: int = 32,
+            hidden_size: int = 256,
+            drop_rate: float = 0.5,
+    ):
+        super().__init__()
+        height, width_px = _image_size(img_size)
+        if not 0. <= drop_rate < 1.:
+            raise ValueError(f'drop_rate must be in [0, 1), got {drop_rate!r}')
+        conv_layer = create_conv_layer(adaptive, kernel_size, sigma_init=sigma_init, sigma_bounds=sigma_bounds)
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.drop_rate = drop_rate
+
+        self.conv1 = conv_layer(in_chans, width)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.act1 = nn.ReLU(inplace=True)
+        self.conv2 = conv_layer(width, width)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.act2 = nn.ReLU(inplace=True)
+        self.pool = nn.MaxPool2d(2)
+        self.num_features = width
+        self.feature_info = [dict(num_chs=width, reduction=2, module='pool')]
+
+        self.flatten = nn.Flatten(1)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.fc1 = nn.Linear(width * (height // 2) * (width_px // 2), hidden_size)
+        self.bn3 = nn.BatchNorm1d(hidden_size)
+        self.act3 = nn.ReLU(inplace=True)
+        self.pre_logits_drop = nn.Dropout(drop_rate)
+        self.head_hidden_size = hidden_size
+        self.fc = nn.Linear(hidden_size, num_classes) if num_classes > 0 else nn.Identity()
+        self.init_weights()
+
+    @torch.jit.ignore
+    def init_weights(self) -> None:
+        """ He-uniform convolutions (the authors' layer), Glorot-uniform dense layers (Keras' default). """
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_uniform_(module.weight, mode='fan_in', nonlinearity='relu')
+            elif isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    @torch.jit.ignore
+    def get_classifier(self, name_only: bool = False) -> Union[str, nn.Module]:
+        return 'fc' if name_only else self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """ A new linear classifier (``num_classes=0``: none); ``global_pool`` is unused (no pooling head). """
+        self.num_classes = num_classes
+        weight = self.fc1.weight
+        self.fc = nn.Linear(self.head_hidden_size, num_classes, device=weight.device, dtype=weight.dtype) \
+            if num_classes > 0 else nn.Identity()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act1(self.bn1(self.conv1(x)))
+        x = self.act2(self.bn2(self.conv2(x)))
+        return self.pool(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.head_drop(self.flatten(x))
+        x = self.act3(self.bn3(self.fc1(x)))
+        x = self.pre_logits_drop(x)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _create_simple_cnn(variant: str, pretrained: bool = False, **kwargs) -> SimpleCnn:
+    return build_model_with_cfg(SimpleCnn, variant, pretrained, **kwargs)
+
+
+def _cfg(**kwargs) -> Dict[str, Any]:
+    return {
+        'url': '', 'num_classes': 10, 'input_size': (1, 28, 28), 'pool_size': (14, 14), 'fixed_input_size': True,
+        'crop_pct': 1.0, 'interpolation': 'bilinear', 'mean': MNIST_MEAN, 'std': MNIST_STD,
+        'first_conv': 'conv1', 'classifier': 'fc', 'paper_ids': 'arXiv:2009.06385',
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({'aconv_simple_cnn': _cfg(), 'conv_simple_cnn': _cfg()})
+
+
+@register_model
+def aconv_simple_cnn(pretrained: bool = False, **kwargs) -> SimpleCnn:
+    """ The paper's simple CNN with adaptive k×k convolutions (k = ``kernel_size``, default 7) """
+    model_args = dict(adaptive=True)
+    return _create_simple_cnn('aconv_simple_cnn', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def conv_simple_cnn(pretrained: bool = False, **kwargs) -> SimpleCnn:
+    """ The paper's simple CNN with ordinary k×k convolutions (k = ``kernel_size``, default 7) """
+    model_args = dict(adaptive=False)
+    return _create_simple_cnn('conv_simple_cnn', pretrained, **dict(model_args, **kwargs))
