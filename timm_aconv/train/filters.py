@@ -14,23 +14,26 @@ The targets follow the authors' ``test_filters.py`` (scikit-image's ``laplace(ks
 ``sobel_h``/``sobel_v`` with their 1/4 normalization, ``gaussian``), computed with
 scipy.ndimage and zero borders, which is what the layer's zero padding can reproduce.
 """
+import json
 import math
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Literal, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn as nn
 from scipy import ndimage
 
-from ..layers.adaptive_conv import AdaptiveConv2d
+from ..layers.adaptive_conv import AdaptiveConv2d, resolve_kernel_size
 from ..layers.sigma import param_groups, register_sigma_clamp
+from .config import ConfigError, config_to_dict
 from .kernel_plots import layer_kernel_rows, new_figure, plot_kernel_row, plot_sigma_trajectories
 
 __all__ = [
-    'FILTER_NAMES', 'LAYER_KINDS', 'WEIGHT_INITS', 'LearnFiltersConfig', 'FilterFit', 'LearnFiltersResult',
+    'FILTER_NAMES', 'LAYER_KINDS', 'WEIGHT_INITS', 'SAMPLE_IMAGES', 'LearnFiltersConfig', 'FilterFit', 'LearnFiltersResult',
     'load_sample_gray', 'filter_targets', 'build_filter_layer', 'fit_filters', 'run_learn_filters',
-    'plot_learned_filters']
+    'plot_learned_filters', 'save_learn_filters']
 
 LAPLACE_3x3 = np.array([[0., -1., 0.], [-1., 4., -1.], [0., -1., 0.]])
 SOBEL_H = np.array([[1., 2., 1.], [0., 0., 0.], [-1., -2., -1.]]) / 4.0  # responds to horizontal edges
@@ -42,13 +45,18 @@ FILTER_NAMES = (
     'Laplace∘Gauss σ=2', 'Sobel h∘Gauss σ=2', 'Sobel v∘Gauss σ=2')
 LAYER_KINDS = ('aconv', 'conv')
 WEIGHT_INITS = ('he_uniform', 'glorot_uniform', 'torch')
+SAMPLE_IMAGES = ('china.jpg', 'flower.jpg')
 
 
 @dataclass
 class LearnFiltersConfig:
-    """ Settings of the experiment (defaults: the authors' code, see ``recipes/configs/learn_filters.yaml``). """
-    image: str = 'china.jpg'
-    image_size: int = 128
+    """ Learn 9 image filters with one 9×9 adaptive layer and one ordinary 9×9 layer (paper section 4.1).
+
+    Defaults are the authors' code; ``recipes/configs/learn_filters.yaml`` says where the paper differs.
+    """
+    output_dir: str = 'runs/learn_filters'
+    image: Literal['china.jpg', 'flower.jpg'] = 'china.jpg'
+    image_size: int = 96
     kernel_size: int = 9
     iterations: int = 2500
     lr: float = 0.1
@@ -57,25 +65,27 @@ class LearnFiltersConfig:
     l2: float = 1e-3
     sigma_init: float = 0.25
     sigma_bounds: Optional[Tuple[float, float]] = None
-    weight_init: Dict[str, str] = field(default_factory=lambda: {'aconv': 'he_uniform', 'conv': 'glorot_uniform'})
+    aconv_weight_init: Literal['he_uniform', 'glorot_uniform', 'torch'] = 'he_uniform'
+    conv_weight_init: Literal['he_uniform', 'glorot_uniform', 'torch'] = 'glorot_uniform'
     seed: int = 9
+    plots: bool = True
 
-    def __post_init__(self):
-        for name in ('image_size', 'kernel_size', 'iterations'):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f'{name} must be a positive integer, got {getattr(self, name)!r}')
-        if self.lr <= 0:
-            raise ValueError(f'lr must be > 0, got {self.lr!r}')
-        if self.l2 < 0:
-            raise ValueError(f'l2 must be >= 0, got {self.l2!r}')
-        unknown = set(self.weight_init) - set(LAYER_KINDS)
-        if unknown:
-            raise ValueError(f'weight_init keys must be among {LAYER_KINDS}, got {sorted(unknown)}')
-        for kind, init in self.weight_init.items():
+    def __post_init__(self) -> None:
+        for name in ('image_size', 'iterations'):
+            if getattr(self, name) < 1:
+                raise ConfigError(f'{name} must be >= 1, got {getattr(self, name)!r}')
+        for name in ('lr', 'sigma_init'):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f'{name} must be > 0, got {getattr(self, name)!r}')
+        for name in ('momentum', 'l2'):
+            if getattr(self, name) < 0:
+                raise ConfigError(f'{name} must be >= 0, got {getattr(self, name)!r}')
+        if self.clip_value is not None and self.clip_value <= 0:
+            raise ConfigError(f'clip_value must be > 0 or null (no clipping), got {self.clip_value!r}')
+        resolve_kernel_size(self.kernel_size)
+        for init in (self.aconv_weight_init, self.conv_weight_init):
             if init not in WEIGHT_INITS:
-                raise ValueError(f'weight_init[{kind!r}] must be one of {WEIGHT_INITS}, got {init!r}')
-        if self.sigma_bounds is not None:
-            self.sigma_bounds = tuple(float(bound) for bound in self.sigma_bounds)
+                raise ConfigError(f'weight inits must be one of {WEIGHT_INITS}, got {init!r}')
 
 
 @dataclass
@@ -86,7 +96,12 @@ class FilterFit:
     mse_history: List[float]
     sigma_history: Optional[torch.Tensor]  # (iterations + 1, filters); None for CONV
     prediction: torch.Tensor  # (filters, H, W)
-    final_mse: float
+    final_mse: float  # after the last update
+
+    @property
+    def best_mse(self) -> float:
+        """ The lowest MSE seen before any update (the curve can spike when a sigma hits its bound). """
+        return min(self.mse_history + [self.final_mse])
 
 
 @dataclass
@@ -100,11 +115,11 @@ def load_sample_gray(name: str = 'china.jpg', size: int = 128) -> torch.Tensor:
     """ A scikit-learn sample image as grayscale in [0, 1], centre square crop resized to size×size. """
     from PIL import Image
     from sklearn.datasets import load_sample_image
-    try:
-        pixels = load_sample_image(name)
-    except AttributeError as error:  # sklearn raises AttributeError for unknown names
-        raise ValueError(f"image must be a scikit-learn sample image ('china.jpg' or 'flower.jpg'), got {name!r}") \
-            from error
+    if name not in SAMPLE_IMAGES:
+        raise ValueError(f'image must be a scikit-learn sample image, one of {SAMPLE_IMAGES}, got {name!r}')
+    if size < 1:
+        raise ValueError(f'size must be >= 1 pixel, got {size}')
+    pixels = load_sample_image(name)
     height, width = pixels.shape[:2]
     side = min(height, width)
     top, left = (height - side) // 2, (width - side) // 2
@@ -157,7 +172,7 @@ def build_filter_layer(kind: str, filters: int, config: LearnFiltersConfig) -> n
             1, filters, config.kernel_size, sigma_init=config.sigma_init, sigma_bounds=config.sigma_bounds, **common)
     else:
         layer = nn.Conv2d(1, filters, config.kernel_size, **common)
-    _init_weight_(layer.weight, config.weight_init.get(kind, 'torch'))
+    _init_weight_(layer.weight, config.aconv_weight_init if kind == 'aconv' else config.conv_weight_init)
     return layer
 
 
@@ -182,7 +197,7 @@ def fit_filters(layer: nn.Conv2d, image: torch.Tensor, targets: torch.Tensor, co
         if config.clip_value is not None:
             nn.utils.clip_grad_value_(layer.parameters(), config.clip_value)
         optimizer.step()
-        mse_history.append(float(loss))
+        mse_history.append(loss.item())
         if sigma_history is not None:
             sigma_history.append(layer.sigma.detach().clone())
     with torch.no_grad():
@@ -252,3 +267,22 @@ def plot_learned_filters(result: LearnFiltersResult, max_iterations_shown: Optio
         plot_sigma_trajectories(sigma_axis, history, FILTER_NAMES)
     figure.tight_layout()
     return figure
+
+
+def save_learn_filters(result: LearnFiltersResult, config: LearnFiltersConfig) -> Dict[str, Dict[str, object]]:
+    """ Writes ``results.json`` (MSE of each fit, final sigmas, the config) and, with
+    ``config.plots``, the figure ``learn_filters.png`` to ``config.output_dir``; returns the results. """
+    directory = Path(config.output_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    summary = {}
+    for kind, fit in result.fits.items():
+        summary[kind] = dict(final_mse=fit.final_mse, best_mse=fit.best_mse, mse_history=fit.mse_history)
+        if fit.sigma_history is not None:
+            summary[kind]['final_sigma'] = dict(zip(FILTER_NAMES, fit.sigma_history[-1].tolist()))
+    (directory / 'results.json').write_text(json.dumps(dict(config=config_to_dict(config), fits=summary), indent=1))
+    if config.plots:
+        import matplotlib.pyplot as plt
+        figure = plot_learned_filters(result)
+        figure.savefig(directory / 'learn_filters.png', dpi=100)
+        plt.close(figure)
+    return summary
