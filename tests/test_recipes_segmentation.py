@@ -1,0 +1,165 @@
+""" The segmentation recipe (paper section 4.4): data, metric, models, figures, end-to-end run """
+import json
+import runpy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import timm_aconv
+from timm_aconv.train import ConfigError, parse_config
+from timm_aconv.train.segmentation import (
+    DatasetNotFoundError, SegmentationConfig, SegmentationDataset, SegmentationMetric, build_segmentation_data,
+    build_segmentation_transform, create_segmentation_model, parse_variant, plot_segmentation_examples, shapes_sample)
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = str(ROOT / 'recipes' / 'configs' / 'segmentation.yaml')
+PETS_CONFIG = str(ROOT / 'recipes' / 'configs' / 'segmentation_oxford_pets.yaml')
+
+
+def test_metric_counts_pixels_and_ious_exactly():
+    metric = SegmentationMetric()
+    targets = torch.tensor([[[0, 0], [1, 2]], [[1, 1], [1, 1]]])  # two 2×2 images
+    predicted = torch.tensor([[[0, 1], [1, 2]], [[1, 1], [0, 1]]])
+    logits = nn.functional.one_hot(predicted, 3).permute(0, 3, 1, 2).float() * 5
+    counts, loss = metric.per_sample(logits, targets)
+    assert counts.shape == (2, 3, 3) and loss.shape == (2,)
+    # update with each image separately, as gathers of two processes would
+    metric.update(counts[:1], loss[:1])
+    metric.update(counts[1:], loss[1:])
+    values = metric.compute()
+    # confusion (true × predicted): pet [1, 1, 0], background [1, 4, 0], border [0, 0, 1]
+    assert values['pixel_accuracy'] == pytest.approx(6 / 8)
+    assert values['iou_pet'] == pytest.approx(1 / 3)
+    assert values['iou_background'] == pytest.approx(4 / 6)
+    assert values['iou_border'] == pytest.approx(1.0)
+    assert values['miou'] == pytest.approx((1 / 3 + 4 / 6 + 1) / 3)
+    expected_loss = nn.functional.cross_entropy(logits, targets)
+    assert values['loss'] == pytest.approx(float(expected_loss), rel=1e-6)
+    metric.reset()
+    with pytest.raises(RuntimeError, match='validation set is empty'):
+        metric.compute()
+
+
+def test_shapes_are_deterministic_trimaps():
+    image, labels = shapes_sample(3, size=48, seed=1)
+    again_image, again_labels = shapes_sample(3, size=48, seed=1)
+    assert image.shape == (48, 48, 3) and image.dtype == np.uint8 and labels.shape == (48, 48)
+    assert np.array_equal(image, again_image) and np.array_equal(labels, again_labels)
+    assert set(np.unique(labels)) == {0, 1, 2}  # pet, background, border
+    assert not np.array_equal(labels, shapes_sample(4, size=48, seed=1)[1])
+
+
+class _HalfImage:
+    """ A left-right asymmetric image whose mask is its bright half. """
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, index):
+        image = np.zeros((16, 16, 3), dtype=np.uint8)  # no resize: no blended edge
+        image[:, : 4 + index] = 255
+        return image, (image[..., 0] > 0).astype(np.uint8)
+
+
+def test_transform_scales_to_plus_minus_two_and_moves_image_and_mask_together():
+    plain = SegmentationDataset(_HalfImage(), build_segmentation_transform(16, augment=False))
+    image, mask = plain[0]
+    assert image.shape == (3, 16, 16) and mask.shape == (16, 16) and mask.dtype == torch.int64
+    assert float(image.max()) == pytest.approx(2.0) and float(image.min()) == pytest.approx(-2.0)
+    torch.manual_seed(0)
+    augmented = SegmentationDataset(_HalfImage(), build_segmentation_transform(16, augment=True))
+    flipped = 0
+    for index in range(len(augmented)):
+        image, mask = augmented[index]
+        assert torch.equal(mask, (image[0] > 0).long())  # brightness ±0.2 keeps the halves apart
+        flipped += int(not torch.equal(mask, plain[index][1]))
+    assert 0 < flipped < len(augmented)  # the flip happens with probability 0.5
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--variants', 'aconv8'], "'aconv<n>' or 'conv<n>' with an odd kernel size"),
+    (['--variants', 'pool3'], "got 'pool3'"),
+    (['--variants', 'conv3,conv3'], 'must not repeat'),
+    (['--img_size', '100'], 'img_size must be a multiple of 16'),
+    (['--dataset', 'voc'], "dataset must be one of \\['shapes', 'oxford_pets'\\]"),
+    (['--repeats', '0'], 'repeats must be >= 1'),
+])
+def test_config_errors_name_the_key(argv, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config(SegmentationConfig, ['--config', CONFIG, *argv])
+
+
+def test_paper_config_holds_the_paper_settings():
+    config = parse_config(SegmentationConfig, ['--config', PETS_CONFIG])
+    assert (config.dataset, config.img_size, config.batch_size, config.epochs, config.repeats) == (
+        'oxford_pets', 128, 64, 75, 5)
+    assert (config.optimizer, config.lr, config.clip_value, config.plateau_factor) == ('adam', 0.01, 1.0, 0.2)
+    assert config.variants == ['aconv7', 'conv7', 'conv3'] and parse_variant('conv3') == (False, 3)
+
+
+def test_missing_oxford_pets_names_dataset_path_and_how_to_get_it(tmp_path):
+    config = SegmentationConfig(dataset='oxford_pets', data_dir=str(tmp_path), download=False)
+    with pytest.raises(DatasetNotFoundError, match=f"'oxford_pets' was not found in '{tmp_path}'") as error:
+        build_segmentation_data(config)
+    assert 'images.tar.gz and annotations.tar.gz' in str(error.value)
+    assert str(tmp_path / 'oxford-iiit-pet') in str(error.value)
+
+
+def _first_conv(model: nn.Module) -> nn.Conv2d:
+    return next(module for module in model.modules() if isinstance(module, nn.Conv2d))
+
+
+@pytest.mark.parametrize('arch', ['paper_unet', 'smp_unet'])
+def test_models_differ_only_in_the_first_convolution(arch):
+    config = SegmentationConfig(arch=arch)
+    aconv, conv3 = create_segmentation_model(config, 'aconv7'), create_segmentation_model(config, 'conv3')
+    first = _first_conv(aconv)
+    assert isinstance(first, timm_aconv.AdaptiveConv2d) and first.kernel_size == (7, 7) and first.stride == (2, 2)
+    torch.testing.assert_close(first.sigma.detach(), torch.linspace(0.1, 0.25, first.out_channels))
+    assert first.sigma_bounds == pytest.approx((1 / 7, 5.0))
+    assert len(list(timm_aconv.adaptive_layers(aconv))) == 1
+    baseline = _first_conv(conv3)
+    assert type(baseline) is nn.Conv2d and baseline.kernel_size == (3, 3) and baseline.stride == (2, 2)
+    assert not list(timm_aconv.adaptive_layers(conv3))
+    with torch.no_grad():
+        assert conv3.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 3, 32, 32)
+
+
+def test_examples_figure_checks_shapes():
+    images, masks = torch.zeros(2, 3, 8, 8), torch.zeros(2, 8, 8, dtype=torch.long)
+    figure = plot_segmentation_examples(images, masks, {'ACONV7': masks, 'CONV3': masks})
+    assert [axis.get_title() for axis in figure.axes[:4]] == ['input', 'true mask', 'ACONV7', 'CONV3']
+    with pytest.raises(ValueError, match="predictions\\['CONV3'\\] must have the masks' shape"):
+        plot_segmentation_examples(images, masks, {'CONV3': masks[:1]})
+
+
+def test_recipe_runs_end_to_end_and_resumes(tmp_path, capsys):
+    recipe = runpy.run_path(str(ROOT / 'recipes' / 'train_segmentation.py'))
+    argv = ['--config', CONFIG, '--output_dir', str(tmp_path), '--img_size', '32', '--epochs', '1',
+            '--shapes_train_size', '16', '--shapes_val_size', '8', '--batch_size', '8',
+            '--variants', 'aconv7,conv3', '--repeats', '2', '--examples', '2']
+    result = recipe['main'](argv)
+    printed = capsys.readouterr().out
+    assert '| ACONV 7×7 | 2 |' in printed and '| CONV 3×3 | 2 |' in printed
+    for variant in ('aconv7', 'conv3'):
+        for seed in (0, 1):
+            run = tmp_path / variant / f'seed{seed}'
+            history = json.loads((run / 'metrics.json').read_text())
+            assert len(history) == 1 and {'val_pixel_accuracy', 'val_miou', 'val_iou_border'} <= set(history[0])
+            assert (run / 'model.safetensors').is_file()
+    sigmas = json.loads((tmp_path / 'aconv7' / 'seed0' / 'sigmas.json').read_text())
+    final_sigma = np.asarray(sigmas['encoder.entry.0'][-1])
+    assert final_sigma.min() >= 1 / 7 - 1e-6 and final_sigma.max() <= 5 + 1e-6
+    conv_row = next(row for row in result.rows if row['variant'] == 'conv3')
+    assert np.isfinite(conv_row['t']) and 0 <= conv_row['p'] <= 1
+    for name in ('comparison.md', 'comparison.json', 'comparison_curves.png', 'examples.png',
+                 'aconv7_first_conv_kernels.png', 'conv3_first_conv_kernels.png'):
+        assert (tmp_path / name).stat().st_size > 0, name
+    # finished runs are read back, not trained again
+    (tmp_path / 'examples.png').unlink()
+    resumed = recipe['main'](argv + ['--resume'])
+    assert resumed.peak_accuracy == result.peak_accuracy
+    assert (tmp_path / 'examples.png').is_file()
