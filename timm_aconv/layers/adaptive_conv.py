@@ -24,12 +24,26 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from .envelope import gaussian_envelope
 
 __all__ = ['AdaptiveConv2d', 'SigmaInit', 'resolve_kernel_size', 'resolve_sigma_init', 'resolve_sigma_bounds']
 
 SigmaInit = Union[float, Tuple[float, float]]
+
+
+class _OptimizerSteps:
+    """ Counts ``step()`` calls of every torch optimizer: fused optimizers (``fused=True``) update
+    parameters without bumping their version counters, so cached kernels also key on this count. """
+    count = 0
+
+    @classmethod
+    def hook(cls, _optimizer, _args, _kwargs) -> None:
+        cls.count += 1
+
+
+register_optimizer_step_post_hook(_OptimizerSteps.hook)
 
 
 def resolve_kernel_size(kernel_size: Union[int, Sequence[int]], name: str = 'kernel_size') -> int:
@@ -84,10 +98,10 @@ class AdaptiveConv2d(nn.Conv2d):
         sigma_bounds: (low, high) range that :meth:`clamp_sigma_` keeps sigma in;
             None (default) is the paper's (1/n, n).
 
-    The forward pass convolves with :meth:`product_kernel` (``weight * envelope``). Outside of
-    autograd (``torch.no_grad()``/``inference_mode``, e.g. evaluation), the product kernel is
-    cached until ``weight`` or ``sigma`` change (optimizer steps, in-place edits,
-    ``load_state_dict``, ``.to()``).
+    The forward pass convolves with :meth:`product_kernel` (``weight * envelope``). When the kernel
+    needs no gradient (``torch.no_grad()``/``inference_mode``, e.g. evaluation, or frozen
+    ``weight`` and ``sigma``), the product kernel is cached until ``weight`` or ``sigma`` change
+    (optimizer steps, in-place edits, ``load_state_dict``, ``.to()``, ``param.data = ...``).
     """
     __jit_ignored_attributes__ = ['_kernel_cache']
 
@@ -150,10 +164,25 @@ class AdaptiveConv2d(nn.Conv2d):
 
     @torch.jit.unused
     def _cached_product_kernel(self) -> torch.Tensor:
+        """ :meth:`product_kernel` without autograd, recomputed only when weight or sigma changed.
+
+        The key holds what identifies the parameters' contents: storage address, version counter
+        (bumped by every in-place change: optimizer steps, ``mul_``, ``copy_``, ``load_state_dict``),
+        dtype, device, shape and strides (``param.data = ...`` swaps the storage), and the count of
+        optimizer steps (fused optimizers do not bump version counters). The cache keeps the keyed
+        tensors alive, so a freed address cannot come back under a stale key. A kernel made under
+        ``inference_mode`` (an inference tensor) is only reused there. Not seen: in-place edits
+        through ``param.data`` (a tensor with its own version counter), as autograd does not see them
+        either; edit under ``torch.no_grad()`` instead.
+        """
         weight, sigma = self.weight, self.sigma
-        key = (weight.data_ptr(), weight._version, weight.dtype, sigma.data_ptr(), sigma._version, sigma.dtype)
+        if weight.is_inference() or sigma.is_inference():
+            return self.product_kernel().detach()  # inference tensors have no version counter to key on
+        key = tuple(
+            (tensor.data_ptr(), tensor._version, tensor.dtype, tensor.device, tensor.shape, tensor.stride())
+            for tensor in (weight, sigma)) + (torch.is_inference_mode_enabled(), _OptimizerSteps.count)
         if self._kernel_cache is None or self._kernel_cache[0] != key:
-            self._kernel_cache = (key, self.product_kernel().detach())
+            self._kernel_cache = (key, self.product_kernel().detach(), (weight.detach(), sigma.detach()))
         return self._kernel_cache[1]
 
     def _invalidate_cache(self) -> None:
@@ -167,8 +196,15 @@ class AdaptiveConv2d(nn.Conv2d):
         self._invalidate_cache()
         super()._load_from_state_dict(*args, **kwargs)
 
+    def __getstate__(self):
+        # copies and pickles start without a cache: a restored storage could share a stale key
+        state = self.__dict__.copy()
+        state['_kernel_cache'] = None
+        return state
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.jit.is_scripting() or torch.compiler.is_compiling() or torch.is_grad_enabled():
+        if torch.jit.is_scripting() or torch.compiler.is_compiling() or (
+                torch.is_grad_enabled() and (self.weight.requires_grad or self.sigma.requires_grad)):
             kernel = self.product_kernel()
         else:
             kernel = self._cached_product_kernel()

@@ -1,0 +1,98 @@
+""" Side-by-side timing and peak memory of two callables in one process
+
+Ratios between an adaptive and an ordinary variant are measured *interleaved*: after a warm-up,
+every round times both back to back (alternating which goes first), and the reported ratio is
+the median over rounds of the per-round ratio adaptive / ordinary. Machine load that drifts
+during a run then hits both variants of a round alike, which a sequential A-then-B measurement
+(or a ratio of two separate medians) cannot promise.
+"""
+import itertools
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Dict, List
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+__all__ = ['Comparison', 'compare', 'peak_memory_mib']
+
+
+@dataclass
+class Comparison:
+    """ Medians of one interleaved comparison (times in milliseconds per call). """
+    adaptive_ms: float
+    ordinary_ms: float
+    ratio: float  # median over rounds of (adaptive time / ordinary time)
+    ratio_q1: float  # quartiles of the per-round ratios: the run's noise
+    ratio_q3: float
+    rounds: int
+    calls_per_round: int
+    adaptive_peak_mib: float
+    ordinary_peak_mib: float
+
+    def as_dict(self) -> Dict[str, float]:
+        return {key: round(value, 4) if isinstance(value, float) else value for key, value in asdict(self).items()}
+
+
+def _time_calls(fn: Callable[[], object], calls: int) -> float:
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - start) / calls
+
+
+def peak_memory_mib(fn: Callable[[], object]) -> float:
+    """ Peak CPU memory allocated by torch during one call of ``fn``, above the level at its start.
+
+    Replays the allocation and free events the profiler records (``profile_memory=True``) in
+    time order; memory held before the call (parameters, optimizer state, inputs) is not counted.
+    """
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted(prof.events(), key=lambda event: event.time_range.start)
+    running = itertools.accumulate(event.self_cpu_memory_usage for event in events)
+    return max(itertools.chain([0], running)) / 2 ** 20
+
+
+def compare(
+        adaptive: Callable[[], object],
+        ordinary: Callable[[], object],
+        rounds: int = 9,
+        warmup: int = 2,
+        min_round_s: float = 0.02,
+        memory: bool = True,
+) -> Comparison:
+    """ Time ``adaptive`` and ``ordinary`` interleaved; median times and the median per-round ratio.
+
+    Args:
+        adaptive, ordinary: zero-argument callables doing the work once (e.g. one train step).
+        rounds: timed rounds; each times both callables, alternating which runs first.
+        warmup: untimed calls of each before timing (allocator, oneDNN primitive caches).
+        min_round_s: calls per round grow until one round of ``ordinary`` lasts this long.
+        memory: also measure the peak memory of one call of each (see :func:`peak_memory_mib`).
+    """
+    for _ in range(warmup):
+        adaptive()
+        ordinary()
+    calls = 1
+    while _time_calls(ordinary, calls) * calls < min_round_s and calls < 1024:
+        calls *= 2
+    adaptive_times: List[float] = []
+    ordinary_times: List[float] = []
+    for index in range(rounds):
+        if index % 2:
+            ordinary_times.append(_time_calls(ordinary, calls))
+            adaptive_times.append(_time_calls(adaptive, calls))
+        else:
+            adaptive_times.append(_time_calls(adaptive, calls))
+            ordinary_times.append(_time_calls(ordinary, calls))
+    round_ratios = [a / o for a, o in zip(adaptive_times, ordinary_times)]
+    quartiles = statistics.quantiles(round_ratios, n=4) if rounds > 1 else [round_ratios[0]] * 3
+    return Comparison(
+        adaptive_ms=statistics.median(adaptive_times) * 1e3, ordinary_ms=statistics.median(ordinary_times) * 1e3,
+        ratio=statistics.median(round_ratios),
+        ratio_q1=quartiles[0], ratio_q3=quartiles[2], rounds=rounds, calls_per_round=calls,
+        adaptive_peak_mib=peak_memory_mib(adaptive) if memory else float('nan'),
+        ordinary_peak_mib=peak_memory_mib(ordinary) if memory else float('nan'),
+    )

@@ -1,0 +1,227 @@
+""" Fast paths of the adaptive layer: the product-kernel cache, compile, autocast, memory format, export.
+
+No timing here (benchmarks/overhead.py measures speed); these tests check that every fast path
+computes what the plain definition ``conv2d(x, weight * envelope(sigma))`` computes.
+"""
+import copy
+import io
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import timm_aconv
+from timm_aconv import AdaptiveConv2d, gaussian_envelope
+
+
+def _layer(dtype=torch.float32, **kwargs) -> AdaptiveConv2d:
+    torch.manual_seed(0)
+    return AdaptiveConv2d(3, 6, 5, padding=2, dtype=dtype, **kwargs)
+
+
+def _reference(layer: AdaptiveConv2d, x: torch.Tensor) -> torch.Tensor:
+    """ The layer's output from its definition, with nothing cached. """
+    kernel = layer.weight.detach() * gaussian_envelope(layer.sigma.detach(), layer.grid_size)[:, None]
+    return F.conv2d(x, kernel, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups)
+
+
+def _eval(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return layer(x)
+
+
+def _sgd_step(layer):
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.5)
+    layer(torch.randn(2, 3, 8, 8)).square().sum().backward()
+    optimizer.step()
+
+
+def _adam_fused_step(layer):
+    optimizer = torch.optim.Adam(layer.parameters(), lr=0.1, fused=True)
+    layer(torch.randn(2, 3, 8, 8)).square().sum().backward()
+    optimizer.step()
+
+
+def _load_state_dict(layer):
+    layer.load_state_dict(_layer(sigma_init=0.3).state_dict())
+
+
+def _load_state_dict_assign(layer):
+    other = _layer(sigma_init=0.3)
+    with torch.no_grad():
+        other.weight.mul_(-1)
+    layer.load_state_dict(other.state_dict(), assign=True)
+
+
+def _in_place_weight(layer):
+    with torch.no_grad():
+        layer.weight.mul_(2)
+
+
+def _in_place_sigma(layer):
+    with torch.no_grad():
+        layer.sigma.fill_(0.7)
+
+
+def _clamp(layer):
+    with torch.no_grad():
+        layer.sigma.mul_(100)  # far above the bound n
+    layer.clamp_sigma_()
+
+
+def _assign_data(layer):
+    layer.weight.data = torch.randn_like(layer.weight)
+
+
+def _assign_transposed_view(layer):
+    # same storage address and version, new strides: only the stride in the key tells
+    layer.weight.data = layer.weight.data.transpose(2, 3)
+
+
+def _assign_data_twice(layer):
+    # the second tensor could reuse the first one's freed address: the cache must not be fooled
+    first = layer.weight.data.clone()
+    layer.weight.data = torch.randn_like(first)
+    layer.weight.data = first * 3
+
+
+def _to_float64(layer):
+    layer.to(torch.float64)
+
+
+def _set_sigma_parameter(layer):
+    layer.sigma = nn.Parameter(torch.full_like(layer.sigma, 0.2))
+
+
+CHANGES = [_sgd_step, _adam_fused_step, _load_state_dict, _load_state_dict_assign, _in_place_weight,
+           _in_place_sigma, _clamp, _assign_data, _assign_transposed_view, _assign_data_twice, _to_float64,
+           _set_sigma_parameter]
+
+
+@pytest.mark.parametrize('change', CHANGES, ids=lambda fn: fn.__name__.lstrip('_'))
+def test_cached_kernel_follows_every_parameter_change(change):
+    layer = _layer().eval()
+    x = torch.randn(2, 3, 9, 9)
+    before = _eval(layer, x)
+    torch.testing.assert_close(before, _reference(layer, x), rtol=0, atol=0)
+    change(layer)
+    x = x.to(layer.weight.dtype)
+    after = _eval(layer, x)
+    if change is not _to_float64:
+        assert not torch.allclose(after, before, atol=1e-3), 'the change should change the output'
+    torch.testing.assert_close(after, _reference(layer, x), rtol=0, atol=0)
+
+
+def test_cache_is_reused_until_a_change():
+    layer = _layer()
+    x = torch.randn(1, 3, 8, 8)
+    _eval(layer, x)
+    cached = layer._kernel_cache[1]
+    _eval(layer, x)
+    assert layer._kernel_cache[1] is cached
+    _in_place_weight(layer)
+    _eval(layer, x)
+    assert layer._kernel_cache[1] is not cached
+
+
+def test_frozen_layer_uses_cache_and_still_passes_input_gradients():
+    layer = _layer().requires_grad_(False)
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    layer(x).sum().backward()  # grad enabled, kernel needs none: the cached kernel serves
+    assert layer._kernel_cache is not None
+    reference_x = x.detach().clone().requires_grad_(True)
+    _reference(layer, reference_x).sum().backward()
+    torch.testing.assert_close(x.grad, reference_x.grad, rtol=0, atol=0)
+
+
+def test_training_forward_gives_gradients_not_the_cache():
+    layer = _layer()
+    _eval(layer, torch.randn(1, 3, 8, 8))  # fill the cache
+    layer(torch.randn(1, 3, 8, 8)).sum().backward()
+    assert layer.weight.grad is not None and layer.sigma.grad is not None and layer.sigma.grad.abs().sum() > 0
+
+
+def test_inference_mode_then_frozen_grad_mode():
+    layer = _layer().requires_grad_(False)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.inference_mode():
+        expected = layer(x)
+    # a kernel cached under inference_mode is an inference tensor: it must not reach autograd
+    x_grad = x.clone().requires_grad_(True)
+    output = layer(x_grad)
+    output.sum().backward()
+    torch.testing.assert_close(output.detach(), expected, rtol=0, atol=0)
+    with torch.inference_mode():
+        layer_made_in_inference = _layer()  # parameters that are inference tensors: no caching
+        torch.testing.assert_close(layer_made_in_inference(x), _reference(layer_made_in_inference, x))
+
+
+def test_copies_do_not_carry_the_cache():
+    layer = _layer()
+    _eval(layer, torch.randn(1, 3, 8, 8))
+    assert copy.deepcopy(layer)._kernel_cache is None
+    buffer = io.BytesIO()
+    torch.save(layer, buffer)
+    buffer.seek(0)
+    assert torch.load(buffer, weights_only=False)._kernel_cache is None
+
+
+def _small_cnn(kernel_size: int = 5) -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    return timm_aconv.convert_convs(model, sizes=kernel_size, preserve=False)
+
+
+@pytest.mark.parametrize('train', [True, False], ids=['train', 'eval'])
+def test_torch_compile_has_no_graph_breaks(train):
+    model = _small_cnn().train(train)
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(model)(torch.randn(2, 3, 16, 16))
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+
+
+def test_bf16_autocast_matches_float32_and_trains():
+    model = _small_cnn()
+    x = torch.randn(2, 3, 16, 16)
+    expected = model(x)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        output = model(x)
+    assert output.dtype == torch.bfloat16
+    torch.testing.assert_close(output.float(), expected, rtol=0.05, atol=0.05)
+    output.float().sum().backward()
+    for layer in timm_aconv.adaptive_layers(model):
+        assert layer.sigma.grad.dtype == torch.float32 and torch.isfinite(layer.sigma.grad).all()
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):  # cached kernel under autocast
+        torch.testing.assert_close(model.eval()(x).float(), model(x).float(), rtol=0, atol=0)
+
+
+def test_channels_last_matches_and_keeps_memory_format():
+    model = _small_cnn()
+    x = torch.randn(2, 3, 16, 16)
+    expected = model(x)
+    model = model.to(memory_format=torch.channels_last)
+    x_last = x.contiguous(memory_format=torch.channels_last)
+    first = next(timm_aconv.adaptive_layers(model))
+    assert first.product_kernel().is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(model(x_last), expected, rtol=1e-5, atol=1e-5)
+    assert first(x_last).is_contiguous(memory_format=torch.channels_last)
+    model(x_last).sum().backward()
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x_last), model(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.filterwarnings('ignore::DeprecationWarning')  # the TorchScript exporter needs no onnxscript
+def test_onnx_export_of_fused_model(tmp_path):
+    onnx = pytest.importorskip('onnx')
+    model = timm_aconv.fuse_convs(_small_cnn().eval())
+    assert not any(isinstance(module, AdaptiveConv2d) for module in model.modules())
+    path = tmp_path / 'fused.onnx'
+    torch.onnx.export(model, (torch.randn(1, 3, 16, 16),), str(path), dynamo=False, input_names=['image'])
+    graph = onnx.load(str(path)).graph
+    onnx.checker.check_model(onnx.load(str(path)))
+    assert sum(node.op_type == 'Conv' for node in graph.node) == 3
