@@ -1,0 +1,109 @@
+""" ``aconv_unet``: SMP's U-Net with the paper's adaptive first convolution
+
+The paper's segmentation experiment replaced the first convolution of a U-Net by a 7×7 adaptive
+layer and left the rest ordinary. :class:`AconvUnet` is :class:`segmentation_models_pytorch.Unet`
+(every encoder, every Unet argument) with that surgery, and arguments to choose the grid size and
+which layers become adaptive:
+
+    >>> model = smp.create_model('aconv_unet', encoder_name='resnet34', encoder_weights=None, classes=3)
+    >>> [name for name, _ in adaptive_named_layers(model)]
+    ['encoder.conv1']
+
+With pretrained encoder weights the chosen layers are converted function-preservingly (the
+pretrained stem's response is kept, sigma starts at 0.5); with ``encoder_weights=None`` they are
+fresh adaptive layers with the paper's apertures.
+"""
+from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
+
+import torch.nn as nn
+from segmentation_models_pytorch import Unet
+from segmentation_models_pytorch.base.hub_mixin import supports_config_loading
+
+from ..layers import AdaptiveConv2d
+from ..layers.adaptive_conv import SigmaInit
+from ..surgery import convert_convs
+
+__all__ = ['AconvUnet', 'adaptive_named_layers', 'PAPER_UNET_SIGMA_INIT', 'PAPER_UNET_SIGMA_BOUNDS']
+
+# the authors' U-Net setting (their code): apertures (0.1, 0.25), clamped to [1/7, 5]
+PAPER_UNET_SIGMA_INIT = (0.1, 0.25)
+PAPER_UNET_SIGMA_BOUNDS = (1 / 7, 5.0)
+
+ADAPTIVE_CHOICES = ('first', 'encoder')
+
+
+def adaptive_named_layers(model: nn.Module) -> Iterator[Tuple[str, AdaptiveConv2d]]:
+    """ (qualified name, layer) of every :class:`AdaptiveConv2d` in ``model``, in module order. """
+    return ((name, module) for name, module in model.named_modules() if isinstance(module, AdaptiveConv2d))
+
+
+def _first_conv_name(encoder: nn.Module) -> str:
+    for name, module in encoder.named_modules():
+        if isinstance(module, nn.Conv2d):
+            return f'encoder.{name}'
+    raise ValueError(f'aconv_unet: encoder {type(encoder).__name__} has no nn.Conv2d to make adaptive')
+
+
+def _adaptive_patterns(model: Unet, adaptive: Union[str, Sequence[str]]) -> Tuple[List[str], bool]:
+    """ The fnmatch patterns of the layers ``adaptive`` names, and whether 1×1 convs are skipped. """
+    if adaptive == 'first':
+        return [_first_conv_name(model.encoder)], False
+    if adaptive == 'encoder':
+        return ['encoder.*'], True
+    if isinstance(adaptive, str) or not adaptive or not all(isinstance(p, str) for p in adaptive):
+        raise ValueError(
+            f"aconv_unet: adaptive must be one of {ADAPTIVE_CHOICES} or a non-empty list of fnmatch patterns "
+            f"on module names (e.g. ['encoder.conv1', 'encoder.layer1.*']), got {adaptive!r}")
+    return list(adaptive), True
+
+
+class AconvUnet(Unet):
+    """ :class:`segmentation_models_pytorch.Unet` with adaptive convolutions (the paper's U-Net setup).
+
+    Args:
+        encoder_name ... aux_params, **kwargs: as :class:`segmentation_models_pytorch.Unet`.
+        adaptive_kernel_size: grid size n of the adaptive layers (the paper: 7).
+        adaptive: which convolutions become adaptive: ``'first'`` (default, the paper: the
+            encoder's first convolution, whatever its kernel size), ``'encoder'`` (every
+            spatial, i.e. non-1×1, encoder convolution) or a list of fnmatch patterns on the
+            model's module names (e.g. ``['encoder.conv1', 'decoder.blocks.0.*']``).
+        sigma_init: apertures of the adaptive layers; None is the paper's (0.1, 0.25) for a
+            randomly initialized encoder and the function-preserving 0.5 for pretrained weights.
+        sigma_bounds: clamp range (the authors' U-Net: [1/7, 5]).
+
+    Layers that are adaptive already (an ``aconv_`` encoder's) are kept as they are.
+    """
+
+    @supports_config_loading
+    def __init__(
+            self,
+            encoder_name: str = 'resnet34',
+            encoder_depth: int = 5,
+            encoder_weights: Optional[str] = 'imagenet',
+            decoder_use_norm: Union[bool, str, dict] = 'batchnorm',
+            decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
+            decoder_attention_type: Optional[str] = None,
+            decoder_interpolation: str = 'nearest',
+            in_channels: int = 3,
+            classes: int = 1,
+            activation: Optional[str] = None,
+            aux_params: Optional[dict] = None,
+            adaptive_kernel_size: int = 7,
+            adaptive: Union[str, Sequence[str]] = 'first',
+            sigma_init: Optional[SigmaInit] = None,
+            sigma_bounds: Tuple[float, float] = PAPER_UNET_SIGMA_BOUNDS,
+            **kwargs: Any,
+    ):
+        super().__init__(
+            encoder_name=encoder_name, encoder_depth=encoder_depth, encoder_weights=encoder_weights,
+            decoder_use_norm=decoder_use_norm, decoder_channels=decoder_channels,
+            decoder_attention_type=decoder_attention_type, decoder_interpolation=decoder_interpolation,
+            in_channels=in_channels, classes=classes, activation=activation, aux_params=aux_params, **kwargs)
+        patterns, skip_pointwise = _adaptive_patterns(self, adaptive)
+        pretrained = encoder_weights is not None
+        if sigma_init is None and not pretrained:
+            sigma_init = PAPER_UNET_SIGMA_INIT
+        convert_convs(
+            self, sizes=adaptive_kernel_size, include=patterns, preserve=pretrained, sigma_init=sigma_init,
+            sigma_bounds=sigma_bounds, skip_pointwise=skip_pointwise)
+        self.name = f'aconv-u-{encoder_name}'

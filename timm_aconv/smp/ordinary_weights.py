@@ -1,0 +1,58 @@
+""" Load ordinary (non-adaptive) convolution weights into adaptive layers
+
+A checkpoint of an ordinary network (e.g. SMP's ImageNet ResNet encoders) has only ``weight`` and
+``bias`` for the layers that are :class:`~timm_aconv.AdaptiveConv2d` in our models, and their
+kernels may be smaller than the adaptive grid (3×3 into 5×5). :func:`adapt_ordinary_weights`
+rewrites such entries with the function-preserving conversion of
+:func:`timm_aconv.convert_conv` (kernel centred in the grid and divided by the envelope, sigma
+0.5), so the adaptive model computes exactly what the ordinary one did.
+
+    >>> encoder = smp.encoders.get_encoder('aconv_resnet34')
+    >>> ordinary = smp.encoders.get_encoder('resnet34').state_dict()
+    >>> encoder.load_state_dict(adapt_ordinary_weights(encoder, ordinary))
+"""
+from typing import Dict, Optional
+
+import torch
+import torch.nn as nn
+
+from ..layers import AdaptiveConv2d
+from ..surgery import convert_conv
+
+__all__ = ['adapt_ordinary_weights']
+
+
+def _ordinary_conv(layer: AdaptiveConv2d, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> nn.Conv2d:
+    """ An ``nn.Conv2d`` holding the checkpoint's ``weight``/``bias`` with ``layer``'s geometry. """
+    conv = nn.Conv2d(
+        weight.shape[1] * layer.groups, weight.shape[0], tuple(weight.shape[-2:]), stride=layer.stride,
+        dilation=layer.dilation, groups=layer.groups, bias=bias is not None, device='meta')
+    conv.weight = nn.Parameter(weight, requires_grad=False)
+    if bias is not None:
+        conv.bias = nn.Parameter(bias, requires_grad=False)
+    return conv
+
+
+def adapt_ordinary_weights(
+        model: nn.Module,
+        state_dict: Dict[str, torch.Tensor],
+        prefix: str = '',
+) -> Dict[str, torch.Tensor]:
+    """ ``state_dict`` with ordinary conv entries converted for ``model``'s adaptive layers, in place.
+
+    For every :class:`AdaptiveConv2d` in ``model`` whose ``weight`` is in ``state_dict`` (keys
+    under ``prefix``) but whose ``sigma`` is not, the ordinary kernel is converted with
+    ``convert_conv(preserve=True)`` to the layer's grid size and ``sigma`` is added. Entries of
+    adaptive checkpoints (with ``sigma``) are left alone. Returns ``state_dict``.
+    """
+    for name, layer in model.named_modules():
+        if not isinstance(layer, AdaptiveConv2d):
+            continue
+        key = f'{prefix}{name}.' if name else prefix
+        if key + 'weight' not in state_dict or key + 'sigma' in state_dict:
+            continue
+        ordinary = _ordinary_conv(layer, state_dict[key + 'weight'], state_dict.get(key + 'bias'))
+        adaptive = convert_conv(ordinary, layer.grid_size, preserve=True, name=key.rstrip('.') or 'conv')
+        state_dict[key + 'weight'] = adaptive.weight.detach()
+        state_dict[key + 'sigma'] = adaptive.sigma.detach()
+    return state_dict
