@@ -16,11 +16,11 @@ import dataclasses
 import difflib
 import typing
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Type, TypeVar
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, TypeVar
 
 import yaml
 
-__all__ = ['ConfigError', 'parse_config', 'load_config', 'config_from_dict', 'config_to_dict']
+__all__ = ['ConfigError', 'parse_config', 'parse_values', 'load_config', 'config_from_dict', 'config_to_dict']
 
 ConfigT = TypeVar('ConfigT')
 
@@ -137,14 +137,18 @@ def load_config(path: str) -> Dict[str, Any]:
     return values
 
 
-def parse_config(
-        config_cls: Type[ConfigT],
+def parse_values(
+        config_cls: Type,
         argv: Optional[List[str]] = None,
         description: Optional[str] = None,
-) -> ConfigT:
-    """ ``config_cls`` from ``--config file.yaml`` and ``--key value`` overrides in ``argv``. """
+) -> Tuple[Dict[str, Any], str]:
+    """ The raw settings given by ``--config file.yaml`` and ``--key value`` in ``argv``, and their source.
+
+    Only keys actually given appear; the dataclass defaults are not filled in. Unknown keys raise
+    :class:`ConfigError`.
+    """
     types = _field_types(config_cls)
-    parser = argparse.ArgumentParser(description=description or config_cls.__doc__)
+    parser = argparse.ArgumentParser(description=description or config_cls.__doc__, allow_abbrev=False)
     parser.add_argument('--config', help='YAML file with any of the keys below (command line wins)')
     for key, annotation in types.items():
         flag_options = dict(nargs='?', const='true') if annotation is bool else {}
@@ -153,7 +157,7 @@ def parse_config(
     if unknown:
         key = unknown[0].lstrip('-').split('=')[0]
         raise ConfigError(_unknown_key_message(key, list(types), 'the command line'))
-    values = {}
+    values: Dict[str, Any] = {}
     source = 'the command line'
     if args.config:
         values.update(load_config(args.config))
@@ -161,8 +165,18 @@ def parse_config(
         for key in values:
             if key not in types:
                 raise ConfigError(_unknown_key_message(key, list(types), args.config))
-    cli_values = {key: value for key, value in vars(args).items() if key != 'config'}
-    for key, value in cli_values.items():
-        # a YAML literal ("[3, 7]", "0.1", "null") on the command line is read the YAML way
-        values[key] = value if types[key] is str else yaml.safe_load(value) if value.strip().startswith('[') else value
+    for key, value in vars(args).items():
+        if key != 'config':
+            # a YAML list or mapping on the command line ("[3, 7]", "{drop_rate: 0.2}") is read the YAML way
+            values[key] = yaml.safe_load(value) if types[key] is not str and value.strip().startswith(('[', '{')) else value
+    return values, source
+
+
+def parse_config(
+        config_cls: Type[ConfigT],
+        argv: Optional[List[str]] = None,
+        description: Optional[str] = None,
+) -> ConfigT:
+    """ ``config_cls`` from ``--config file.yaml`` and ``--key value`` overrides in ``argv``. """
+    values, source = parse_values(config_cls, argv, description)
     return config_from_dict(config_cls, values, source)

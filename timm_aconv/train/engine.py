@@ -140,6 +140,7 @@ class EngineConfig:
     save_every: int = 1
     log_with: Literal['auto', 'none', 'tensorboard', 'wandb', 'mlflow', 'comet_ml', 'aim', 'clearml', 'dvclive'] = 'auto'
     progress: bool = True
+    num_threads: Optional[int] = None
 
     def __post_init__(self) -> None:
         positive_ints = ('epochs', 'grad_accum_steps')
@@ -156,6 +157,8 @@ class EngineConfig:
         for name in ('clip_value', 'clip_norm'):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ConfigError(f'{name} must be > 0 or null (no clipping), got {getattr(self, name)}')
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ConfigError(f'num_threads must be >= 1 or null (torch default), got {self.num_threads}')
         if self.max_steps_per_epoch is not None and (
                 self.max_steps_per_epoch < 1 or self.max_steps_per_epoch % self.grad_accum_steps):
             raise ConfigError(
@@ -226,6 +229,8 @@ class Trainer:
         self.forward_fn = forward_fn
         if config.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
+        if config.num_threads is not None:
+            torch.set_num_threads(config.num_threads)  # small CPU models: 1 thread avoids spin-wait overhead
         self.accelerator = accelerator or Accelerator(
             mixed_precision=config.mixed_precision,
             gradient_accumulation_steps=config.grad_accum_steps,

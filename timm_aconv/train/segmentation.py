@@ -456,7 +456,7 @@ def _write_figures(config: SegmentationConfig, histories, models, val_set) -> No
     plot_mean_curves(curves, str(directory / 'comparison_curves.png'), title='validation pixel accuracy')
     for variant, model in models.items():
         layer = next(adaptive_layers(model), None) or _first_conv(model)[1]
-        figure = plot_layer_kernels(layer, max_filters=16)
+        figure = plot_layer_kernels(layer, max_filters=8)
         figure.savefig(directory / f'{variant}_first_conv_kernels.png', dpi=100)
         plt.close(figure)
     if config.examples:

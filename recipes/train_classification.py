@@ -1,0 +1,25 @@
+""" Train a timm image classifier with adaptive (or ordinary) convolutions.
+
+    python recipes/train_classification.py --config recipes/configs/digits.yaml
+    python recipes/train_classification.py --config recipes/configs/simple_cnn_mnist.yaml --kernel_size 9
+    accelerate launch --multi_gpu recipes/train_classification.py --config recipes/configs/resnet_cifar10.yaml
+    python recipes/train_classification.py --model resnet18 --convert --kernel_size 7 --dataset cifar10
+
+Every key of the YAML config can be overridden on the command line (``--help`` lists them);
+the logic lives in :mod:`timm_aconv.train.classification`.
+"""
+from typing import List, Optional, Sequence
+
+from timm_aconv.train import Callback, parse_config
+from timm_aconv.train.classification import ClassificationConfig, train_classification
+
+
+def main(argv: Optional[List[str]] = None, callbacks: Sequence[Callback] = ()) -> None:
+    config = parse_config(ClassificationConfig, argv)
+    history = train_classification(config, callbacks)
+    best = max(record['val_accuracy'] for record in history)
+    print(f'{config.model} on {config.dataset}: peak validation accuracy {best:.4f}, results in {config.output_dir}')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,116 @@
+""" The image-classification recipe: config, model, data, training, plots
+
+``recipes/train_classification.py`` only parses a :class:`ClassificationConfig` and calls
+:func:`train_classification`; the same function runs each repeat of the paper's comparison
+(:mod:`timm_aconv.train.compare`).
+
+Models are any timm name: ``aconv_simple_cnn`` / ``conv_simple_cnn`` (the paper's simple CNN,
+``kernel_size`` kwarg, its dense layer sized from the data's ``img_size``),
+``aconv_resnet20`` / ``conv_resnet20`` (…110), or any other timm model; ``convert=True`` turns
+that model's convolutions into adaptive ones with :func:`timm_aconv.convert_convs`
+(``sizes=[kernel_size or 7]``).
+"""
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
+
+import timm
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+
+from ..surgery import convert_convs
+from .callbacks import Callback, SigmaRecorder
+from .config import ConfigError
+from .datasets import DataInfo, build_classification_data
+from .engine import EngineConfig, Trainer, set_seed
+from .metrics import ClassificationMetric
+
+__all__ = ['ClassificationConfig', 'create_classifier', 'train_classification']
+
+
+@dataclass
+class ClassificationConfig(EngineConfig):
+    """ Train a timm image classifier (plain, adaptive, or converted) with the paper's protocol. """
+    model: str = 'aconv_simple_cnn'
+    kernel_size: Optional[int] = None
+    sigma_init: Optional[Tuple[float, float]] = None
+    drop_rate: Optional[float] = None
+    model_kwargs: Dict[str, Any] = field(default_factory=dict)
+    convert: bool = False
+    dataset: Literal['digits', 'synthetic', 'mnist', 'fashion_mnist', 'cifar10', 'mnist_cluttered', 'lfw'] = 'digits'
+    data_dir: str = 'data'
+    download: bool = True
+    img_size: Optional[int] = None
+    augment: bool = False
+    split_seed: int = 0
+    batch_size: int = 64
+    val_batch_size: Optional[int] = None
+    num_workers: int = 0
+    plots: bool = True
+    monitor: str = 'val_loss'
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.model_kwargs, dict):
+            raise ConfigError(f'model_kwargs must be a mapping of keyword arguments, got {self.model_kwargs!r}')
+        if self.model not in timm.list_models():
+            raise ConfigError(f'model {self.model!r} is not a timm model; e.g. aconv_simple_cnn, conv_simple_cnn, '
+                              f'aconv_resnet20, conv_resnet20, or any name of timm.list_models()')
+        for name in ('batch_size', 'val_batch_size'):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f'{name} must be >= 1, got {getattr(self, name)}')
+        if self.img_size is not None and self.img_size < 4:
+            raise ConfigError(f'img_size must be >= 4 pixels or null (native size), got {self.img_size}')
+
+
+def create_classifier(config: ClassificationConfig, info: DataInfo) -> nn.Module:
+    """ The timm model of ``config`` for the dataset described by ``info``. """
+    kwargs: Dict[str, Any] = dict(num_classes=info.num_classes, in_chans=info.in_chans)
+    if 'simple_cnn' in config.model:  # its dense layer depends on the input size
+        kwargs['img_size'] = info.img_size
+    if not config.convert:
+        for name in ('kernel_size', 'sigma_init', 'drop_rate'):
+            if getattr(config, name) is not None:
+                kwargs[name] = getattr(config, name)
+    elif config.drop_rate is not None:
+        kwargs['drop_rate'] = config.drop_rate
+    kwargs.update(config.model_kwargs)
+    model = timm.create_model(config.model, pretrained=False, **kwargs)
+    if config.convert:
+        convert_convs(model, sizes=[config.kernel_size or 7], sigma_init=config.sigma_init)
+    return model
+
+
+def _loaders(config: ClassificationConfig, train_set, val_set) -> Tuple[DataLoader, DataLoader]:
+    train_loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True,
+                              num_workers=config.num_workers, drop_last=False)
+    val_loader = DataLoader(val_set, batch_size=config.val_batch_size or config.batch_size, shuffle=False,
+                            num_workers=config.num_workers)
+    return train_loader, val_loader
+
+
+def train_classification(
+        config: ClassificationConfig,
+        callbacks: Sequence[Callback] = (),
+) -> List[Dict[str, float]]:
+    """ Trains ``config.model`` on ``config.dataset``; returns the per-epoch history.
+
+    Writes ``metrics.csv``/``metrics.json``, ``sigmas.json``, checkpoints and the final
+    ``model.safetensors`` to ``config.output_dir``, and with ``plots=True`` the learning curves
+    and per-layer sigma histograms as PNG.
+    """
+    set_seed(config.seed)
+    train_set, val_set, info = build_classification_data(
+        config.dataset, config.data_dir, config.download, config.img_size, config.augment, config.split_seed)
+    model = create_classifier(config, info)
+    train_loader, val_loader = _loaders(config, train_set, val_set)
+    recorder = SigmaRecorder()
+    trainer = Trainer(model, train_loader, val_loader, config, loss_fn=nn.CrossEntropyLoss(),
+                      metric=ClassificationMetric(), callbacks=[recorder, *callbacks])
+    history = trainer.fit()
+    if config.plots and trainer.is_main_process:
+        from .plots import plot_learning_curves, plot_sigma_histograms
+        plot_learning_curves(history, config.output_dir)
+        if recorder.epochs:
+            plot_sigma_histograms(recorder.epochs, config.output_dir)
+    return history
