@@ -16,7 +16,7 @@ import timm_aconv
 from timm_aconv import AdaptiveConv2d
 from timm_aconv.models import ChannelRepeatShortcut, CifarResNet
 
-CIFAR_DEPTHS = (20, 32, 44, 56, 110)
+CIFAR_DEPTHS = (8, 14, 20, 32, 44, 56, 110)
 CIFAR_MODELS = [f'{prefix}_resnet{depth}' for prefix in ('aconv', 'conv') for depth in CIFAR_DEPTHS]
 IMAGENET_MODELS = ['aconv_resnet18', 'aconv_resnet34', 'aconv_resnet50', 'aconv_resnet101', 'aconv_resnet152']
 SIMPLE_MODELS = ['aconv_simple_cnn', 'conv_simple_cnn']
@@ -101,11 +101,14 @@ def test_cifar_twins_have_the_same_architecture(depth, k):
     assert _param_count(aconv) == _cifar_param_count(depth, k, adaptive=True)
 
 
-def test_cifar_resnet20_parameter_counts_match_the_papers():
-    # He et al.: ResNet-20 has 0.27M parameters (3×3); the adaptive paper's 7×7 ResNet-20: ≈1.4M
+def test_cifar_parameter_counts_match_the_papers():
+    # He et al.: ResNet-20 has 0.27M parameters (3×3)
     assert _param_count(timm.create_model('conv_resnet20', kernel_size=3)) == 269_722
     assert _param_count(timm.create_model('aconv_resnet20', kernel_size=3)) == 270_410
+    # the adaptive paper's Table 1: CIFAR-10 ResNet-20 ≈1.4M, Fashion 2 blocks ≈0.9M, MNIST 1 block ≈75K
     assert _param_count(timm.create_model('aconv_resnet20')) == 1_460_170  # default kernel_size=7
+    assert _param_count(timm.create_model('aconv_resnet14', in_chans=1)) == 931_082
+    assert _param_count(timm.create_model('aconv_resnet8', in_chans=1, kernel_size=3)) == 75_242
 
 
 @pytest.mark.parametrize('k', [3, 5, 7, 9])

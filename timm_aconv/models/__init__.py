@@ -1,6 +1,6 @@
 """ timm registrations: importing this package registers the models with timm
 
-- :mod:`.cifar_resnet`: ``aconv_resnet20|32|44|56|110`` and their ``conv_resnet*`` twins, the
+- :mod:`.cifar_resnet`: ``aconv_resnet8|14|20|32|44|56|110`` and their ``conv_resnet*`` twins, the
   paper's CIFAR ResNets (every convolution k×k, adaptive or ordinary).
 - :mod:`.adaptive_resnet`: ``aconv_resnet18|34|50|101|152``, timm's ImageNet ResNets with
   adaptive spatial convolutions; ``pretrained=True`` converts timm's weights exactly.

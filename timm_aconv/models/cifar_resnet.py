@@ -275,9 +275,24 @@ def _cfg(**kwargs) -> Dict[str, Any]:
     }
 
 
-DEPTHS = (20, 32, 44, 56, 110)
+# 8 and 14 layers (1 and 2 blocks per stage): the paper's MNIST / MNIST-cluttered and Fashion / Faces ResNets
+DEPTHS = (8, 14, 20, 32, 44, 56, 110)
 default_cfgs = generate_default_cfgs({
     f'{prefix}_resnet{depth}': _cfg() for prefix in ('aconv', 'conv') for depth in DEPTHS})
+
+
+@register_model
+def aconv_resnet8(pretrained: bool = False, **kwargs) -> CifarResNet:
+    """ ResNet-8 (CIFAR), adaptive k×k convolutions (k = ``kernel_size``, default 7) """
+    model_args = dict(depth=8, adaptive=True)
+    return _create_cifar_resnet('aconv_resnet8', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def aconv_resnet14(pretrained: bool = False, **kwargs) -> CifarResNet:
+    """ ResNet-14 (CIFAR), adaptive k×k convolutions (k = ``kernel_size``, default 7) """
+    model_args = dict(depth=14, adaptive=True)
+    return _create_cifar_resnet('aconv_resnet14', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
@@ -313,6 +328,20 @@ def aconv_resnet110(pretrained: bool = False, **kwargs) -> CifarResNet:
     """ ResNet-110 (CIFAR), adaptive k×k convolutions (k = ``kernel_size``, default 7) """
     model_args = dict(depth=110, adaptive=True)
     return _create_cifar_resnet('aconv_resnet110', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def conv_resnet8(pretrained: bool = False, **kwargs) -> CifarResNet:
+    """ ResNet-8 (CIFAR), ordinary k×k convolutions (k = ``kernel_size``, default 7) """
+    model_args = dict(depth=8, adaptive=False)
+    return _create_cifar_resnet('conv_resnet8', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def conv_resnet14(pretrained: bool = False, **kwargs) -> CifarResNet:
+    """ ResNet-14 (CIFAR), ordinary k×k convolutions (k = ``kernel_size``, default 7) """
+    model_args = dict(depth=14, adaptive=False)
+    return _create_cifar_resnet('conv_resnet14', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
