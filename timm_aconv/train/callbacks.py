@@ -26,7 +26,7 @@ class Callback:
         """ After each real optimizer step (not after accumulation micro-batches), sigma already clamped. """
 
     def on_epoch_end(self, trainer: 'Trainer', record: Dict[str, float]) -> None:
-        pass
+        """ After evaluation and logging; set ``trainer.should_stop = True`` to end training (checkpointed). """
 
     def on_fit_end(self, trainer: 'Trainer') -> None:
         pass

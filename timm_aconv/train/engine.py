@@ -251,6 +251,7 @@ class Trainer:
         self.epoch = 0  # epochs completed
         self.global_step = 0  # real optimizer steps taken
         self.history: List[Dict[str, float]] = []
+        self.should_stop = False  # a callback sets it to end training after the current epoch
 
     # ---- properties users and callbacks read
     @property
@@ -281,7 +282,7 @@ class Trainer:
             self.accelerator.init_trackers('timm_aconv', config=_tracker_config(config))
         for callback in self.callbacks:
             callback.on_fit_start(self)
-        while self.epoch < config.epochs:
+        while self.epoch < config.epochs and not self.should_stop:
             train_loss = self.train_one_epoch()
             record = dict(epoch=self.epoch + 1, step=self.global_step, train_loss=train_loss)
             record.update(self.evaluate())
@@ -293,7 +294,8 @@ class Trainer:
             self.epoch += 1
             for callback in self.callbacks:
                 callback.on_epoch_end(self, record)
-            if config.save_every and (self.epoch % config.save_every == 0 or self.epoch == config.epochs):
+            if config.save_every and (self.epoch % config.save_every == 0 or self.epoch == config.epochs
+                                      or self.should_stop):
                 self.save_checkpoint()
         self.accelerator.wait_for_everyone()
         if self.is_main_process:

@@ -1,0 +1,153 @@
+""" The shared training engine: sigma clamp on real steps, resume, clipping, schedules, configs """
+import json
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import timm_aconv
+import timm_aconv.layers.sigma as sigma_module
+from timm_aconv.train import (
+    Callback, ClassificationMetric, ConfigError, EngineConfig, Trainer, create_optimizer, parse_config, set_seed)
+from timm_aconv.train.schedulers import GaussianOneCycle
+
+
+class StopAfter(Callback):
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_epoch_end(self, trainer, record) -> None:
+        trainer.should_stop = trainer.epoch >= self.epochs
+
+
+def tiny_model() -> nn.Module:
+    return nn.Sequential(
+        timm_aconv.AdaptiveConv2d(1, 4, 3, padding=1, bias=False, sigma_init=(0.1, 0.5)), nn.ReLU(),
+        nn.Dropout(0.3), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+
+
+def tiny_loaders(train_samples: int = 48, val_samples: int = 21, batch_size: int = 8):
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(train_samples + val_samples, 1, 6, 6, generator=generator)
+    labels = torch.randint(0, 3, (train_samples + val_samples,), generator=generator)
+    train = TensorDataset(inputs[:train_samples], labels[:train_samples])
+    val = TensorDataset(inputs[train_samples:], labels[train_samples:])
+    return DataLoader(train, batch_size=batch_size, shuffle=True), DataLoader(val, batch_size=batch_size)
+
+
+def make_trainer(tmp_path, **overrides) -> Trainer:
+    settings = dict(output_dir=str(tmp_path), epochs=2, lr=0.5, progress=False, log_with='none', seed=3)
+    settings.update(overrides)
+    config = EngineConfig(**settings)
+    set_seed(config.seed)
+    train_loader, val_loader = tiny_loaders()
+    return Trainer(tiny_model(), train_loader, val_loader, config, nn.CrossEntropyLoss(), ClassificationMetric())
+
+
+def test_clamp_runs_only_on_real_optimizer_steps(tmp_path, monkeypatch):
+    calls = []
+    original = sigma_module.clamp_sigmas_
+    monkeypatch.setattr(sigma_module, 'clamp_sigmas_', lambda model: calls.append(1) or original(model))
+    trainer = make_trainer(tmp_path, epochs=1, grad_accum_steps=2, save_every=0)
+    # start outside the bounds [1/3, 3]: only a real step clamps it back
+    trainer.unwrapped_model[0].sigma.data.fill_(10.0)
+    trainer.fit()
+    assert trainer.global_step == 3  # 6 batches / 2 accumulated
+    assert len(calls) == 3
+    sigma = trainer.unwrapped_model[0].sigma
+    assert float(sigma.detach().min()) >= 1 / 3 and float(sigma.detach().max()) <= 3.0
+
+
+def test_accumulation_tail_forces_a_step(tmp_path):
+    trainer = make_trainer(tmp_path, epochs=1, grad_accum_steps=4, save_every=0)  # 6 batches → steps after 4, 6
+    trainer.fit()
+    assert trainer.global_step == 2
+
+
+def test_resume_matches_an_uninterrupted_run(tmp_path):
+    settings = dict(epochs=4, scheduler='one_cycle', weight_decay=1e-3, deterministic=True)
+    straight = make_trainer(tmp_path / 'straight', **settings)
+    straight_history = straight.fit()
+
+    interrupted = make_trainer(tmp_path / 'resumed', **settings)
+    interrupted.callbacks.append(StopAfter(epochs=2))
+    assert len(interrupted.fit()) == 2
+    resumed = make_trainer(tmp_path / 'resumed', **settings, resume=True)
+    resumed_history = resumed.fit()
+    assert resumed_history == straight_history  # losses, accuracies, learning rates, all epochs
+    for (name, expected), actual in zip(straight.unwrapped_model.state_dict().items(),
+                                        resumed.unwrapped_model.state_dict().values()):
+        assert torch.equal(expected, actual), name
+    saved = json.loads((tmp_path / 'resumed' / 'metrics.json').read_text())
+    assert [record['epoch'] for record in saved] == [1, 2, 3, 4]
+
+
+def test_resume_without_checkpoint_says_where_it_looked(tmp_path):
+    trainer = make_trainer(tmp_path, resume=True)
+    with pytest.raises(FileNotFoundError, match='no checkpoint in .*checkpoint'):
+        trainer.fit()
+
+
+def test_evaluation_counts_every_validation_sample_once(tmp_path):
+    history = make_trainer(tmp_path, epochs=1, save_every=0).fit()
+    assert history[0]['val_samples'] == 21  # 8 + 8 + 5
+    assert (tmp_path / 'metrics.csv').read_text().splitlines()[0].startswith('epoch,step,train_loss,val_accuracy')
+
+
+def test_gradient_clipping_by_value_bounds_each_update(tmp_path):
+    trainer = make_trainer(tmp_path, epochs=1, max_steps_per_epoch=1, momentum=0.0, lr=1.0, clip_value=1e-3,
+                           save_every=0, scheduler='constant')
+    model = trainer.unwrapped_model
+    before = {name: param.detach().clone() for name, param in model.named_parameters() if 'sigma' not in name}
+    trainer.fit()
+    # SGD with lr 1 moves each weight by its clipped gradient (sigma is also clamped into [1/n, n])
+    steps = torch.cat([(model.get_parameter(name).detach() - old).abs().flatten() for name, old in before.items()])
+    assert float(steps.max()) <= 1e-3 + 1e-7
+    assert float(steps.max()) > 0
+
+
+def test_optimizer_groups_keep_sigma_out_of_weight_decay():
+    config = EngineConfig(weight_decay=0.1, sigma_lr_scale=0.2, lr=0.5)
+    optimizer = create_optimizer(tiny_model(), config)
+    groups = {group['name']: group for group in optimizer.param_groups}
+    assert groups['sigma']['weight_decay'] == 0.0 and groups['sigma']['lr'] == pytest.approx(0.1)
+    assert groups['decay']['weight_decay'] == 0.1 and groups['decay']['lr'] == 0.5
+
+
+def test_gaussian_one_cycle_matches_the_paper_formula():
+    schedule = GaussianOneCycle(total_steps=100, peak_lr=0.05, floor_lr=1e-4)
+    for step in (0, 25, 50, 80):
+        expected = 1e-4 + 0.05 * math.exp(-((step - 50) / 25) ** 2)
+        assert 0.05 * schedule(step) == pytest.approx(expected, rel=1e-12)
+
+
+def test_plateau_scheduler_reduces_lr_by_factor(tmp_path):
+    trainer = make_trainer(tmp_path, epochs=3, lr=1e-6, plateau_patience=0, plateau_cooldown=0,
+                           plateau_factor=0.5, min_lr=0.0, save_every=0, monitor='val_accuracy', monitor_mode='max')
+    history = trainer.fit()  # lr ~0: accuracy never improves after epoch 1
+    # each row holds the lr its epoch trained with; epoch 2 is the first without improvement
+    assert [record['lr_decay'] for record in history] == pytest.approx([1e-6, 1e-6, 5e-7], rel=1e-12)
+
+
+def test_config_errors_name_the_key(tmp_path):
+    config_file = tmp_path / 'bad.yaml'
+    config_file.write_text('epochs: 3\nlearning_rate: 0.1\n')
+    with pytest.raises(ConfigError, match=r"unknown config key 'learning_rate' in .*bad.yaml"):
+        parse_config(EngineConfig, ['--config', str(config_file)])
+    with pytest.raises(ConfigError, match="scheduler must be one of"):
+        parse_config(EngineConfig, ['--scheduler', 'cosine'])
+    with pytest.raises(ConfigError, match='epochs must be an integer'):
+        parse_config(EngineConfig, ['--epochs', '2.5'])
+    with pytest.raises(ConfigError, match='Did you mean optimizer'):
+        parse_config(EngineConfig, ['--optimiser', 'adam'])
+    with pytest.raises(ConfigError, match='max_steps_per_epoch must be a positive multiple of grad_accum_steps'):
+        parse_config(EngineConfig, ['--grad_accum_steps', '2', '--max_steps_per_epoch', '3'])
+    config = parse_config(EngineConfig, ['--resume', '--lr=0.2'])
+    assert config.resume is True and config.lr == 0.2
+
+
+def test_monitor_must_be_a_metric(tmp_path):
+    with pytest.raises(ConfigError, match="monitor='val_miou' is not a metric"):
+        make_trainer(tmp_path, epochs=1, monitor='val_miou', save_every=0).fit()
