@@ -252,6 +252,24 @@ def test_features_only_and_forward_intermediates(model_name):
     assert all(torch.equal(a, b) for a, b in zip(last_two, intermediates[-2:]))
 
 
+def test_prune_intermediate_layers_keeps_the_features_up_to_the_last_index():
+    model = _model('aconv_resnet20')
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        _, intermediates = model.forward_intermediates(x)
+        assert model.prune_intermediate_layers(indices=[1, 2]) == [1, 2]
+        assert len(model.stages) == 2 and model.num_features == 32
+        assert torch.equal(model.forward_features(x), intermediates[2])
+        assert torch.equal(model(x), intermediates[2])  # head pruned: no pooling, no classifier
+
+
+def test_simple_cnn_features_only():
+    features = timm.create_model('aconv_simple_cnn', features_only=True, img_size=32).eval()
+    assert features.feature_info.channels() == [32, 32, 32] and features.feature_info.reduction() == [1, 1, 2]
+    with torch.no_grad():
+        assert [m.shape[-1] for m in features(torch.randn(1, 1, 32, 32))] == [32, 32, 16]
+
+
 @pytest.mark.parametrize('model_name', ['aconv_resnet20', 'conv_resnet20', 'aconv_resnet18', 'aconv_simple_cnn'])
 def test_torchscript(model_name):
     with timm.set_scriptable(True):

@@ -79,7 +79,11 @@ class SimpleCnn(nn.Module):
         self.act2 = nn.ReLU(inplace=True)
         self.pool = nn.MaxPool2d(2)
         self.num_features = width
-        self.feature_info = [dict(num_chs=width, reduction=2, module='pool')]
+        self.feature_info = [
+            dict(num_chs=width, reduction=1, module='act1'),
+            dict(num_chs=width, reduction=1, module='act2'),
+            dict(num_chs=width, reduction=2, module='pool'),
+        ]
 
         self.flatten = nn.Flatten(1)
         self.head_drop = nn.Dropout(drop_rate)
@@ -128,7 +132,7 @@ class SimpleCnn(nn.Module):
 
 
 def _create_simple_cnn(variant: str, pretrained: bool = False, **kwargs) -> SimpleCnn:
-    return build_model_with_cfg(SimpleCnn, variant, pretrained, **kwargs)
+    return build_model_with_cfg(SimpleCnn, variant, pretrained, feature_cfg=dict(out_indices=(0, 1, 2)), **kwargs)
 
 
 def _cfg(**kwargs) -> Dict[str, Any]:
