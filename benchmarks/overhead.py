@@ -11,16 +11,18 @@ Suites:
     model    aconv_resnet20 vs conv_resnet20 (same k=7), batch 64, 32x32: train step (forward,
              backward, SGD step, sigma clamp), eval forward, fused (fuse_convs), cropped (sigmas
              set to fit 3x3 / 5x5, fuse_convs(crop_tol=...)) and torch.compile'd eval forward.
-    scaling  the train-step ratio at image sizes 32/64/128 and batch sizes 16/64/128.
+    scaling  the train-step ratio at image sizes 32/64/128 (batch 8) and batch sizes 8/32/128 (32x32).
 
 Usage (from the repository root)::
 
     python benchmarks/overhead.py                       # every suite, ~4 minutes on 2 cores
     python benchmarks/overhead.py --suite model --json results.json
     python benchmarks/overhead.py --suite layer --rounds 5 --threads 1
+    python benchmarks/overhead.py --threads 1 --clock cpu   # on a machine busy with other work
 """
 import argparse
 import copy
+import functools
 import json
 import os
 import platform
@@ -33,7 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import Comparison, compare  # noqa: E402
+from timing import CLOCKS, Comparison, compare  # noqa: E402
 
 import timm  # noqa: E402
 import timm_aconv  # noqa: E402
@@ -43,9 +45,12 @@ LAYER_SHAPES = [  # (batch, channels, image size): the three stages of a CIFAR R
     (64, 16, 32), (64, 32, 16), (64, 64, 8)]
 LAYER_SIZES = (3, 5, 7, 9)
 MODEL_KERNEL_SIZE = 7
-# sigma that keeps (almost) all envelope energy in a centred window of the 7x7 grid, and the
-# crop tolerance that then crops to it: 1/7 is the smallest sigma the default clamp allows
-CROP_SETTINGS = {3: (1 / 7, 0.02), 5: (0.2, 0.01)}
+Measure = Callable[..., Comparison]  # compare() with the run's rounds and clock bound
+# sigma that keeps all but ~1e-4 of the envelope energy in a centred 3x3 / 5x5 window of the 7x7
+# grid (0.1 is the paper's smallest initial sigma; the default clamp (1/7, 7) would need
+# sigma_bounds=(0.1, 7)), and the energy tolerance of the crop
+CROP_SIGMA = {3: 0.1, 5: 0.15}
+CROP_TOL = 1e-3
 
 
 def _zero_grads(module: nn.Module) -> None:
@@ -61,7 +66,7 @@ def _layer_pair(channels: int, n: int) -> Tuple[nn.Module, nn.Module]:
     return adaptive, ordinary
 
 
-def layer_cases(rounds: int) -> List[Dict]:
+def layer_cases(measure: Measure) -> List[Dict]:
     results = []
     for batch, channels, size in LAYER_SHAPES:
         x = torch.randn(batch, channels, size, size)
@@ -88,7 +93,7 @@ def layer_cases(rounds: int) -> List[Dict]:
 
             for mode, make in (('train fwd', train_forward), ('fwd+bwd', forward_backward),
                                ('eval fwd', eval_forward)):
-                comparison = compare(make(adaptive), make(ordinary), rounds=rounds)
+                comparison = measure(make(adaptive), make(ordinary))
                 results.append(_row('layer', f'{batch}x{channels}x{size}x{size} n={n} {mode}', comparison))
     return results
 
@@ -134,12 +139,12 @@ def _relative_error(output: torch.Tensor, reference: torch.Tensor) -> float:
 
 def _cropped(adaptive: nn.Module, window: int) -> Tuple[nn.Module, nn.Module, List[int]]:
     """ A copy of ``adaptive`` with every sigma set to fit ``window``, and its cropped fused form. """
-    sigma, crop_tol = CROP_SETTINGS[window]
+    sigma = CROP_SIGMA[window]
     shrunk = copy.deepcopy(adaptive).eval()
     with torch.no_grad():
         for layer in timm_aconv.adaptive_layers(shrunk):
             layer.sigma.fill_(sigma)
-    cropped = timm_aconv.fuse_convs(copy.deepcopy(shrunk), crop_tol=crop_tol)
+    cropped = timm_aconv.fuse_convs(copy.deepcopy(shrunk), crop_tol=CROP_TOL)
     sizes = sorted({m.kernel_size[0] for m in cropped.modules() if isinstance(m, nn.Conv2d) and m.kernel_size[0] > 1})
     return shrunk, cropped, sizes
 
@@ -149,30 +154,30 @@ def _graph_breaks(model: nn.Module, x: torch.Tensor) -> int:
     return torch._dynamo.explain(model)(x).graph_break_count
 
 
-def model_cases(rounds: int, compile_model: bool) -> List[Dict]:
+def model_cases(measure: Measure, compile_model: bool) -> List[Dict]:
     results = []
     adaptive, ordinary = resnet20_pair()
     layers = sum(1 for _ in timm_aconv.adaptive_layers(adaptive))
     note = f'{layers} adaptive layers, k={MODEL_KERNEL_SIZE}'
-    comparison = compare(train_step_fn(adaptive, 64, 32), train_step_fn(ordinary, 64, 32), rounds=rounds)
+    comparison = measure(train_step_fn(adaptive, 64, 32), train_step_fn(ordinary, 64, 32))
     results.append(_row('model', 'train step b64 32x32 unfused', comparison, note))
 
     x = torch.randn(64, 3, 32, 32)
-    comparison = compare(eval_forward_fn(adaptive, x), eval_forward_fn(ordinary, x), rounds=rounds)
+    comparison = measure(eval_forward_fn(adaptive, x), eval_forward_fn(ordinary, x))
     results.append(_row('model', 'eval fwd b64 unfused', comparison))
 
     fused = timm_aconv.fuse_convs(copy.deepcopy(adaptive))
     error = _relative_error(eval_forward_fn(fused, x)(), eval_forward_fn(adaptive, x)())
-    comparison = compare(eval_forward_fn(fused, x), eval_forward_fn(ordinary, x), rounds=rounds)
+    comparison = measure(eval_forward_fn(fused, x), eval_forward_fn(ordinary, x))
     results.append(_row('model', 'eval fwd b64 fused', comparison, f'rel. error vs unfused {error:.1e}'))
 
-    for window in CROP_SETTINGS:
+    for window in CROP_SIGMA:
         shrunk, cropped, sizes = _cropped(adaptive, window)
         error = _relative_error(eval_forward_fn(cropped, x)(), eval_forward_fn(shrunk, x)())
-        comparison = compare(eval_forward_fn(cropped, x), eval_forward_fn(ordinary, x), rounds=rounds)
+        comparison = measure(eval_forward_fn(cropped, x), eval_forward_fn(ordinary, x))
         results.append(_row(
             'model', f'eval fwd b64 cropped to {window}x{window}', comparison,
-            f'sigma={CROP_SETTINGS[window][0]:.3g}, crop_tol={CROP_SETTINGS[window][1]}, kernels {sizes}, '
+            f'sigma={CROP_SIGMA[window]}, crop_tol={CROP_TOL}, kernels {sizes}, '
             f'rel. error vs unfused {error:.1e}, speed-up {1 / comparison.ratio:.2f}x'))
 
     if compile_model:
@@ -183,7 +188,7 @@ def model_cases(rounds: int, compile_model: bool) -> List[Dict]:
         adaptive_forward, ordinary_forward = eval_forward_fn(compiled_adaptive, x), eval_forward_fn(compiled_ordinary, x)
         adaptive_forward(), ordinary_forward()
         compile_s = time.perf_counter() - start
-        comparison = compare(adaptive_forward, ordinary_forward, rounds=rounds)
+        comparison = measure(adaptive_forward, ordinary_forward)
         results.append(_row(
             'model', 'eval fwd b64 torch.compile', comparison,
             f"graph breaks train/eval {breaks['train']}/{breaks['eval']}, compile {compile_s:.0f}s (both)"))
@@ -191,13 +196,13 @@ def model_cases(rounds: int, compile_model: bool) -> List[Dict]:
 
 
 # --------------------------------------------------------------------------------- scaling
-def scaling_cases(rounds: int) -> List[Dict]:
+def scaling_cases(measure: Measure) -> List[Dict]:
     results = []
     adaptive, ordinary = resnet20_pair()
-    for batch, size in ((16, 32), (16, 64), (16, 128), (64, 32), (128, 32)):
-        comparison = compare(
-            train_step_fn(adaptive, batch, size), train_step_fn(ordinary, batch, size),
-            rounds=rounds, warmup=1, memory=False)
+    # image size at batch 8, then batch size at 32x32 (batch 64 is the model suite's train step)
+    for batch, size in ((8, 32), (8, 64), (8, 128), (32, 32), (128, 32)):
+        comparison = measure(
+            train_step_fn(adaptive, batch, size), train_step_fn(ordinary, batch, size), warmup=1, memory=False)
         results.append(_row('scaling', f'train step b{batch} {size}x{size}', comparison,
                             f'overhead {comparison.adaptive_ms - comparison.ordinary_ms:+.1f} ms/step'))
     return results
@@ -236,22 +241,25 @@ def main(argv=None) -> Dict:
     parser.add_argument('--suite', nargs='+', choices=SUITES + ('all',), default=['all'])
     parser.add_argument('--rounds', type=int, default=7, help='timed rounds per case (default 7)')
     parser.add_argument('--threads', type=int, default=None, help='torch threads (default: all cores)')
+    parser.add_argument('--clock', choices=CLOCKS, default='wall',
+                        help="'wall' (default) or 'cpu': CPU time of this process, for a busy machine (use --threads 1)")
     parser.add_argument('--no-compile', action='store_true', help='skip the torch.compile case')
     parser.add_argument('--json', default=None, help='also write the results to this JSON file')
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     suites = SUITES if 'all' in args.suite else tuple(args.suite)
-    info = machine_info()
+    info = dict(machine_info(), clock=args.clock)
     print(f"# {' '.join(['python'] + sys.argv)}\n# {info}\n" + '| ' + ' | '.join(HEADER) + ' |', flush=True)
     start = time.perf_counter()
     rows = []
+    measure = functools.partial(compare, rounds=args.rounds, clock=args.clock)
     if 'layer' in suites:
-        rows += layer_cases(args.rounds)
+        rows += layer_cases(measure)
     if 'model' in suites:
-        rows += model_cases(args.rounds, compile_model=not args.no_compile)
+        rows += model_cases(measure, compile_model=not args.no_compile)
     if 'scaling' in suites:
-        rows += scaling_cases(max(3, args.rounds - 2))
+        rows += scaling_cases(functools.partial(measure, rounds=max(3, args.rounds - 2)))
     info['seconds'] = round(time.perf_counter() - start, 1)
     print(f"\nratio = median over interleaved rounds of adaptive time / ordinary time (IQR: its quartiles); "
           f"times are medians; peak = extra memory of one call.\n{len(rows)} cases in {info['seconds']} s\n")

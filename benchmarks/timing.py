@@ -5,8 +5,15 @@ every round times both back to back (alternating which goes first), and the repo
 the median over rounds of the per-round ratio adaptive / ordinary. Machine load that drifts
 during a run then hits both variants of a round alike, which a sequential A-then-B measurement
 (or a ratio of two separate medians) cannot promise.
+
+On a machine shared with other work, wall-clock time also counts the time the scheduler gave to
+other processes; ``clock='cpu'`` measures the CPU time of this process instead
+(:func:`time.process_time`, all threads summed; use it with one thread, since idle OpenMP workers
+spin and count as busy).
 """
+import contextlib
 import itertools
+import os
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -15,7 +22,9 @@ from typing import Callable, Dict, List
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-__all__ = ['Comparison', 'compare', 'peak_memory_mib']
+__all__ = ['CLOCKS', 'Comparison', 'compare', 'peak_memory_mib']
+
+CLOCKS = {'wall': time.perf_counter, 'cpu': time.process_time}
 
 
 @dataclass
@@ -35,11 +44,24 @@ class Comparison:
         return {key: round(value, 4) if isinstance(value, float) else value for key, value in asdict(self).items()}
 
 
-def _time_calls(fn: Callable[[], object], calls: int) -> float:
-    start = time.perf_counter()
+def _time_calls(fn: Callable[[], object], calls: int, clock: Callable[[], float] = time.perf_counter) -> float:
+    start = clock()
     for _ in range(calls):
         fn()
-    return (time.perf_counter() - start) / calls
+    return (clock() - start) / calls
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """ Silence file descriptor 2 (the profiler's C++ start/stop log lines), restoring it after. """
+    saved = os.dup(2)
+    with open(os.devnull, 'w') as devnull:
+        os.dup2(devnull.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def peak_memory_mib(fn: Callable[[], object]) -> float:
@@ -48,7 +70,7 @@ def peak_memory_mib(fn: Callable[[], object]) -> float:
     Replays the allocation and free events the profiler records (``profile_memory=True``) in
     time order; memory held before the call (parameters, optimizer state, inputs) is not counted.
     """
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     events = sorted(prof.events(), key=lambda event: event.time_range.start)
     running = itertools.accumulate(event.self_cpu_memory_usage for event in events)
@@ -62,6 +84,7 @@ def compare(
         warmup: int = 2,
         min_round_s: float = 0.02,
         memory: bool = True,
+        clock: str = 'wall',
 ) -> Comparison:
     """ Time ``adaptive`` and ``ordinary`` interleaved; median times and the median per-round ratio.
 
@@ -71,22 +94,26 @@ def compare(
         warmup: untimed calls of each before timing (allocator, oneDNN primitive caches).
         min_round_s: calls per round grow until one round of ``ordinary`` lasts this long.
         memory: also measure the peak memory of one call of each (see :func:`peak_memory_mib`).
+        clock: 'wall' (elapsed time) or 'cpu' (CPU time of this process), see the module docstring.
     """
+    if clock not in CLOCKS:
+        raise ValueError(f'clock must be one of {sorted(CLOCKS)}, got {clock!r}')
+    timer = CLOCKS[clock]
     for _ in range(warmup):
         adaptive()
         ordinary()
     calls = 1
-    while _time_calls(ordinary, calls) * calls < min_round_s and calls < 1024:
+    while _time_calls(ordinary, calls, timer) * calls < min_round_s and calls < 1024:
         calls *= 2
     adaptive_times: List[float] = []
     ordinary_times: List[float] = []
     for index in range(rounds):
         if index % 2:
-            ordinary_times.append(_time_calls(ordinary, calls))
-            adaptive_times.append(_time_calls(adaptive, calls))
+            ordinary_times.append(_time_calls(ordinary, calls, timer))
+            adaptive_times.append(_time_calls(adaptive, calls, timer))
         else:
-            adaptive_times.append(_time_calls(adaptive, calls))
-            ordinary_times.append(_time_calls(ordinary, calls))
+            adaptive_times.append(_time_calls(adaptive, calls, timer))
+            ordinary_times.append(_time_calls(ordinary, calls, timer))
     round_ratios = [a / o for a, o in zip(adaptive_times, ordinary_times)]
     quartiles = statistics.quantiles(round_ratios, n=4) if rounds > 1 else [round_ratios[0]] * 3
     return Comparison(
