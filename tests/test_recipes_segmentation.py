@@ -9,12 +9,14 @@ import torch
 import torch.nn as nn
 
 import timm_aconv
+from test_recipes_filters import one_torch_thread  # noqa: F401  (autouse fixture: one torch thread)
 from timm_aconv.train import ConfigError, parse_config
 from timm_aconv.train.segmentation import (
     DatasetNotFoundError, SegmentationConfig, SegmentationDataset, SegmentationMetric, build_segmentation_data,
     build_segmentation_transform, create_segmentation_model, parse_variant, plot_segmentation_examples, shapes_sample)
 
 ROOT = Path(__file__).resolve().parents[1]
+
 CONFIG = str(ROOT / 'recipes' / 'configs' / 'segmentation.yaml')
 PETS_CONFIG = str(ROOT / 'recipes' / 'configs' / 'segmentation_oxford_pets.yaml')
 
@@ -138,8 +140,8 @@ def test_examples_figure_checks_shapes():
 
 def test_recipe_runs_end_to_end_and_resumes(tmp_path, capsys):
     recipe = runpy.run_path(str(ROOT / 'recipes' / 'train_segmentation.py'))
-    argv = ['--config', CONFIG, '--output_dir', str(tmp_path), '--img_size', '32', '--epochs', '1',
-            '--shapes_train_size', '16', '--shapes_val_size', '8', '--batch_size', '8',
+    argv = ['--config', CONFIG, '--output_dir', str(tmp_path), '--img_size', '16', '--epochs', '1',
+            '--shapes_train_size', '8', '--shapes_val_size', '4', '--batch_size', '4',
             '--variants', 'aconv7,conv3', '--repeats', '2', '--examples', '2']
     result = recipe['main'](argv)
     printed = capsys.readouterr().out

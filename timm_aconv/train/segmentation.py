@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from accelerate import PartialState
 from torch.utils.data import DataLoader, Dataset
 
 from ..layers import AdaptiveConv2d, adaptive_layers
@@ -399,17 +400,17 @@ def _load_weights(model: nn.Module, directory: str) -> nn.Module:
 
 
 def _train_run(run: SegmentationConfig, variant: str, train_set, val_set, callbacks: Sequence[Callback]):
-    """ One training run (or, with ``resume``, a finished one read back): (history, model, is_main_process). """
+    """ One training run (or, with ``resume``, a finished one read back): (history, trained model). """
     set_seed(run.seed)
     model = create_segmentation_model(run, variant)
     history = _finished(run) if run.resume else None
     if history is not None:
-        return history, _load_weights(model, run.output_dir), True
+        return history, _load_weights(model, run.output_dir)
     train_loader, val_loader = _loaders(run, train_set, val_set)
     trainer = Trainer(model, train_loader, val_loader, run, loss_fn=nn.CrossEntropyLoss(),
                       metric=SegmentationMetric(), callbacks=[SigmaRecorder(), *callbacks])
     history = trainer.fit()
-    return history, trainer.unwrapped_model, trainer.is_main_process
+    return history, trainer.unwrapped_model
 
 
 def _summary_rows(peak_accuracy: Dict[str, List[float]], peak_miou: Dict[str, List[float]]) -> List[Dict[str, float]]:
@@ -481,18 +482,19 @@ def train_segmentation(config: SegmentationConfig, callbacks: Sequence[Callback]
     ``examples.png`` (the first repeat of each variant). With ``resume=True`` finished runs are read
     back and unfinished ones continue from their checkpoint.
     """
-    train_set, val_set = build_segmentation_data(config)
+    state = PartialState()
+    with state.main_process_first():  # one process downloads, the others then find the files
+        train_set, val_set = build_segmentation_data(config)
     histories: Dict[str, List[List[Dict[str, float]]]] = {}
     models: Dict[str, nn.Module] = {}
-    is_main_process = True
     for variant in config.variants:
         for repeat in range(config.repeats):
             run = _run_config(config, variant, repeat)
-            history, model, is_main_process = _train_run(run, variant, train_set, val_set, callbacks)
+            history, model = _train_run(run, variant, train_set, val_set, callbacks)
             histories.setdefault(variant, []).append(history)
             models.setdefault(variant, model)
             peak = max(record['val_pixel_accuracy'] for record in history)
-            if is_main_process:
+            if state.is_main_process:
                 print(f'{variant} seed={run.seed}: peak validation pixel accuracy {peak:.4f}', flush=True)
     peak_accuracy = {variant: [max(r['val_pixel_accuracy'] for r in history) for history in runs]
                      for variant, runs in histories.items()}
@@ -501,7 +503,7 @@ def train_segmentation(config: SegmentationConfig, callbacks: Sequence[Callback]
     rows = _summary_rows(peak_accuracy, peak_miou)
     model_name = 'paper U-Net' if config.arch == 'paper_unet' else f'SMP U-Net ({config.encoder_name})'
     markdown = _markdown(rows, f'{model_name} on {config.dataset}, {config.img_size}×{config.img_size}')
-    if is_main_process:
+    if state.is_main_process:
         directory = Path(config.output_dir)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / 'comparison.md').write_text(markdown + '\n')
