@@ -9,14 +9,16 @@ Writes comparison.md/.csv/.json and comparison_curves.png to --output_dir; the l
 """
 from typing import List, Optional
 
+from accelerate import PartialState
+
 from timm_aconv.train import parse_config
 from timm_aconv.train.compare import CompareConfig, run_comparison
 
 
 def main(argv: Optional[List[str]] = None) -> None:
     result = run_comparison(parse_config(CompareConfig, argv))
-    print(result.markdown)
-    print('written:', ', '.join(str(path) for path in result.files))
+    PartialState().print(result.markdown)
+    PartialState().print('written:', ', '.join(str(path) for path in result.files))
 
 
 if __name__ == '__main__':

@@ -10,6 +10,8 @@ the logic lives in :mod:`timm_aconv.train.classification`.
 """
 from typing import List, Optional, Sequence
 
+from accelerate import PartialState
+
 from timm_aconv.train import Callback, parse_config
 from timm_aconv.train.classification import ClassificationConfig, train_classification
 
@@ -18,7 +20,7 @@ def main(argv: Optional[List[str]] = None, callbacks: Sequence[Callback] = ()) -
     config = parse_config(ClassificationConfig, argv)
     history = train_classification(config, callbacks)
     best = max(record['val_accuracy'] for record in history)
-    print(f'{config.model} on {config.dataset}: peak validation accuracy {best:.4f}, results in {config.output_dir}')
+    PartialState().print(f'{config.model} on {config.dataset}: peak validation accuracy {best:.4f}, results in {config.output_dir}')
 
 
 if __name__ == '__main__':

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np
+from accelerate import PartialState
 from scipy import stats
 
 from .classification import ClassificationConfig, train_classification
@@ -122,20 +123,24 @@ def run_comparison(config: CompareConfig) -> ComparisonResult:
                 accuracy = [record['val_accuracy'] for record in history]
                 peaks[arm].setdefault(size, []).append(max(accuracy))
                 curves[arm].setdefault(size, []).append(accuracy)
-                print(f'{arm:5s} k={size} seed={run.seed}: peak validation accuracy {max(accuracy):.4f}', flush=True)
+                PartialState().print(f'{arm:5s} k={size} seed={run.seed}: peak validation accuracy {max(accuracy):.4f}', flush=True)
     rows = summarize(peaks)
     best_size = max(config.kernel_sizes, key=lambda size: max(peaks['ACONV'][size]))
     title = f'{config.baseline_model} (CONV) vs {config.model} (ACONV) on {config.dataset}'
     markdown = _markdown(rows, best_size, title)
-    files = _write_outputs(config, rows, best_size, markdown, peaks, curves, title)
+    files = _write_outputs(config, rows, best_size, markdown, peaks, curves, title, PartialState().is_main_process)
     return ComparisonResult(peaks, curves, rows, best_size, markdown, files)
 
 
-def _write_outputs(config, rows, best_size, markdown, peaks, curves, title) -> List[Path]:
+def _write_outputs(config, rows, best_size, markdown, peaks, curves, title, write: bool) -> List[Path]:
+    """ The table as Markdown, CSV and JSON, and the mean curves; files are written only when ``write``. """
     from .plots import plot_mean_curves
     directory = Path(config.output_dir)
+    markdown_path, csv_path, json_path, plot_path = (
+        directory / name for name in ('comparison.md', 'comparison.csv', 'comparison.json', 'comparison_curves.png'))
+    if not write:
+        return [markdown_path, csv_path, json_path, plot_path]
     directory.mkdir(parents=True, exist_ok=True)
-    markdown_path, csv_path, json_path = (directory / f'comparison.{ext}' for ext in ('md', 'csv', 'json'))
     markdown_path.write_text(markdown + '\n')
     with open(csv_path, 'w', newline='') as file:
         writer = csv.DictWriter(file, fieldnames=list(rows[0]))
@@ -147,5 +152,5 @@ def _write_outputs(config, rows, best_size, markdown, peaks, curves, title) -> L
         indent=1))
     labelled = {f'{arm} {size}×{size}': np.asarray(curves[arm][size])
                 for size in config.kernel_sizes for arm in ARMS}
-    plot_path = plot_mean_curves(labelled, str(directory / 'comparison_curves.png'), title=title)
+    plot_mean_curves(labelled, str(plot_path), title=title)
     return [markdown_path, csv_path, json_path, plot_path]

@@ -134,6 +134,7 @@ class EngineConfig:
     grad_accum_steps: int = 1
     max_steps_per_epoch: Optional[int] = None
     mixed_precision: Literal['no', 'fp16', 'bf16'] = 'no'
+    cpu: bool = False  # force CPU; multi-process CPU runs (torchrun/gloo) need it, like `accelerate launch --cpu`
     seed: int = 0
     deterministic: bool = False
     resume: bool = False
@@ -232,6 +233,7 @@ class Trainer:
         if config.num_threads is not None:
             torch.set_num_threads(config.num_threads)  # small CPU models: 1 thread avoids spin-wait overhead
         self.accelerator = accelerator or Accelerator(
+            cpu=config.cpu,
             mixed_precision=config.mixed_precision,
             gradient_accumulation_steps=config.grad_accum_steps,
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed),
