@@ -93,7 +93,7 @@ class CifarResNet(nn.Module):
     """ He et al.'s CIFAR ResNet (6n+2 layers) with one k×k size for every convolution.
 
     Args:
-        depth: 6n + 2 layers (20, 32, 44, 56, 110, ...), n blocks per stage.
+        depth: 6n + 2 layers (8, 14, 20, 32, 44, 56, 110, ...), n blocks per stage.
         num_classes: classifier outputs (0: no classifier).
         in_chans: input channels.
         kernel_size: n of every k×k convolution, odd >= 3 (the paper uses 3, 5, 7, 9).
@@ -124,7 +124,7 @@ class CifarResNet(nn.Module):
     ):
         super().__init__()
         if depth < 8 or (depth - 2) % 6:
-            raise ValueError(f'depth must be 6n + 2 with n >= 1 (20, 32, 44, 56, 110, ...), got {depth!r}')
+            raise ValueError(f'depth must be 6n + 2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, ...), got {depth!r}')
         if shortcut not in SHORTCUTS:
             raise ValueError(f'shortcut must be one of {SHORTCUTS}, got {shortcut!r}')
         if not 0. <= drop_rate < 1.:
