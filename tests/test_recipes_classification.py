@@ -160,3 +160,24 @@ def test_augmentation_repeats_under_the_same_torch_seed():
     torch.manual_seed(0)
     assert torch.equal(first, train[5][0])
     assert first.shape == (1, 16, 16)
+
+
+PAPER_SHAPES = dict(mnist=(1, 28, 28, 10), fashion_mnist=(1, 28, 28, 10), cifar10=(3, 32, 32, 10),
+                    mnist_cluttered=(1, 60, 60, 10), lfw=(1, 62, 47, 62))
+
+
+@pytest.mark.parametrize('config_file', sorted(
+    path.name for pattern in ('simple_cnn_*.yaml', 'resnet_*.yaml') for path in (ROOT / 'recipes/configs').glob(pattern)))
+def test_paper_configs_load_in_both_recipes_and_build_their_model(config_file):
+    from timm_aconv.train import parse_config
+    from timm_aconv.train.compare import CompareConfig
+    path = str(ROOT / 'recipes/configs' / config_file)
+    config = parse_config(ClassificationConfig, ['--config', path])
+    compare = parse_config(CompareConfig, ['--config', path])
+    assert compare.kernel_sizes == [3, 5, 7, 9] and compare.repeats == 5
+    assert compare.baseline_model == config.model.replace('aconv_', 'conv_')
+    channels, height, width, classes = PAPER_SHAPES[config.dataset]
+    model = create_classifier(config, DataInfo(config.dataset, classes, channels, (height, width)))
+    layers = list(timm_aconv.adaptive_layers(model))
+    assert layers and all(layer.kernel_size == (config.kernel_size,) * 2 for layer in layers)
+    assert model.eval()(torch.randn(2, channels, height, width)).shape == (2, classes)

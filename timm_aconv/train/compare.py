@@ -32,13 +32,26 @@ ARMS = ('CONV', 'ACONV')
 
 @dataclass
 class CompareConfig(ClassificationConfig):
-    """ Algorithm 1: CONV (``baseline_model``) vs ACONV (``model``) per kernel size, ``repeats`` seeds each. """
-    baseline_model: str = 'conv_simple_cnn'
+    """ Algorithm 1: CONV (``baseline_model``) vs ACONV (``model``) per kernel size, ``repeats`` seeds each.
+
+    ``baseline_model`` defaults to the ordinary twin of ``model`` (``aconv_resnet20`` →
+    ``conv_resnet20``), or to ``model`` itself with ``convert=True`` (only the ACONV arm is
+    converted). ``kernel_size`` is replaced by each of ``kernel_sizes``.
+    """
+    baseline_model: Optional[str] = None
     kernel_sizes: List[int] = field(default_factory=lambda: [3, 5, 7, 9])
     repeats: int = 5
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.baseline_model is None:
+            if self.convert:
+                self.baseline_model = self.model
+            elif self.model.startswith('aconv_'):
+                self.baseline_model = 'conv_' + self.model[len('aconv_'):]
+            else:
+                raise ConfigError(f'baseline_model is needed: {self.model!r} has no conv_ twin; set baseline_model, '
+                                  'or convert=True to compare the model with its converted self')
         if self.repeats < 2:
             raise ConfigError(f'repeats must be >= 2 for a t-test, got {self.repeats}')
         if not self.kernel_sizes:
