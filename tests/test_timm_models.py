@@ -359,11 +359,14 @@ def test_imagenet_resnet_layers_and_kwargs():
     with torch.device('meta'):
         model = timm.create_model('aconv_resnet34')
         custom = timm.create_model('aconv_resnet34', kernel_size=7, stem_kernel_size=9)
+        dilated = timm.create_model('aconv_resnet34', output_stride=8)  # as SMP's DeepLab encoders
     assert model.conv1.kernel_size == (7, 7) and model.conv1.padding == (3, 3)
     blocks = [m for name, m in model.named_modules() if isinstance(m, AdaptiveConv2d) and name != 'conv1']
     assert len(blocks) == 32 and {(m.kernel_size, m.padding) for m in blocks} == {((5, 5), (2, 2))}
     assert all(type(m.downsample[0]) is nn.Conv2d for m in model.modules() if getattr(m, 'downsample', None))
     assert custom.conv1.kernel_size == (9, 9) and custom.layer4[2].conv2.kernel_size == (7, 7)
+    # a dilated 5×5 grid keeps the output size: padding = dilation * 2
+    assert (dilated.layer4[2].conv2.dilation, dilated.layer4[2].conv2.padding) == ((4, 4), (8, 8))
 
 
 def test_imagenet_pretrained_cfgs_point_at_timms_weights():
