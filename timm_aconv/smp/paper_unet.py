@@ -14,6 +14,9 @@ ordinary. The authors' configuration:
 
 There are no skip connections between encoder and decoder (only the residuals). Keras defaults
 are kept: glorot-uniform kernels, zero biases, BN ``eps=1e-3`` and momentum 0.99 (PyTorch 0.01).
+Two small departures: the entry conv has no bias (the authors' adaptive layer has none and a BN
+follows; the ordinary baselines match it), and "same" padding is symmetric (Keras pads the extra
+pixel of stride-2 layers at the bottom/right); shapes are identical.
 Inputs must be divisible by 16. :class:`PaperUNet` is an SMP ``SegmentationModel`` (``encoder``,
 ``decoder``, ``segmentation_head``), so ``save_pretrained`` / ``smp.from_pretrained`` work.
 """
