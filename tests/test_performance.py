@@ -157,6 +157,17 @@ def test_inference_mode_then_frozen_grad_mode():
         torch.testing.assert_close(layer_made_in_inference(x), _reference(layer_made_in_inference, x))
 
 
+def test_vmap_over_weights_without_grad():
+    layer = _layer()
+    weights = torch.randn(2, *layer.weight.shape)
+    x = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():  # batched weights have no storage to key a cache on
+        outputs = torch.func.vmap(lambda weight: torch.func.functional_call(layer, {'weight': weight}, (x,)))(weights)
+        for weight, output in zip(weights, outputs):
+            layer.weight.copy_(weight)
+            torch.testing.assert_close(output, _reference(layer, x))
+
+
 def test_copies_do_not_carry_the_cache():
     layer = _layer()
     _eval(layer, torch.randn(1, 3, 8, 8))

@@ -176,11 +176,13 @@ class AdaptiveConv2d(nn.Conv2d):
         either; edit under ``torch.no_grad()`` instead.
         """
         weight, sigma = self.weight, self.sigma
-        if weight.is_inference() or sigma.is_inference():
-            return self.product_kernel().detach()  # inference tensors have no version counter to key on
-        key = tuple(
-            (tensor.data_ptr(), tensor._version, tensor.dtype, tensor.device, tensor.shape, tensor.stride())
-            for tensor in (weight, sigma)) + (torch.is_inference_mode_enabled(), _OptimizerSteps.count)
+        try:
+            key = tuple(
+                (tensor.data_ptr(), tensor._version, tensor.dtype, tensor.device, tensor.shape, tensor.stride())
+                for tensor in (weight, sigma)) + (torch.is_inference_mode_enabled(), _OptimizerSteps.count)
+        except RuntimeError:
+            # no storage (torch.func.vmap over parameters) or no version counter (inference tensors)
+            return self.product_kernel().detach()
         if self._kernel_cache is None or self._kernel_cache[0] != key:
             self._kernel_cache = (key, self.product_kernel().detach(), (weight.detach(), sigma.detach()))
         return self._kernel_cache[1]
