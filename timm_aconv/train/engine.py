@@ -275,8 +275,13 @@ class Trainer:
         return max(1, math.ceil(batches / self.config.grad_accum_steps))
 
     # ---- the loop
-    def fit(self) -> List[Dict[str, float]]:
-        """ Trains for ``config.epochs`` epochs (continuing a checkpoint when ``config.resume``). """
+    def fit(self, end_training: bool = True) -> List[Dict[str, float]]:
+        """ Trains for ``config.epochs`` epochs (continuing a checkpoint when ``config.resume``).
+
+        ``end_training=False`` finishes the trackers but keeps the distributed process group, so
+        that further Trainers in the same process (several runs in one script) can still train
+        distributed; destroy it after the last run with ``PartialState().destroy_process_group()``.
+        """
         config = self.config
         if config.resume:
             self.load_checkpoint()
@@ -304,7 +309,11 @@ class Trainer:
             self.accelerator.save_model(self.model, config.output_dir)
         for callback in self.callbacks:
             callback.on_fit_end(self)
-        self.accelerator.end_training()
+        if end_training:
+            self.accelerator.end_training()  # also destroys the process group
+        else:
+            for tracker in self.accelerator.trackers:
+                tracker.finish()
         return self.history
 
     def train_one_epoch(self) -> float:
