@@ -11,7 +11,7 @@ from typing import List, Optional
 
 from accelerate import PartialState
 
-from timm_aconv.train import parse_config
+from timm_aconv.train import parse_config, run_cli
 from timm_aconv.train.compare import CompareConfig, run_comparison
 
 
@@ -22,4 +22,4 @@ def main(argv: Optional[List[str]] = None) -> None:
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

@@ -12,7 +12,7 @@ from typing import List, Optional, Sequence
 
 from accelerate import PartialState
 
-from timm_aconv.train import Callback, parse_config
+from timm_aconv.train import Callback, parse_config, run_cli
 from timm_aconv.train.classification import ClassificationConfig, train_classification
 
 
@@ -24,4 +24,4 @@ def main(argv: Optional[List[str]] = None, callbacks: Sequence[Callback] = ()) -
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

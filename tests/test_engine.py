@@ -10,7 +10,8 @@ from torch.utils.data import DataLoader, TensorDataset
 import timm_aconv
 import timm_aconv.layers.sigma as sigma_module
 from timm_aconv.train import (
-    Callback, ClassificationMetric, ConfigError, EngineConfig, Trainer, create_optimizer, parse_config, set_seed)
+    Callback, ClassificationMetric, ConfigError, EngineConfig, SigmaRecorder, Trainer, create_optimizer, parse_config,
+    set_seed)
 from timm_aconv.train.schedulers import GaussianOneCycle
 
 
@@ -151,3 +152,16 @@ def test_config_errors_name_the_key(tmp_path):
 def test_monitor_must_be_a_metric(tmp_path):
     with pytest.raises(ConfigError, match="monitor='val_miou' is not a metric"):
         make_trainer(tmp_path, epochs=1, monitor='val_miou', save_every=0).fit()
+
+
+def test_sigma_recorder_continues_after_resume(tmp_path):
+    interrupted = make_trainer(tmp_path, epochs=3)
+    interrupted.callbacks += [SigmaRecorder(), StopAfter(epochs=1)]
+    interrupted.fit()
+    resumed = make_trainer(tmp_path, epochs=3, resume=True)
+    recorder = SigmaRecorder()
+    resumed.callbacks.append(recorder)
+    resumed.fit()
+    saved = json.loads((tmp_path / 'sigmas.json').read_text())
+    assert list(saved) == ['0'] and len(saved['0']) == 4  # initial + 3 epochs
+    assert saved['0'][-1] == resumed.unwrapped_model[0].sigma.tolist()

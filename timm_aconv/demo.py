@@ -15,7 +15,7 @@ import time
 from typing import List, Optional
 
 from .train.compare import CompareConfig, run_comparison
-from .train.config import config_from_dict, parse_values
+from .train.config import config_from_dict, parse_values, run_cli
 
 DEMO_SETTINGS = dict(
     model='aconv_simple_cnn', baseline_model='conv_simple_cnn', kernel_sizes=[3, 7], repeats=3,
@@ -41,4 +41,4 @@ def main(argv: Optional[List[str]] = None) -> None:
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

@@ -7,7 +7,7 @@
 - :mod:`~timm_aconv.train.callbacks`: hooks, :class:`SigmaRecorder`.
 """
 from .callbacks import Callback, SigmaRecorder
-from .config import ConfigError, config_from_dict, config_to_dict, load_config, parse_config, parse_values
+from .config import ConfigError, config_from_dict, config_to_dict, load_config, parse_config, parse_values, run_cli
 from .engine import EngineConfig, Trainer, create_optimizer, set_seed
 from .history import read_history, write_history
 from .metrics import ClassificationMetric, Metric

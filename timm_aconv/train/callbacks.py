@@ -50,6 +50,9 @@ class SigmaRecorder(Callback):
             self.epochs.setdefault(names[id(layer)], []).append(layer.sigma.detach().float().cpu().tolist())
 
     def on_fit_start(self, trainer: 'Trainer') -> None:
+        path = Path(trainer.config.output_dir) / self.filename
+        if trainer.epoch > 0 and path.is_file():  # resumed: continue the recorded epochs
+            self.epochs = {name: per_epoch[:trainer.epoch + 1] for name, per_epoch in json.loads(path.read_text()).items()}
         if not self.epochs:
             self._record(trainer)
 

@@ -16,11 +16,11 @@ import dataclasses
 import difflib
 import typing
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, TypeVar
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, TypeVar
 
 import yaml
 
-__all__ = ['ConfigError', 'parse_config', 'parse_values', 'load_config', 'config_from_dict', 'config_to_dict']
+__all__ = ['ConfigError', 'parse_config', 'parse_values', 'run_cli', 'load_config', 'config_from_dict', 'config_to_dict']
 
 ConfigT = TypeVar('ConfigT')
 
@@ -180,3 +180,11 @@ def parse_config(
     """ ``config_cls`` from ``--config file.yaml`` and ``--key value`` overrides in ``argv``. """
     values, source = parse_values(config_cls, argv, description)
     return config_from_dict(config_cls, values, source)
+
+
+def run_cli(main: Callable[[], Any]) -> Any:
+    """ Runs a recipe's ``main``; a bad setting or a missing file/dataset exits with its message, no traceback. """
+    try:
+        return main()
+    except (ConfigError, FileNotFoundError) as error:
+        raise SystemExit(f'error: {error}') from None

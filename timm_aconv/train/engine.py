@@ -22,6 +22,12 @@ and runs
 - tqdm progress on the main process only; one metrics row per epoch written to
   ``output_dir/metrics.csv`` / ``metrics.json`` and to Accelerate trackers (TensorBoard when
   installed, ``log_with='auto'``); the final weights as ``output_dir/model.safetensors``.
+  A row holds ``epoch``, ``step`` (optimizer steps so far), ``train_loss``, the metric's
+  ``val_*`` values, ``lr_<group>`` (the learning rate at the end of the epoch, before a
+  reduce-on-plateau decision) and ``best_<monitor>``.
+
+Multi-process CPU runs (``torchrun --nproc_per_node 2 ...`` with gloo) need ``cpu=True``
+(Accelerate only picks its multi-CPU mode when told, like ``accelerate launch --cpu``).
 
 Classification (what ``recipes/train_classification.py`` does, minus the data plumbing)::
 

@@ -65,14 +65,15 @@ def plot_sigma_histograms(sigma_epochs: Dict[str, List[List[float]]], output_dir
 
 def plot_mean_curves(curves: Dict[str, np.ndarray], path: str, title: str = 'validation accuracy') -> Path:
     """ ``curves[label]`` is (repeats, epochs) validation accuracy; draws mean ± std per label. """
-    figure, axis = plt.subplots(figsize=(6, 4))
+    figure, axis = plt.subplots(figsize=(7, 4))
     for label, accuracy in curves.items():
         accuracy = np.asarray(accuracy, dtype=float)
         epochs = np.arange(1, accuracy.shape[1] + 1)
         mean, std = accuracy.mean(0), accuracy.std(0)
         line, = axis.plot(epochs, mean, label=label, linestyle='--' if label.startswith('CONV') else '-')
         axis.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
-    axis.set(xlabel='epoch', ylabel='mean validation accuracy', title=title)
+    axis.set(xlabel='epoch', ylabel='mean validation accuracy')
+    axis.set_title(title, fontsize='medium')
     axis.legend(fontsize='small')
     figure.tight_layout()
     figure.savefig(path, dpi=100)

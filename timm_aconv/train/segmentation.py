@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from accelerate import PartialState
+from accelerate.utils import parse_flag_from_env
 from torch.utils.data import DataLoader, Dataset
 
 from ..layers import AdaptiveConv2d, adaptive_layers
@@ -409,7 +410,7 @@ def _train_run(run: SegmentationConfig, variant: str, train_set, val_set, callba
     train_loader, val_loader = _loaders(run, train_set, val_set)
     trainer = Trainer(model, train_loader, val_loader, run, loss_fn=nn.CrossEntropyLoss(),
                       metric=SegmentationMetric(), callbacks=[SigmaRecorder(), *callbacks])
-    history = trainer.fit()
+    history = trainer.fit(end_training=False)  # keep the process group for the next run
     return history, trainer.unwrapped_model
 
 
@@ -482,7 +483,8 @@ def train_segmentation(config: SegmentationConfig, callbacks: Sequence[Callback]
     ``examples.png`` (the first repeat of each variant). With ``resume=True`` finished runs are read
     back and unfinished ones continue from their checkpoint.
     """
-    state = PartialState()
+    # the engine's Accelerator reads ACCELERATE_USE_CPU (accelerate launch --cpu) into the shared state
+    state = PartialState(cpu=parse_flag_from_env('ACCELERATE_USE_CPU'))
     with state.main_process_first():  # one process downloads, the others then find the files
         train_set, val_set = build_segmentation_data(config)
     histories: Dict[str, List[List[Dict[str, float]]]] = {}
@@ -500,6 +502,7 @@ def train_segmentation(config: SegmentationConfig, callbacks: Sequence[Callback]
                      for variant, runs in histories.items()}
     peak_miou = {variant: [max(r['val_miou'] for r in history) for history in runs]
                  for variant, runs in histories.items()}
+    state.destroy_process_group()  # the runs kept it (Trainer.fit(end_training=False)); no-op when single-process
     rows = _summary_rows(peak_accuracy, peak_miou)
     model_name = 'paper U-Net' if config.arch == 'paper_unet' else f'SMP U-Net ({config.encoder_name})'
     markdown = _markdown(rows, f'{model_name} on {config.dataset}, {config.img_size}×{config.img_size}')
