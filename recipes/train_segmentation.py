@@ -12,6 +12,8 @@ e.g. ``--variants aconv7,conv7 --repeats 5 --data_dir /data``. The logic lives i
 """
 from typing import List, Optional, Sequence
 
+from accelerate import PartialState
+
 from timm_aconv.train import Callback, parse_config
 from timm_aconv.train.segmentation import SegmentationConfig, SegmentationResult, train_segmentation
 
@@ -19,8 +21,9 @@ from timm_aconv.train.segmentation import SegmentationConfig, SegmentationResult
 def main(argv: Optional[List[str]] = None, callbacks: Sequence[Callback] = ()) -> SegmentationResult:
     config = parse_config(SegmentationConfig, argv)
     result = train_segmentation(config, callbacks)
-    print(result.markdown)
-    print(f'results in {config.output_dir}')
+    if PartialState().is_main_process:
+        print(result.markdown)
+        print(f'results in {config.output_dir}')
     return result
 
 
