@@ -33,13 +33,14 @@ def _seed():
 
 
 @pytest.fixture(autouse=True, scope='module')
-def _one_thread():
+def _one_thread_and_model_cache():
     # small-batch CPU tests: intra-op threads cost more in synchronisation than they save,
     # many times over on a busy machine
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+    _pristine.cache_clear()  # release the cached models (~300 MB) for the rest of the session
 
 
 def _input(model_name: str, model: nn.Module, batch_size: int = 1) -> torch.Tensor:
