@@ -3,7 +3,6 @@ import json
 import runpy
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn

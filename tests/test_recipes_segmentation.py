@@ -155,8 +155,10 @@ def test_recipe_runs_end_to_end_and_resumes(tmp_path, capsys):
     sigmas = json.loads((tmp_path / 'aconv7' / 'seed0' / 'sigmas.json').read_text())
     final_sigma = np.asarray(sigmas['encoder.entry.0'][-1])
     assert final_sigma.min() >= 1 / 7 - 1e-6 and final_sigma.max() <= 5 + 1e-6
-    conv_row = next(row for row in result.rows if row['variant'] == 'conv3')
+    aconv_row, conv_row = result.rows
+    assert aconv_row['variant'] == 'aconv7' and aconv_row['t'] is None  # the reference of the t-tests
     assert np.isfinite(conv_row['t']) and 0 <= conv_row['p'] <= 1
+    assert json.loads((tmp_path / 'comparison.json').read_text())['rows'][1]['p'] == pytest.approx(conv_row['p'])
     for name in ('comparison.md', 'comparison.json', 'comparison_curves.png', 'examples.png',
                  'aconv7_first_conv_kernels.png', 'conv3_first_conv_kernels.png'):
         assert (tmp_path / name).stat().st_size > 0, name

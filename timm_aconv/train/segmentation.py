@@ -33,7 +33,7 @@ from accelerate import PartialState
 from accelerate.utils import parse_flag_from_env
 from torch.utils.data import DataLoader, Dataset
 
-from ..layers import AdaptiveConv2d, adaptive_layers
+from ..layers import adaptive_layers
 from ..surgery.module_tree import replace_modules
 from .callbacks import Callback, SigmaRecorder
 from .config import ConfigError
@@ -416,7 +416,7 @@ def _train_run(run: SegmentationConfig, variant: str, train_set, val_set, callba
 
 def _summary_rows(peak_accuracy: Dict[str, List[float]], peak_miou: Dict[str, List[float]]) -> List[Dict[str, float]]:
     """ Mean, std (ddof=1 when there are repeats), max per variant; a two-tailed t-test of the
-    first adaptive variant against each other variant when there are >= 2 repeats. """
+    first adaptive variant against each other variant when there are >= 2 repeats (else t, p None). """
     from scipy import stats
     reference = next((variant for variant in peak_accuracy if parse_variant(variant)[0]), None)
     rows = []
@@ -425,7 +425,7 @@ def _summary_rows(peak_accuracy: Dict[str, List[float]], peak_miou: Dict[str, Li
         ddof = 1 if len(accuracy) > 1 else 0
         row = dict(variant=variant, repeats=len(accuracy), accuracy_mean=float(accuracy.mean()),
                    accuracy_std=float(accuracy.std(ddof=ddof)), accuracy_max=float(accuracy.max()),
-                   miou_mean=float(miou.mean()), miou_max=float(miou.max()), t=float('nan'), p=float('nan'))
+                   miou_mean=float(miou.mean()), miou_max=float(miou.max()), t=None, p=None)
         if reference is not None and variant != reference and len(accuracy) > 1:
             test = stats.ttest_ind(np.asarray(peak_accuracy[reference]), accuracy)
             row.update(t=float(test.statistic), p=float(test.pvalue))
@@ -440,7 +440,7 @@ def _markdown(rows: List[Dict[str, float]], title: str) -> str:
     for row in rows:
         adaptive, size = parse_variant(row['variant'])
         name = f"{'ACONV' if adaptive else 'CONV'} {size}×{size}"
-        test = '| – | – |' if np.isnan(row['t']) else f"| {row['t']:.2f} | {row['p']:.3g} |"
+        test = '| – | – |' if row['t'] is None else f"| {row['t']:.2f} | {row['p']:.3g} |"
         lines.append(f"| {name} | {row['repeats']} | {100 * row['accuracy_mean']:.2f}±{100 * row['accuracy_std']:.2f} "
                      f"| {100 * row['accuracy_max']:.2f} | {100 * row['miou_mean']:.2f} {test}")
     lines += ['', 'Peak validation pixel accuracy over epochs per run; t, p: two-tailed Student t-test of the '
