@@ -9,8 +9,9 @@ Suites:
     layer    one conv, n in {3, 5, 7, 9}: training forward (envelope recomputed), forward +
              backward, eval forward (no grad: product kernel cached), on CIFAR ResNet shapes.
     model    aconv_resnet20 vs conv_resnet20 (same k=7), batch 64, 32x32: train step (forward,
-             backward, SGD step, sigma clamp), eval forward, fused (fuse_convs), cropped (sigmas
-             set to fit 3x3 / 5x5, fuse_convs(crop_tol=...)) and torch.compile'd eval forward.
+             backward, SGD step, sigma clamp) and its noise floor (ordinary vs an identical
+             ordinary model), eval forward, fused (fuse_convs), cropped (sigmas set to fit 3x3 /
+             5x5, fuse_convs(crop_tol=...)) and torch.compile'd eval forward.
     scaling  the train-step ratio at image sizes 32/64/128 (batch 8) and batch sizes 8/32/128 (32x32).
 
 Usage (from the repository root)::
@@ -159,8 +160,13 @@ def model_cases(measure: Measure, compile_model: bool) -> List[Dict]:
     adaptive, ordinary = resnet20_pair()
     layers = sum(1 for _ in timm_aconv.adaptive_layers(adaptive))
     note = f'{layers} adaptive layers, k={MODEL_KERNEL_SIZE}'
-    comparison = measure(train_step_fn(adaptive, 64, 32), train_step_fn(ordinary, 64, 32))
+    # training copies: the eval cases below then see the same untrained models whatever the rounds
+    comparison = measure(train_step_fn(copy.deepcopy(adaptive), 64, 32), train_step_fn(copy.deepcopy(ordinary), 64, 32))
     results.append(_row('model', 'train step b64 32x32 unfused', comparison, note))
+    # the same measurement of two identical ordinary models: how far from 1 noise alone moves a ratio
+    comparison = measure(
+        train_step_fn(copy.deepcopy(ordinary), 64, 32), train_step_fn(copy.deepcopy(ordinary), 64, 32), memory=False)
+    results.append(_row('model', 'noise floor: ordinary vs ordinary train step', comparison))
 
     x = torch.randn(64, 3, 32, 32)
     comparison = measure(eval_forward_fn(adaptive, x), eval_forward_fn(ordinary, x))
@@ -188,7 +194,7 @@ def model_cases(measure: Measure, compile_model: bool) -> List[Dict]:
         adaptive_forward, ordinary_forward = eval_forward_fn(compiled_adaptive, x), eval_forward_fn(compiled_ordinary, x)
         adaptive_forward(), ordinary_forward()
         compile_s = time.perf_counter() - start
-        comparison = measure(adaptive_forward, ordinary_forward)
+        comparison = measure(adaptive_forward, ordinary_forward, memory=False)  # the profiler misses compiled code
         results.append(_row(
             'model', 'eval fwd b64 torch.compile', comparison,
             f"graph breaks train/eval {breaks['train']}/{breaks['eval']}, compile {compile_s:.0f}s (both)"))
@@ -219,7 +225,7 @@ HEADER = ('suite', 'case', 'adaptive ms', 'ordinary ms', 'ratio', 'ratio IQR', '
 
 
 def _format_row(row: Dict) -> str:
-    peak = f"{row['adaptive_peak_mib']:.1f}/{row['ordinary_peak_mib']:.1f}"
+    peak = '–' if row['adaptive_peak_mib'] is None else f"{row['adaptive_peak_mib']:.1f}/{row['ordinary_peak_mib']:.1f}"
     return (f"| {row['suite']} | {row['case']} | {row['adaptive_ms']:.2f} | {row['ordinary_ms']:.2f} | "
             f"**{row['ratio']:.3f}** | {row['ratio_q1']:.3f}–{row['ratio_q3']:.3f} | {peak} | {row['note']} |")
 

@@ -13,6 +13,7 @@ spin and count as busy).
 """
 import contextlib
 import itertools
+import math
 import os
 import statistics
 import time
@@ -41,7 +42,9 @@ class Comparison:
     ordinary_peak_mib: float
 
     def as_dict(self) -> Dict[str, float]:
-        return {key: round(value, 4) if isinstance(value, float) else value for key, value in asdict(self).items()}
+        """ Rounded values; a peak memory not measured (NaN) becomes None, so the dict is valid JSON. """
+        return {key: (None if math.isnan(value) else round(value, 4)) if isinstance(value, float) else value
+                for key, value in asdict(self).items()}
 
 
 def _time_calls(fn: Callable[[], object], calls: int, clock: Callable[[], float] = time.perf_counter) -> float:
