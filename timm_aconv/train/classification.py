@@ -92,8 +92,12 @@ def _loaders(config: ClassificationConfig, train_set, val_set) -> Tuple[DataLoad
 def train_classification(
         config: ClassificationConfig,
         callbacks: Sequence[Callback] = (),
+        end_training: bool = True,
 ) -> List[Dict[str, float]]:
     """ Trains ``config.model`` on ``config.dataset``; returns the per-epoch history.
+
+    ``end_training=False`` keeps the distributed process group for further runs in the same
+    process (see :meth:`~timm_aconv.train.engine.Trainer.fit`).
 
     Writes ``metrics.csv``/``metrics.json``, ``sigmas.json``, checkpoints and the final
     ``model.safetensors`` to ``config.output_dir``, and with ``plots=True`` the learning curves
@@ -107,7 +111,7 @@ def train_classification(
     recorder = SigmaRecorder()
     trainer = Trainer(model, train_loader, val_loader, config, loss_fn=nn.CrossEntropyLoss(),
                       metric=ClassificationMetric(), callbacks=[recorder, *callbacks])
-    history = trainer.fit()
+    history = trainer.fit(end_training=end_training)
     if config.plots and trainer.is_main_process:
         from .plots import plot_learning_curves, plot_sigma_histograms
         plot_learning_curves(history, config.output_dir)

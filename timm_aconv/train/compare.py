@@ -131,12 +131,13 @@ def run_comparison(config: CompareConfig) -> ComparisonResult:
             for repeat in range(config.repeats):
                 run = _run_config(config, arm, size, repeat)
                 history = _finished_history(run) if config.resume else None
-                if history is None:
-                    history = train_classification(run)
+                if history is None:  # one process group for all runs (torchrun / accelerate launch)
+                    history = train_classification(run, end_training=False)
                 accuracy = [record['val_accuracy'] for record in history]
                 peaks[arm].setdefault(size, []).append(max(accuracy))
                 curves[arm].setdefault(size, []).append(accuracy)
                 PartialState().print(f'{arm:5s} k={size} seed={run.seed}: peak validation accuracy {max(accuracy):.4f}', flush=True)
+    PartialState().destroy_process_group()
     rows = summarize(peaks)
     best_size = max(config.kernel_sizes, key=lambda size: max(peaks['ACONV'][size]))
     title = f'{config.baseline_model} (CONV) vs {config.model} (ACONV) on {config.dataset}'
