@@ -24,8 +24,9 @@ from timm.models import ResNet, build_model_with_cfg, generate_default_cfgs, reg
 from timm.models.resnet import BasicBlock, Bottleneck
 from timm.models._registry import get_arch_pretrained_cfgs
 
-from ..layers.adaptive_conv import AdaptiveConv2d, SigmaInit, resolve_kernel_size
-from ..surgery.convert import PRESERVE_SIGMA_INIT, convert_conv, convert_convs
+from ..layers.adaptive_conv import SigmaInit, resolve_kernel_size
+from ..surgery import adapt_ordinary_weights, convert_convs
+from ..surgery.convert import PRESERVE_SIGMA_INIT
 
 __all__ = ['adaptive_resnet', 'convert_pretrained_resnet']
 
@@ -64,26 +65,10 @@ def adaptive_resnet(
 def convert_pretrained_resnet(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
     """ timm ResNet weights → the adaptive model's (a ``pretrained_filter_fn``), keeping the function.
 
-    Every adaptive layer of ``model`` whose checkpoint entry has no ``sigma`` (an ordinary k×k
-    kernel) gets the kernel converted by :func:`~timm_aconv.convert_conv` with ``preserve=True``
-    and the layer's own grid size, ``sigma_init`` and ``sigma_bounds``. Adaptive checkpoints pass.
+    Ordinary k×k kernels are converted with each layer's own grid, ``sigma_init`` and
+    ``sigma_bounds`` (see :func:`~timm_aconv.surgery.adapt_ordinary_weights`); adaptive checkpoints pass.
     """
-    state_dict = dict(state_dict)
-    for name, layer in model.named_modules():
-        weight = state_dict.get(f'{name}.weight')
-        if not isinstance(layer, AdaptiveConv2d) or weight is None or f'{name}.sigma' in state_dict:
-            continue
-        conv = nn.Conv2d(
-            weight.shape[1] * layer.groups, weight.shape[0], tuple(weight.shape[2:]), stride=layer.stride,
-            dilation=layer.dilation, groups=layer.groups, bias=False, device=weight.device, dtype=weight.dtype)
-        with torch.no_grad():
-            conv.weight.copy_(weight)
-        converted = convert_conv(
-            conv, layer.grid_size, preserve=True, sigma_init=layer.sigma_init, sigma_bounds=layer.sigma_bounds,
-            name=name)
-        state_dict[f'{name}.weight'] = converted.weight.detach()
-        state_dict[f'{name}.sigma'] = converted.sigma.detach()
-    return state_dict
+    return adapt_ordinary_weights(model, dict(state_dict))
 
 
 def _create_aconv_resnet(variant: str, pretrained: bool = False, **kwargs) -> ResNet:

@@ -2,14 +2,14 @@
 
 - encoders ``aconv_resnet18/34/50`` (:mod:`.encoders`): SMP ResNet encoders with adaptive
   spatial convolutions; ``encoder_weights='imagenet'`` loads the ordinary ResNet's weights
-  converted function-preservingly (:mod:`.ordinary_weights`);
+  converted function-preservingly (:func:`timm_aconv.surgery.adapt_ordinary_weights`);
 - architecture ``aconv_unet`` (:mod:`.aconv_unet`): SMP's U-Net with the paper's adaptive 7×7
   first convolution;
 - architecture ``aconv_paper_unet`` (:mod:`.paper_unet`): the paper's own Keras-example U-Net.
 """
 from .aconv_unet import PAPER_UNET_SIGMA_BOUNDS, PAPER_UNET_SIGMA_INIT, AconvUnet, adaptive_named_layers
 from .encoders import AconvResNetEncoder, aconv_resnet_encoders
-from .ordinary_weights import adapt_ordinary_weights
+from ..surgery import adapt_ordinary_weights
 from .paper_unet import PaperUNet
 from .registry import create_paper_unet, register_smp
 

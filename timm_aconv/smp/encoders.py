@@ -24,14 +24,14 @@ import torch.nn as nn
 from segmentation_models_pytorch.encoders.resnet import ResNetEncoder, resnet_encoders
 
 from ..layers.adaptive_conv import SigmaInit
-from ..surgery import convert_convs
-from .ordinary_weights import adapt_ordinary_weights
+from ..surgery import adapt_ordinary_weights, convert_convs
+from ..surgery.convert import PRESERVE_SIGMA_INIT
 
 __all__ = ['AconvResNetEncoder', 'aconv_resnet_encoders']
 
 
 def _adapt_ordinary_weights_hook(module: nn.Module, state_dict: Dict, prefix: str, *args: Any) -> None:
-    adapt_ordinary_weights(module, state_dict, prefix)
+    adapt_ordinary_weights(module, state_dict, prefix, sigma_init=PRESERVE_SIGMA_INIT)
 
 
 class AconvResNetEncoder(ResNetEncoder):

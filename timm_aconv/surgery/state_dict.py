@@ -4,8 +4,9 @@ A checkpoint of an ordinary network (e.g. SMP's ImageNet ResNet encoders) has on
 ``bias`` for the layers that are :class:`~timm_aconv.AdaptiveConv2d` in our models, and their
 kernels may be smaller than the adaptive grid (3×3 into 5×5). :func:`adapt_ordinary_weights`
 rewrites such entries with the function-preserving conversion of
-:func:`timm_aconv.convert_conv` (kernel centred in the grid and divided by the envelope, sigma
-0.5), so the adaptive model computes exactly what the ordinary one did.
+:func:`timm_aconv.convert_conv` (kernel centred in the grid and divided by the envelope), so the
+adaptive model computes exactly what the ordinary one did. It serves timm's
+``pretrained_filter_fn`` (``aconv_resnet*`` with ``pretrained=True``) and SMP's encoder weights.
 
     >>> encoder = smp.encoders.get_encoder('aconv_resnet34')
     >>> ordinary = smp.encoders.get_encoder('resnet34').state_dict()
@@ -16,8 +17,8 @@ from typing import Dict, Optional
 import torch
 import torch.nn as nn
 
-from ..layers import AdaptiveConv2d
-from ..surgery import convert_conv
+from ..layers.adaptive_conv import AdaptiveConv2d, SigmaInit
+from .convert import convert_conv
 
 __all__ = ['adapt_ordinary_weights']
 
@@ -37,13 +38,16 @@ def adapt_ordinary_weights(
         model: nn.Module,
         state_dict: Dict[str, torch.Tensor],
         prefix: str = '',
+        sigma_init: Optional[SigmaInit] = None,
 ) -> Dict[str, torch.Tensor]:
     """ ``state_dict`` with ordinary conv entries converted for ``model``'s adaptive layers, in place.
 
     For every :class:`AdaptiveConv2d` in ``model`` whose ``weight`` is in ``state_dict`` (keys
     under ``prefix``) but whose ``sigma`` is not, the ordinary kernel is converted with
-    ``convert_conv(preserve=True)`` to the layer's grid size and ``sigma`` is added. Entries of
-    adaptive checkpoints (with ``sigma``) are left alone. Returns ``state_dict``.
+    ``convert_conv(preserve=True)`` to the layer's grid size and ``sigma_bounds`` and ``sigma`` is
+    added: ``sigma_init`` (None: the layer's own ``sigma_init``; prefer a wide envelope such as
+    0.5, which divides the kernels mildly). Entries of adaptive checkpoints (with ``sigma``) are
+    left alone. Returns ``state_dict``.
     """
     for name, layer in model.named_modules():
         if not isinstance(layer, AdaptiveConv2d):
@@ -52,7 +56,9 @@ def adapt_ordinary_weights(
         if key + 'weight' not in state_dict or key + 'sigma' in state_dict:
             continue
         ordinary = _ordinary_conv(layer, state_dict[key + 'weight'], state_dict.get(key + 'bias'))
-        adaptive = convert_conv(ordinary, layer.grid_size, preserve=True, name=key.rstrip('.') or 'conv')
+        adaptive = convert_conv(
+            ordinary, layer.grid_size, preserve=True, sigma_init=layer.sigma_init if sigma_init is None else sigma_init,
+            sigma_bounds=layer.sigma_bounds, name=key.rstrip('.') or 'conv')
         state_dict[key + 'weight'] = adaptive.weight.detach()
         state_dict[key + 'sigma'] = adaptive.sigma.detach()
     return state_dict
