@@ -47,7 +47,6 @@ class ClassificationConfig(EngineConfig):
     val_batch_size: Optional[int] = None
     num_workers: int = 0
     plots: bool = True
-    monitor: str = 'val_loss'
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -13,6 +13,7 @@ import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 __all__ = ['plot_learning_curves', 'plot_sigma_histograms', 'plot_mean_curves']
 
@@ -28,6 +29,8 @@ def plot_learning_curves(history: Sequence[Dict[str, float]], output_dir: str,
     loss_axes.legend()
     accuracy_axes.plot(epochs, [record['val_accuracy'] for record in history], color='tab:green')
     accuracy_axes.set(xlabel='epoch', ylabel='accuracy', title='validation accuracy')
+    for axes in (loss_axes, accuracy_axes):
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     figure.tight_layout()
     path = Path(output_dir) / filename
     figure.savefig(path, dpi=100)
@@ -73,6 +76,7 @@ def plot_mean_curves(curves: Dict[str, np.ndarray], path: str, title: str = 'val
         line, = axis.plot(epochs, mean, label=label, linestyle='--' if label.startswith('CONV') else '-')
         axis.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
     axis.set(xlabel='epoch', ylabel='mean validation accuracy')
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.set_title(title, fontsize='medium')
     axis.legend(fontsize='small')
     figure.tight_layout()
