@@ -15,6 +15,14 @@ from timm_aconv.train import (
 from timm_aconv.train.schedulers import GaussianOneCycle
 
 
+@pytest.fixture(autouse=True)
+def restore_deterministic_mode():
+    """ deterministic=True switches torch's global mode on; give the session its setting back. """
+    enabled, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    yield
+    torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+
+
 class StopAfter(Callback):
     def __init__(self, epochs: int) -> None:
         self.epochs = epochs
