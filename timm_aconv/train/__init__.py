@@ -5,6 +5,10 @@
 - :mod:`~timm_aconv.train.metrics`: the :class:`Metric` contract, :class:`ClassificationMetric`.
 - :mod:`~timm_aconv.train.schedulers`: constant, reduce-on-plateau, the paper's one-cycle.
 - :mod:`~timm_aconv.train.callbacks`: hooks, :class:`SigmaRecorder`.
+- :mod:`~timm_aconv.train.datasets`: the paper's classification datasets and offline ones.
+- :mod:`~timm_aconv.train.classification`: the classification recipe's logic.
+- :mod:`~timm_aconv.train.compare`: the paper's Algorithm 1 (CONV vs ACONV, t-tests).
+- :mod:`~timm_aconv.train.plots`: learning curves, sigma histograms, mean-accuracy bands.
 """
 from .callbacks import Callback, SigmaRecorder
 from .config import ConfigError, config_from_dict, config_to_dict, load_config, parse_config, parse_values, run_cli
