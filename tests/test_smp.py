@@ -16,7 +16,8 @@ import torch.nn as nn
 from safetensors.torch import save_file
 
 import timm_aconv
-from timm_aconv.smp import AconvUnet, PaperUNet, adaptive_named_layers
+from timm_aconv import named_adaptive_layers
+from timm_aconv.smp import AconvUnet, PaperUNet
 
 ENCODERS = ['aconv_resnet18', 'aconv_resnet34', 'aconv_resnet50']
 
@@ -30,7 +31,7 @@ def _strides(sample: torch.Tensor, features) -> list:
 
 
 def _adaptive_names(model: nn.Module) -> list:
-    return [name for name, _ in adaptive_named_layers(model)]
+    return [name for name, _ in named_adaptive_layers(model)]
 
 
 @pytest.fixture
@@ -66,7 +67,7 @@ def local_imagenet(tmp_path, monkeypatch):
 def test_encoders_registered_with_adaptive_spatial_convs_only():
     assert set(ENCODERS) <= set(smp.encoders.get_encoder_names())
     encoder = smp.encoders.get_encoder('aconv_resnet50')
-    sizes = {name: layer.kernel_size for name, layer in adaptive_named_layers(encoder)}
+    sizes = {name: layer.kernel_size for name, layer in named_adaptive_layers(encoder)}
     assert sizes['conv1'] == (7, 7) and sizes['layer1.0.conv2'] == (5, 5)
     assert all(size == (5, 5) for name, size in sizes.items() if name != 'conv1')
     pointwise = [name for name, module in encoder.named_modules() if type(module) is nn.Conv2d]
@@ -207,7 +208,7 @@ def test_aconv_unet_layer_choices():
     encoder_wide = AconvUnet('resnet18', encoder_weights=None, adaptive='encoder', adaptive_kernel_size=5)
     names = _adaptive_names(encoder_wide)
     assert len(names) == 1 + 16 and all(name.startswith('encoder.') for name in names)
-    assert {layer.kernel_size for _, layer in adaptive_named_layers(encoder_wide)} == {(5, 5)}
+    assert {layer.kernel_size for _, layer in named_adaptive_layers(encoder_wide)} == {(5, 5)}
 
     patterned = AconvUnet('resnet18', encoder_weights=None, adaptive=['encoder.layer1.*', 'segmentation_head.*'],
                           adaptive_kernel_size=3)
@@ -257,14 +258,14 @@ def test_aconv_unet_pretrained_keeps_the_ordinary_unet_function(local_imagenet):
 def test_aconv_unet_save_load_round_trip(tmp_path, encoder_name):
     model = smp.create_model('aconv_unet', encoder_name=encoder_name, encoder_weights=None, classes=2,
                              adaptive=['encoder.conv1', 'encoder.layer1.0.*'], adaptive_kernel_size=9).eval()
-    kernel_sizes = {name: layer.kernel_size for name, layer in adaptive_named_layers(model)}
+    kernel_sizes = {name: layer.kernel_size for name, layer in named_adaptive_layers(model)}
     with torch.no_grad():  # trained-looking apertures, so a sigma that is not saved would show
-        for _, layer in adaptive_named_layers(model):
+        for _, layer in named_adaptive_layers(model):
             layer.sigma.uniform_(0.2, 0.9)
     model.save_pretrained(tmp_path, dataset='pets', metrics={'pixel_accuracy': 0.5})
     restored = smp.from_pretrained(tmp_path).eval()
     assert type(restored) is AconvUnet
-    assert {name: layer.kernel_size for name, layer in adaptive_named_layers(restored)} == kernel_sizes
+    assert {name: layer.kernel_size for name, layer in named_adaptive_layers(restored)} == kernel_sizes
     assert 'pixel_accuracy' in (tmp_path / 'README.md').read_text()
     sample = _sample()
     with torch.inference_mode():

@@ -7,7 +7,7 @@ model that treatment:
     >>> optimizer = torch.optim.SGD(timm_aconv.param_groups(model, weight_decay=1e-4), lr=0.1)
     >>> handle = timm_aconv.register_sigma_clamp(optimizer, model)  # clamps after every step()
 """
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -15,12 +15,18 @@ from torch.utils.hooks import RemovableHandle
 
 from .adaptive_conv import AdaptiveConv2d
 
-__all__ = ['adaptive_layers', 'clamp_sigmas_', 'register_sigma_clamp', 'param_groups']
+__all__ = ['adaptive_layers', 'named_adaptive_layers', 'clamp_sigmas_', 'register_sigma_clamp', 'param_groups']
+
+
+def named_adaptive_layers(model: nn.Module) -> Iterator[Tuple[str, AdaptiveConv2d]]:
+    """ (qualified name, layer) of every :class:`AdaptiveConv2d` in ``model``, in module order
+    (a shared module once, under its first name). """
+    return ((name, module) for name, module in model.named_modules() if isinstance(module, AdaptiveConv2d))
 
 
 def adaptive_layers(model: nn.Module) -> Iterator[AdaptiveConv2d]:
     """ Every :class:`AdaptiveConv2d` in ``model`` (each shared module once). """
-    return (module for module in model.modules() if isinstance(module, AdaptiveConv2d))
+    return (module for _, module in named_adaptive_layers(model))
 
 
 def clamp_sigmas_(model: nn.Module) -> int:

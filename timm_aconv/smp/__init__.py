@@ -7,7 +7,7 @@
   first convolution;
 - architecture ``aconv_paper_unet`` (:mod:`.paper_unet`): the paper's own Keras-example U-Net.
 """
-from .aconv_unet import PAPER_UNET_SIGMA_BOUNDS, PAPER_UNET_SIGMA_INIT, AconvUnet, adaptive_named_layers
+from .aconv_unet import PAPER_UNET_SIGMA_BOUNDS, PAPER_UNET_SIGMA_INIT, AconvUnet
 from .encoders import AconvResNetEncoder, aconv_resnet_encoders
 from ..surgery import adapt_ordinary_weights
 from .paper_unet import PaperUNet

@@ -6,35 +6,29 @@ layer and left the rest ordinary. :class:`AconvUnet` is :class:`segmentation_mod
 which layers become adaptive:
 
     >>> model = smp.create_model('aconv_unet', encoder_name='resnet34', encoder_weights=None, classes=3)
-    >>> [name for name, _ in adaptive_named_layers(model)]
+    >>> [name for name, _ in timm_aconv.named_adaptive_layers(model)]
     ['encoder.conv1']
 
 With pretrained encoder weights the chosen layers are converted function-preservingly (the
 pretrained stem's response is kept, sigma starts at 0.5); with ``encoder_weights=None`` they are
 fresh adaptive layers with the paper's apertures.
 """
-from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch.nn as nn
 from segmentation_models_pytorch import Unet
 from segmentation_models_pytorch.base.hub_mixin import supports_config_loading
 
-from ..layers import AdaptiveConv2d
 from ..layers.adaptive_conv import SigmaInit
 from ..surgery import convert_convs
 
-__all__ = ['AconvUnet', 'adaptive_named_layers', 'PAPER_UNET_SIGMA_INIT', 'PAPER_UNET_SIGMA_BOUNDS']
+__all__ = ['AconvUnet', 'PAPER_UNET_SIGMA_INIT', 'PAPER_UNET_SIGMA_BOUNDS']
 
 # the authors' U-Net setting (their code): apertures (0.1, 0.25), clamped to [1/7, 5]
 PAPER_UNET_SIGMA_INIT = (0.1, 0.25)
 PAPER_UNET_SIGMA_BOUNDS = (1 / 7, 5.0)
 
 ADAPTIVE_CHOICES = ('first', 'encoder')
-
-
-def adaptive_named_layers(model: nn.Module) -> Iterator[Tuple[str, AdaptiveConv2d]]:
-    """ (qualified name, layer) of every :class:`AdaptiveConv2d` in ``model``, in module order. """
-    return ((name, module) for name, module in model.named_modules() if isinstance(module, AdaptiveConv2d))
 
 
 def _first_conv_name(encoder: nn.Module) -> str:

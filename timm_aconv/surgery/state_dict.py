@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from ..layers.adaptive_conv import AdaptiveConv2d, SigmaInit
+from ..layers.sigma import named_adaptive_layers
 from .convert import convert_conv
 
 __all__ = ['adapt_ordinary_weights']
@@ -49,9 +50,7 @@ def adapt_ordinary_weights(
     0.5, which divides the kernels mildly). Entries of adaptive checkpoints (with ``sigma``) are
     left alone. Returns ``state_dict``.
     """
-    for name, layer in model.named_modules():
-        if not isinstance(layer, AdaptiveConv2d):
-            continue
+    for name, layer in named_adaptive_layers(model):
         key = f'{prefix}{name}.' if name else prefix
         if key + 'weight' not in state_dict or key + 'sigma' in state_dict:
             continue

@@ -5,7 +5,7 @@ from typing import List
 import torch
 import torch.nn as nn
 
-from ..layers.adaptive_conv import AdaptiveConv2d
+from ..layers.sigma import named_adaptive_layers
 from ..layers.envelope import effective_kernel_size, gaussian_envelope
 
 __all__ = ['LayerSummary', 'SigmaSummary', 'summary']
@@ -49,9 +49,7 @@ def summary(model: nn.Module, energy: float = 0.95) -> SigmaSummary:
     effective kernel size each of those sigmas implies (``print`` it, or read its rows). """
     table = SigmaSummary()
     table.energy = energy
-    for name, layer in model.named_modules():
-        if not isinstance(layer, AdaptiveConv2d):
-            continue
+    for name, layer in named_adaptive_layers(model):
         sigma = layer.sigma.detach().float().cpu()
         picks = torch.stack([sigma.min(), sigma.median(), sigma.max()])
         envelopes = gaussian_envelope(picks, layer.grid_size)
