@@ -19,11 +19,11 @@ from typing import Dict, List, Optional
 
 import numpy as np
 from accelerate import PartialState
-from scipy import stats
 
 from .classification import ClassificationConfig, train_classification
 from .config import ConfigError
 from .history import read_history
+from .statistics import describe_peaks, ttest_peaks
 
 __all__ = ['CompareConfig', 'ComparisonResult', 'run_comparison', 'summarize', 'ARMS']
 
@@ -95,13 +95,13 @@ def summarize(peaks: Dict[str, Dict[int, List[float]]]) -> List[Dict[str, float]
     """ One row per kernel size: mean, std (ddof=1), max per arm, t and two-tailed p (ACONV vs CONV). """
     rows = []
     for size in peaks['ACONV']:
-        conv, aconv = np.asarray(peaks['CONV'][size]), np.asarray(peaks['ACONV'][size])
-        t_stat, p_value = stats.ttest_ind(aconv, conv)
+        conv, aconv = describe_peaks(peaks['CONV'][size]), describe_peaks(peaks['ACONV'][size])
+        t_stat, p_value = ttest_peaks(peaks['ACONV'][size], peaks['CONV'][size])
         rows.append(dict(
             kernel_size=size,
-            conv_mean=float(conv.mean()), conv_std=float(conv.std(ddof=1)), conv_max=float(conv.max()),
-            aconv_mean=float(aconv.mean()), aconv_std=float(aconv.std(ddof=1)), aconv_max=float(aconv.max()),
-            t=float(t_stat), p=float(p_value), repeats=len(aconv)))
+            conv_mean=conv['mean'], conv_std=conv['std'], conv_max=conv['max'],
+            aconv_mean=aconv['mean'], aconv_std=aconv['std'], aconv_max=aconv['max'],
+            t=t_stat, p=p_value, repeats=aconv['repeats']))
     return rows
 
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ['CLASSIFICATION_DATASETS', 'DataInfo', 'DatasetNotFoundError', 'ArrayDataset', 'ClutteredDataset',
+__all__ = ['CLASSIFICATION_DATASETS', 'DataInfo', 'DatasetNotFoundError', 'dataset_not_found', 'ArrayDataset', 'ClutteredDataset',
            'build_classification_data', 'clutter_canvas']
 
 CLASSIFICATION_DATASETS = ('digits', 'synthetic', 'mnist', 'fashion_mnist', 'cifar10', 'mnist_cluttered', 'lfw')
@@ -128,7 +128,9 @@ class ClutteredDataset(ArrayDataset):
         return clutter_canvas(self.digits, index, self.canvas_size, seed=self.seed)[..., None]
 
 
-def _missing(name: str, root: Path, how: str, error: Exception) -> DatasetNotFoundError:
+def dataset_not_found(name: str, root: Path, how: str, error: Exception) -> DatasetNotFoundError:
+    """ The error for a dataset that is neither in ``root`` nor downloadable: names the dataset,
+    the folder, the download failure and ``how`` to provide it (shared by every recipe's data). """
     return DatasetNotFoundError(
         f'dataset {name!r} was not found in {str(root)!r} and could not be downloaded '
         f'({type(error).__name__}: {error}). {how} Then pass --data_dir {root} (and --download false to stay offline).')
@@ -143,7 +145,7 @@ def _torchvision_arrays(name: str, root: Path, download: bool, train: bool) -> T
     except Exception as error:  # torchvision raises RuntimeError when missing, URLError/OSError offline
         how = (f'Download it where there is internet with torchvision.datasets.{dataset_cls.__name__}'
                f'({str(root)!r}, download=True) and copy {str(root)!r} here.')
-        raise _missing(name, root, how, error) from error
+        raise dataset_not_found(name, root, how, error) from error
     images = np.asarray(dataset.data)
     labels = np.asarray(dataset.targets)
     if images.ndim == 3:
@@ -217,7 +219,7 @@ def build_classification_data(
         except Exception as error:  # OSError when missing offline, URLError when the download fails
             how = ('Download it where there is internet with sklearn.datasets.fetch_lfw_people('
                    f'min_faces_per_person=20, data_home={str(root)!r}) and copy {str(root)!r} here.')
-            raise _missing(name, root, how, error) from error
+            raise dataset_not_found(name, root, how, error) from error
         images, labels = bunch.images[..., None].astype(np.float32) / 255.0, bunch.target
         train_index, val_index = _stratified_split(labels, 756 / 3023, split_seed)
         train = ArrayDataset(images[train_index], labels[train_index], train_transform)

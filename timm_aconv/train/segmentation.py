@@ -37,10 +37,11 @@ from ..layers import adaptive_layers
 from ..surgery.module_tree import replace_modules
 from .callbacks import Callback, SigmaRecorder
 from .config import ConfigError
-from .datasets import DatasetNotFoundError, _missing
+from .datasets import DatasetNotFoundError, dataset_not_found
 from .engine import EngineConfig, Trainer, set_seed
 from .history import read_history
 from .metrics import Metric
+from .statistics import describe_peaks, ttest_peaks
 
 __all__ = [
     'SEGMENTATION_DATASETS', 'TRIMAP_CLASSES', 'SegmentationConfig', 'SegmentationMetric', 'SegmentationDataset',
@@ -268,7 +269,7 @@ def _oxford_pets(root: Path, split: str, download: bool) -> _PetTrimapSource:
                f'and extract both into {str(root / "oxford-iiit-pet")!r} (it must hold images/ and '
                'annotations/trimaps/), or run torchvision.datasets.OxfordIIITPet(root, download=True) where there '
                'is internet and copy the folder.')
-        raise _missing('oxford_pets', root, how, error) from error
+        raise dataset_not_found('oxford_pets', root, how, error) from error
     return _PetTrimapSource(pets)
 
 
@@ -415,20 +416,17 @@ def _train_run(run: SegmentationConfig, variant: str, train_set, val_set, callba
 
 
 def _summary_rows(peak_accuracy: Dict[str, List[float]], peak_miou: Dict[str, List[float]]) -> List[Dict[str, float]]:
-    """ Mean, std (ddof=1 when there are repeats), max per variant; a two-tailed t-test of the
-    first adaptive variant against each other variant when there are >= 2 repeats (else t, p None). """
-    from scipy import stats
+    """ Mean, std, max per variant; a two-tailed t-test of the first adaptive variant against each
+    other variant when both have >= 2 repeats (else t, p None). """
     reference = next((variant for variant in peak_accuracy if parse_variant(variant)[0]), None)
     rows = []
     for variant, peaks in peak_accuracy.items():
-        accuracy, miou = np.asarray(peaks), np.asarray(peak_miou[variant])
-        ddof = 1 if len(accuracy) > 1 else 0
-        row = dict(variant=variant, repeats=len(accuracy), accuracy_mean=float(accuracy.mean()),
-                   accuracy_std=float(accuracy.std(ddof=ddof)), accuracy_max=float(accuracy.max()),
-                   miou_mean=float(miou.mean()), miou_max=float(miou.max()), t=None, p=None)
-        if reference is not None and variant != reference and len(accuracy) > 1:
-            test = stats.ttest_ind(np.asarray(peak_accuracy[reference]), accuracy)
-            row.update(t=float(test.statistic), p=float(test.pvalue))
+        accuracy, miou = describe_peaks(peaks), describe_peaks(peak_miou[variant])
+        row = dict(variant=variant, repeats=accuracy['repeats'], accuracy_mean=accuracy['mean'],
+                   accuracy_std=accuracy['std'], accuracy_max=accuracy['max'],
+                   miou_mean=miou['mean'], miou_max=miou['max'], t=None, p=None)
+        if reference is not None and variant != reference:
+            row['t'], row['p'] = ttest_peaks(peak_accuracy[reference], peaks)
         rows.append(row)
     return rows
 
