@@ -21,12 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FAST = ['--progress', 'false', '--log_with', 'none', '--num_threads', '1']
 
 
-@pytest.fixture(autouse=True)
-def restore_torch_threads():
-    """ The recipes run with --num_threads 1; give the rest of the session its thread count back. """
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')  # the recipes run with --num_threads 1
 
 
 def load_recipe(name: str):

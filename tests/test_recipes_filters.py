@@ -17,13 +17,7 @@ from timm_aconv.train.kernel_plots import layer_kernel_rows, new_figure, plot_la
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """ Tiny tensors: one intra-op thread avoids oversubscribing a shared 2-core runner. """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 CONFIG = str(ROOT / 'recipes' / 'configs' / 'learn_filters.yaml')
 

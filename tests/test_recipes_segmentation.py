@@ -9,12 +9,12 @@ import torch
 import torch.nn as nn
 
 import timm_aconv
-from test_recipes_filters import one_torch_thread  # noqa: F401  (autouse fixture: one torch thread)
 from timm_aconv.train import ConfigError, parse_config
 from timm_aconv.train.segmentation import (
     DatasetNotFoundError, SegmentationConfig, SegmentationDataset, SegmentationMetric, build_segmentation_data,
     build_segmentation_transform, create_segmentation_model, parse_variant, plot_segmentation_examples, shapes_sample)
 
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 ROOT = Path(__file__).resolve().parents[1]
 
 CONFIG = str(ROOT / 'recipes' / 'configs' / 'segmentation.yaml')
