@@ -245,7 +245,10 @@ def machine_info() -> Dict:
 def main(argv=None) -> Dict:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--suite', nargs='+', choices=SUITES + ('all',), default=['all'])
-    parser.add_argument('--rounds', type=int, default=7, help='timed rounds per case (default 7)')
+    parser.add_argument('--rounds', type=int, default=7, help='timed rounds per layer/scaling case (default 7)')
+    parser.add_argument('--model-rounds', type=int, default=21,
+                        help='timed rounds per model case (default 21: the targets are a few percent, and 7 rounds '
+                             'of two identical models already scatter by ±10%% on 2 shared cores)')
     parser.add_argument('--threads', type=int, default=None, help='torch threads (default: all cores)')
     parser.add_argument('--clock', choices=CLOCKS, default='wall',
                         help="'wall' (default) or 'cpu': CPU time of this process, for a busy machine (use --threads 1)")
@@ -263,7 +266,7 @@ def main(argv=None) -> Dict:
     if 'layer' in suites:
         rows += layer_cases(measure)
     if 'model' in suites:
-        rows += model_cases(measure, compile_model=not args.no_compile)
+        rows += model_cases(functools.partial(measure, rounds=args.model_rounds), compile_model=not args.no_compile)
     if 'scaling' in suites:
         rows += scaling_cases(functools.partial(measure, rounds=max(3, args.rounds - 2)))
     info['seconds'] = round(time.perf_counter() - start, 1)
