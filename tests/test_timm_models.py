@@ -350,8 +350,41 @@ def test_simple_cnn_defaults_and_head():
         assert pre_logits.shape == (3, model.head_hidden_size)
         model.reset_classifier(0)
         assert torch.equal(model(x), pre_logits)
-        model.reset_classifier(5)
+        model.reset_classifier(0, '')  # the dense layer is the pooling: without it, the feature map
+        assert torch.equal(model(x), features)
+        with pytest.raises(ValueError, match="global_pool='' keeps the unpooled feature map"):
+            model.reset_classifier(5, '')
+        with pytest.raises(ValueError, match="global_pool must be one of"):
+            model.reset_classifier(5, 'avg')
+        model.reset_classifier(5, 'flatten')
         assert model(x).shape == (3, 5)
+
+
+def test_simple_cnn_forward_intermediates_match_features_only():
+    torch.manual_seed(0)
+    features = timm.create_model('aconv_simple_cnn', features_only=True).eval()
+    torch.manual_seed(0)
+    model = timm.create_model('aconv_simple_cnn').eval()
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        final, intermediates = model.forward_intermediates(x)
+        assert torch.equal(final, model.forward_features(x))
+        assert all(torch.equal(a, b) for a, b in zip(features(x), intermediates, strict=True))
+        first = model.forward_intermediates(x, indices=[0], stop_early=True, intermediates_only=True)
+    assert len(first) == 1 and torch.equal(first[0], intermediates[0])
+
+
+@pytest.mark.parametrize('model_name', ['aconv_resnet20', 'aconv_simple_cnn'])
+def test_fx_features_only_scripts(model_name):
+    # timm's test_model_forward_torchscript_with_features_fx: a caller's feature_cfg joins the defaults
+    with timm.set_scriptable(True):
+        model = timm.create_model(model_name, features_only=True, feature_cfg={'feature_cls': 'fx'}).eval()
+    scripted = torch.jit.script(model)
+    x = torch.randn(1, *model.pretrained_cfg['input_size'])
+    with torch.inference_mode():
+        outputs, expected = scripted(x), model(x)
+    assert [o.shape[1] for o in outputs] == model.feature_info.channels()
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(outputs, expected, strict=True))
 
 
 # ---- adaptive ImageNet ResNets ------------------------------------------------------------

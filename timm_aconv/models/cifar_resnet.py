@@ -261,9 +261,9 @@ class CifarResNet(nn.Module):
 
 
 def _create_cifar_resnet(variant: str, pretrained: bool = False, **kwargs) -> CifarResNet:
-    return build_model_with_cfg(
-        CifarResNet, variant, pretrained, feature_cfg=dict(out_indices=(0, 1, 2, 3), flatten_sequential=True),
-        **kwargs)
+    # a caller's feature_cfg (e.g. feature_cls='fx') refines these defaults
+    feature_cfg = {'out_indices': (0, 1, 2, 3), 'flatten_sequential': True, **(kwargs.pop('feature_cfg', None) or {})}
+    return build_model_with_cfg(CifarResNet, variant, pretrained, feature_cfg=feature_cfg, **kwargs)
 
 
 def _cfg(**kwargs) -> Dict[str, Any]:

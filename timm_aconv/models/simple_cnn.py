@@ -11,17 +11,19 @@ MNIST-cluttered)::
 
     >>> model = timm.create_model('aconv_simple_cnn', img_size=8, in_chans=1, num_classes=10)
 """
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
 
 from ..layers.adaptive_conv import SigmaInit
 from ._conv_layer import create_conv_layer
 
 __all__ = ['SimpleCnn', 'MNIST_MEAN', 'MNIST_STD']
 
+HEAD_POOLS = ('flatten', '')
 MNIST_MEAN = (0.1307,)
 MNIST_STD = (0.3081,)
 
@@ -85,6 +87,7 @@ class SimpleCnn(nn.Module):
             dict(num_chs=width, reduction=2, module='pool'),
         ]
 
+        self.global_pool = 'flatten'  # the dense layer pools the feature map (see reset_classifier)
         self.flatten = nn.Flatten(1)
         self.head_drop = nn.Dropout(drop_rate)
         self.fc1 = nn.Linear(width * (height // 2) * (width_px // 2), hidden_size)
@@ -110,7 +113,17 @@ class SimpleCnn(nn.Module):
         return 'fc' if name_only else self.fc
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        """ A new linear classifier (``num_classes=0``: none); ``global_pool`` is unused (no pooling head). """
+        """ A new linear classifier (``num_classes=0``: none).
+
+        The dense layer is this network's pooling: ``global_pool=''`` removes it as well (with
+        ``num_classes=0``), so the model returns the unpooled feature map; 'flatten' restores it.
+        """
+        if global_pool is not None:
+            if global_pool not in HEAD_POOLS:
+                raise ValueError(f'global_pool must be one of {HEAD_POOLS} (or None to keep it), got {global_pool!r}')
+            if global_pool == '' and num_classes:
+                raise ValueError("global_pool='' keeps the unpooled feature map, which needs num_classes=0")
+            self.global_pool = global_pool
         self.num_classes = num_classes
         weight = self.fc1.weight
         self.fc = nn.Linear(self.head_hidden_size, num_classes, device=weight.device, dtype=weight.dtype) \
@@ -121,7 +134,49 @@ class SimpleCnn(nn.Module):
         x = self.act2(self.bn2(self.conv2(x)))
         return self.pool(x)
 
+    def _feature_block(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        """ The part of :meth:`forward_features` that produces ``feature_info[index]``. """
+        if index == 0:
+            return self.act1(self.bn1(self.conv1(x)))
+        if index == 1:
+            return self.act2(self.bn2(self.conv2(x)))
+        return self.pool(x)
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """ The features of ``feature_info`` (after each conv block, after the pooling), as timm returns them.
+
+        Args:
+            x: input images.
+            indices: the last n features if an int, these indices if a list, all if None.
+            norm: unused (no final norm layer), for timm API compatibility.
+            stop_early: stop after the last wanted feature.
+            output_fmt: 'NCHW' only.
+            intermediates_only: return only the intermediates.
+        """
+        assert output_fmt == 'NCHW', 'Output format must be NCHW.'
+        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
+        intermediates = []
+        for index in range(len(self.feature_info)):
+            if stop_early and index > max_index:
+                break
+            x = self._feature_block(index, x)
+            if index in take_indices:
+                intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == '':
+            return x
         x = self.head_drop(self.flatten(x))
         x = self.act3(self.bn3(self.fc1(x)))
         x = self.pre_logits_drop(x)
@@ -132,7 +187,8 @@ class SimpleCnn(nn.Module):
 
 
 def _create_simple_cnn(variant: str, pretrained: bool = False, **kwargs) -> SimpleCnn:
-    return build_model_with_cfg(SimpleCnn, variant, pretrained, feature_cfg=dict(out_indices=(0, 1, 2)), **kwargs)
+    feature_cfg = {'out_indices': (0, 1, 2), **(kwargs.pop('feature_cfg', None) or {})}
+    return build_model_with_cfg(SimpleCnn, variant, pretrained, feature_cfg=feature_cfg, **kwargs)
 
 
 def _cfg(**kwargs) -> Dict[str, Any]:
