@@ -358,6 +358,9 @@ def test_simple_cnn_defaults_and_head():
             model.reset_classifier(5, 'avg')
         model.reset_classifier(5, 'flatten')
         assert model(x).shape == (3, 5)
+    unpooled = timm.create_model('aconv_simple_cnn', num_classes=0, global_pool='').eval()
+    with torch.no_grad():
+        assert unpooled(x).shape == features.shape
 
 
 def test_simple_cnn_forward_intermediates_match_features_only():

@@ -35,6 +35,14 @@ def _image_size(img_size: Union[int, Tuple[int, int]]) -> Tuple[int, int]:
     return size
 
 
+def _check_global_pool(global_pool: str, num_classes: int) -> str:
+    if global_pool not in HEAD_POOLS:
+        raise ValueError(f'global_pool must be one of {HEAD_POOLS}, got {global_pool!r}')
+    if global_pool == '' and num_classes:
+        raise ValueError("global_pool='' keeps the unpooled feature map, which needs num_classes=0")
+    return global_pool
+
+
 class SimpleCnn(nn.Module):
     """ conv-BN-ReLU ×2, max-pool 2, dropout, dense 256-BN-ReLU, dropout, linear.
 
@@ -49,6 +57,8 @@ class SimpleCnn(nn.Module):
         width: filters of each convolution.
         hidden_size: units of the dense layer.
         drop_rate: both dropouts.
+        global_pool: 'flatten' (the dense layer pools the feature map) or '' (with ``num_classes=0``:
+            no head, the model returns the unpooled feature map), as timm's ``global_pool``.
     """
 
     def __init__(
@@ -63,6 +73,7 @@ class SimpleCnn(nn.Module):
             width: int = 32,
             hidden_size: int = 256,
             drop_rate: float = 0.5,
+            global_pool: str = 'flatten',
     ):
         super().__init__()
         height, width_px = _image_size(img_size)
@@ -87,7 +98,7 @@ class SimpleCnn(nn.Module):
             dict(num_chs=width, reduction=2, module='pool'),
         ]
 
-        self.global_pool = 'flatten'  # the dense layer pools the feature map (see reset_classifier)
+        self.global_pool = _check_global_pool(global_pool, num_classes)
         self.flatten = nn.Flatten(1)
         self.head_drop = nn.Dropout(drop_rate)
         self.fc1 = nn.Linear(width * (height // 2) * (width_px // 2), hidden_size)
@@ -119,11 +130,7 @@ class SimpleCnn(nn.Module):
         ``num_classes=0``), so the model returns the unpooled feature map; 'flatten' restores it.
         """
         if global_pool is not None:
-            if global_pool not in HEAD_POOLS:
-                raise ValueError(f'global_pool must be one of {HEAD_POOLS} (or None to keep it), got {global_pool!r}')
-            if global_pool == '' and num_classes:
-                raise ValueError("global_pool='' keeps the unpooled feature map, which needs num_classes=0")
-            self.global_pool = global_pool
+            self.global_pool = _check_global_pool(global_pool, num_classes)
         self.num_classes = num_classes
         weight = self.fc1.weight
         self.fc = nn.Linear(self.head_hidden_size, num_classes, device=weight.device, dtype=weight.dtype) \
