@@ -158,16 +158,8 @@ class SimpleCnn(nn.Module):
             output_fmt: str = 'NCHW',
             intermediates_only: bool = False,
     ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """ The features of ``feature_info`` (after each conv block, after the pooling), as timm returns them.
-
-        Args:
-            x: input images.
-            indices: the last n features if an int, these indices if a list, all if None.
-            norm: unused (no final norm layer), for timm API compatibility.
-            stop_early: stop after the last wanted feature.
-            output_fmt: 'NCHW' only.
-            intermediates_only: return only the intermediates.
-        """
+        """ The features of ``feature_info`` (each conv block, the pooling); arguments as timm's
+        ``forward_intermediates`` (``norm`` is unused: there is no final norm layer). """
         assert output_fmt == 'NCHW', 'Output format must be NCHW.'
         take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
         intermediates = []
