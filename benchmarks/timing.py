@@ -20,7 +20,6 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List
 
-import torch
 from torch.profiler import ProfilerActivity, profile
 
 __all__ = ['CLOCKS', 'Comparison', 'compare', 'peak_memory_mib']

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import timm
 import torch
 
 import timm_aconv

@@ -20,7 +20,7 @@ pixel of stride-2 layers at the bottom/right); shapes are identical.
 Inputs must be divisible by 16. :class:`PaperUNet` is an SMP ``SegmentationModel`` (``encoder``,
 ``decoder``, ``segmentation_head``), so ``save_pretrained`` / ``smp.from_pretrained`` work.
 """
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import torch
 import torch.nn as nn

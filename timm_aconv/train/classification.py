@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
 
 import timm
-import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 

@@ -21,7 +21,7 @@ with Albumentations; its random draws come from torch's RNG, so runs and resumed
 """
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Tuple
+from typing import Optional, Tuple
 
 import albumentations as A
 import numpy as np

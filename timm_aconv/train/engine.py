@@ -91,7 +91,6 @@ states; loaded with ``weights_only=True``), the scheduler state (``torch.load(we
 and ``trainer_state.json``. Resumed runs match uninterrupted ones exactly on CPU because the
 training sampler is seeded per epoch (``use_seedable_sampler``) and the RNG states are restored.
 """
-import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -105,7 +104,7 @@ from accelerate.utils import set_seed
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from tqdm.auto import tqdm
 
-from ..layers import adaptive_layers, param_groups, register_sigma_clamp
+from ..layers import param_groups, register_sigma_clamp
 from .callbacks import Callback
 from .config import ConfigError, config_to_dict
 from .history import write_history
