@@ -10,9 +10,12 @@ import torch.nn as nn
 
 import timm_aconv
 from timm_aconv.train import ConfigError, parse_config
-from timm_aconv.train.segmentation import (
-    DatasetNotFoundError, SegmentationConfig, SegmentationDataset, SegmentationMetric, build_segmentation_data,
-    build_segmentation_transform, create_segmentation_model, parse_variant, plot_segmentation_examples, shapes_sample)
+from timm_aconv.train.datasets import DatasetNotFoundError
+from timm_aconv.train.metrics import SegmentationMetric
+from timm_aconv.train.plots import plot_segmentation_examples
+from timm_aconv.train.segmentation import SegmentationConfig, create_segmentation_model, parse_variant
+from timm_aconv.train.segmentation_data import (
+    TRIMAP_CLASSES, SegmentationDataset, build_segmentation_data, build_segmentation_transform, shapes_sample)
 
 pytestmark = pytest.mark.usefixtures('one_torch_thread')
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,7 +25,7 @@ PETS_CONFIG = str(ROOT / 'recipes' / 'configs' / 'segmentation_oxford_pets.yaml'
 
 
 def test_metric_counts_pixels_and_ious_exactly():
-    metric = SegmentationMetric()
+    metric = SegmentationMetric(len(TRIMAP_CLASSES), TRIMAP_CLASSES)
     targets = torch.tensor([[[0, 0], [1, 2]], [[1, 1], [1, 1]]])  # two 2×2 images
     predicted = torch.tensor([[[0, 1], [1, 2]], [[1, 1], [0, 1]]])
     logits = nn.functional.one_hot(predicted, 3).permute(0, 3, 1, 2).float() * 5
