@@ -3,7 +3,7 @@
 - :func:`plot_learning_curves`: loss and validation accuracy per epoch of one run.
 - :func:`plot_sigma_histograms`: per adaptive layer, the distribution of sigma over epochs.
 - :func:`plot_mean_curves`: the paper's Figures 5–6, mean validation accuracy per epoch over
-  repeats with a ±1 std band, one line per (model, kernel size).
+  repeats with a ±1 std band (ddof=1), one line per (model, kernel size).
 - :func:`plot_segmentation_examples`: the paper's Figure 7c–q, input, true and predicted trimaps.
 """
 from pathlib import Path
@@ -18,6 +18,7 @@ import torch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .segmentation_data import IMAGE_MEAN, IMAGE_STD  # noqa: E402
+from .statistics import STD_DDOF, describe_curves  # noqa: E402
 
 __all__ = ['plot_learning_curves', 'plot_sigma_histograms', 'plot_mean_curves', 'plot_segmentation_examples']
 
@@ -71,17 +72,17 @@ def plot_sigma_histograms(sigma_epochs: Dict[str, List[List[float]]], output_dir
 
 
 def plot_mean_curves(curves: Dict[str, np.ndarray], path: str, title: str = 'validation accuracy') -> Path:
-    """ ``curves[label]`` is (repeats, epochs) validation accuracy; draws mean ± std per label. """
+    """ ``curves[label]`` is (repeats, epochs) validation accuracy; draws the mean and a ±1 std band
+    per label, std with ddof=1 as in the tables (:func:`~timm_aconv.train.statistics.describe_curves`). """
     figure, axis = plt.subplots(figsize=(7, 4))
     for label, accuracy in curves.items():
-        accuracy = np.asarray(accuracy, dtype=float)
-        epochs = np.arange(1, accuracy.shape[1] + 1)
-        mean, std = accuracy.mean(0), accuracy.std(0)
+        mean, std = describe_curves(accuracy)
+        epochs = np.arange(1, len(mean) + 1)
         line, = axis.plot(epochs, mean, label=label, linestyle='--' if label.startswith('CONV') else '-')
         axis.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
     axis.set(xlabel='epoch', ylabel='mean validation accuracy')
     axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axis.set_title(title, fontsize='medium')
+    axis.set_title(f'{title}\nmean over repeats, band ±1 std (ddof={STD_DDOF})', fontsize='medium')
     axis.legend(fontsize='small')
     figure.tight_layout()
     figure.savefig(path, dpi=100)
