@@ -6,8 +6,11 @@
 - :mod:`~timm_aconv.train.schedulers`: constant, reduce-on-plateau, the paper's one-cycle.
 - :mod:`~timm_aconv.train.callbacks`: hooks, :class:`SigmaRecorder`.
 - :mod:`~timm_aconv.train.datasets`: the paper's classification datasets and offline ones.
+- :mod:`~timm_aconv.train.loaders`: DataLoaders whose ``batch_size`` is the global batch.
 - :mod:`~timm_aconv.train.classification`: the classification recipe's logic.
 - :mod:`~timm_aconv.train.compare`: the paper's Algorithm 1 (CONV vs ACONV, t-tests).
+- :mod:`~timm_aconv.train.statistics`: peak summaries, t-test, Holm correction, Cohen's d.
+- :mod:`~timm_aconv.train.settings`: ``settings.yaml``, the resolved settings of a comparison's runs.
 - :mod:`~timm_aconv.train.segmentation_data`, :mod:`~timm_aconv.train.segmentation`,
   :mod:`~timm_aconv.train.segmentation_compare`: the U-Net recipe's data, task and comparison.
 - :mod:`~timm_aconv.train.plots`: learning curves, sigma histograms, mean-accuracy bands, trimaps.

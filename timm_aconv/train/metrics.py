@@ -71,6 +71,11 @@ class SegmentationMetric(Metric):
 
     ``per_sample`` returns one confusion matrix per image (rows: true class, columns: predicted),
     so the engine's ``gather_for_metrics`` counts every validation image exactly once.
+
+    Targets are class indices, long or float. Float targets with fractional values (masks resized
+    bilinearly, the authors' validation) are scored as Keras scored them: such a pixel equals no
+    prediction, so it counts as an error in the pixel accuracy (it is left out of the confusion
+    matrix and the IoUs), and the cross-entropy uses the label truncated to an integer.
     """
 
     def __init__(self, num_classes: int, class_names: Optional[Sequence[str]] = None) -> None:
@@ -80,16 +85,19 @@ class SegmentationMetric(Metric):
         self.num_classes, self.class_names = num_classes, tuple(class_names)
         self.reset()
 
-    def per_sample(self, outputs: torch.Tensor, targets: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def per_sample(self, outputs: torch.Tensor, targets: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         classes = self.num_classes
-        index = (targets.long() * classes + outputs.argmax(1)).flatten(1)  # (B, H*W)
+        labels = targets.long()  # truncation: the labels Keras' sparse cross-entropy used for float masks
+        whole = (targets == labels).flatten(1)  # False where a bilinear resize left a fractional label
+        index = (labels * classes + outputs.argmax(1)).flatten(1)  # (B, H*W)
         counts = torch.zeros(index.shape[0], classes * classes, device=index.device)
-        counts.scatter_add_(1, index, torch.ones_like(index, dtype=counts.dtype))
-        loss = F.cross_entropy(outputs.float(), targets.long(), reduction='none').flatten(1).mean(1)
-        return counts.view(-1, classes, classes), loss
+        counts.scatter_add_(1, index, whole.to(counts.dtype))
+        loss = F.cross_entropy(outputs.float(), labels, reduction='none').flatten(1).mean(1)
+        return counts.view(-1, classes, classes), loss, (~whole).sum(1).to(counts.dtype)
 
-    def update(self, counts: torch.Tensor, loss: torch.Tensor) -> None:
+    def update(self, counts: torch.Tensor, loss: torch.Tensor, fractional: torch.Tensor) -> None:
         self.confusion += counts.sum(0).double().cpu()
+        self.fractional += float(fractional.sum())
         self.loss_sum += float(loss.sum())
         self.images += loss.numel()
 
@@ -99,11 +107,12 @@ class SegmentationMetric(Metric):
         true_positive = self.confusion.diag()
         union = self.confusion.sum(0) + self.confusion.sum(1) - true_positive
         iou = true_positive / union.clamp(min=1)
-        values = dict(pixel_accuracy=float(true_positive.sum() / self.confusion.sum()), miou=float(iou.mean()),
+        pixels = float(self.confusion.sum()) + self.fractional
+        values = dict(pixel_accuracy=float(true_positive.sum()) / pixels, miou=float(iou.mean()),
                       loss=self.loss_sum / self.images)
         values.update({f'iou_{name}': float(value) for name, value in zip(self.class_names, iou)})
         return values
 
     def reset(self) -> None:
         self.confusion = torch.zeros(self.num_classes, self.num_classes, dtype=torch.float64)
-        self.loss_sum, self.images = 0.0, 0
+        self.fractional, self.loss_sum, self.images = 0.0, 0.0, 0

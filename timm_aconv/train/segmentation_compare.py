@@ -9,7 +9,7 @@ one), the mean curves, the first convolution's kernels and the Figure 7 style ex
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -21,7 +21,8 @@ from ..layers import adaptive_layers
 from .callbacks import Callback
 from .segmentation import SegmentationConfig, first_conv, parse_variant, train_variant, variant_config
 from .segmentation_data import build_segmentation_data
-from .statistics import describe_peaks, ttest_peaks
+from .settings import write_settings
+from .statistics import STD_DDOF, cohens_d, describe_peaks, holm_adjust, ttest_peaks
 
 __all__ = ['SegmentationResult', 'train_segmentation']
 
@@ -36,34 +37,43 @@ class SegmentationResult:
     markdown: str
 
 
-def _summary_rows(peak_accuracy: Dict[str, List[float]], peak_miou: Dict[str, List[float]]) -> List[Dict[str, float]]:
-    """ Mean, std, max per variant; a two-tailed t-test of the first adaptive variant against each
-    other variant when both have >= 2 repeats (else t, p None). """
+def _summary_rows(peak_accuracy: Dict[str, List[float]], peak_miou: Dict[str, List[float]]) -> List[Dict[str, Any]]:
+    """ Mean, std (ddof=1), max per variant; a two-tailed t-test and Cohen's d of the first adaptive
+    variant against each other variant when both have >= 2 repeats (else None), and its p
+    Holm-corrected over those tests. """
     reference = next((variant for variant in peak_accuracy if parse_variant(variant)[0]), None)
     rows = []
     for variant, peaks in peak_accuracy.items():
         accuracy, miou = describe_peaks(peaks), describe_peaks(peak_miou[variant])
         row = dict(variant=variant, repeats=accuracy['repeats'], accuracy_mean=accuracy['mean'],
                    accuracy_std=accuracy['std'], accuracy_max=accuracy['max'],
-                   miou_mean=miou['mean'], miou_max=miou['max'], t=None, p=None)
+                   miou_mean=miou['mean'], miou_max=miou['max'], t=None, p=None, p_holm=None, d=None)
         if reference is not None and variant != reference:
             row['t'], row['p'] = ttest_peaks(peak_accuracy[reference], peaks)
+            row['d'] = cohens_d(peak_accuracy[reference], peaks)
         rows.append(row)
+    for row, adjusted in zip(rows, holm_adjust([row['p'] for row in rows])):
+        row['p_holm'] = adjusted
     return rows
 
 
-def _markdown(rows: List[Dict[str, float]], title: str) -> str:
+def _number(value: Optional[float], spec: str) -> str:
+    return '–' if value is None else format(value, spec)
+
+
+def _markdown(rows: List[Dict[str, Any]], title: str) -> str:
     lines = [f'### {title}', '',
-             '| first conv | repeats | peak pixel acc. mean±std (%) | max (%) | peak mIoU mean (%) | t | p |',
-             '|---|---|---|---|---|---|---|']
+             '| first conv | repeats | peak pixel acc. mean±std (%) | max (%) | peak mIoU mean (%) | t | p | p (Holm) | d |',
+             '|---|---|---|---|---|---|---|---|---|']
     for row in rows:
         adaptive, size = parse_variant(row['variant'])
         name = f"{'ACONV' if adaptive else 'CONV'} {size}×{size}"
-        test = '| – | – |' if row['t'] is None else f"| {row['t']:.2f} | {row['p']:.3g} |"
         lines.append(f"| {name} | {row['repeats']} | {100 * row['accuracy_mean']:.2f}±{100 * row['accuracy_std']:.2f} "
-                     f"| {100 * row['accuracy_max']:.2f} | {100 * row['miou_mean']:.2f} {test}")
-    lines += ['', 'Peak validation pixel accuracy over epochs per run; t, p: two-tailed Student t-test of the '
-              'adaptive variant against each other one (needs repeats >= 2).']
+                     f"| {100 * row['accuracy_max']:.2f} | {100 * row['miou_mean']:.2f} | {_number(row['t'], '.2f')} "
+                     f"| {_number(row['p'], '.3g')} | {_number(row['p_holm'], '.3g')} | {_number(row['d'], '.2f')} |")
+    lines += ['', f'Peak validation pixel accuracy over epochs per run, std with ddof={STD_DDOF}; t, p: two-tailed '
+              'Student t-test of the adaptive variant against each other one (needs repeats >= 2); p (Holm): '
+              "corrected for those tests; d: Cohen's d (pooled std)."]
     return '\n'.join(lines)
 
 
@@ -97,20 +107,23 @@ def train_segmentation(config: SegmentationConfig, callbacks: Sequence[Callback]
     """ Trains every variant ``repeats`` times (seeds ``seed``, ``seed + 1``, …) and summarizes.
 
     Each run writes its metrics, ``sigmas.json``, checkpoints and ``model.safetensors`` to
-    ``output_dir/<variant>/seed<seed>``; ``output_dir`` gets ``comparison.md``/``.json`` and, with
+    ``output_dir/<variant>/seed<seed>``; ``output_dir`` gets ``comparison.md``/``.json``,
+    ``settings.yaml`` (the resolved settings of every run) and, with
     ``plots=True``, ``comparison_curves.png``, ``<variant>_first_conv_kernels.png`` and
     ``examples.png`` (the first repeat of each variant). With ``resume=True`` finished runs are read
     back and unfinished ones continue from their checkpoint.
     """
     # the engine's Accelerator reads ACCELERATE_USE_CPU (accelerate launch --cpu) into the shared state
-    state = PartialState(cpu=parse_flag_from_env('ACCELERATE_USE_CPU'))
+    state = PartialState(cpu=config.cpu or parse_flag_from_env('ACCELERATE_USE_CPU'))
     with state.main_process_first():  # one process downloads, the others then find the files
         train_set, val_set = build_segmentation_data(config)
     histories: Dict[str, List[List[Dict[str, float]]]] = {}
     models: Dict[str, nn.Module] = {}
+    runs: Dict[str, SegmentationConfig] = {}
     for variant in config.variants:
         for repeat in range(config.repeats):
             run = variant_config(config, variant, repeat)
+            runs[f'{variant}/seed{run.seed}'] = run
             history, model = train_variant(run, variant, train_set, val_set, callbacks)
             histories.setdefault(variant, []).append(history)
             models.setdefault(variant, model)
@@ -130,7 +143,8 @@ def train_segmentation(config: SegmentationConfig, callbacks: Sequence[Callback]
         directory.mkdir(parents=True, exist_ok=True)
         (directory / 'comparison.md').write_text(markdown + '\n')
         (directory / 'comparison.json').write_text(json.dumps(
-            dict(rows=rows, peak_accuracy=peak_accuracy, peak_miou=peak_miou), indent=1))
+            dict(rows=rows, peak_accuracy=peak_accuracy, peak_miou=peak_miou, std_ddof=STD_DDOF), indent=1))
+        write_settings(directory / 'settings.yaml', config, runs)
         if config.plots:
             _write_figures(config, histories, models, val_set)
     return SegmentationResult(histories, peak_accuracy, peak_miou, rows, markdown)

@@ -8,11 +8,20 @@
 Image and mask go through one Albumentations transform (:func:`build_segmentation_transform`):
 resize (masks nearest), the authors' flip + brightness augmentation, and scaling to [-2, 2] as in
 the authors' code.
+
+Validation (``val_protocol``): ``'full'`` scores the whole test split with nearest-resized masks
+(the default); ``'authors'`` reproduces how the paper's 86.21% / 85.54% were measured: the
+authors' script validated on ``VALIDATION_STEPS = 3669 // 32 // 5 = 22`` batches of 32, i.e. the
+first :data:`AUTHORS_VAL_IMAGES` = 704 test images, with masks resized *bilinearly*; pixels whose
+interpolated label is fractional (along class borders) can never equal a prediction and count
+as errors, as in Keras' sparse accuracy (:class:`~timm_aconv.train.metrics.SegmentationMetric`
+takes such float masks).
 """
 from pathlib import Path
 from typing import TYPE_CHECKING, Tuple
 
 import albumentations as A
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -23,10 +32,12 @@ from .datasets import dataset_not_found
 if TYPE_CHECKING:
     from .segmentation import SegmentationConfig
 
-__all__ = ['SEGMENTATION_DATASETS', 'TRIMAP_CLASSES', 'IMAGE_MEAN', 'IMAGE_STD', 'SegmentationDataset',
-           'shapes_sample', 'build_segmentation_transform', 'build_segmentation_data']
+__all__ = ['SEGMENTATION_DATASETS', 'TRIMAP_CLASSES', 'IMAGE_MEAN', 'IMAGE_STD', 'AUTHORS_VAL_IMAGES',
+           'SegmentationDataset', 'shapes_sample', 'build_segmentation_transform', 'build_segmentation_data',
+           'authors_validation_set']
 
 SEGMENTATION_DATASETS = ('shapes', 'oxford_pets')
+AUTHORS_VAL_IMAGES = 22 * 32  # the authors' VALIDATION_STEPS (3669 // 32 // 5) batches of 32
 TRIMAP_CLASSES = ('pet', 'background', 'border')  # the trimap's 1, 2, 3 minus one
 # the authors' scaling: pixel / 255 * 4 - 2, i.e. (pixel / 255 - 0.5) / 0.25
 IMAGE_MEAN, IMAGE_STD = 0.5, 0.25
@@ -92,37 +103,69 @@ class _PetTrimapSource:
         return np.asarray(image.convert('RGB')), np.asarray(trimap, dtype=np.uint8) - 1
 
 
-class SegmentationDataset(Dataset):
-    """ (image, labels) numpy pairs → (float (3, H, W) in [-2, 2], long (H, W)) with a joint transform. """
+class _FirstItems:
+    """ The first ``length`` items of a source. """
 
-    def __init__(self, source, transform: A.Compose) -> None:
-        self.source, self.transform = source, transform
+    def __init__(self, source, length: int) -> None:
+        self.source, self.length = source, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
+        if not 0 <= index < self.length:
+            raise IndexError(f'index {index} out of range for {self.length} items')
+        return self.source[index]
+
+
+class SegmentationDataset(Dataset):
+    """ (image, labels) numpy pairs → (float (3, H, W) in [-2, 2], labels (H, W)) with a joint transform.
+
+    Labels are long, or float32 with ``float_masks=True`` (masks resized bilinearly keep their
+    fractional values).
+    """
+
+    def __init__(self, source, transform: A.Compose, float_masks: bool = False) -> None:
+        self.source, self.transform, self.float_masks = source, transform, float_masks
 
     def __len__(self) -> int:
         return len(self.source)
 
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
         image, labels = self.source[index]
+        if self.float_masks:
+            labels = labels.astype(np.float32)
         # torch's RNG (seeded per run and per worker, saved in checkpoints) drives the augmentation
         self.transform.set_random_seed(int(torch.randint(2 ** 31 - 1, ())))
         result = self.transform(image=image, mask=labels)
         image = torch.from_numpy(np.ascontiguousarray(result['image'].transpose(2, 0, 1)))
-        return image, torch.from_numpy(result['mask'].astype(np.int64))
+        return image, torch.from_numpy(result['mask'].astype(np.float32 if self.float_masks else np.int64))
 
 
-def build_segmentation_transform(img_size: int, augment: bool) -> A.Compose:
-    """ Resize (masks nearest), the authors' augmentation, scaling to [-2, 2].
+def build_segmentation_transform(img_size: int, augment: bool, bilinear_masks: bool = False) -> A.Compose:
+    """ Resize (masks nearest, or bilinear with ``bilinear_masks``), the authors' augmentation,
+    scaling to [-2, 2].
 
     The authors' augmentation (one coin for both): with probability 0.5 flip left-right and
     shift the brightness by up to ±0.2 of the range.
     """
-    steps = [A.Resize(img_size, img_size)]
+    mask_interpolation = cv2.INTER_LINEAR if bilinear_masks else cv2.INTER_NEAREST
+    steps = [A.Resize(img_size, img_size, mask_interpolation=mask_interpolation)]
     if augment:
         steps.append(A.Sequential([
             A.HorizontalFlip(p=1.0),
             A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.0, p=1.0)], p=0.5))
     steps.append(A.Normalize(mean=IMAGE_MEAN, std=IMAGE_STD, max_pixel_value=255.0))
     return A.Compose(steps, seed=0)
+
+
+def authors_validation_set(source, img_size: int) -> SegmentationDataset:
+    """ The authors' validation: the first 704 images of ``source`` with bilinearly resized masks. """
+    if len(source) < AUTHORS_VAL_IMAGES:
+        raise ConfigError(f"val_protocol='authors' scores the first {AUTHORS_VAL_IMAGES} test images, but the "
+                          f'validation split has only {len(source)}')
+    return SegmentationDataset(_FirstItems(source, AUTHORS_VAL_IMAGES),
+                               build_segmentation_transform(img_size, False, bilinear_masks=True), float_masks=True)
 
 
 def _oxford_pets(root: Path, split: str, download: bool) -> _PetTrimapSource:
@@ -139,7 +182,8 @@ def _oxford_pets(root: Path, split: str, download: bool) -> _PetTrimapSource:
 
 
 def build_segmentation_data(config: 'SegmentationConfig') -> Tuple[SegmentationDataset, SegmentationDataset]:
-    """ Training and validation sets of ``config.dataset`` (validation: the paper's test split). """
+    """ Training and validation sets of ``config.dataset`` (validation: the paper's test split,
+    whole or as ``config.val_protocol`` says). """
     train_transform = build_segmentation_transform(config.img_size, config.augment)
     val_transform = build_segmentation_transform(config.img_size, False)
     if config.dataset == 'shapes':
@@ -150,4 +194,6 @@ def build_segmentation_data(config: 'SegmentationConfig') -> Tuple[SegmentationD
         train, val = _oxford_pets(root, 'trainval', config.download), _oxford_pets(root, 'test', config.download)
     else:
         raise ConfigError(f'dataset must be one of {SEGMENTATION_DATASETS}, got {config.dataset!r}')
+    if config.val_protocol == 'authors':
+        return SegmentationDataset(train, train_transform), authors_validation_set(val, config.img_size)
     return SegmentationDataset(train, train_transform), SegmentationDataset(val, val_transform)
