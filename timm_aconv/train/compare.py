@@ -131,7 +131,8 @@ def _test_row(conv_peaks: List[float], aconv_peaks: List[float]) -> Dict[str, An
 
 
 def best_sizes(peaks: Dict[str, Dict[int, List[float]]]) -> Dict[str, int]:
-    """ The size of the highest peak of each arm ('CONV', 'ACONV') and over both arms ('both'). """
+    """ The size of the highest peak of each arm ('CONV', 'ACONV') and over both arms ('both'); a tie
+    goes to the size listed first. """
     sizes = list(peaks['ACONV'])
     best = {arm: max(sizes, key=lambda size: max(peaks[arm][size])) for arm in ARMS}
     best['both'] = max(sizes, key=lambda size: max(max(peaks['CONV'][size]), max(peaks['ACONV'][size])))
@@ -141,7 +142,8 @@ def best_sizes(peaks: Dict[str, Dict[int, List[float]]]) -> Dict[str, int]:
 def summarize(peaks: Dict[str, Dict[int, List[float]]]) -> List[Dict[str, Any]]:
     """ One row per kernel size: mean, std (ddof=1), max per arm; t, two-tailed p, Cohen's d (ACONV
     vs CONV); ``p_holm``: p Holm-corrected over the sizes (one test per size). """
-    rows = [dict(kernel_size=size, **_test_row(peaks['CONV'][size], peaks['ACONV'][size])) for size in peaks['ACONV']]
+    rows = [dict(kernel_size=size, **_test_row(peaks['CONV'][size], peaks['ACONV'][size]))
+            for size in peaks['ACONV']]
     for row, adjusted in zip(rows, holm_adjust([row['p'] for row in rows])):
         row['p_holm'] = adjusted
     return rows
@@ -163,11 +165,13 @@ def _cells(row: Dict[str, Any], holm: bool) -> str:
     holm_cell = _number(row.get('p_holm'), '.3g') if holm else '–'
     return (f"| {100 * row['conv_mean']:.2f}±{100 * row['conv_std']:.2f} | {100 * row['conv_max']:.2f} "
             f"| {100 * row['aconv_mean']:.2f}±{100 * row['aconv_std']:.2f} | {100 * row['aconv_max']:.2f} "
-            f"| {_number(row['t'], '.2f')} | {_number(row['p'], '.3g')}{star} | {holm_cell} | {_number(row['d'], '.2f')} |")
+            f"| {_number(row['t'], '.2f')} | {_number(row['p'], '.3g')}{star} | {holm_cell} "
+            f"| {_number(row['d'], '.2f')} |")
 
 
 def comparison_markdown(rows: List[Dict[str, Any]], best_row: Dict[str, Any], best_size: int, title: str) -> str:
-    """ The table of :func:`summarize`'s ``rows`` and :func:`best_versus_best`'s ``best_row`` with its footnote. """
+    """ The table of :func:`summarize`'s ``rows`` and :func:`best_versus_best`'s ``best_row``, with its
+    footnote. """
     lines = [f'### {title}', '',
              '| kernel | CONV mean±std (%) | CONV max (%) | ACONV mean±std (%) | ACONV max (%) | t | p | p (Holm) | d |',
              '|---|---|---|---|---|---|---|---|---|']
@@ -175,8 +179,10 @@ def comparison_markdown(rows: List[Dict[str, Any]], best_row: Dict[str, Any], be
         best = ' (best)' if row['kernel_size'] == best_size else ''
         lines.append(f"| {row['kernel_size']}×{row['kernel_size']}{best} {_cells(row, holm=True)}")
     conv_size, aconv_size = best_row['conv_size'], best_row['aconv_size']
-    lines.append(f'| best CONV {conv_size}×{conv_size} vs best ACONV {aconv_size}×{aconv_size} {_cells(best_row, holm=False)}')
-    lines += ['', f'Peak validation accuracy over epochs, {rows[0]["repeats"]} repeats per cell, std with ddof={STD_DDOF}. '
+    lines.append(f'| best CONV {conv_size}×{conv_size} vs best ACONV {aconv_size}×{aconv_size} '
+                 f'{_cells(best_row, holm=False)}')
+    lines += ['', f'Peak validation accuracy over epochs, {rows[0]["repeats"]} repeats per cell, '
+              f'std with ddof={STD_DDOF}. '
               't, p: two-tailed Student t-test of ACONV vs CONV (* p < 0.05), the paper\'s test; p (Holm): corrected '
               f'for the {len(rows)} sizes tested; d: Cohen\'s d (pooled std). Best size = the highest peak over both '
               f'arms (the paper\'s rule, section 4.3): {best_size}×{best_size}. The last row compares the sizes with '
@@ -200,7 +206,8 @@ def run_comparison(config: CompareConfig) -> ComparisonResult:
                 accuracy = [record['val_accuracy'] for record in history]
                 peaks[arm].setdefault(size, []).append(max(accuracy))
                 curves[arm].setdefault(size, []).append(accuracy)
-                PartialState().print(f'{arm:5s} k={size} seed={run.seed}: peak validation accuracy {max(accuracy):.4f}', flush=True)
+                PartialState().print(f'{arm:5s} k={size} seed={run.seed}: peak validation accuracy '
+                                     f'{max(accuracy):.4f}', flush=True)
     PartialState().destroy_process_group()
     rows, best_row, best_size = summarize(peaks), best_versus_best(peaks), best_sizes(peaks)['both']
     title = f'{config.baseline_model} (CONV) vs {config.model} (ACONV) on {config.dataset}'
