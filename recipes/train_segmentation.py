@@ -8,14 +8,16 @@
 
 Every key of the YAML config can be overridden on the command line (``--help`` lists them),
 e.g. ``--variants aconv7,conv7 --repeats 5 --data_dir /data``. The logic lives in
-:mod:`timm_aconv.train.segmentation`; the training loop is the shared Accelerate engine.
+:mod:`timm_aconv.train.segmentation` (task) and :mod:`timm_aconv.train.segmentation_compare`
+(repeats, table, figures); the training loop is the shared Accelerate engine.
 """
 from typing import List, Optional, Sequence
 
 from accelerate import PartialState
 
 from timm_aconv.train import Callback, parse_config
-from timm_aconv.train.segmentation import SegmentationConfig, SegmentationResult, train_segmentation
+from timm_aconv.train.segmentation import SegmentationConfig
+from timm_aconv.train.segmentation_compare import SegmentationResult, train_segmentation
 
 
 def main(argv: Optional[List[str]] = None, callbacks: Sequence[Callback] = ()) -> SegmentationResult:

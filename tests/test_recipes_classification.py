@@ -10,11 +10,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import timm
 import torch
+import yaml
 
 import timm_aconv
-from timm_aconv.train.classification import ClassificationConfig, create_classifier
-from timm_aconv.train.datasets import DataInfo, DatasetNotFoundError, build_classification_data, clutter_canvas
+from timm_aconv.train import ConfigError
+from timm_aconv.train.classification import ClassificationConfig, build_data, create_classifier
+from timm_aconv.train.compare import (
+    CompareConfig, best_sizes, best_versus_best, comparison_markdown, run_config, summarize)
+from timm_aconv.train.datasets import (
+    ArrayDataset, DataInfo, DatasetNotFoundError, build_classification_data, build_transform, clutter_canvas)
+from timm_aconv.train.loaders import build_loaders, process_batch_size
+from timm_aconv.train.statistics import cohens_d, holm_adjust, ttest_peaks
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ['--progress', 'false', '--log_with', 'none', '--num_threads', '1']
@@ -51,16 +59,25 @@ def test_compare_table_has_real_t_tests(tmp_path, capsys):
                  '--epochs', '1', '--max_steps_per_epoch', '6', '--lr', '0.01', '--save_every', '0',
                  '--output_dir', str(tmp_path), *FAST])
     output = capsys.readouterr().out
-    assert '| kernel | CONV mean±std (%)' in output
+    assert '| kernel | CONV mean±std (%) | CONV max (%) | ACONV mean±std (%) | ACONV max (%) | t | p | p (Holm) | d |' in output
     result = json.loads((tmp_path / 'comparison.json').read_text())
     assert [row['kernel_size'] for row in result['rows']] == [3, 5]
     for row in result['rows']:
-        assert math.isfinite(row['t']) and 0.0 < row['p'] <= 1.0
+        assert math.isfinite(row['t']) and 0.0 < row['p'] <= row['p_holm'] <= 1.0 and math.isfinite(row['d'])
         assert row['repeats'] == 2
     assert all(len(result['peaks'][arm][size]) == 2 for arm in ('CONV', 'ACONV') for size in ('3', '5'))
-    assert result['best_size'] in (3, 5)
-    assert len((tmp_path / 'comparison.csv').read_text().splitlines()) == 3  # header + 2 sizes
+    highest = {size: max(result['peaks']['CONV'][str(size)] + result['peaks']['ACONV'][str(size)]) for size in (3, 5)}
+    assert result['best_size'] == max(highest, key=highest.get)  # the highest peak over both arms
+    assert {'conv_size', 'aconv_size', 't', 'p', 'd'} <= set(result['best_versus_best'])
+    assert len((tmp_path / 'comparison.csv').read_text().splitlines()) == 4  # header + 2 sizes + best vs best
     assert (tmp_path / 'comparison_curves.png').stat().st_size > 0
+    # settings.yaml: every run's resolved settings; digits re-splits per repeat from the repeat's seed
+    settings = yaml.safe_load((tmp_path / 'settings.yaml').read_text())
+    assert settings['comparison']['kernel_sizes'] == [3, 5] and settings['runs_common']['dataset'] == 'digits'
+    assert sorted(settings['runs']) == sorted(f'{arm}_k{size}/seed{seed}' for arm in ('conv', 'aconv')
+                                              for size in (3, 5) for seed in (0, 1))
+    assert settings['runs']['aconv_k5/seed1']['split_seed'] == 1 and settings['runs']['conv_k3/seed0']['split_seed'] == 0
+    assert settings['runs']['conv_k5/seed1']['model'] == 'conv_simple_cnn' and settings['runs']['conv_k5/seed1']['kernel_size'] == 5
     # a run directory per arm, size and seed; --resume reads finished runs back instead of training
     assert (tmp_path / 'aconv_k5' / 'seed1' / 'metrics.json').is_file()
     before = (tmp_path / 'aconv_k5' / 'seed1' / 'metrics.json').stat().st_mtime_ns
@@ -80,28 +97,34 @@ def test_demo_prints_the_table_and_the_files(tmp_path, capsys):
     assert '| 3×3 (best) |' in output and str(tmp_path / 'comparison_curves.png') in output
 
 
-def test_two_processes_keep_sigma_in_sync_and_count_validation_once(tmp_path):
+def test_two_processes_keep_sigma_in_sync_count_validation_once_and_take_the_global_batch(tmp_path):
     with socket.socket() as probe:
         probe.bind(('127.0.0.1', 0))
         port = probe.getsockname()[1]
     torchrun = Path(sys.executable).with_name('torchrun')
     command = [str(torchrun), '--standalone', '--nproc_per_node', '2', f'--master_port={port}',
                str(ROOT / 'tests' / 'ddp_probe.py'), '--dataset', 'digits', '--img_size', '8', '--kernel_size', '5',
-               '--epochs', '2', '--max_steps_per_epoch', '3', '--batch_size', '16', '--val_batch_size', '7',
+               '--epochs', '2', '--batch_size', '128', '--val_batch_size', '14',
                '--lr', '0.05', '--sigma_init', '0.05,0.5', '--cpu', '--output_dir', str(tmp_path), *FAST]
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(ROOT))
     completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240, cwd=ROOT)
     assert completed.returncode == 0, completed.stderr[-3000:]
     ranks = [torch.load(tmp_path / f'sigma_rank{rank}.pt', weights_only=True) for rank in (0, 1)]
-    assert len(ranks[0]) == len(ranks[1]) == 6  # 3 optimizer steps per epoch on each rank
+    # batch_size 128 is the global batch: 2 × 64 per step, as many optimizer steps per epoch as one process
+    # with batch 128 takes (ceil(1437 / 128) = 12; per-process batches of 128 would take 6)
+    train_set, val_set, _ = build_classification_data('digits', img_size=8)
+    steps_one_process = len(build_loaders(train_set, val_set, batch_size=128)[0])
+    assert steps_one_process == 12
+    assert len(ranks[0]) == len(ranks[1]) == 2 * steps_one_process
     for step_rank0, step_rank1 in zip(*ranks):
         assert torch.equal(step_rank0['sigma'], step_rank1['sigma'])
         assert bool(((step_rank0['sigma'] >= step_rank0['low']) & (step_rank0['sigma'] <= step_rank0['high'])).all())
     history = json.loads((tmp_path / 'metrics.json').read_text())
+    assert [record['step'] for record in history] == [steps_one_process, 2 * steps_one_process]
     assert [record['val_samples'] for record in history] == [360, 360]  # 52 batches of 7 over 2 ranks, no repeats
     # the gathered accuracy is the single-process accuracy of the saved model on the whole validation set
     from safetensors.torch import load_file
-    _, val_set, info = build_classification_data('digits', img_size=8)
+    info = DataInfo('digits', 10, 1, (8, 8))
     model = create_classifier(ClassificationConfig(kernel_size=5, img_size=8), info)
     model.load_state_dict(load_file(tmp_path / 'model.safetensors'))
     model.eval()
@@ -158,20 +181,171 @@ def test_augmentation_repeats_under_the_same_torch_seed():
 
 PAPER_SHAPES = dict(mnist=(1, 28, 28, 10), fashion_mnist=(1, 28, 28, 10), cifar10=(3, 32, 32, 10),
                     mnist_cluttered=(1, 60, 60, 10), lfw=(1, 62, 47, 62))
+PAPER_CONFIGS = sorted(
+    path.name for pattern in ('simple_cnn_*.yaml', 'resnet_*.yaml') for path in (ROOT / 'recipes/configs').glob(pattern))
 
 
-@pytest.mark.parametrize('config_file', sorted(
-    path.name for pattern in ('simple_cnn_*.yaml', 'resnet_*.yaml') for path in (ROOT / 'recipes/configs').glob(pattern)))
+@pytest.mark.parametrize('config_file', PAPER_CONFIGS)
 def test_paper_configs_load_in_both_recipes_and_build_their_model(config_file):
     from timm_aconv.train import parse_config
-    from timm_aconv.train.compare import CompareConfig
     path = str(ROOT / 'recipes/configs' / config_file)
     config = parse_config(ClassificationConfig, ['--config', path])
     compare = parse_config(CompareConfig, ['--config', path])
-    assert compare.kernel_sizes == [3, 5, 7, 9] and compare.repeats == 5
+    simple = config_file.startswith('simple_cnn')
+    # the sizes the authors ran: 3/5/7/9 for the simple CNN, 3/5/7 for the ResNets (9 on request)
+    assert compare.kernel_sizes == ([3, 5, 7, 9] if simple else [3, 5, 7]) and compare.repeats == 5
+    assert parse_config(CompareConfig, ['--config', path, '--kernel_sizes', '3,5,7,9']).kernel_sizes == [3, 5, 7, 9]
     assert compare.baseline_model == config.model.replace('aconv_', 'conv_')
+    # the authors' preprocessing and augmentation
+    assert config.input_norm == ('none' if config.dataset == 'mnist_cluttered' else 'pixel_mean' if simple else 'standardize')
+    assert config.augment_shift == (0.1 if config_file == 'simple_cnn_lfw.yaml' else 0.2)
+    assert config.split_seed is None  # a new split per repeat where there is no official one
     channels, height, width, classes = PAPER_SHAPES[config.dataset]
     model = create_classifier(config, DataInfo(config.dataset, classes, channels, (height, width)))
     layers = list(timm_aconv.adaptive_layers(model))
     assert layers and all(layer.kernel_size == (config.kernel_size,) * 2 for layer in layers)
     assert model.eval()(torch.randn(2, channels, height, width)).shape == (2, classes)
+    if config_file == 'resnet_mnist.yaml':
+        assert config.drop_rate == 0.25  # the authors' code (the paper's table: 0.5, noted in the config)
+
+
+@pytest.mark.parametrize('config_file', sorted(path.name for path in (ROOT / 'recipes/configs').glob('*.yaml')))
+def test_every_config_opens_with_its_departures_from_the_paper(config_file):
+    lines = (ROOT / 'recipes/configs' / config_file).read_text().splitlines()
+    assert lines[0].startswith('# paper vs this config')
+    block = lines[1:lines.index('#')]
+    assert block and all(line.startswith(('# - ', '#   ')) for line in block)
+    if config_file != 'learn_filters.yaml':  # the one recipe without batches
+        assert any('global batch' in line for line in block)
+
+
+def _stack(dataset):
+    return torch.stack([dataset[index][0] for index in range(len(dataset))])
+
+
+@pytest.fixture(scope='module')
+def lfw_data_dir(tmp_path_factory):
+    """ A tiny offline LFW as scikit-learn stores it: lfw_home/lfw_funneled/<person>/*.jpg (250×250 RGB)
+    plus the three pairs files it checks for; 3 people with >= 20 images, one with 5 (left out). """
+    from PIL import Image
+    root = tmp_path_factory.mktemp('lfw')
+    home = root / 'lfw_home'
+    rng = np.random.default_rng(0)
+    for person, count in (('Ada_Lovelace', 20), ('Alan_Turing', 21), ('Grace_Hopper', 20), ('Few_Photos', 5)):
+        folder = home / 'lfw_funneled' / person
+        folder.mkdir(parents=True)
+        for index in range(count):  # a random gray level with a white square in the face crop
+            pixels = np.full((250, 250, 3), rng.integers(0, 200), dtype=np.uint8)
+            pixels[100:160, 100:150] = 255
+            Image.fromarray(pixels).save(folder / f'{person}_{index:04d}.jpg')
+    for name in ('pairsDevTrain.txt', 'pairsDevTest.txt', 'pairs.txt'):
+        (home / name).write_text('')
+    return str(root)
+
+
+def test_lfw_pixels_are_scaled_to_unit_range_once(lfw_data_dir):
+    train, val, info = build_classification_data('lfw', data_dir=lfw_data_dir, download=False)
+    assert info == DataInfo('lfw', 3, 1, (62, 47)) and len(train) + len(val) == 61
+    images = _stack(train)
+    assert images.shape[1:] == (1, 62, 47)
+    # the white squares reach 1 (divided by 255 twice, as before, they stayed below 0.004)
+    assert 0.0 <= float(images.min()) and float(images.max()) <= 1.0
+    assert float(images.max()) > 0.95 and 0.1 < float(images.mean()) < 0.9
+
+
+@pytest.mark.parametrize('dataset', ['digits', 'lfw'])
+def test_each_repeat_draws_its_own_split_shared_by_both_arms(dataset, lfw_data_dir):
+    config = CompareConfig(dataset=dataset, data_dir=lfw_data_dir, download=False, kernel_sizes=[3], repeats=2)
+
+    def val_indices(compare: CompareConfig, arm: str, repeat: int) -> np.ndarray:
+        return build_data(run_config(compare, arm, 3, repeat))[1].indices
+
+    first = val_indices(config, 'ACONV', 0)
+    assert np.array_equal(first, val_indices(config, 'ACONV', 0)) and np.array_equal(first, val_indices(config, 'CONV', 0))
+    assert not np.array_equal(np.sort(first), np.sort(val_indices(config, 'ACONV', 1)))
+    fixed = CompareConfig(dataset=dataset, data_dir=lfw_data_dir, download=False, kernel_sizes=[3], repeats=2, split_seed=4)
+    assert np.array_equal(val_indices(fixed, 'ACONV', 0), val_indices(fixed, 'CONV', 1))
+
+
+def test_official_splits_stay_fixed_across_repeats():
+    config = CompareConfig(dataset='mnist', kernel_sizes=[3], repeats=3)
+    assert [run_config(config, 'ACONV', 3, repeat).split_seed for repeat in range(3)] == [0, 0, 0]
+    assert [run_config(config, 'ACONV', 3, repeat).seed for repeat in range(3)] == [0, 1, 2]
+
+
+def test_input_normalization_uses_the_training_split_only():
+    raw_train, raw_val, _ = build_classification_data('digits', split_seed=3)
+    train, val, _ = build_classification_data('digits', split_seed=3, input_norm='pixel_mean')
+    train_mean = _stack(raw_train).mean(0)
+    torch.testing.assert_close(_stack(train), _stack(raw_train) - train_mean)
+    torch.testing.assert_close(_stack(val), _stack(raw_val) - train_mean)  # the training mean, not the validation one
+    assert float(_stack(train).mean(0).abs().max()) < 1e-5 and float(_stack(val).mean(0).abs().max()) > 1e-3
+    standardized = build_classification_data('digits', split_seed=3, input_norm='standardize')[0]
+    torch.testing.assert_close(_stack(standardized), (_stack(raw_train) - 127 / 255) / float(raw_train.images.std()))
+    with pytest.raises(ConfigError, match="input_norm must be one of \\['none', 'pixel_mean', 'standardize'\\]"):
+        ClassificationConfig(input_norm='zca')
+
+
+def test_shift_augmentation_fills_borders_like_keras_nearest():
+    torch.manual_seed(0)
+    flat = ArrayDataset(np.full((1, 12, 12, 1), 0.7, np.float32), np.zeros(1), build_transform(None, True, shift=0.4))
+    for _ in range(6):  # edge replication keeps a flat image flat; zero filling brought in black bands
+        torch.testing.assert_close(flat[0][0], torch.full((1, 12, 12), 0.7))
+    line = np.zeros((1, 20, 20, 1), np.float32)
+    line[0, :, 10] = 1.0
+    shifted = ArrayDataset(line, np.zeros(1), build_transform(None, True, shift=0.1))
+    columns = {int(shifted[0][0][0, 10].argmax()) for _ in range(30)}
+    assert len(columns) > 2 and columns <= set(range(7, 13))  # at most 0.1 × 20 = 2 pixels (+ the flip's 1)
+
+
+def test_global_batch_must_divide_by_the_processes():
+    assert process_batch_size(128, 4) == 32
+    with pytest.raises(ConfigError, match=r'batch_size=10 is the global batch .* number of processes \(4\)'):
+        process_batch_size(10, 4)
+
+
+@pytest.mark.parametrize('recipe_name, config_name', [
+    ('train_classification', 'ClassificationConfig'), ('compare', 'CompareConfig'), ('train_segmentation', 'SegmentationConfig')])
+def test_help_says_batch_size_is_global(recipe_name, config_name, capsys):
+    with pytest.raises(SystemExit):
+        load_recipe(recipe_name).main(['--help'])
+    assert 'GLOBAL batch' in ' '.join(capsys.readouterr().out.split()), config_name
+
+
+def test_simple_cnn_takes_the_authors_keras_constants_on_request():
+    shape = dict(img_size=4, in_chans=1, num_classes=10, width=4, hidden_size=1000)
+    default = timm.create_model('conv_simple_cnn', **shape)
+    keras = timm.create_model('conv_simple_cnn', bn_momentum=0.01, bn_eps=1e-3, weight_init='keras', **shape)
+    assert all((bn.momentum, bn.eps) == (0.1, 1e-5) for bn in (default.bn1, default.bn2, default.bn3))
+    assert all((bn.momentum, bn.eps) == (0.01, 1e-3) for bn in (keras.bn1, keras.bn2, keras.bn3))
+    # fc1: fan_in 4 * 2 * 2 = 16, fan_out 1000: He-uniform bound sqrt(6 / 16), Glorot-uniform sqrt(6 / 1016)
+    assert 0.5 < float(keras.fc1.weight.detach().abs().max()) <= math.sqrt(6 / 16)
+    assert float(default.fc1.weight.detach().abs().max()) <= math.sqrt(6 / 1016)
+    with pytest.raises(ValueError, match="weight_init must be one of \\('default', 'keras'\\)"):
+        timm.create_model('conv_simple_cnn', weight_init='lecun')
+
+
+def test_paper_simple_cnn_arms_get_the_authors_initializers():
+    from timm_aconv.train import parse_config
+    config = parse_config(CompareConfig, ['--config', str(ROOT / 'recipes/configs/simple_cnn_mnist.yaml')])
+    info = DataInfo('mnist', 10, 1, (28, 28))
+    conv, aconv = (create_classifier(run_config(config, arm, 9, 0), info) for arm in ('CONV', 'ACONV'))
+    assert (conv.bn2.momentum, conv.bn2.eps) == (aconv.bn2.momentum, aconv.bn2.eps) == (0.01, 1e-3)
+    # conv2: 32 -> 32 filters of 9×9, fan_in = fan_out = 2592: Glorot bound sqrt(6 / 5184), He bound sqrt(6 / 2592)
+    glorot, he = math.sqrt(6 / 5184), math.sqrt(6 / 2592)
+    assert 0.95 * glorot < float(conv.conv2.weight.detach().abs().max()) <= glorot  # CONV: Keras' Conv2D default
+    assert 0.95 * he < float(aconv.conv2.weight.detach().abs().max()) <= he  # ACONV: the authors' layer
+
+
+def test_best_size_is_the_highest_peak_over_both_arms():
+    peaks = {'CONV': {3: [0.95, 0.96, 0.97], 7: [0.90, 0.91, 0.92]},
+             'ACONV': {3: [0.93, 0.94, 0.95], 7: [0.94, 0.95, 0.96]}}
+    assert best_sizes(peaks) == dict(CONV=3, ACONV=7, both=3)  # the old rule, ACONV's highest peak, chose 7
+    rows, best = summarize(peaks), best_versus_best(peaks)
+    assert (best['conv_size'], best['aconv_size']) == (3, 7)
+    assert (best['t'], best['p']) == ttest_peaks(peaks['ACONV'][7], peaks['CONV'][3])
+    assert [row['p_holm'] for row in rows] == pytest.approx(holm_adjust([row['p'] for row in rows]))
+    assert rows[0]['d'] == pytest.approx(cohens_d(peaks['ACONV'][3], peaks['CONV'][3])) and rows[0]['d'] < 0
+    table = comparison_markdown(rows, best, best_sizes(peaks)['both'], 'CONV vs ACONV')
+    assert '| 3×3 (best) |' in table and '| 7×7 |' in table and '| best CONV 3×3 vs best ACONV 7×7 |' in table
+    assert 'highest peak over both arms' in table and 'highest ACONV peak' not in table

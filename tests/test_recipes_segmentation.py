@@ -1,4 +1,5 @@
 """ The segmentation recipe (paper section 4.4): data, metric, models, figures, end-to-end run """
+import dataclasses
 import json
 import runpy
 from pathlib import Path
@@ -10,9 +11,13 @@ import torch.nn as nn
 
 import timm_aconv
 from timm_aconv.train import ConfigError, parse_config
-from timm_aconv.train.segmentation import (
-    DatasetNotFoundError, SegmentationConfig, SegmentationDataset, SegmentationMetric, build_segmentation_data,
-    build_segmentation_transform, create_segmentation_model, parse_variant, plot_segmentation_examples, shapes_sample)
+from timm_aconv.train.datasets import DatasetNotFoundError
+from timm_aconv.train.metrics import SegmentationMetric
+from timm_aconv.train.plots import plot_segmentation_examples
+from timm_aconv.train.segmentation import SegmentationConfig, create_segmentation_model, parse_variant
+from timm_aconv.train.segmentation_data import (
+    TRIMAP_CLASSES, SegmentationDataset, authors_validation_set, build_segmentation_data, build_segmentation_transform,
+    shapes_sample)
 
 pytestmark = pytest.mark.usefixtures('one_torch_thread')
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,15 +27,15 @@ PETS_CONFIG = str(ROOT / 'recipes' / 'configs' / 'segmentation_oxford_pets.yaml'
 
 
 def test_metric_counts_pixels_and_ious_exactly():
-    metric = SegmentationMetric()
+    metric = SegmentationMetric(len(TRIMAP_CLASSES), TRIMAP_CLASSES)
     targets = torch.tensor([[[0, 0], [1, 2]], [[1, 1], [1, 1]]])  # two 2×2 images
     predicted = torch.tensor([[[0, 1], [1, 2]], [[1, 1], [0, 1]]])
     logits = nn.functional.one_hot(predicted, 3).permute(0, 3, 1, 2).float() * 5
-    counts, loss = metric.per_sample(logits, targets)
-    assert counts.shape == (2, 3, 3) and loss.shape == (2,)
+    counts, loss, fractional = metric.per_sample(logits, targets)
+    assert counts.shape == (2, 3, 3) and loss.shape == (2,) and fractional.tolist() == [0, 0]
     # update with each image separately, as gathers of two processes would
-    metric.update(counts[:1], loss[:1])
-    metric.update(counts[1:], loss[1:])
+    metric.update(counts[:1], loss[:1], fractional[:1])
+    metric.update(counts[1:], loss[1:], fractional[1:])
     values = metric.compute()
     # confusion (true × predicted): pet [1, 1, 0], background [1, 4, 0], border [0, 0, 1]
     assert values['pixel_accuracy'] == pytest.approx(6 / 8)
@@ -158,7 +163,13 @@ def test_recipe_runs_end_to_end_and_resumes(tmp_path, capsys):
     aconv_row, conv_row = result.rows
     assert aconv_row['variant'] == 'aconv7' and aconv_row['t'] is None  # the reference of the t-tests
     assert np.isfinite(conv_row['t']) and 0 <= conv_row['p'] <= 1
+    assert conv_row['p_holm'] == pytest.approx(conv_row['p'])  # one test: Holm leaves it as is
+    assert '| p (Holm) | d |' in printed and 'std with ddof=1' in printed
     assert json.loads((tmp_path / 'comparison.json').read_text())['rows'][1]['p'] == pytest.approx(conv_row['p'])
+    import yaml
+    settings = yaml.safe_load((tmp_path / 'settings.yaml').read_text())
+    assert sorted(settings['runs']) == ['aconv7/seed0', 'aconv7/seed1', 'conv3/seed0', 'conv3/seed1']
+    assert settings['runs']['conv3/seed1'] == dict(seed=1, output_dir=str(tmp_path / 'conv3' / 'seed1'), variants=['conv3'])
     for name in ('comparison.md', 'comparison.json', 'comparison_curves.png', 'examples.png',
                  'aconv7_first_conv_kernels.png', 'conv3_first_conv_kernels.png'):
         assert (tmp_path / name).stat().st_size > 0, name
@@ -167,3 +178,48 @@ def test_recipe_runs_end_to_end_and_resumes(tmp_path, capsys):
     resumed = recipe['main'](argv + ['--resume'])
     assert resumed.peak_accuracy == result.peak_accuracy
     assert (tmp_path / 'examples.png').is_file()
+
+
+class _HalfAndHalf:
+    """ ``length`` 8×8 samples whose left half is class 0 (pet) and right half class 2 (border). """
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+
+    def __len__(self):
+        return self.length
+
+    def __getitem__(self, index):
+        labels = np.zeros((8, 8), dtype=np.uint8)
+        labels[:, 4:] = 2
+        return np.full((8, 8, 3), index % 256, dtype=np.uint8), labels
+
+
+def test_authors_validation_protocol_scores_704_images_with_bilinear_masks():
+    val = authors_validation_set(_HalfAndHalf(3669), img_size=16)
+    assert len(val) == 704  # the authors' 22 validation batches of 32
+    _, mask = val[703]
+    # 8 -> 16 bilinear: the two columns at the class border get 0.5 and 1.5
+    assert mask.dtype == torch.float32 and sorted(torch.unique(mask).tolist()) == [0.0, 0.5, 1.5, 2.0]
+    predicted = torch.zeros(16, 16, dtype=torch.long)
+    predicted[:, 8:] = 2  # the nearest-resized truth
+    logits = nn.functional.one_hot(predicted, 3).permute(2, 0, 1).float()[None] * 5
+    metric = SegmentationMetric(len(TRIMAP_CLASSES), TRIMAP_CLASSES)
+    metric.update(*metric.per_sample(logits, mask[None]))
+    values = metric.compute()
+    assert values['pixel_accuracy'] == pytest.approx(224 / 256)  # fractional pixels never match, as in Keras
+    assert values['iou_pet'] == values['iou_border'] == pytest.approx(1.0)  # IoUs over whole-label pixels
+    truncated = mask.long()[None]  # Keras' sparse cross-entropy cast the labels: 0.5 -> 0, 1.5 -> 1
+    assert values['loss'] == pytest.approx(float(nn.functional.cross_entropy(logits, truncated)), rel=1e-6)
+    with pytest.raises(ConfigError, match='first 704 test images, but the validation split has only 703'):
+        authors_validation_set(_HalfAndHalf(703), img_size=16)
+
+
+def test_validation_protocol_defaults_to_the_full_split():
+    config = parse_config(SegmentationConfig, ['--config', CONFIG, '--shapes_val_size', '5', '--img_size', '16'])
+    assert config.val_protocol == 'full' and len(build_segmentation_data(config)[1]) == 5
+    assert parse_config(SegmentationConfig, ['--config', PETS_CONFIG]).val_protocol == 'full'
+    with pytest.raises(ConfigError, match='first 704 test images'):
+        build_segmentation_data(dataclasses.replace(config, val_protocol='authors'))
+    with pytest.raises(ConfigError, match="val_protocol must be one of \\['full', 'authors'\\]"):
+        parse_config(SegmentationConfig, ['--config', CONFIG, '--val_protocol', 'paper'])

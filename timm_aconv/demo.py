@@ -2,9 +2,10 @@
 
 Runs Algorithm 1 of the paper (see :mod:`timm_aconv.train.compare`) with its simple CNN on the
 8×8 digits that ship with scikit-learn — no download — scaled down to a few CPU minutes:
-kernel sizes 3 and 7, 3 seeds each, 6 epochs (the paper: 3/5/7/9, 5 seeds, 100+ epochs). The
-optimizer settings are the paper's simple-CNN ones. Prints the t-test table and where the
-table and the plots were written. Any setting can be overridden::
+kernel sizes 3 and 7, 3 seeds each, 6 epochs (the paper: 3/5/7/9, 5 seeds, 100+ epochs); each
+seed draws its own 80/20 split, shared by both arms. The optimizer settings are the paper's
+simple-CNN ones. Prints the t-test table and where the table, the plots and the settings of
+every run were written. Any setting can be overridden::
 
     python -m timm_aconv.demo --repeats 5 --epochs 20 --output_dir runs/demo5
 

@@ -10,6 +10,11 @@ given by ``img_size`` (default 28, MNIST; e.g. 8 for sklearn digits, 32 for CIFA
 MNIST-cluttered)::
 
     >>> model = timm.create_model('aconv_simple_cnn', img_size=8, in_chans=1, num_classes=10)
+
+The defaults are PyTorch's BatchNorm constants and He / Glorot initializers. The authors' network
+was Keras; its constants are kwargs (the paper configs set them)::
+
+    >>> timm.create_model('conv_simple_cnn', bn_momentum=0.01, bn_eps=1e-3, weight_init='keras')
 """
 from typing import Any, Dict, List, Optional, Tuple, Union
 
@@ -18,12 +23,13 @@ import torch.nn as nn
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from ..layers.adaptive_conv import SigmaInit
+from ..layers.adaptive_conv import AdaptiveConv2d, SigmaInit
 from ._conv_layer import create_conv_layer
 
-__all__ = ['SimpleCnn', 'MNIST_MEAN', 'MNIST_STD']
+__all__ = ['SimpleCnn', 'MNIST_MEAN', 'MNIST_STD', 'WEIGHT_INITS']
 
 HEAD_POOLS = ('flatten', '')
+WEIGHT_INITS = ('default', 'keras')
 MNIST_MEAN = (0.1307,)
 MNIST_STD = (0.3081,)
 
@@ -59,6 +65,11 @@ class SimpleCnn(nn.Module):
         drop_rate: both dropouts.
         global_pool: 'flatten' (the dense layer pools the feature map) or '' (with ``num_classes=0``:
             no head, the model returns the unpooled feature map), as timm's ``global_pool``.
+        bn_momentum: BatchNorm momentum, PyTorch's convention (Keras' ``momentum=0.99`` is 0.01).
+        bn_eps: BatchNorm epsilon (Keras' default 1e-3).
+        weight_init: 'default' (He-uniform convolutions, Glorot-uniform dense layers) or 'keras',
+            the authors' code: adaptive convolutions He-uniform (their layer), ordinary ones
+            Glorot-uniform (Keras' ``Conv2D`` default), dense layers He-uniform.
     """
 
     def __init__(
@@ -74,21 +85,29 @@ class SimpleCnn(nn.Module):
             hidden_size: int = 256,
             drop_rate: float = 0.5,
             global_pool: str = 'flatten',
+            bn_momentum: float = 0.1,
+            bn_eps: float = 1e-5,
+            weight_init: str = 'default',
     ):
         super().__init__()
         height, width_px = _image_size(img_size)
         if not 0. <= drop_rate < 1.:
             raise ValueError(f'drop_rate must be in [0, 1), got {drop_rate!r}')
+        if weight_init not in WEIGHT_INITS:
+            raise ValueError(f'weight_init must be one of {WEIGHT_INITS}, got {weight_init!r}')
+        if not 0. < bn_momentum <= 1. or bn_eps <= 0.:
+            raise ValueError(f'bn_momentum must be in (0, 1] and bn_eps > 0, got {bn_momentum!r}, {bn_eps!r}')
+        norm_kwargs = dict(momentum=bn_momentum, eps=bn_eps)
         conv_layer = create_conv_layer(adaptive, kernel_size, sigma_init=sigma_init, sigma_bounds=sigma_bounds)
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.drop_rate = drop_rate
 
         self.conv1 = conv_layer(in_chans, width)
-        self.bn1 = nn.BatchNorm2d(width)
+        self.bn1 = nn.BatchNorm2d(width, **norm_kwargs)
         self.act1 = nn.ReLU(inplace=True)
         self.conv2 = conv_layer(width, width)
-        self.bn2 = nn.BatchNorm2d(width)
+        self.bn2 = nn.BatchNorm2d(width, **norm_kwargs)
         self.act2 = nn.ReLU(inplace=True)
         self.pool = nn.MaxPool2d(2)
         self.num_features = width
@@ -102,21 +121,31 @@ class SimpleCnn(nn.Module):
         self.flatten = nn.Flatten(1)
         self.head_drop = nn.Dropout(drop_rate)
         self.fc1 = nn.Linear(width * (height // 2) * (width_px // 2), hidden_size)
-        self.bn3 = nn.BatchNorm1d(hidden_size)
+        self.bn3 = nn.BatchNorm1d(hidden_size, **norm_kwargs)
         self.act3 = nn.ReLU(inplace=True)
         self.pre_logits_drop = nn.Dropout(drop_rate)
         self.head_hidden_size = hidden_size
         self.fc = nn.Linear(hidden_size, num_classes) if num_classes > 0 else nn.Identity()
+        self.weight_init = weight_init
         self.init_weights()
 
     @torch.jit.ignore
     def init_weights(self) -> None:
-        """ He-uniform convolutions (the authors' layer), Glorot-uniform dense layers (Keras' default). """
+        """ ``weight_init='default'``: He-uniform convolutions, Glorot-uniform dense layers;
+        ``'keras'`` (the authors' code): adaptive convolutions He-uniform, ordinary ones
+        Glorot-uniform, dense layers He-uniform. Biases zero. """
+        keras = self.weight_init == 'keras'
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_uniform_(module.weight, mode='fan_in', nonlinearity='relu')
+                if keras and not isinstance(module, AdaptiveConv2d):
+                    nn.init.xavier_uniform_(module.weight)
+                else:
+                    nn.init.kaiming_uniform_(module.weight, mode='fan_in', nonlinearity='relu')
             elif isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
+                if keras:
+                    nn.init.kaiming_uniform_(module.weight, mode='fan_in', nonlinearity='relu')
+                else:
+                    nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
 
     @torch.jit.ignore

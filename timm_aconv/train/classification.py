@@ -8,28 +8,40 @@ Models are any timm name: ``aconv_simple_cnn`` / ``conv_simple_cnn`` (the paper'
 ``kernel_size`` kwarg, its dense layer sized from the data's ``img_size``),
 ``aconv_resnet20`` / ``conv_resnet20`` (…110), or any other timm model; ``convert=True`` turns
 that model's convolutions into adaptive ones with :func:`timm_aconv.convert_convs`
-(``sizes=[kernel_size or 7]``).
+(``sizes=[kernel_size or 7]``). ``model_kwargs`` reach ``timm.create_model`` (the paper configs
+set the Keras constants of the authors' networks there).
+
+``batch_size`` is the global batch over all processes (:mod:`~timm_aconv.train.loaders`).
+Datasets without an official split draw theirs from ``split_seed``, by default the run's seed
+(:func:`data_split_seed`).
 """
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
 
 import timm
 import torch.nn as nn
-from torch.utils.data import DataLoader
 
 from ..surgery import convert_convs
 from .callbacks import Callback, SigmaRecorder
 from .config import ConfigError
-from .datasets import DataInfo, build_classification_data
+from .datasets import INPUT_NORMS, RESPLIT_DATASETS, ArrayDataset, DataInfo, build_classification_data
 from .engine import EngineConfig, Trainer, set_seed
+from .loaders import build_loaders
 from .metrics import ClassificationMetric
 
-__all__ = ['ClassificationConfig', 'create_classifier', 'train_classification']
+__all__ = ['ClassificationConfig', 'create_classifier', 'data_split_seed', 'build_data', 'train_classification']
 
 
 @dataclass
 class ClassificationConfig(EngineConfig):
-    """ Train a timm image classifier (plain, adaptive, or converted) with the paper's protocol. """
+    """ Train a timm image classifier (plain, adaptive, or converted) with the paper's protocol.
+
+    batch_size / val_batch_size: the GLOBAL batch over all processes (with N GPUs each process
+    loads batch_size / N; N must divide it). split_seed: the train/validation split of digits,
+    synthetic and lfw (null: the run's seed, a new split per seed). input_norm: none, pixel_mean
+    (minus the training split's per-pixel mean) or standardize. augment_shift: largest shift of
+    the augmentation (fraction of the side; borders replicate the edge, as Keras' 'nearest').
+    """
     model: str = 'aconv_simple_cnn'
     kernel_size: Optional[int] = None
     sigma_init: Optional[Tuple[float, float]] = None
@@ -41,7 +53,9 @@ class ClassificationConfig(EngineConfig):
     download: bool = True
     img_size: Optional[int] = None
     augment: bool = False
-    split_seed: int = 0
+    augment_shift: float = 0.2
+    input_norm: Literal['none', 'pixel_mean', 'standardize'] = 'none'
+    split_seed: Optional[int] = None
     batch_size: int = 64
     val_batch_size: Optional[int] = None
     num_workers: int = 0
@@ -59,6 +73,10 @@ class ClassificationConfig(EngineConfig):
                 raise ConfigError(f'{name} must be >= 1, got {getattr(self, name)}')
         if self.img_size is not None and self.img_size < 4:
             raise ConfigError(f'img_size must be >= 4 pixels or null (native size), got {self.img_size}')
+        if not 0.0 <= self.augment_shift < 1.0:
+            raise ConfigError(f'augment_shift must be in [0, 1) (a fraction of the image side), got {self.augment_shift}')
+        if self.input_norm not in INPUT_NORMS:
+            raise ConfigError(f'input_norm must be one of {list(INPUT_NORMS)}, got {self.input_norm!r}')
 
 
 def create_classifier(config: ClassificationConfig, info: DataInfo) -> nn.Module:
@@ -79,12 +97,21 @@ def create_classifier(config: ClassificationConfig, info: DataInfo) -> nn.Module
     return model
 
 
-def _loaders(config: ClassificationConfig, train_set, val_set) -> Tuple[DataLoader, DataLoader]:
-    train_loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True,
-                              num_workers=config.num_workers, drop_last=False)
-    val_loader = DataLoader(val_set, batch_size=config.val_batch_size or config.batch_size, shuffle=False,
-                            num_workers=config.num_workers)
-    return train_loader, val_loader
+def data_split_seed(config: ClassificationConfig) -> int:
+    """ The seed that draws the train/validation split of a dataset without an official one
+    (:data:`~timm_aconv.train.datasets.RESPLIT_DATASETS`): ``split_seed``, or the run's ``seed``
+    when it is null, so that each repeat of Algorithm 1 gets its own split, as in the authors'
+    code. Official splits ignore it (0). """
+    if config.dataset not in RESPLIT_DATASETS:
+        return 0
+    return config.seed if config.split_seed is None else config.split_seed
+
+
+def build_data(config: ClassificationConfig) -> Tuple[ArrayDataset, ArrayDataset, DataInfo]:
+    """ ``(train, validation, info)`` of ``config``'s dataset with its split seed, normalization and augmentation. """
+    return build_classification_data(
+        config.dataset, config.data_dir, config.download, config.img_size, config.augment,
+        split_seed=data_split_seed(config), input_norm=config.input_norm, augment_shift=config.augment_shift)
 
 
 def train_classification(
@@ -102,10 +129,10 @@ def train_classification(
     and per-layer sigma histograms as PNG.
     """
     set_seed(config.seed)
-    train_set, val_set, info = build_classification_data(
-        config.dataset, config.data_dir, config.download, config.img_size, config.augment, config.split_seed)
+    train_set, val_set, info = build_data(config)
     model = create_classifier(config, info)
-    train_loader, val_loader = _loaders(config, train_set, val_set)
+    train_loader, val_loader = build_loaders(train_set, val_set, config.batch_size, config.val_batch_size,
+                                             config.num_workers, config.cpu)
     recorder = SigmaRecorder()
     trainer = Trainer(model, train_loader, val_loader, config, loss_fn=nn.CrossEntropyLoss(),
                       metric=ClassificationMetric(), callbacks=[recorder, *callbacks])

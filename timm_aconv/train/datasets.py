@@ -1,37 +1,55 @@
 """ Image-classification datasets of the paper, plus offline ones
 
 ``build_classification_data(name, ...)`` returns train and validation datasets yielding
-``(float tensor (C, H, W) in [0, 1], int label)`` and a :class:`DataInfo`:
+``(float tensor (C, H, W), int label)`` and a :class:`DataInfo`. Pixels are scaled to [0, 1],
+then ``input_norm`` (statistics of the training split only) optionally centres them:
+
+- ``'none'``: [0, 1].
+- ``'pixel_mean'``: minus the per-pixel mean of the training images (the authors' simple-CNN
+  script: ``x / 255 - mean(x_train / 255, axis=0)``).
+- ``'standardize'``: ``(x - 127 / 255) / std`` with ``std`` over all training pixels (the authors'
+  ResNet script: ``(x - 127) / std(x_train)`` on 0–255 pixels).
+
+Datasets:
 
 - ``digits``: scikit-learn's bundled 8×8 handwritten digits (1797 images, 10 classes; works
   offline, the default), split 80/20 stratified with ``split_seed``.
-- ``synthetic``: seeded class templates plus noise (for tests; no files at all).
-- ``mnist``, ``fashion_mnist``, ``cifar10``: torchvision, validation = the test split (as in the
-  paper's code).
-- ``mnist_cluttered``: generated from MNIST, the digit placed at a random position on a 60×60
-  canvas with 8×8 clutter patches cut from other digits (Jaderberg et al. 2015), deterministic
-  per sample index.
-- ``lfw``: scikit-learn ``fetch_lfw_people(min_faces_per_person=20)``, 62 people, 3023 images,
-  split 2267 / 756 stratified.
+- ``synthetic``: class templates plus noise drawn from ``split_seed`` (for tests; no files at all).
+- ``mnist``, ``fashion_mnist``, ``cifar10``: torchvision, validation = the official test split
+  (as in the paper's code).
+- ``mnist_cluttered``: generated from MNIST (official split), the digit placed at a random
+  position on a 60×60 canvas with 8×8 clutter patches cut from other digits (Jaderberg et al.
+  2015), deterministic per sample index (fixed seeds: the same set for every run).
+- ``lfw``: scikit-learn ``fetch_lfw_people(min_faces_per_person=20)`` in
+  ``<data_dir>/lfw_home``, 62 people, 3023 images of 62×47 pixels (scikit-learn already scales
+  them to [0, 1]), split 2267 / 756 stratified with ``split_seed``.
 
-A dataset that is neither on disk nor downloadable raises :class:`DatasetNotFoundError` naming
-the dataset, the directory searched and how to provide it. Augmentation (``augment=True``) is the
-paper's Keras ``ImageDataGenerator(width/height_shift_range=0.2, horizontal_flip=True)`` done
-with Albumentations; its random draws come from torch's RNG, so runs and resumed runs repeat.
+``digits``, ``synthetic`` and ``lfw`` have no official split (:data:`RESPLIT_DATASETS`):
+``split_seed`` draws it, so a new seed is a new split. A dataset that is neither on disk nor
+downloadable raises :class:`DatasetNotFoundError` naming the dataset, the directory searched and
+how to provide it. Augmentation (``augment=True``) is the authors' Keras
+``ImageDataGenerator(width_shift_range=shift, height_shift_range=shift, horizontal_flip=True,
+fill_mode='nearest')`` done with Albumentations: uniform shifts of up to ``augment_shift`` of the
+width and height, borders filled by replicating the edge pixels, a horizontal flip with
+probability 0.5; its random draws come from torch's RNG, so runs and resumed runs repeat.
 """
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple
 
 import albumentations as A
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ['CLASSIFICATION_DATASETS', 'DataInfo', 'DatasetNotFoundError', 'dataset_not_found', 'ArrayDataset', 'ClutteredDataset',
-           'build_classification_data', 'clutter_canvas']
+__all__ = ['CLASSIFICATION_DATASETS', 'RESPLIT_DATASETS', 'INPUT_NORMS', 'DataInfo', 'DatasetNotFoundError',
+           'dataset_not_found', 'ArrayDataset', 'ClutteredDataset', 'build_classification_data', 'build_transform',
+           'clutter_canvas']
 
 CLASSIFICATION_DATASETS = ('digits', 'synthetic', 'mnist', 'fashion_mnist', 'cifar10', 'mnist_cluttered', 'lfw')
+RESPLIT_DATASETS = ('digits', 'synthetic', 'lfw')  # no official split: ``split_seed`` draws one
+INPUT_NORMS = ('none', 'pixel_mean', 'standardize')
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -47,26 +65,36 @@ class DataInfo:
     img_size: Tuple[int, int]  # (height, width)
 
 
-def build_transform(img_size: Optional[int], augment: bool) -> Optional[A.Compose]:
-    """ Resize to ``img_size`` (when given) and the paper's shift + flip augmentation. """
+def build_transform(img_size: Optional[int], augment: bool, shift: float = 0.2) -> Optional[A.Compose]:
+    """ Resize to ``img_size`` (when given) and the authors' Keras shift + flip augmentation: shifts
+    up to ``shift`` of each side with the borders filled by edge replication (Keras' ``'nearest'``). """
     steps = []
     if img_size is not None:
         steps.append(A.Resize(img_size, img_size))
     if augment:
-        steps += [A.Affine(translate_percent={'x': (-0.2, 0.2), 'y': (-0.2, 0.2)}, p=1.0),
+        steps += [A.Affine(translate_percent={'x': (-shift, shift), 'y': (-shift, shift)},
+                           border_mode=cv2.BORDER_REPLICATE, p=1.0),
                   A.HorizontalFlip(p=0.5)]
     return A.Compose(steps, seed=0) if steps else None
 
 
 class ArrayDataset(Dataset):
-    """ Images (N, H, W, C) float32 in [0, 1] and labels (N,) with an optional Albumentations transform. """
+    """ Images (N, H, W, C) float32 in [0, 1] and labels (N,) with an optional Albumentations transform.
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Optional[A.Compose] = None) -> None:
+    ``offset`` and ``scale`` (a number or an (H, W, C) array) normalize each image as
+    ``(image - offset) / scale`` before the transform; ``indices`` are the samples' positions in
+    the dataset they were split from.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Optional[A.Compose] = None,
+                 indices: Optional[np.ndarray] = None) -> None:
         if images.ndim != 4 or len(images) != len(labels):
             raise ValueError(f'images must be (N, H, W, C) with one label each, got {images.shape} and {len(labels)}')
         self.images = images.astype(np.float32, copy=False)
         self.labels = labels.astype(np.int64, copy=False)
         self.transform = transform
+        self.indices = np.arange(len(labels)) if indices is None else np.asarray(indices)
+        self.offset, self.scale = 0.0, 1.0
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -74,13 +102,17 @@ class ArrayDataset(Dataset):
     def image(self, index: int) -> np.ndarray:
         return self.images[index]
 
+    def pixel_statistics(self) -> Tuple[np.ndarray, float]:
+        """ The per-pixel mean (H, W, C) and the standard deviation over all pixels of the raw images. """
+        return self.images.mean(0), float(self.images.std())
+
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
-        image = self.image(index)
+        image = (self.image(index) - self.offset) / self.scale
         if self.transform is not None:
             # torch's RNG (saved in checkpoints, seeded per worker) drives the augmentation
             self.transform.set_random_seed(int(torch.randint(2 ** 31 - 1, ())))
             image = self.transform(image=image)['image']
-        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), int(self.labels[index])
+        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)), int(self.labels[index])
 
 
 def clutter_canvas(
@@ -127,6 +159,18 @@ class ClutteredDataset(ArrayDataset):
     def image(self, index: int) -> np.ndarray:
         return clutter_canvas(self.digits, index, self.canvas_size, seed=self.seed)[..., None]
 
+    def pixel_statistics(self) -> Tuple[np.ndarray, float]:
+        """ As :meth:`ArrayDataset.pixel_statistics`, over the generated canvases (one at a time). """
+        total = np.zeros((self.canvas_size, self.canvas_size, 1))
+        squares = 0.0
+        for index in range(len(self)):
+            canvas = self.image(index).astype(np.float64)
+            total += canvas
+            squares += float((canvas ** 2).sum())
+        mean = total / len(self)
+        variance = squares / (len(self) * total.size) - float(mean.mean()) ** 2
+        return mean.astype(np.float32), float(np.sqrt(max(variance, 0.0)))
+
 
 def dataset_not_found(name: str, root: Path, how: str, error: Exception) -> DatasetNotFoundError:
     """ The error for a dataset that is neither in ``root`` nor downloadable: names the dataset,
@@ -167,6 +211,27 @@ def _synthetic(samples: int, num_classes: int, img_size: int, seed: int, split: 
     return np.clip(templates[labels] + 0.3 * noise.astype(np.float32), 0.0, 1.0), labels
 
 
+def _normalize(train: ArrayDataset, val: ArrayDataset, input_norm: str) -> None:
+    """ Sets both sets' ``offset`` / ``scale`` from the training images only (see the module docstring). """
+    if input_norm == 'none':
+        return
+    pixel_mean, pixel_std = train.pixel_statistics()
+    if input_norm == 'pixel_mean':
+        offset, scale = pixel_mean, 1.0
+    elif input_norm == 'standardize':
+        offset, scale = np.float32(127 / 255), max(pixel_std, 1e-7)
+    else:
+        raise ValueError(f'input_norm must be one of {INPUT_NORMS}, got {input_norm!r}')
+    for dataset in (train, val):
+        dataset.offset, dataset.scale = offset, scale
+
+
+def _split(images: np.ndarray, labels: np.ndarray, val_fraction: float, seed: int, train_transform, val_transform):
+    train_index, val_index = _stratified_split(labels, val_fraction, seed)
+    return (ArrayDataset(images[train_index], labels[train_index], train_transform, indices=train_index),
+            ArrayDataset(images[val_index], labels[val_index], val_transform, indices=val_index))
+
+
 def build_classification_data(
         name: str,
         data_dir: str = 'data',
@@ -175,28 +240,35 @@ def build_classification_data(
         augment: bool = False,
         split_seed: int = 0,
         synthetic_samples: int = 240,
-) -> Tuple[Dataset, Dataset, DataInfo]:
+        input_norm: str = 'none',
+        augment_shift: float = 0.2,
+) -> Tuple[ArrayDataset, ArrayDataset, DataInfo]:
     """ ``(train, validation, info)`` for one of :data:`CLASSIFICATION_DATASETS`.
 
     Args:
         name: dataset name.
-        data_dir: where downloaded datasets live (``<data_dir>/<name>`` for LFW's scikit-learn cache).
+        data_dir: where downloaded datasets live (``<data_dir>/lfw_home`` for LFW's scikit-learn cache).
         download: try to download a missing dataset.
         img_size: resize images to ``img_size`` × ``img_size`` (None keeps the native size).
-        augment: the paper's shift + flip augmentation on the training set.
-        split_seed: seed of the train/validation split (digits, LFW) and of generated data.
+        augment: the authors' shift + flip augmentation on the training set.
+        split_seed: seed of the train/validation split of :data:`RESPLIT_DATASETS` (and of the
+            ``synthetic`` data); official splits ignore it.
         synthetic_samples: size of the ``synthetic`` set (train and validation each).
+        input_norm: one of :data:`INPUT_NORMS`, statistics of the training split only.
+        augment_shift: the largest shift of the augmentation, a fraction of the width / height.
     """
+    if input_norm not in INPUT_NORMS:
+        raise ValueError(f'input_norm must be one of {INPUT_NORMS}, got {input_norm!r}')
+    if not 0.0 <= augment_shift < 1.0:
+        raise ValueError(f'augment_shift must be in [0, 1), got {augment_shift!r}')
     root = Path(data_dir)
-    train_transform = build_transform(img_size, augment)
+    train_transform = build_transform(img_size, augment, augment_shift)
     val_transform = build_transform(img_size, False)
     if name == 'digits':
         from sklearn.datasets import load_digits
         bunch = load_digits()
         images, labels = bunch.images[..., None].astype(np.float32) / 16.0, bunch.target
-        train_index, val_index = _stratified_split(labels, 0.2, split_seed)
-        train = ArrayDataset(images[train_index], labels[train_index], train_transform)
-        val = ArrayDataset(images[val_index], labels[val_index], val_transform)
+        train, val = _split(images, labels, 0.2, split_seed, train_transform, val_transform)
         num_classes = 10
     elif name == 'synthetic':
         train = ArrayDataset(*_synthetic(synthetic_samples, 4, 8, split_seed, split=0), train_transform)
@@ -209,8 +281,8 @@ def build_classification_data(
     elif name == 'mnist_cluttered':
         train_images, train_labels = _torchvision_arrays('mnist', root, download, True)
         val_images, val_labels = _torchvision_arrays('mnist', root, download, False)
-        train = ClutteredDataset(train_images[..., 0], train_labels, train_transform, seed=split_seed)
-        val = ClutteredDataset(val_images[..., 0], val_labels, val_transform, seed=split_seed + 1)
+        train = ClutteredDataset(train_images[..., 0], train_labels, train_transform, seed=0)
+        val = ClutteredDataset(val_images[..., 0], val_labels, val_transform, seed=1)
         num_classes = 10
     elif name == 'lfw':
         from sklearn.datasets import fetch_lfw_people
@@ -220,12 +292,12 @@ def build_classification_data(
             how = ('Download it where there is internet with sklearn.datasets.fetch_lfw_people('
                    f'min_faces_per_person=20, data_home={str(root)!r}) and copy {str(root)!r} here.')
             raise dataset_not_found(name, root, how, error) from error
-        images, labels = bunch.images[..., None].astype(np.float32) / 255.0, bunch.target
-        train_index, val_index = _stratified_split(labels, 756 / 3023, split_seed)
-        train = ArrayDataset(images[train_index], labels[train_index], train_transform)
-        val = ArrayDataset(images[val_index], labels[val_index], val_transform)
+        # scikit-learn divides the JPEG pixels by 255 already (its docs still say 0-255)
+        images, labels = bunch.images[..., None].astype(np.float32), bunch.target
+        train, val = _split(images, labels, 756 / 3023, split_seed, train_transform, val_transform)
         num_classes = len(bunch.target_names)
     else:
         raise ValueError(f'dataset must be one of {CLASSIFICATION_DATASETS}, got {name!r}')
+    _normalize(train, val, input_norm)
     channels, height, width = train[0][0].shape
     return train, val, DataInfo(name, num_classes, channels, (height, width))

@@ -3,7 +3,8 @@
 - :func:`plot_learning_curves`: loss and validation accuracy per epoch of one run.
 - :func:`plot_sigma_histograms`: per adaptive layer, the distribution of sigma over epochs.
 - :func:`plot_mean_curves`: the paper's Figures 5–6, mean validation accuracy per epoch over
-  repeats with a ±1 std band, one line per (model, kernel size).
+  repeats with a ±1 std band (ddof=1), one line per (model, kernel size).
+- :func:`plot_segmentation_examples`: the paper's Figure 7c–q, input, true and predicted trimaps.
 """
 from pathlib import Path
 from typing import Dict, List, Sequence
@@ -13,9 +14,13 @@ import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-__all__ = ['plot_learning_curves', 'plot_sigma_histograms', 'plot_mean_curves']
+from .segmentation_data import IMAGE_MEAN, IMAGE_STD  # noqa: E402
+from .statistics import STD_DDOF, describe_curves  # noqa: E402
+
+__all__ = ['plot_learning_curves', 'plot_sigma_histograms', 'plot_mean_curves', 'plot_segmentation_examples']
 
 
 def plot_learning_curves(history: Sequence[Dict[str, float]], output_dir: str,
@@ -67,19 +72,60 @@ def plot_sigma_histograms(sigma_epochs: Dict[str, List[List[float]]], output_dir
 
 
 def plot_mean_curves(curves: Dict[str, np.ndarray], path: str, title: str = 'validation accuracy') -> Path:
-    """ ``curves[label]`` is (repeats, epochs) validation accuracy; draws mean ± std per label. """
+    """ ``curves[label]`` is (repeats, epochs) validation accuracy; draws the mean and a ±1 std band
+    per label, std with ddof=1 as in the tables (:func:`~timm_aconv.train.statistics.describe_curves`). """
     figure, axis = plt.subplots(figsize=(7, 4))
     for label, accuracy in curves.items():
-        accuracy = np.asarray(accuracy, dtype=float)
-        epochs = np.arange(1, accuracy.shape[1] + 1)
-        mean, std = accuracy.mean(0), accuracy.std(0)
+        mean, std = describe_curves(accuracy)
+        epochs = np.arange(1, len(mean) + 1)
         line, = axis.plot(epochs, mean, label=label, linestyle='--' if label.startswith('CONV') else '-')
         axis.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
     axis.set(xlabel='epoch', ylabel='mean validation accuracy')
     axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axis.set_title(title, fontsize='medium')
+    axis.set_title(f'{title}\nmean over repeats, band ±1 std (ddof={STD_DDOF})', fontsize='medium')
     axis.legend(fontsize='small')
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return Path(path)
+
+
+def _trimap_colormap():
+    from matplotlib.colors import ListedColormap
+    return ListedColormap(['#d9822b', '#2e4a7d', '#f5f5f5'])  # pet, background, border
+
+
+def plot_segmentation_examples(images: torch.Tensor, masks: torch.Tensor, predictions: Dict[str, torch.Tensor]):
+    """ The paper's Figure 7c-q: per row an input, its true mask and each model's predicted mask.
+
+    Args:
+        images: (N, 3, H, W) network inputs scaled to [-2, 2].
+        masks: (N, H, W) true labels.
+        predictions: {model label: (N, H, W) predicted labels}.
+
+    Returns:
+        The matplotlib figure.
+    """
+    from .kernel_plots import new_figure
+    count = images.shape[0]
+    for label, predicted in predictions.items():
+        if predicted.shape != masks.shape:
+            raise ValueError(f'predictions[{label!r}] must have the masks\' shape {tuple(masks.shape)}, '
+                             f'got {tuple(predicted.shape)}')
+    figure, axes = new_figure(count, 2 + len(predictions), cell_size=2.0)
+    colormap = _trimap_colormap()
+    shown = (images.detach().float().cpu() * IMAGE_STD + IMAGE_MEAN).clamp(0, 1).permute(0, 2, 3, 1)
+    titles = ['input', 'true mask', *predictions]
+    for row in range(count):
+        panels = [masks[row], *(predicted[row] for predicted in predictions.values())]
+        axes[row, 0].imshow(shown[row].numpy())
+        for column, panel in enumerate(panels, start=1):
+            axes[row, column].imshow(panel.detach().cpu().numpy(), cmap=colormap, vmin=0, vmax=2,
+                                     interpolation='nearest')
+        for column, axis in enumerate(axes[row]):
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if row == 0:
+                axis.set_title(titles[column], fontsize=9)
+    figure.tight_layout()
+    return figure
