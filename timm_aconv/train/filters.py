@@ -281,8 +281,5 @@ def save_learn_filters(result: LearnFiltersResult, config: LearnFiltersConfig) -
             summary[kind]['final_sigma'] = dict(zip(FILTER_NAMES, fit.sigma_history[-1].tolist()))
     (directory / 'results.json').write_text(json.dumps(dict(config=config_to_dict(config), fits=summary), indent=1))
     if config.plots:
-        import matplotlib.pyplot as plt
-        figure = plot_learned_filters(result)
-        figure.savefig(directory / 'learn_filters.png', dpi=100)
-        plt.close(figure)
+        plot_learned_filters(result).savefig(directory / 'learn_filters.png', dpi=100)
     return summary

@@ -1,4 +1,4 @@
-""" Matplotlib figures of training runs (headless ``Agg`` backend)
+""" Matplotlib figures of training runs, drawn without pyplot (the global backend stays as it is)
 
 - :func:`plot_learning_curves`: loss and validation accuracy per epoch of one run.
 - :func:`plot_sigma_histograms`: per adaptive layer, the distribution of sigma over epochs.
@@ -8,12 +8,9 @@
 from pathlib import Path
 from typing import Dict, List, Sequence
 
-import matplotlib
-
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 __all__ = ['plot_learning_curves', 'plot_sigma_histograms', 'plot_mean_curves']
 
@@ -22,7 +19,8 @@ def plot_learning_curves(history: Sequence[Dict[str, float]], output_dir: str,
                          filename: str = 'learning_curves.png') -> Path:
     """ Train/validation loss and validation accuracy against epochs. """
     epochs = [record['epoch'] for record in history]
-    figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(9, 3.5))
+    figure = Figure(figsize=(9, 3.5))
+    loss_axes, accuracy_axes = figure.subplots(1, 2)
     loss_axes.plot(epochs, [record['train_loss'] for record in history], label='train')
     loss_axes.plot(epochs, [record['val_loss'] for record in history], label='validation')
     loss_axes.set(xlabel='epoch', ylabel='cross-entropy', title='loss')
@@ -34,7 +32,6 @@ def plot_learning_curves(history: Sequence[Dict[str, float]], output_dir: str,
     figure.tight_layout()
     path = Path(output_dir) / filename
     figure.savefig(path, dpi=100)
-    plt.close(figure)
     return path
 
 
@@ -48,7 +45,8 @@ def plot_sigma_histograms(sigma_epochs: Dict[str, List[List[float]]], output_dir
     layers = list(sigma_epochs)
     columns = min(3, len(layers))
     rows = -(-len(layers) // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3 * rows), squeeze=False)
+    figure = Figure(figsize=(4 * columns, 3 * rows))
+    axes = figure.subplots(rows, columns, squeeze=False)
     for axis, layer in zip(axes.flat, layers):
         values = np.asarray(sigma_epochs[layer])  # (epochs + 1, filters)
         edges = np.linspace(values.min(), values.max() + 1e-6, bins + 1)
@@ -62,13 +60,13 @@ def plot_sigma_histograms(sigma_epochs: Dict[str, List[List[float]]], output_dir
     figure.tight_layout()
     path = Path(output_dir) / filename
     figure.savefig(path, dpi=100)
-    plt.close(figure)
     return path
 
 
 def plot_mean_curves(curves: Dict[str, np.ndarray], path: str, title: str = 'validation accuracy') -> Path:
     """ ``curves[label]`` is (repeats, epochs) validation accuracy; draws mean ± std per label. """
-    figure, axis = plt.subplots(figsize=(7, 4))
+    figure = Figure(figsize=(7, 4))
+    axis = figure.subplots()
     for label, accuracy in curves.items():
         accuracy = np.asarray(accuracy, dtype=float)
         epochs = np.arange(1, accuracy.shape[1] + 1)
@@ -81,5 +79,4 @@ def plot_mean_curves(curves: Dict[str, np.ndarray], path: str, title: str = 'val
     axis.legend(fontsize='small')
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)
     return Path(path)
