@@ -7,8 +7,10 @@ table gives mean ± std (sample std, ddof=1) and max of the peaks of each arm an
 Student t-test (``scipy.stats.ttest_ind``) of ACONV against CONV; the *best size* is the size of
 the highest ACONV peak, as in the paper's Table 2. Outputs in ``output_dir``:
 ``comparison.md`` / ``.csv`` / ``.json`` and ``comparison_curves.png`` (mean validation
-accuracy per epoch with ±1 std bands, the paper's Figures 5–6). Each run keeps its own
-directory ``<arm>_k<n>/seed<seed>``; with ``resume=True`` finished runs are read back, not re-run.
+accuracy per epoch with ±1 std bands, the paper's Figures 5–6) and ``config.yaml`` (the resolved
+settings: ``--config`` on it reruns the comparison). Each run keeps its own directory
+``<arm>_k<n>/seed<seed>`` (its own ``config.yaml``, metrics and models); with ``resume=True``
+finished runs are read back, not re-run.
 """
 import csv
 import dataclasses
@@ -21,7 +23,7 @@ import numpy as np
 from accelerate import PartialState
 
 from .classification import ClassificationConfig, train_classification
-from .config import ConfigError
+from .config import ConfigError, save_config
 from .history import read_history
 from .statistics import describe_peaks, ttest_peaks
 
@@ -52,6 +54,9 @@ class CompareConfig(ClassificationConfig):
             else:
                 raise ConfigError(f'baseline_model is needed: {self.model!r} has no conv_ twin; set baseline_model, '
                                   'or convert=True to compare the model with its converted self')
+        if self.push_to_hub is not None:
+            raise ConfigError('push_to_hub pushes the model of one training run (recipes/train_classification.py); '
+                              'a comparison trains many')
         if self.repeats < 2:
             raise ConfigError(f'repeats must be >= 2 for a t-test, got {self.repeats}')
         if not self.kernel_sizes:
@@ -79,7 +84,7 @@ def _run_config(config: CompareConfig, arm: str, size: int, repeat: int) -> Clas
     values.update(
         model=config.model if adaptive else config.baseline_model, convert=config.convert and adaptive,
         kernel_size=size, seed=seed, output_dir=str(Path(config.output_dir) / f'{arm.lower()}_k{size}' / f'seed{seed}'),
-        plots=False, resume=False)
+        plots=False, resume=False, push_to_hub=None)
     return ClassificationConfig(**values)
 
 
@@ -124,6 +129,8 @@ def _markdown(rows: List[Dict[str, float]], best_size: int, title: str) -> str:
 
 def run_comparison(config: CompareConfig) -> ComparisonResult:
     """ Runs (or, with ``resume``, reads back) every repeat and writes the table and the curves. """
+    if PartialState().is_main_process:
+        save_config(config, config.output_dir)
     peaks: Dict[str, Dict[int, List[float]]] = {arm: {} for arm in ARMS}
     curves: Dict[str, Dict[int, List[List[float]]]] = {arm: {} for arm in ARMS}
     for size in config.kernel_sizes:
