@@ -5,13 +5,14 @@ import math
 import pytest
 import torch
 import torch.nn as nn
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader, TensorDataset
 
 import timm_aconv
 import timm_aconv.layers.sigma as sigma_module
 from timm_aconv.train import (
-    Callback, ClassificationMetric, ConfigError, EngineConfig, SigmaRecorder, Trainer, create_optimizer, parse_config,
-    set_seed)
+    Callback, ClassificationMetric, ConfigError, EngineConfig, SigmaRecorder, Trainer, create_optimizer, latest_checkpoint,
+    parse_config, set_seed)
 from timm_aconv.train.schedulers import GaussianOneCycle
 
 
@@ -95,7 +96,7 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
 
 def test_resume_without_checkpoint_says_where_it_looked(tmp_path):
     trainer = make_trainer(tmp_path, resume=True)
-    with pytest.raises(FileNotFoundError, match='no checkpoint in .*checkpoint'):
+    with pytest.raises(FileNotFoundError, match='no complete checkpoint in .*checkpoints'):
         trainer.fit()
 
 
@@ -173,3 +174,93 @@ def test_sigma_recorder_continues_after_resume(tmp_path):
     saved = json.loads((tmp_path / 'sigmas.json').read_text())
     assert list(saved) == ['0'] and len(saved['0']) == 4  # initial + 3 epochs
     assert saved['0'][-1] == resumed.unwrapped_model[0].sigma.tolist()
+
+
+class Killed(Exception):
+    """ Stands for the process dying (an OOM kill, a pre-empted node). """
+
+
+class CrashAfter(Callback):
+    """ A run killed after ``epochs`` epochs, before that epoch's checkpoint. """
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_epoch_end(self, trainer, record) -> None:
+        if trainer.epoch == self.epochs:
+            raise Killed
+
+
+RESUME_SETTINGS = dict(epochs=4, scheduler='one_cycle', weight_decay=1e-3, deterministic=True)
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory):
+    """ The reference run: its history, final weights and best weights. """
+    directory = tmp_path_factory.mktemp('uninterrupted')
+    trainer = make_trainer(directory, **RESUME_SETTINGS)
+    history = trainer.fit()
+    return history, trainer.unwrapped_model.state_dict(), load_file(directory / 'best' / 'model.safetensors')
+
+
+def assert_same_run(directory, trainer, history, uninterrupted):
+    expected_history, expected_weights, expected_best = uninterrupted
+    assert history == expected_history
+    for name, tensor in trainer.unwrapped_model.state_dict().items():
+        assert torch.equal(tensor, expected_weights[name]), name
+    best = load_file(directory / 'best' / 'model.safetensors')
+    assert best.keys() == expected_best.keys() and all(torch.equal(best[name], expected_best[name]) for name in best)
+    best_epoch = min(expected_history, key=lambda record: record['val_loss'])['epoch']  # first of equals
+    assert json.loads((directory / 'best' / 'best.json').read_text())['epoch'] == best_epoch
+
+
+def checkpoint_names(directory):
+    return sorted(folder.name for folder in (directory / 'checkpoints').iterdir())
+
+
+def test_run_killed_between_epochs_resumes_to_the_uninterrupted_result(tmp_path, uninterrupted):
+    killed = make_trainer(tmp_path, **RESUME_SETTINGS)
+    killed.callbacks.append(CrashAfter(epochs=3))
+    with pytest.raises(Killed):
+        killed.fit()
+    assert checkpoint_names(tmp_path) == ['checkpoint_0', 'checkpoint_1']  # epochs 1 and 2; epoch 3 never saved
+    resumed = make_trainer(tmp_path, **RESUME_SETTINGS, resume=True)
+    assert_same_run(tmp_path, resumed, resumed.fit(), uninterrupted)
+    # the last keep_checkpoints=2 remain, the newest holds the last epoch
+    assert checkpoint_names(tmp_path) == ['checkpoint_2', 'checkpoint_3']
+    assert json.loads((tmp_path / 'checkpoints' / 'checkpoint_3' / 'trainer_state.json').read_text())['epoch'] == 4
+
+
+def test_run_killed_mid_save_resumes_from_the_newest_complete_checkpoint(tmp_path, uninterrupted, monkeypatch):
+    killed = make_trainer(tmp_path, **RESUME_SETTINGS)
+    save_state, saves = killed.accelerator.save_state, []
+
+    def dies_during_the_third_save(*args, **kwargs):
+        save_state(*args, **kwargs)
+        saves.append(1)
+        if len(saves) == 3:  # Accelerate's part written, the trainer's progress not yet
+            raise Killed
+    monkeypatch.setattr(killed.accelerator, 'save_state', dies_during_the_third_save)
+    with pytest.raises(Killed):
+        killed.fit()
+    partial = tmp_path / 'checkpoints' / 'checkpoint_2'
+    assert (partial / 'model.safetensors').is_file() and not (partial / 'trainer_state.json').exists()
+    assert latest_checkpoint(str(tmp_path)) == tmp_path / 'checkpoints' / 'checkpoint_1'  # epoch 2
+    resumed = make_trainer(tmp_path, **RESUME_SETTINGS, resume=True)
+    assert_same_run(tmp_path, resumed, resumed.fit(), uninterrupted)
+    assert checkpoint_names(tmp_path) == ['checkpoint_2', 'checkpoint_3']  # the partial one was replaced
+
+
+def test_run_writes_its_config_and_a_fresh_run_starts_over(tmp_path):
+    trainer = make_trainer(tmp_path, epochs=2, monitor='val_accuracy', monitor_mode='max', resume=False)
+    trainer.fit()
+    assert checkpoint_names(tmp_path) == ['checkpoint_0', 'checkpoint_1']
+    # config.yaml holds every resolved field; --config on it gives the same config back (resume stored false)
+    assert parse_config(EngineConfig, ['--config', str(tmp_path / 'config.yaml')]) == trainer.config
+    again = make_trainer(tmp_path, epochs=1, save_best=False)  # not resumed: the earlier run's files go
+    again.fit()
+    assert checkpoint_names(tmp_path) == ['checkpoint_0']
+    assert json.loads((tmp_path / 'checkpoints' / 'checkpoint_0' / 'trainer_state.json').read_text())['epoch'] == 1
+    assert not (tmp_path / 'best').exists()
+    with pytest.raises(ConfigError, match='keep_checkpoints must be >= 2'):
+        EngineConfig(keep_checkpoints=1)

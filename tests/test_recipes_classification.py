@@ -15,7 +15,7 @@ import torch
 import yaml
 
 import timm_aconv
-from timm_aconv.train import ConfigError
+from timm_aconv.train import Callback, ConfigError
 from timm_aconv.train.classification import ClassificationConfig, build_data, create_classifier
 from timm_aconv.train.compare import (
     CompareConfig, best_sizes, best_versus_best, comparison_markdown, run_config, summarize)
@@ -349,3 +349,71 @@ def test_best_size_is_the_highest_peak_over_both_arms():
     table = comparison_markdown(rows, best, best_sizes(peaks)['both'], 'CONV vs ACONV')
     assert '| 3×3 (best) |' in table and '| 7×7 |' in table and '| best CONV 3×3 vs best ACONV 7×7 |' in table
     assert 'highest peak over both arms' in table and 'highest ACONV peak' not in table
+
+
+class KeepEpochWeights(Callback):
+    """ The trained model after every epoch, and the trainer. """
+
+    def __init__(self) -> None:
+        self.weights, self.trainer = [], None
+
+    def on_epoch_end(self, trainer, record) -> None:
+        self.trainer = trainer
+        self.weights.append({name: tensor.clone() for name, tensor in trainer.unwrapped_model.state_dict().items()})
+
+
+def test_trained_models_reload_with_timm_and_the_config_reruns_the_run(tmp_path, monkeypatch):
+    recipe = load_recipe('train_classification')
+    pushed = {}
+    monkeypatch.setattr(timm.models, 'push_to_hf_hub', lambda model, repo_id, **kwargs: pushed.update(
+        repo_id=repo_id, weights={name: tensor.clone() for name, tensor in model.state_dict().items()}, **kwargs))
+    epochs = KeepEpochWeights()
+    recipe.main(['--config', str(ROOT / 'recipes/configs/digits.yaml'), '--epochs', '3', '--max_steps_per_epoch', '4',
+                 '--img_size', '8', '--kernel_size', '5', '--lr', '0.05', '--plots', 'false', '--save_every', '0',
+                 '--val_batch_size', '360', '--push_to_hub', 'me/digits',
+                 '--output_dir', str(tmp_path / 'run'), *FAST], callbacks=[epochs])
+    history = json.loads((tmp_path / 'run' / 'metrics.json').read_text())
+    best_epoch = json.loads((tmp_path / 'run' / 'best' / 'best.json').read_text())['epoch']
+    assert best_epoch == min(history, key=lambda record: record['val_loss'])['epoch']
+    images = torch.rand(5, 1, 8, 8)
+    final = epochs.trainer.unwrapped_model.eval()
+    for folder, weights in (('run', epochs.weights[-1]), ('run/best', epochs.weights[best_epoch - 1])):
+        model = timm.create_model(f'local-dir:{tmp_path / folder}', pretrained=True).eval()
+        assert type(model).__name__ == 'SimpleCnn' and model.num_classes == 10
+        assert [layer.kernel_size for layer in timm_aconv.adaptive_layers(model)] == [(5, 5), (5, 5)]
+        final.load_state_dict(weights)
+        with torch.no_grad():
+            assert torch.equal(model(images), final(images)), folder
+        assert tuple(timm.data.resolve_data_config(model=model)['input_size']) == (1, 8, 8)
+    # push_to_hub sends the best model with timm's own function
+    assert pushed['repo_id'] == 'me/digits' and pushed['model_args']['kernel_size'] == 5
+    assert all(torch.equal(tensor, epochs.weights[best_epoch - 1][name]) for name, tensor in pushed['weights'].items())
+    # config.yaml reruns the run exactly
+    recipe.main(['--config', str(tmp_path / 'run' / 'config.yaml'), '--output_dir', str(tmp_path / 'rerun')])
+    assert json.loads((tmp_path / 'rerun' / 'metrics.json').read_text()) == history
+
+
+def test_converted_model_reloads_in_the_documented_form(tmp_path):
+    from safetensors.torch import load_file
+    recipe = load_recipe('train_classification')
+    epochs = KeepEpochWeights()
+    recipe.main(['--model', 'resnet10t', '--convert', '--kernel_size', '5', '--dataset', 'synthetic', '--epochs', '1',
+                 '--max_steps_per_epoch', '2', '--batch_size', '16', '--val_batch_size', '240', '--save_every', '0',
+                 '--plots', 'false', '--output_dir', str(tmp_path),
+                 *FAST], callbacks=[epochs])
+    saved = json.loads((tmp_path / 'best' / 'config.json').read_text())
+    assert saved['architecture'] == 'resnet10t' and saved['timm_aconv_convert'] == {'sizes': [5], 'sigma_init': None}
+    with pytest.raises(RuntimeError, match='sigma'):  # the plain architecture has no sigma to load
+        timm.create_model(f'local-dir:{tmp_path / "best"}', pretrained=True)
+    model = timm.create_model(f'local-dir:{tmp_path / "best"}')
+    timm_aconv.convert_convs(model, **saved['timm_aconv_convert'])
+    model.load_state_dict(load_file(tmp_path / 'best' / 'model.safetensors'))
+    images = torch.rand(3, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(images), epochs.trainer.unwrapped_model.eval()(images))
+
+
+def test_compare_does_not_push_its_runs():
+    from timm_aconv.train.compare import CompareConfig
+    with pytest.raises(ValueError, match='push_to_hub pushes the model of one training run'):
+        CompareConfig(push_to_hub='me/models')

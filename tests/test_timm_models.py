@@ -9,7 +9,7 @@ import timm
 import torch
 import torch.nn as nn
 from safetensors.torch import save_file
-from timm.layers import get_notrace_functions, get_notrace_modules
+from timm.models import get_notrace_functions, get_notrace_modules  # (what timm 1.0.16 exports too)
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
 import timm_aconv

@@ -5,6 +5,8 @@ Layer → surgery → registries → recipes:
 - :mod:`timm_aconv.layers`: :class:`AdaptiveConv2d`, its envelope and sigma helpers.
 - :mod:`timm_aconv.surgery`: :func:`convert_convs`, :func:`fuse_convs`, :func:`summary`.
 """
+import warnings
+
 from .layers import (
     AdaptiveConv2d, adaptive_layers, centre_energy_fraction, clamp_sigmas_, effective_kernel_size,
     gaussian_envelope, named_adaptive_layers, param_groups, register_sigma_clamp)
@@ -16,11 +18,17 @@ from . import models  # noqa: F401  (registers the timm models)
 
 
 def _register_smp() -> bool:
+    """ Registers the SMP encoders and architectures when SMP is installed; a warning naming the supported
+    versions when the installed SMP lacks an internal they need (the plugin's core still imports). """
     try:
         import segmentation_models_pytorch  # noqa: F401
     except ImportError:
         return False
-    from . import smp  # noqa: F401  (registers the SMP encoders and architectures)
+    try:
+        from . import smp  # noqa: F401  (registers the SMP encoders and architectures)
+    except ImportError as error:  # SMP is there but not a version whose internals timm_aconv.smp knows
+        warnings.warn(f'{error}; the SMP encoders and architectures are not registered', stacklevel=2)
+        return False
     return True
 
 

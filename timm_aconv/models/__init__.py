@@ -6,7 +6,7 @@
   adaptive spatial convolutions; ``pretrained=True`` converts timm's weights exactly.
 - :mod:`.simple_cnn`: ``aconv_simple_cnn`` / ``conv_simple_cnn``, the paper's simple CNN.
 """
-from timm.layers import register_notrace_module
+from timm.models import register_notrace_module
 
 from ..layers.adaptive_conv import AdaptiveConv2d
 from .adaptive_resnet import adaptive_resnet, convert_pretrained_resnet

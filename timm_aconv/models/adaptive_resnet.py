@@ -20,9 +20,8 @@ from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
-from timm.models import ResNet, build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import ResNet, build_model_with_cfg, generate_default_cfgs, get_arch_pretrained_cfgs, register_model
 from timm.models.resnet import BasicBlock, Bottleneck
-from timm.models._registry import get_arch_pretrained_cfgs
 
 from ..layers.adaptive_conv import SigmaInit, resolve_kernel_size
 from ..surgery import adapt_ordinary_weights, convert_convs

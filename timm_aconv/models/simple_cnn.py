@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
+from ._timm_internals import feature_take_indices
 
 from ..layers.adaptive_conv import AdaptiveConv2d, SigmaInit
 from ._conv_layer import create_conv_layer

@@ -17,10 +17,10 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch.nn as nn
 from segmentation_models_pytorch import Unet
-from segmentation_models_pytorch.base.hub_mixin import supports_config_loading
 
 from ..layers.adaptive_conv import SigmaInit
 from ..surgery import convert_convs
+from ._smp_internals import supports_config_loading
 
 __all__ = ['AconvUnet', 'PAPER_UNET_SIGMA_INIT', 'PAPER_UNET_SIGMA_BOUNDS']
 

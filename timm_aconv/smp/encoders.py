@@ -21,11 +21,11 @@ import copy
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch.nn as nn
-from segmentation_models_pytorch.encoders.resnet import ResNetEncoder, resnet_encoders
 
 from ..layers.adaptive_conv import SigmaInit
 from ..surgery import adapt_ordinary_weights, convert_convs
 from ..surgery.convert import PRESERVE_SIGMA_INIT
+from ._smp_internals import ResNetEncoder, resnet_encoders
 
 __all__ = ['AconvResNetEncoder', 'aconv_resnet_encoders']
 

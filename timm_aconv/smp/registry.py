@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 import segmentation_models_pytorch as smp
 
+from ._smp_internals import ARCHITECTURE_REGISTRY, ENCODER_REGISTRY
 from .aconv_unet import AconvUnet
 from .encoders import aconv_resnet_encoders
 from .paper_unet import PaperUNet
@@ -50,8 +51,8 @@ def create_paper_unet(
 
 def register_smp() -> None:
     """ Add our encoders and architectures to SMP's registries (idempotent). """
-    smp.encoders.encoders.update(aconv_resnet_encoders)
-    smp.MODEL_ARCHITECTURES_MAPPING['aconv_unet'] = AconvUnet
-    smp.MODEL_ARCHITECTURES_MAPPING['aconv_paper_unet'] = create_paper_unet
+    ENCODER_REGISTRY.update(aconv_resnet_encoders)
+    ARCHITECTURE_REGISTRY['aconv_unet'] = AconvUnet
+    ARCHITECTURE_REGISTRY['aconv_paper_unet'] = create_paper_unet
     smp.AconvUnet = AconvUnet
     smp.PaperUNet = PaperUNet

@@ -14,10 +14,39 @@
 - :mod:`~timm_aconv.train.segmentation_data`, :mod:`~timm_aconv.train.segmentation`,
   :mod:`~timm_aconv.train.segmentation_compare`: the U-Net recipe's data, task and comparison.
 - :mod:`~timm_aconv.train.plots`: learning curves, sigma histograms, mean-accuracy bands, trimaps.
+
+Needs the ``train`` extra (``pip install 'timm-aconv[train]'``); importing it without names what is missing.
 """
-from .callbacks import Callback, SigmaRecorder
-from .config import ConfigError, config_from_dict, config_to_dict, load_config, parse_config, parse_values, run_cli
-from .engine import EngineConfig, Trainer, create_optimizer, set_seed
-from .history import read_history, write_history
-from .metrics import ClassificationMetric, Metric, SegmentationMetric
-from .schedulers import GaussianOneCycleLR, create_scheduler
+import importlib.util
+
+
+def _missing_training_libraries():
+    """ The pip packages of the modules below that cannot be imported here. """
+    missing = []
+    for module, package in _TRAINING_LIBRARIES.items():
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(package)
+    return missing
+
+
+# the modules timm_aconv.train imports (module -> its pip package), all in the `train` extra
+_TRAINING_LIBRARIES = {
+    'accelerate': 'accelerate', 'albumentations': 'albumentations', 'matplotlib': 'matplotlib', 'numpy': 'numpy',
+    'PIL': 'pillow', 'yaml': 'pyyaml', 'safetensors': 'safetensors', 'sklearn': 'scikit-learn', 'scipy': 'scipy',
+    'torchvision': 'torchvision', 'tqdm': 'tqdm'}
+_MISSING = _missing_training_libraries()
+if _MISSING:
+    raise ImportError(f"timm_aconv.train needs the training libraries, missing here: {', '.join(_MISSING)}; "
+                      f"pip install 'timm-aconv[train]'")
+
+from .callbacks import Callback, SigmaRecorder  # noqa: E402
+from .config import (  # noqa: E402
+    ConfigError, config_from_dict, config_to_dict, load_config, parse_config, parse_values, run_cli, save_config)
+from .engine import EngineConfig, Trainer, create_optimizer, latest_checkpoint, set_seed  # noqa: E402
+from .history import read_history, write_history  # noqa: E402
+from .metrics import ClassificationMetric, Metric, SegmentationMetric  # noqa: E402
+from .schedulers import GaussianOneCycleLR, create_scheduler  # noqa: E402

@@ -14,12 +14,21 @@ set the Keras constants of the authors' networks there).
 ``batch_size`` is the global batch over all processes (:mod:`~timm_aconv.train.loaders`).
 Datasets without an official split draw theirs from ``split_seed``, by default the run's seed
 (:func:`data_split_seed`).
+
+The final and the best model are saved in timm's own layout (:func:`timm.models.save_for_hf`:
+``config.json`` with the architecture, its arguments and the preprocessing, and
+``model.safetensors``), in ``output_dir`` and ``output_dir/best``, so timm rebuilds them with
+``timm.create_model('local-dir:<output_dir>/best', pretrained=True)``. A converted model's
+``config.json`` names the plain architecture and records the conversion under
+``timm_aconv_convert``; rebuild it with ``convert_convs`` before loading the weights (README).
 """
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Tuple
 
 import timm
 import torch.nn as nn
+from safetensors.torch import load_file
 
 from ..surgery import convert_convs
 from .callbacks import Callback, SigmaRecorder
@@ -29,7 +38,8 @@ from .engine import EngineConfig, Trainer, set_seed
 from .loaders import build_loaders
 from .metrics import ClassificationMetric
 
-__all__ = ['ClassificationConfig', 'create_classifier', 'data_split_seed', 'build_data', 'train_classification']
+__all__ = ['ClassificationConfig', 'classifier_kwargs', 'create_classifier', 'data_split_seed', 'build_data',
+           'timm_model_saver', 'train_classification']
 
 
 @dataclass
@@ -60,6 +70,7 @@ class ClassificationConfig(EngineConfig):
     val_batch_size: Optional[int] = None
     num_workers: int = 0
     plots: bool = True
+    push_to_hub: Optional[str] = None  # a Hugging Face Hub repo id: the best model goes there after training
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -79,8 +90,8 @@ class ClassificationConfig(EngineConfig):
             raise ConfigError(f'input_norm must be one of {list(INPUT_NORMS)}, got {self.input_norm!r}')
 
 
-def create_classifier(config: ClassificationConfig, info: DataInfo) -> nn.Module:
-    """ The timm model of ``config`` for the dataset described by ``info``. """
+def classifier_kwargs(config: ClassificationConfig, info: DataInfo) -> Dict[str, Any]:
+    """ The ``timm.create_model`` keyword arguments of ``config.model`` for the dataset ``info`` describes. """
     kwargs: Dict[str, Any] = dict(num_classes=info.num_classes, in_chans=info.in_chans)
     if 'simple_cnn' in config.model:  # its dense layer depends on the input size
         kwargs['img_size'] = info.img_size
@@ -91,9 +102,23 @@ def create_classifier(config: ClassificationConfig, info: DataInfo) -> nn.Module
     elif config.drop_rate is not None:
         kwargs['drop_rate'] = config.drop_rate
     kwargs.update(config.model_kwargs)
-    model = timm.create_model(config.model, pretrained=False, **kwargs)
+    return kwargs
+
+
+def create_classifier(config: ClassificationConfig, info: DataInfo) -> nn.Module:
+    """ The timm model of ``config`` for the dataset described by ``info``.
+
+    Its ``pretrained_cfg`` describes the recipe's input (``info``'s size and channels, pixels in
+    [0, 1]: mean 0, std 1), which :func:`timm.models.save_for_hf` writes to ``config.json``.
+    """
+    model = timm.create_model(config.model, pretrained=False, **classifier_kwargs(config, info))
     if config.convert:
         convert_convs(model, sizes=[config.kernel_size or 7], sigma_init=config.sigma_init)
+    preprocessing = dict(input_size=(info.in_chans, *info.img_size), mean=(0.0,) * info.in_chans,
+                         std=(1.0,) * info.in_chans, crop_pct=1.0, interpolation='bilinear')
+    if tuple(model.pretrained_cfg.get('input_size', ())) != preprocessing['input_size']:
+        preprocessing['pool_size'] = None  # the default cfg's feature-map size is for its own input size
+    model.pretrained_cfg = model.default_cfg = {**model.pretrained_cfg, **preprocessing}
     return model
 
 
@@ -114,6 +139,28 @@ def build_data(config: ClassificationConfig) -> Tuple[ArrayDataset, ArrayDataset
         split_seed=data_split_seed(config), input_norm=config.input_norm, augment_shift=config.augment_shift)
 
 
+def _export_metadata(config: ClassificationConfig, info: DataInfo) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """ ``model_args`` (what ``create_model`` needs to rebuild the architecture; dropout left out, as timm
+    does) and the extra ``config.json`` fields (``timm_aconv_convert`` for a converted model). """
+    model_args = {name: value for name, value in classifier_kwargs(config, info).items() if name != 'drop_rate'}
+    model_config: Dict[str, Any] = {}
+    if config.convert:
+        model_config['timm_aconv_convert'] = dict(
+            sizes=[config.kernel_size or 7], sigma_init=None if config.sigma_init is None else list(config.sigma_init))
+    return model_args, model_config
+
+
+def timm_model_saver(config: ClassificationConfig, info: DataInfo) -> Callable[[nn.Module, Path], None]:
+    """ ``save(model, directory)``: ``model`` in timm's ``save_for_hf`` layout, rebuildable with
+    ``timm.create_model('local-dir:<directory>', pretrained=True)`` (unless converted, see the module doc). """
+    model_args, model_config = _export_metadata(config, info)
+
+    def save(model: nn.Module, directory: Path) -> None:
+        timm.models.save_for_hf(model, str(directory), model_config=dict(model_config), model_args=dict(model_args),
+                                safe_serialization=True)
+    return save
+
+
 def train_classification(
         config: ClassificationConfig,
         callbacks: Sequence[Callback] = (),
@@ -124,9 +171,11 @@ def train_classification(
     ``end_training=False`` keeps the distributed process group for further runs in the same
     process (see :meth:`~timm_aconv.train.engine.Trainer.fit`).
 
-    Writes ``metrics.csv``/``metrics.json``, ``sigmas.json``, checkpoints and the final
-    ``model.safetensors`` to ``config.output_dir``, and with ``plots=True`` the learning curves
-    and per-layer sigma histograms as PNG.
+    Writes ``config.yaml``, ``metrics.csv``/``metrics.json``, ``sigmas.json``, checkpoints, the
+    final model (``config.json`` + ``model.safetensors``, timm's layout) to ``config.output_dir``,
+    the best one by ``monitor`` to ``output_dir/best``, and with ``plots=True`` the learning
+    curves and per-layer sigma histograms as PNG. With ``push_to_hub`` the best model is then
+    pushed to that Hub repository with :func:`timm.models.push_to_hf_hub`.
     """
     set_seed(config.seed)
     train_set, val_set, info = build_data(config)
@@ -135,11 +184,25 @@ def train_classification(
                                              config.num_workers, config.cpu)
     recorder = SigmaRecorder()
     trainer = Trainer(model, train_loader, val_loader, config, loss_fn=nn.CrossEntropyLoss(),
-                      metric=ClassificationMetric(), callbacks=[recorder, *callbacks])
+                      metric=ClassificationMetric(), callbacks=[recorder, *callbacks],
+                      save_model_fn=timm_model_saver(config, info))
     history = trainer.fit(end_training=end_training)
+    if config.push_to_hub and trainer.is_main_process:
+        _push_best(trainer, config, info)
     if config.plots and trainer.is_main_process:
         from .plots import plot_learning_curves, plot_sigma_histograms
         plot_learning_curves(history, config.output_dir)
         if recorder.epochs:
             plot_sigma_histograms(recorder.epochs, config.output_dir)
     return history
+
+
+def _push_best(trainer: Trainer, config: ClassificationConfig, info: DataInfo) -> None:
+    """ The best model (the final one without ``save_best``) to the Hub, with timm's own push function. """
+    model = trainer.unwrapped_model
+    if config.save_best:
+        model.load_state_dict(load_file(str(trainer.best_dir / 'model.safetensors')))
+    model_args, model_config = _export_metadata(config, info)
+    timm.models.push_to_hf_hub(model, config.push_to_hub, model_config=model_config, model_args=model_args,
+                               safe_serialization=True,
+                               commit_message=f'{config.model} trained on {config.dataset} with timm-aconv')

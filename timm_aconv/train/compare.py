@@ -14,8 +14,9 @@ size with the best ACONV size. The *best size* is the size of the highest peak o
 (paper section 4.3 and the authors' plotting script), a rule that favours neither arm.
 
 Outputs in ``output_dir``: ``comparison.md`` / ``.csv`` / ``.json``, ``comparison_curves.png``
-(mean validation accuracy per epoch with ±1 std bands, the paper's Figures 5–6) and
-``settings.yaml`` (the resolved settings of every run). Each run keeps its own directory
+(mean validation accuracy per epoch with ±1 std bands, the paper's Figures 5–6),
+``settings.yaml`` (the resolved settings of every run) and ``config.yaml`` (the comparison's own
+resolved settings: ``--config`` on it reruns the comparison). Each run keeps its own directory
 ``<arm>_k<n>/seed<seed>``; with ``resume=True`` finished runs are read back, not re-run.
 """
 import csv
@@ -29,7 +30,7 @@ import numpy as np
 from accelerate import PartialState
 
 from .classification import ClassificationConfig, data_split_seed, train_classification
-from .config import ConfigError
+from .config import ConfigError, save_config
 from .history import read_history
 from .settings import write_settings
 from .statistics import STD_DDOF, cohens_d, describe_peaks, holm_adjust, ttest_peaks
@@ -74,6 +75,9 @@ class CompareConfig(ClassificationConfig):
         if self.kernel_sizes is None:
             cifar_resnet = self.model.startswith(('aconv_resnet', 'conv_resnet')) and not self.convert
             self.kernel_sizes = list(CIFAR_RESNET_KERNEL_SIZES if cifar_resnet else PAPER_KERNEL_SIZES)
+        if self.push_to_hub is not None:
+            raise ConfigError('push_to_hub pushes the model of one training run (recipes/train_classification.py); '
+                              'a comparison trains many')
         if self.repeats < 2:
             raise ConfigError(f'repeats must be >= 2 for a t-test, got {self.repeats}')
         if not self.kernel_sizes:
@@ -108,7 +112,7 @@ def run_config(config: CompareConfig, arm: str, size: int, repeat: int) -> Class
     values.update(
         model=config.model if adaptive else config.baseline_model, convert=config.convert and adaptive,
         kernel_size=size, seed=seed, output_dir=str(Path(config.output_dir) / f'{arm.lower()}_k{size}' / f'seed{seed}'),
-        plots=False, resume=False)
+        plots=False, resume=False, push_to_hub=None)
     run = ClassificationConfig(**values)
     run.split_seed = data_split_seed(run)
     return run
@@ -192,6 +196,8 @@ def comparison_markdown(rows: List[Dict[str, Any]], best_row: Dict[str, Any], be
 
 def run_comparison(config: CompareConfig) -> ComparisonResult:
     """ Runs (or, with ``resume``, reads back) every repeat and writes the table, curves and settings. """
+    if PartialState().is_main_process:
+        save_config(config, config.output_dir)
     peaks: Dict[str, Dict[int, List[float]]] = {arm: {} for arm in ARMS}
     curves: Dict[str, Dict[int, List[List[float]]]] = {arm: {} for arm in ARMS}
     runs: Dict[str, ClassificationConfig] = {}

@@ -20,7 +20,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, T
 
 import yaml
 
-__all__ = ['ConfigError', 'parse_config', 'parse_values', 'run_cli', 'load_config', 'config_from_dict', 'config_to_dict']
+__all__ = ['ConfigError', 'parse_config', 'parse_values', 'run_cli', 'load_config', 'config_from_dict', 'config_to_dict',
+           'save_config']
 
 ConfigT = TypeVar('ConfigT')
 
@@ -120,10 +121,25 @@ def config_from_dict(config_cls: Type[ConfigT], values: Dict[str, Any], source: 
 
 
 def config_to_dict(config: Any) -> Dict[str, Any]:
-    """ A config as plain YAML/JSON-friendly values (tuples become lists). """
+    """ A config as plain YAML/JSON-friendly values (tuples become lists, also inside mappings). """
     def plain(value):
-        return list(plain(item) for item in value) if isinstance(value, (tuple, list)) else value
+        if isinstance(value, dict):
+            return {key: plain(item) for key, item in value.items()}
+        return [plain(item) for item in value] if isinstance(value, (tuple, list)) else value
     return {key: plain(value) for key, value in dataclasses.asdict(config).items()}
+
+
+def save_config(config: Any, output_dir: str, filename: str = 'config.yaml') -> Path:
+    """ Writes ``config`` as YAML to ``output_dir/filename``, every field resolved; ``--config`` on that
+    file reruns the run (``resume`` is written as false: the file describes the run from its start). """
+    values = config_to_dict(config)
+    if 'resume' in values:
+        values['resume'] = False
+    path = Path(output_dir) / filename
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = f'# the resolved settings of this run ({type(config).__name__}); rerun it with --config {path}\n'
+    path.write_text(header + yaml.safe_dump(values, sort_keys=False))
+    return path
 
 
 def load_config(path: str) -> Dict[str, Any]:

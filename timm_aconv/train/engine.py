@@ -16,12 +16,16 @@ and runs
   or ``one_cycle`` (the paper's per-iteration Gaussian bump, stepped per optimizer step);
 - evaluation each epoch with ``accelerator.gather_for_metrics`` (each validation sample counts
   exactly once, whatever the number of processes) through a :class:`Metric`;
-- checkpoints (``accelerator.save_state`` in ``output_dir/checkpoint`` after every
-  ``save_every`` epochs, plus the trainer's own progress as JSON), ``resume=True`` continues
-  from there with identical results;
+- checkpoints (``accelerator.save_state`` after every ``save_every`` epochs into
+  ``output_dir/checkpoints/checkpoint_<n>``, the last ``keep_checkpoints`` kept, plus the
+  trainer's own progress as JSON), ``resume=True`` continues from the newest complete one with
+  identical results;
 - tqdm progress on the main process only; one metrics row per epoch written to
   ``output_dir/metrics.csv`` / ``metrics.json`` and to Accelerate trackers (TensorBoard when
-  installed, ``log_with='auto'``); the final weights as ``output_dir/model.safetensors``.
+  installed, ``log_with='auto'``); the resolved settings as ``output_dir/config.yaml``; the final
+  model in ``output_dir`` and the best one by ``monitor`` in ``output_dir/best`` (with
+  ``best.json``: its epoch and value), by default as ``model.safetensors``, or in the task's
+  format through ``save_model_fn`` (classification: timm's ``save_for_hf`` layout).
   A row holds ``epoch``, ``step`` (optimizer steps so far), ``train_loss``, the metric's
   ``val_*`` values, ``lr_<group>`` (the learning rate at the end of the epoch, before a
   reduce-on-plateau decision) and ``best_<monitor>``.
@@ -86,13 +90,20 @@ Another task, e.g. segmentation, needs only its loss and a :class:`Metric`:
 - Settings: subclass :class:`EngineConfig` (a dataclass) with your recipe's fields and parse it
   with :func:`timm_aconv.train.config.parse_config` (YAML + command line overrides).
 
-Checkpoints: Accelerate's ``save_state`` (model as safetensors, optimizer, RNG and sampler
-states; loaded with ``weights_only=True``), the scheduler state (``torch.load(weights_only=True)``)
-and ``trainer_state.json``. Resumed runs match uninterrupted ones exactly on CPU because the
-training sampler is seeded per epoch (``use_seedable_sampler``) and the RNG states are restored.
+Checkpoints: Accelerate's ``save_state`` with automatic checkpoint naming (model as safetensors,
+optimizer, RNG and sampler states; loaded with ``weights_only=True``), the scheduler state
+(``torch.load(weights_only=True)``) and, written last once every process has saved its part,
+``trainer_state.json``: a folder without it is a save that did not finish, and ``resume`` skips
+(and deletes) it. Accelerate deletes the oldest checkpoint before writing a new one, so
+``keep_checkpoints >= 2`` always leaves a complete one. A run without ``resume`` starts over: it
+deletes the checkpoints and the best model an earlier run left in ``output_dir``. Resumed runs
+match uninterrupted ones exactly on CPU because the training sampler is seeded per epoch
+(``use_seedable_sampler``) and the RNG states are restored.
 """
 import json
 import math
+import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Tuple
@@ -100,20 +111,24 @@ from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.utils import set_seed
+from accelerate.utils import ProjectConfiguration, set_seed
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from tqdm.auto import tqdm
 
 from ..layers import param_groups, register_sigma_clamp
 from .callbacks import Callback
-from .config import ConfigError, config_to_dict
+from .config import ConfigError, config_to_dict, save_config
 from .history import write_history
 from .metrics import Metric
 from .schedulers import create_scheduler
 
-__all__ = ['EngineConfig', 'Trainer', 'set_seed', 'create_optimizer']
+__all__ = ['EngineConfig', 'Trainer', 'set_seed', 'create_optimizer', 'latest_checkpoint']
 
 ForwardFn = Callable[[nn.Module, Any], Tuple[torch.Tensor, torch.Tensor]]
+SaveModelFn = Callable[[nn.Module, Path], None]
+
+TRAINER_STATE = 'trainer_state.json'  # written last: a checkpoint folder with it is complete
+_CHECKPOINT_NAME = re.compile(r'checkpoint_(\d+)')
 
 
 @dataclass
@@ -144,6 +159,8 @@ class EngineConfig:
     deterministic: bool = False
     resume: bool = False
     save_every: int = 1
+    keep_checkpoints: int = 2
+    save_best: bool = True
     log_with: Literal['auto', 'none', 'tensorboard', 'wandb', 'mlflow', 'comet_ml', 'aim', 'clearml', 'dvclive'] = 'auto'
     progress: bool = True
     num_threads: Optional[int] = None
@@ -172,6 +189,9 @@ class EngineConfig:
                 f'(it counts batches), got {self.max_steps_per_epoch}')
         if self.plateau_factor >= 1:
             raise ConfigError(f'plateau_factor must be in (0, 1), got {self.plateau_factor}')
+        if self.keep_checkpoints < 2:
+            raise ConfigError(f'keep_checkpoints must be >= 2 (Accelerate deletes the oldest checkpoint before it writes '
+                              f'the next, so with 1 an interrupted save leaves none), got {self.keep_checkpoints}')
 
 
 def create_optimizer(model: nn.Module, config: EngineConfig) -> torch.optim.Optimizer:
@@ -187,6 +207,22 @@ def create_optimizer(model: nn.Module, config: EngineConfig) -> torch.optim.Opti
 def _default_forward(model: nn.Module, batch: Any) -> Tuple[torch.Tensor, torch.Tensor]:
     inputs, targets = batch
     return model(inputs), targets
+
+
+def _checkpoint_folders(checkpoints_dir: Path) -> List[Tuple[int, Path]]:
+    """ ``(n, folder)`` of every ``checkpoint_<n>`` in ``checkpoints_dir``, oldest first. """
+    if not checkpoints_dir.is_dir():
+        return []
+    found = [(int(match.group(1)), folder) for folder in checkpoints_dir.iterdir()
+             if (match := _CHECKPOINT_NAME.fullmatch(folder.name)) and folder.is_dir()]
+    return sorted(found)
+
+
+def latest_checkpoint(output_dir: str) -> Optional[Path]:
+    """ The newest complete checkpoint folder of the run in ``output_dir`` (None when there is none). """
+    complete = [folder for _, folder in _checkpoint_folders(Path(output_dir) / 'checkpoints')
+                if (folder / TRAINER_STATE).is_file()]
+    return complete[-1] if complete else None
 
 
 def _resolve_trackers(log_with: str) -> Optional[List[str]]:
@@ -212,7 +248,12 @@ class Trainer:
         forward_fn: ``forward_fn(model, batch) -> (outputs, targets)``; default unpacks
             ``(inputs, targets)`` and calls ``model(inputs)``.
         optimizer: an optimizer over ``model``'s parameters; default :func:`create_optimizer`.
-        accelerator: an existing Accelerator; default one built from ``config``.
+        accelerator: an existing Accelerator; default one built from ``config``. Checkpoints go to
+            ``<its project_dir>/checkpoints`` (automatic naming and ``keep_checkpoints`` are set on it).
+        save_model_fn: ``save_model_fn(model, directory)`` writes the trained (unwrapped) model into
+            ``directory``: the final model into ``output_dir``, the best into ``output_dir/best``;
+            default: its weights as ``model.safetensors`` (``accelerator.save_model``). Runs on the
+            main process only.
     """
 
     def __init__(
@@ -227,12 +268,14 @@ class Trainer:
             forward_fn: ForwardFn = _default_forward,
             optimizer: Optional[torch.optim.Optimizer] = None,
             accelerator: Optional[Accelerator] = None,
+            save_model_fn: Optional[SaveModelFn] = None,
     ) -> None:
         self.config = config
         self.loss_fn = loss_fn
         self.metric = metric
         self.callbacks = list(callbacks)
         self.forward_fn = forward_fn
+        self.save_model_fn = save_model_fn or self._save_weights
         if config.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         if config.num_threads is not None:
@@ -243,8 +286,12 @@ class Trainer:
             gradient_accumulation_steps=config.grad_accum_steps,
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed),
             log_with=_resolve_trackers(config.log_with),
-            project_dir=config.output_dir,
+            project_config=ProjectConfiguration(project_dir=config.output_dir),
         )
+        project = self.accelerator.project_configuration  # checkpoints/checkpoint_<n>, the last N kept
+        project.automatic_checkpoint_naming, project.total_limit = True, config.keep_checkpoints
+        if project.project_dir is None:
+            project.set_directories(config.output_dir)
         optimizer = optimizer or create_optimizer(model, config)
         self.clamp_handle = register_sigma_clamp(optimizer, model)
         self.model, self.optimizer, self.train_loader, self.val_loader = self.accelerator.prepare(
@@ -270,8 +317,14 @@ class Trainer:
         return self.accelerator.unwrap_model(self.model)
 
     @property
-    def checkpoint_dir(self) -> Path:
-        return Path(self.config.output_dir) / 'checkpoint'
+    def checkpoints_dir(self) -> Path:
+        """ Where ``checkpoint_<n>`` folders go (Accelerate's automatic checkpoint naming). """
+        return Path(self.accelerator.project_dir) / 'checkpoints'
+
+    @property
+    def best_dir(self) -> Path:
+        """ The best model by ``monitor`` so far (``save_best``). """
+        return Path(self.config.output_dir) / 'best'
 
     def _optimizer_steps_per_epoch(self) -> int:
         batches = len(self.train_loader)
@@ -288,8 +341,12 @@ class Trainer:
         distributed; destroy it after the last run with ``PartialState().destroy_process_group()``.
         """
         config = self.config
+        if self.is_main_process:
+            save_config(config, config.output_dir)
         if config.resume:
             self.load_checkpoint()
+        else:
+            self._discard_earlier_run()
         if self.accelerator.trackers == [] and self.accelerator.log_with:
             self.accelerator.init_trackers('timm_aconv', config=_tracker_config(config))
         for callback in self.callbacks:
@@ -303,6 +360,8 @@ class Trainer:
             if isinstance(self.scheduler, ReduceLROnPlateau):
                 self.scheduler.step(record[self._monitor_key(record)])
             self._record(record)
+            if config.save_best and self._improved():
+                self._save_best(record)
             self.epoch += 1
             for callback in self.callbacks:
                 callback.on_epoch_end(self, record)
@@ -311,7 +370,7 @@ class Trainer:
                 self.save_checkpoint()
         self.accelerator.wait_for_everyone()
         if self.is_main_process:
-            self.accelerator.save_model(self.model, config.output_dir)
+            self.save_model_fn(self.unwrapped_model, Path(config.output_dir))
         for callback in self.callbacks:
             callback.on_fit_end(self)
         if end_training:
@@ -388,30 +447,71 @@ class Trainer:
             write_history(self.history, self.config.output_dir)
         self.accelerator.log({key: value for key, value in record.items() if key != 'epoch'}, step=record['epoch'])
 
+    # ---- the final and the best model
+    def _save_weights(self, model: nn.Module, directory: Path) -> None:
+        self.accelerator.save_model(model, str(directory))  # model.safetensors
+
+    def _improved(self) -> bool:
+        """ Whether the last recorded epoch beats every earlier one on ``monitor`` (the first of equals wins). """
+        values = [row[self.config.monitor] for row in self.history]
+        if len(values) == 1:
+            return True
+        earlier = values[:-1]
+        return values[-1] > max(earlier) if self.config.monitor_mode == 'max' else values[-1] < min(earlier)
+
+    def _save_best(self, record: Dict[str, float]) -> None:
+        """ The model into ``best_dir``, replaced whole: written beside it, then swapped in. """
+        if self.is_main_process:
+            staging = self.best_dir.with_name('best.partial')
+            shutil.rmtree(staging, ignore_errors=True)
+            self.save_model_fn(self.unwrapped_model, staging)
+            monitor = self.config.monitor
+            (staging / 'best.json').write_text(json.dumps(dict(epoch=record['epoch'], monitor=monitor, value=record[monitor])))
+            previous = self.best_dir.with_name('best.previous')
+            shutil.rmtree(previous, ignore_errors=True)
+            if self.best_dir.exists():
+                self.best_dir.rename(previous)
+            staging.rename(self.best_dir)
+            shutil.rmtree(previous, ignore_errors=True)
+
     # ---- checkpoints
     def save_checkpoint(self) -> None:
-        """ Model, optimizer, RNG and sampler states (Accelerate), scheduler and progress. """
-        directory = self.checkpoint_dir
-        self.accelerator.save_state(str(directory))
+        """ Model, optimizer, RNG and sampler states (Accelerate), scheduler, and last the progress. """
+        directory = self.checkpoints_dir / f'checkpoint_{self.accelerator.project_configuration.iteration}'
+        self.accelerator.save_state()  # into `directory`; deletes the oldest beyond keep_checkpoints first
+        self.accelerator.wait_for_everyone()  # every process wrote its part before the folder is marked complete
         if self.is_main_process:
             if self.scheduler is not None:
                 torch.save(self.scheduler.state_dict(), directory / 'scheduler.pt')
             state = dict(epoch=self.epoch, global_step=self.global_step, history=self.history)
-            (directory / 'trainer_state.json').write_text(json.dumps(state))
+            (directory / TRAINER_STATE).write_text(json.dumps(state))
         self.accelerator.wait_for_everyone()
 
     def load_checkpoint(self) -> None:
-        """ Continues from ``output_dir/checkpoint``; a clear error when there is none. """
-        directory = self.checkpoint_dir
-        if not (directory / 'trainer_state.json').is_file():
+        """ Continues from the newest complete checkpoint; a clear error when there is none. """
+        checkpoint = latest_checkpoint(str(self.accelerator.project_dir))
+        if checkpoint is None:
             raise FileNotFoundError(
-                f'resume=True but there is no checkpoint in {str(directory)!r}: train without --resume first '
-                f'(checkpoints are written every save_every={self.config.save_every} epochs)')
-        self.accelerator.load_state(str(directory))
-        state = json.loads((directory / 'trainer_state.json').read_text())
+                f'resume=True but there is no complete checkpoint in {str(self.checkpoints_dir)!r}: train without '
+                f'--resume first (checkpoints are written every save_every={self.config.save_every} epochs)')
+        if self.is_main_process:  # saves that did not finish (a crash mid-save): never resumed from, in the way of new ones
+            for _, folder in _checkpoint_folders(self.checkpoints_dir):
+                if not (folder / TRAINER_STATE).is_file():
+                    shutil.rmtree(folder)
+        self.accelerator.wait_for_everyone()
+        self.accelerator.load_state(str(checkpoint))
+        self.accelerator.project_configuration.iteration = int(_CHECKPOINT_NAME.fullmatch(checkpoint.name).group(1)) + 1
+        state = json.loads((checkpoint / TRAINER_STATE).read_text())
         self.epoch, self.global_step, self.history = state['epoch'], state['global_step'], state['history']
         if self.scheduler is not None:
-            self.scheduler.load_state_dict(torch.load(directory / 'scheduler.pt', weights_only=True))
+            self.scheduler.load_state_dict(torch.load(checkpoint / 'scheduler.pt', weights_only=True))
+
+    def _discard_earlier_run(self) -> None:
+        """ A run that starts over deletes the checkpoints and best model of an earlier run in its folders. """
+        if self.is_main_process:
+            for directory in (self.checkpoints_dir, self.best_dir):
+                shutil.rmtree(directory, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
 
 
 def _tracker_config(config: EngineConfig) -> Dict[str, Any]:

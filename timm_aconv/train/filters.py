@@ -27,7 +27,7 @@ from scipy import ndimage
 
 from ..layers.adaptive_conv import AdaptiveConv2d, resolve_kernel_size
 from ..layers.sigma import param_groups, register_sigma_clamp
-from .config import ConfigError, config_to_dict
+from .config import ConfigError, config_to_dict, save_config
 from .kernel_plots import layer_kernel_rows, new_figure, plot_kernel_row, plot_sigma_trajectories
 
 __all__ = [
@@ -270,8 +270,9 @@ def plot_learned_filters(result: LearnFiltersResult, max_iterations_shown: Optio
 
 
 def save_learn_filters(result: LearnFiltersResult, config: LearnFiltersConfig) -> Dict[str, Dict[str, object]]:
-    """ Writes ``results.json`` (MSE of each fit, final sigmas, the config) and, with
-    ``config.plots``, the figure ``learn_filters.png`` to ``config.output_dir``; returns the results. """
+    """ Writes ``results.json`` (MSE of each fit, final sigmas, the config), ``config.yaml`` (rerun with
+    ``--config``) and, with ``config.plots``, the figure ``learn_filters.png`` to ``config.output_dir``;
+    returns the results. """
     directory = Path(config.output_dir)
     directory.mkdir(parents=True, exist_ok=True)
     summary = {}
@@ -280,9 +281,7 @@ def save_learn_filters(result: LearnFiltersResult, config: LearnFiltersConfig) -
         if fit.sigma_history is not None:
             summary[kind]['final_sigma'] = dict(zip(FILTER_NAMES, fit.sigma_history[-1].tolist()))
     (directory / 'results.json').write_text(json.dumps(dict(config=config_to_dict(config), fits=summary), indent=1))
+    save_config(config, config.output_dir)
     if config.plots:
-        import matplotlib.pyplot as plt
-        figure = plot_learned_filters(result)
-        figure.savefig(directory / 'learn_filters.png', dpi=100)
-        plt.close(figure)
+        plot_learned_filters(result).savefig(directory / 'learn_filters.png', dpi=100)
     return summary

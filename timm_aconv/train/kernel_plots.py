@@ -6,8 +6,9 @@ by side (Figure 2, Figure 4f-i, Figure 5f) and the apertures over training (Figu
     >>> figure = plot_layer_kernels(model.conv1, max_filters=8)   # rows W, U, W ∘ U
     >>> figure.savefig('kernels.png')
 
-matplotlib is imported lazily with the non-interactive Agg backend, so these helpers work on
-headless training machines.
+The figures are :class:`matplotlib.figure.Figure` objects made without pyplot: they work on
+headless training machines and leave the global backend (a notebook's inline plots) and pyplot's
+figure list alone. Show one in a notebook by making it the cell's last expression, or save it.
 """
 from typing import Optional, Sequence
 
@@ -20,12 +21,10 @@ __all__ = ['new_figure', 'layer_kernel_rows', 'plot_kernel_row', 'plot_layer_ker
 
 
 def new_figure(rows: int, columns: int, cell_size: float = 1.4, squeeze: bool = False):
-    """ A matplotlib (figure, axes) grid on the Agg backend; axes is always 2-d. """
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    figure, axes = plt.subplots(
-        rows, columns, figsize=(cell_size * columns + 0.6, cell_size * rows + 0.4), squeeze=squeeze)
+    """ A matplotlib (figure, axes) grid, made without pyplot; axes is 2-d unless ``squeeze``. """
+    from matplotlib.figure import Figure
+    figure = Figure(figsize=(cell_size * columns + 0.6, cell_size * rows + 0.4))
+    axes = figure.subplots(rows, columns, squeeze=squeeze)
     return figure, axes
 
 

@@ -1,4 +1,4 @@
-""" Matplotlib figures of training runs (headless ``Agg`` backend)
+""" Matplotlib figures of training runs, drawn without pyplot (the global backend stays as it is)
 
 - :func:`plot_learning_curves`: loss and validation accuracy per epoch of one run.
 - :func:`plot_sigma_histograms`: per adaptive layer, the distribution of sigma over epochs.
@@ -9,16 +9,13 @@
 from pathlib import Path
 from typing import Dict, List, Sequence
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from .segmentation_data import IMAGE_MEAN, IMAGE_STD  # noqa: E402
-from .statistics import STD_DDOF, describe_curves  # noqa: E402
+from .segmentation_data import IMAGE_MEAN, IMAGE_STD
+from .statistics import STD_DDOF, describe_curves
 
 __all__ = ['plot_learning_curves', 'plot_sigma_histograms', 'plot_mean_curves', 'plot_segmentation_examples']
 
@@ -27,7 +24,8 @@ def plot_learning_curves(history: Sequence[Dict[str, float]], output_dir: str,
                          filename: str = 'learning_curves.png') -> Path:
     """ Train/validation loss and validation accuracy against epochs. """
     epochs = [record['epoch'] for record in history]
-    figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(9, 3.5))
+    figure = Figure(figsize=(9, 3.5))
+    loss_axes, accuracy_axes = figure.subplots(1, 2)
     loss_axes.plot(epochs, [record['train_loss'] for record in history], label='train')
     loss_axes.plot(epochs, [record['val_loss'] for record in history], label='validation')
     loss_axes.set(xlabel='epoch', ylabel='cross-entropy', title='loss')
@@ -39,7 +37,6 @@ def plot_learning_curves(history: Sequence[Dict[str, float]], output_dir: str,
     figure.tight_layout()
     path = Path(output_dir) / filename
     figure.savefig(path, dpi=100)
-    plt.close(figure)
     return path
 
 
@@ -53,7 +50,8 @@ def plot_sigma_histograms(sigma_epochs: Dict[str, List[List[float]]], output_dir
     layers = list(sigma_epochs)
     columns = min(3, len(layers))
     rows = -(-len(layers) // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3 * rows), squeeze=False)
+    figure = Figure(figsize=(4 * columns, 3 * rows))
+    axes = figure.subplots(rows, columns, squeeze=False)
     for axis, layer in zip(axes.flat, layers):
         values = np.asarray(sigma_epochs[layer])  # (epochs + 1, filters)
         edges = np.linspace(values.min(), values.max() + 1e-6, bins + 1)
@@ -67,14 +65,14 @@ def plot_sigma_histograms(sigma_epochs: Dict[str, List[List[float]]], output_dir
     figure.tight_layout()
     path = Path(output_dir) / filename
     figure.savefig(path, dpi=100)
-    plt.close(figure)
     return path
 
 
 def plot_mean_curves(curves: Dict[str, np.ndarray], path: str, title: str = 'validation accuracy') -> Path:
     """ ``curves[label]`` is (repeats, epochs) validation accuracy; draws the mean and a ±1 std band
     per label, std with ddof=1 as in the tables (:func:`~timm_aconv.train.statistics.describe_curves`). """
-    figure, axis = plt.subplots(figsize=(7, 4))
+    figure = Figure(figsize=(7, 4))
+    axis = figure.subplots()
     for label, accuracy in curves.items():
         mean, std = describe_curves(accuracy)
         epochs = np.arange(1, len(mean) + 1)
@@ -86,7 +84,6 @@ def plot_mean_curves(curves: Dict[str, np.ndarray], path: str, title: str = 'val
     axis.legend(fontsize='small')
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)
     return Path(path)
 
 

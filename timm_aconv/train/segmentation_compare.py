@@ -78,7 +78,6 @@ def _markdown(rows: List[Dict[str, Any]], title: str) -> str:
 
 
 def _write_figures(config: SegmentationConfig, histories, models, val_set) -> None:
-    import matplotlib.pyplot as plt
     from .kernel_plots import plot_layer_kernels
     from .plots import plot_mean_curves, plot_segmentation_examples
     directory = Path(config.output_dir)
@@ -89,7 +88,6 @@ def _write_figures(config: SegmentationConfig, histories, models, val_set) -> No
         layer = next(adaptive_layers(model), None) or first_conv(model)[1]
         figure = plot_layer_kernels(layer, max_filters=8)
         figure.savefig(directory / f'{variant}_first_conv_kernels.png', dpi=100)
-        plt.close(figure)
     if config.examples:
         count = min(config.examples, len(val_set))
         images, masks = (torch.stack(items) for items in zip(*(val_set[index] for index in range(count))))
@@ -100,7 +98,6 @@ def _write_figures(config: SegmentationConfig, histories, models, val_set) -> No
                 predictions[variant.upper()] = model(images.to(next(model.parameters()).device)).argmax(1).cpu()
         figure = plot_segmentation_examples(images, masks, predictions)
         figure.savefig(directory / 'examples.png', dpi=100)
-        plt.close(figure)
 
 
 def train_segmentation(config: SegmentationConfig, callbacks: Sequence[Callback] = ()) -> SegmentationResult:
