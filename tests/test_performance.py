@@ -21,8 +21,10 @@ def _layer(dtype=torch.float32, **kwargs) -> AdaptiveConv2d:
 
 
 def _reference(layer: AdaptiveConv2d, x: torch.Tensor) -> torch.Tensor:
-    """ The layer's output from its definition, with nothing cached. """
-    kernel = layer.weight.detach() * gaussian_envelope(layer.sigma.detach(), layer.grid_size)[:, None]
+    """ The layer's output from its product kernel computed now (nothing cached). """
+    kernel = layer.product_kernel().detach()
+    definition = layer.weight.detach() * gaussian_envelope(layer.sigma.detach(), layer.grid_size)[:, None]
+    torch.testing.assert_close(kernel, definition)  # the lean envelope is the paper's to float rounding
     return F.conv2d(x, kernel, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups)
 
 

@@ -26,7 +26,8 @@ import torch
 import torch.nn as nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from .envelope import gaussian_envelope
+from .envelope import envelope_and_log_derivative, gaussian_envelope, grid_sq_distance
+from .product_kernel import adaptive_product_kernel
 
 __all__ = ['AdaptiveConv2d', 'SigmaInit', 'resolve_kernel_size', 'resolve_sigma_init', 'resolve_sigma_bounds']
 
@@ -98,8 +99,10 @@ class AdaptiveConv2d(nn.Conv2d):
         sigma_bounds: (low, high) range that :meth:`clamp_sigma_` keeps sigma in;
             None (default) is the paper's (1/n, n).
 
-    The forward pass convolves with :meth:`product_kernel` (``weight * envelope``). When the kernel
-    needs no gradient (``torch.no_grad()``/``inference_mode``, e.g. evaluation, or frozen
+    The forward pass convolves with :meth:`product_kernel` (``weight * envelope``), whose
+    gradients in ``weight`` and ``sigma`` are computed in closed form
+    (:func:`~timm_aconv.layers.product_kernel.adaptive_product_kernel`); the grid's squared
+    distances are the non-persistent buffer ``sq_distance``. When the kernel needs no gradient (``torch.no_grad()``/``inference_mode``, e.g. evaluation, or frozen
     ``weight`` and ``sigma``), the product kernel is cached until ``weight`` or ``sigma`` change
     (optimizer steps, in-place edits, ``load_state_dict``, ``.to()``, ``param.data = ...``).
     """
@@ -128,7 +131,10 @@ class AdaptiveConv2d(nn.Conv2d):
             in_channels, out_channels, size, stride=stride, padding=padding, dilation=dilation,
             groups=groups, bias=bias, padding_mode=padding_mode, device=device, dtype=dtype)
         self.sigma = nn.Parameter(torch.empty(out_channels, device=device, dtype=dtype))
+        self.register_buffer('sq_distance', torch.empty(size, size, device=device, dtype=self.weight.dtype),
+                             persistent=False)
         self._kernel_cache = None
+        self.init_non_persistent_buffers()
         self.reset_sigma()
 
     @property
@@ -140,6 +146,11 @@ class AdaptiveConv2d(nn.Conv2d):
         super().reset_parameters()
         if getattr(self, 'sigma', None) is not None:
             self.reset_sigma()
+
+    def init_non_persistent_buffers(self) -> None:
+        """ Fill ``sq_distance`` (also after ``to_empty()``; timm's ``reinit_non_persistent_buffers``). """
+        with torch.no_grad():
+            self.sq_distance.copy_(grid_sq_distance(self.grid_size, self.sq_distance.device, self.sq_distance.dtype))
 
     def reset_sigma(self) -> None:
         """ Spread sigma linearly over the filters across ``sigma_init``. """
@@ -159,8 +170,22 @@ class AdaptiveConv2d(nn.Conv2d):
 
     def product_kernel(self) -> torch.Tensor:
         """ The effective kernel ``W ∘ U`` the layer convolves with, shape of ``weight``. """
-        envelope = gaussian_envelope(self.sigma.to(self.weight.dtype), self.kernel_size[0])
-        return self.weight * envelope.unsqueeze(1)
+        if torch.jit.is_scripting():
+            envelope = gaussian_envelope(self.sigma.to(self.weight.dtype), self.kernel_size[0])
+            return self.weight * envelope.unsqueeze(1)
+        return self._lean_product_kernel()
+
+    @torch.jit.unused
+    def _lean_product_kernel(self) -> torch.Tensor:
+        """ :meth:`product_kernel` in few operations: the envelope without autograd, one autograd node. """
+        weight, sigma = self.weight, self.sigma
+        grad_enabled = torch.is_grad_enabled()
+        sigma_grad = grad_enabled and sigma.requires_grad
+        envelope, log_derivative = envelope_and_log_derivative(
+            sigma.to(weight.dtype), self.sq_distance.to(weight.dtype), with_log_derivative=sigma_grad)
+        if sigma_grad:
+            return adaptive_product_kernel(weight, sigma, envelope, log_derivative)
+        return weight * envelope.unsqueeze(1)  # autograd's backward for W alone is one multiplication too
 
     @torch.jit.unused
     def _cached_product_kernel(self) -> torch.Tensor:
@@ -192,7 +217,9 @@ class AdaptiveConv2d(nn.Conv2d):
 
     def _apply(self, fn, recurse=True):
         self._invalidate_cache()
-        return super()._apply(fn, recurse)
+        module = super()._apply(fn, recurse)
+        self.init_non_persistent_buffers()  # to_empty() leaves it uninitialized
+        return module
 
     def _load_from_state_dict(self, *args, **kwargs):
         self._invalidate_cache()

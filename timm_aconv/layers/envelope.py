@@ -12,12 +12,17 @@ with grid coordinates ``g_kl = (k / (n - 1), l / (n - 1))`` normalized to the un
 (both edges included), the fixed centre ``mu = (0.5, 0.5)`` and ``s_q`` chosen so that
 ``sum_kl U_q[k, l]² == n²``: the mean squared coefficient is one, which keeps the mean
 variance of ``W ∘ U`` equal to that of ``W`` whatever sigma is (Theorem 3.1).
+
+:func:`gaussian_envelope` is that formula with autograd; :func:`envelope_and_log_derivative`
+is the same envelope in few operations (``U² / n²`` is a softmax over the grid of
+``-d² / (sigma² + eps / 2)``) together with its closed-form derivative in sigma, for the
+layer's training path (:mod:`timm_aconv.layers.product_kernel`).
 """
-from typing import List
+from typing import List, Optional, Tuple
 
 import torch
 
-__all__ = ['grid_sq_distance', 'gaussian_envelope', 'centre_energy_fraction', 'effective_kernel_size']
+__all__ = ['grid_sq_distance', 'gaussian_envelope', 'envelope_and_log_derivative', 'centre_energy_fraction', 'effective_kernel_size']
 
 # the authors' guard against a division by zero for sigma -> 0
 SIGMA_EPS = 1e-8
@@ -46,6 +51,42 @@ def gaussian_envelope(sigma: torch.Tensor, kernel_size: int, eps: float = SIGMA_
     # s_q of eq. 21: scale each envelope so that its squared coefficients sum to n²
     scale = kernel_size / raw.square().sum(dim=(1, 2), keepdim=True).sqrt()
     return raw * scale
+
+
+def envelope_and_log_derivative(
+        sigma: torch.Tensor,
+        sq_distance: torch.Tensor,
+        with_log_derivative: bool = True,
+        eps: float = SIGMA_EPS,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """ The envelopes U of :func:`gaussian_envelope` and ``d log U / d sigma``, without autograd.
+
+    With ``t = sigma² + eps / 2`` and ``z = -d² / t`` the normalized envelope is
+    ``U = n * sqrt(softmax(z))`` (``U² / n²`` are the softmax weights). Its logarithmic derivative
+    (eq. 12 through the normalization of eq. 21) is ``d log U / d sigma = (sigma / t) * (mean_U(z) - z)``
+    with ``mean_U(z) = sum_kl softmax(z) * z``, so that ``dU / dsigma = U * log_derivative``.
+
+    Args:
+        sigma: apertures, shape (filters,); read without autograd.
+        sq_distance: the grid's squared distances, shape (n, n) (:func:`grid_sq_distance`).
+        with_log_derivative: also compute the derivative (else None is returned for it).
+        eps: added to 2 sigma² against a division by zero (the authors' 1e-8).
+
+    Returns:
+        ``(envelope, log_derivative)``, each of shape (filters, n, n).
+    """
+    sigma = sigma.detach()
+    size = sq_distance.shape[-1]
+    neg_half_two_var = torch.rsub(sigma.square(), -eps / 2)  # -t = -(2 sigma² + eps) / 2
+    exponent = torch.div(sq_distance, neg_half_two_var[:, None, None]).flatten(1)  # z
+    weights = torch.softmax(exponent, dim=1)  # U² / n²
+    envelope = weights.sqrt().mul_(size).view(-1, size, size)
+    if not with_log_derivative:
+        return envelope, None
+    mean_exponent = (weights * exponent).sum(dim=1, keepdim=True)
+    # (sigma / t) * (mean - z) == (sigma / -t) * (z - mean)
+    log_derivative = (exponent - mean_exponent).mul_((sigma / neg_half_two_var)[:, None])
+    return envelope, log_derivative.view(-1, size, size)
 
 
 def centre_energy_fraction(kernel: torch.Tensor) -> List[float]:
