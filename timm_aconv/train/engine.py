@@ -7,6 +7,9 @@ and runs
 
 - mixed precision (``mixed_precision='bf16'|'fp16'``) and gradient accumulation
   (``grad_accum_steps``), through Accelerate;
+- ``torch.compile`` of the model (``compile``: ``'auto'`` compiles when training on a CUDA
+  device, where the launches of small operations cost most, ``True``, ``False``), in place
+  (``model.compile()``: parameter names and checkpoints stay those of the eager model);
 - gradient clipping by value (the paper's Keras ``clipvalue=1.0``, applies to sigma too)
   and optionally by norm, on real optimizer steps only;
 - the sigma clamp into [1/n, n] after every real optimizer step
@@ -95,12 +98,12 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.utils import set_seed
+from accelerate.utils import DynamoBackend, set_seed
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from tqdm.auto import tqdm
 
@@ -147,6 +150,7 @@ class EngineConfig:
     log_with: Literal['auto', 'none', 'tensorboard', 'wandb', 'mlflow', 'comet_ml', 'aim', 'clearml', 'dvclive'] = 'auto'
     progress: bool = True
     num_threads: Optional[int] = None
+    compile: Union[Literal['auto'], bool] = 'auto'  # torch.compile the model; 'auto': on a CUDA device
 
     def __post_init__(self) -> None:
         positive_ints = ('epochs', 'grad_accum_steps')
@@ -172,6 +176,8 @@ class EngineConfig:
                 f'(it counts batches), got {self.max_steps_per_epoch}')
         if self.plateau_factor >= 1:
             raise ConfigError(f'plateau_factor must be in (0, 1), got {self.plateau_factor}')
+        if not (isinstance(self.compile, bool) or self.compile == 'auto'):
+            raise ConfigError(f"compile must be 'auto', true or false, got {self.compile!r}")
 
 
 def create_optimizer(model: nn.Module, config: EngineConfig) -> torch.optim.Optimizer:
@@ -247,6 +253,8 @@ class Trainer:
         )
         optimizer = optimizer or create_optimizer(model, config)
         self.clamp_handle = register_sigma_clamp(optimizer, model)
+        if self._should_compile():
+            model.compile()  # in place: same parameters, state-dict keys and checkpoints as eager
         self.model, self.optimizer, self.train_loader, self.val_loader = self.accelerator.prepare(
             model, optimizer, train_loader, val_loader)
         self.steps_per_epoch = self._optimizer_steps_per_epoch()
@@ -272,6 +280,13 @@ class Trainer:
     @property
     def checkpoint_dir(self) -> Path:
         return Path(self.config.output_dir) / 'checkpoint'
+
+    def _should_compile(self) -> bool:
+        if self.accelerator.state.dynamo_plugin.backend != DynamoBackend.NO:
+            return False  # Accelerate compiles in prepare() (accelerate launch --dynamo_backend ...)
+        if self.config.compile == 'auto':
+            return self.accelerator.device.type == 'cuda'
+        return self.config.compile
 
     def _optimizer_steps_per_epoch(self) -> int:
         batches = len(self.train_loader)
