@@ -38,14 +38,18 @@ class CudaEventClock:
     """
 
     def __init__(self) -> None:
-        self.origin = torch.cuda.Event(enable_timing=True)
-        self.origin.record()
+        self.previous = torch.cuda.Event(enable_timing=True)
+        self.previous.record()
+        self.seconds = 0.0
 
     def __call__(self) -> float:
         event = torch.cuda.Event(enable_timing=True)
         event.record()
         event.synchronize()
-        return self.origin.elapsed_time(event) / 1e3
+        # summed from short intervals: elapsed_time is a float32 number of milliseconds
+        self.seconds += self.previous.elapsed_time(event) / 1e3
+        self.previous = event
+        return self.seconds
 
 
 @dataclass

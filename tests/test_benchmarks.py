@@ -41,6 +41,30 @@ def test_compare_reports_the_interleaved_ratio(monkeypatch):
         timing.compare(clock.work(1), clock.work(1), clock='sundial')
 
 
+def test_cuda_event_clock_sums_the_intervals_between_its_events(monkeypatch):
+    class FakeEvent:  # a CUDA event whose time is the fake clock's
+        clock = FakeClock()
+
+        def __init__(self, enable_timing=False):
+            assert enable_timing
+
+        def record(self):
+            self.time = FakeEvent.clock.now
+
+        def synchronize(self):
+            pass
+
+        def elapsed_time(self, end):
+            return (end.time - self.time) * 1e3
+
+    monkeypatch.setattr(torch.cuda, 'Event', FakeEvent)
+    clock = timing.CudaEventClock()
+    result = timing.compare(FakeEvent.clock.work(0.004), FakeEvent.clock.work(0.002), rounds=3, memory=False,
+                            clock=clock)
+    assert result.ratio == pytest.approx(2.0) and result.ordinary_ms == pytest.approx(2.0)
+    assert clock() == pytest.approx(FakeEvent.clock.now)
+
+
 def test_cli_writes_a_table_and_json(tmp_path, capsys):
     path = tmp_path / 'results.json'
     results = overhead.main(['--suite', 'layer', '--rounds', '1', '--threads', '1', '--json', str(path)])
