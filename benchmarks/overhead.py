@@ -15,11 +15,12 @@ Suites:
     scaling  the train-step ratio at image sizes 32/64/128 (batch 8) and batch sizes 8/32/128 (32x32).
     ops      compute operations (kernel launches on a GPU) per training step, counted with
              torch.profiler: aconv_resnet20 vs conv_resnet20, k=7, batch 8, foreach SGD; the extra
-             operations per adaptive layer and which they are (deterministic, unlike times).
+             operations per adaptive layer and which they are (deterministic, unlike times), with
+             each layer computing its envelope and with register_batched_envelopes.
     gpu      train steps timed on --device (CUDA events on a GPU): aconv_resnet20 vs conv_resnet20
              (k=7, batch 128, 32x32) and aconv_resnet50 vs timm's resnet50 (batch 32, 224x224), each
-             eager, as one CUDA graph (the whole step captured; GPU only) and torch.compile'd,
-             plus the operations and CUDA kernels per step. Every case runs on its own: one that
+             eager (also with batched envelopes), as one CUDA graph (the whole step captured; GPU
+             only) and torch.compile'd, plus the operations and CUDA kernels per step. Every case runs on its own: one that
              fails or runs out of the time budget is reported and the others still run.
 
 Usage (from the repository root)::
@@ -244,6 +245,7 @@ def scaling_cases(measure: Measure) -> List[Dict]:
 
 # ------------------------------------------------------------------------------------- ops
 OPS_PER_LAYER_TARGET = 16  # extra compute operations per adaptive layer per training step (issue 10)
+OPS_PER_LAYER_BATCHED = 6  # the same with register_batched_envelopes (the issue's stretch target)
 OPS_KERNEL_SIZE, OPS_BATCH, OPS_IMAGE_SIZE = 7, 8, 32
 # aten operations that launch no kernel: allocation and metadata (views are recognized by their schema)
 NON_COMPUTE_OPS = frozenset({
@@ -305,10 +307,15 @@ def profile_step(step: Callable[[], None], warmup: int = 2, cuda: bool = False) 
     return count_compute_ops(prof.events()), kernels
 
 
-def op_overhead(adaptive: nn.Module, ordinary: nn.Module, batch: int, size: int, device: str = 'cpu') -> Dict:
+def op_overhead(adaptive: nn.Module, ordinary: nn.Module, batch: int, size: int, device: str = 'cpu',
+                batched: bool = False) -> Dict:
     """ Compute operations (and CUDA kernels on a GPU) of one foreach-SGD training step of each model,
-    the extra operations per adaptive layer, and the per-layer difference by operation name. """
+    the extra operations per adaptive layer, and the per-layer difference by operation name.
+    ``batched``: the adaptive model computes its envelopes in one call per grid size
+    (:func:`timm_aconv.register_batched_envelopes`). """
     cuda = torch.device(device).type == 'cuda'
+    if batched:
+        timm_aconv.register_batched_envelopes(adaptive)
     (adaptive_ops, adaptive_kernels), (ordinary_ops, ordinary_kernels) = (
         profile_step(train_step_fn(model, batch, size, device=device, foreach=True), cuda=cuda)
         for model in (adaptive, ordinary))
@@ -331,10 +338,13 @@ def _op_row(case: str, counts: Dict) -> Dict:
 
 
 def ops_cases() -> List[Dict]:
-    adaptive, ordinary = resnet20_pair(OPS_KERNEL_SIZE)
-    counts = op_overhead(adaptive, ordinary, OPS_BATCH, OPS_IMAGE_SIZE)
-    return [_op_row(f'aconv_resnet20 vs conv_resnet20 k={OPS_KERNEL_SIZE} b{OPS_BATCH} {OPS_IMAGE_SIZE}x{OPS_IMAGE_SIZE}',
-                    counts)]
+    rows = []
+    for batched in (False, True):
+        adaptive, ordinary = resnet20_pair(OPS_KERNEL_SIZE)
+        counts = op_overhead(adaptive, ordinary, OPS_BATCH, OPS_IMAGE_SIZE, batched=batched)
+        rows.append(_op_row(f'aconv_resnet20 vs conv_resnet20 k={OPS_KERNEL_SIZE} b{OPS_BATCH} '
+                            f'{OPS_IMAGE_SIZE}x{OPS_IMAGE_SIZE}{BATCHED_SUFFIX if batched else ""}', counts))
+    return rows
 
 
 # ------------------------------------------------------------------------------------- gpu
@@ -352,7 +362,8 @@ GPU_PAIRS = [
     GpuPair('resnet20', ('aconv_resnet20', dict(kernel_size=7)), ('conv_resnet20', dict(kernel_size=7)), 128, 32),
     GpuPair('resnet50', ('aconv_resnet50', {}), ('resnet50', {}), 32, 224),
 ]
-GPU_MODES = ('eager', 'cuda graph', 'compiled')
+GPU_MODES = ('eager', 'eager batched envelopes', 'cuda graph', 'compiled')
+BATCHED_SUFFIX = ', batched envelopes'
 MIN_CASE_S = 20  # a case starts only with this much of the time budget left
 
 
@@ -393,7 +404,9 @@ def _gpu_case(pair: GpuPair, mode: str, device: str, measure: Measure, compile_b
     cuda = torch.device(device).type == 'cuda'
     adaptive, ordinary = _build(pair.adaptive, device), _build(pair.ordinary, device)
     note = ''
-    if mode == 'eager':
+    if mode in ('eager', 'eager batched envelopes'):
+        if mode == 'eager batched envelopes':
+            timm_aconv.register_batched_envelopes(adaptive)
         steps = [train_step_fn(model, pair.batch, pair.size, device=device) for model in (adaptive, ordinary)]
     elif mode == 'cuda graph':
         if not cuda:
@@ -439,7 +452,7 @@ def gpu_cases(
     deadline = time.monotonic() + time_budget_s
     cuda = torch.device(device).type == 'cuda'
     use_alarm = hasattr(signal, 'SIGALRM')
-    tasks = [(pair, 'ops') for pair in GPU_PAIRS]
+    tasks = [(pair, ops) for pair in GPU_PAIRS for ops in ('ops', 'ops batched envelopes')]
     tasks += [(pair, mode) for mode in GPU_MODES if mode != 'compiled' for pair in GPU_PAIRS]
     tasks += [(pair, 'compiled') for pair in GPU_PAIRS]
     for pair, mode in tasks:
@@ -456,10 +469,12 @@ def gpu_cases(
         if use_alarm:
             signal.alarm(max(1, int(left)))
         try:
-            if mode == 'ops':
+            if mode.startswith('ops'):
+                batched = mode != 'ops'
                 op_rows.append(_op_row(
-                    case.replace(' ops', ''),
-                    op_overhead(_build(pair.adaptive, device), _build(pair.ordinary, device), pair.batch, pair.size, device)))
+                    case.replace(f' {mode}', BATCHED_SUFFIX if batched else ''),
+                    op_overhead(_build(pair.adaptive, device), _build(pair.ordinary, device), pair.batch, pair.size,
+                                device, batched=batched)))
             else:
                 comparison, note = _gpu_case(pair, mode, device, measure, compile_backend)
                 rows.append(_row('gpu', case, comparison, note))
@@ -500,10 +515,11 @@ OP_HEADER = ('case', 'ops adaptive', 'ops ordinary', 'adaptive layers', 'extra o
 def _format_op_row(row: Dict) -> str:
     kernels = '–' if row['adaptive_cuda_kernels'] is None else f"{row['adaptive_cuda_kernels']}/{row['ordinary_cuda_kernels']}"
     layers = row['layers'] or 1
-    # an operation every layer adds is listed per layer; the others (per model) by their count
+    # counts split into what every layer adds and the rest (operations once per model)
     each = [f'{name.replace("aten::", "")} {count // layers}' for name, count in row['difference'].items()
-            if count % layers == 0]
-    shared = [f'{name.replace("aten::", "")} {count}' for name, count in row['difference'].items() if count % layers]
+            if count // layers]
+    shared = [f'{name.replace("aten::", "")} {count % layers}' for name, count in row['difference'].items()
+              if count % layers]
     per_layer = ', '.join(each) + (f'; per model: {", ".join(shared)}' if shared else '')
     return (f"| {row['case']} | {row['adaptive_ops']} | {row['ordinary_ops']} | {row['layers']} | "
             f"**{row['extra_ops_per_layer']:g}** | {kernels} | {per_layer} |")

@@ -85,14 +85,16 @@ def test_count_compute_ops_counts_kernels_not_views_or_allocations():
     assert overhead.count_compute_ops(prof.events()) == {'aten::mul': 1, 'aten::_foreach_add_': 1, 'aten::sum': 1}
 
 
-def test_adaptive_layers_add_at_most_the_target_operations_per_training_step():
+@pytest.mark.parametrize('batched,target', [(False, overhead.OPS_PER_LAYER_TARGET), (True, overhead.OPS_PER_LAYER_BATCHED)],
+                         ids=['per-layer', 'batched-envelopes'])
+def test_adaptive_layers_add_at_most_the_target_operations_per_training_step(batched, target):
     """ The launch guard: extra compute ops of aconv_resnet20 over conv_resnet20, per adaptive layer,
     in one foreach-SGD training step (forward, backward, optimizer, sigma clamp). The count does not
     depend on batch or image size, so a small step stands for the benchmark's batch 8 at 32x32. """
     adaptive, ordinary = overhead.resnet20_pair(kernel_size=3)
-    counts = overhead.op_overhead(adaptive, ordinary, batch=2, size=8)
+    counts = overhead.op_overhead(adaptive, ordinary, batch=2, size=8, batched=batched)
     assert counts['layers'] == 19
-    assert counts['extra_ops_per_layer'] <= overhead.OPS_PER_LAYER_TARGET, counts['difference']
+    assert counts['extra_ops_per_layer'] <= target, counts['difference']
     # the clamp: two multi-tensor calls for all layers, no per-layer clamp
     assert counts['difference']['aten::_foreach_clamp_min_'] == 1 and 'aten::clamp_' not in counts['difference']
 
@@ -110,11 +112,13 @@ def test_gpu_suite_runs_on_the_cpu_with_tiny_models(tmp_path, monkeypatch, capsy
                              '--threads', '1', '--json', str(path)])
     assert json.loads(path.read_text()) == json.loads(json.dumps(results))
     assert [case['case'] for case in results['cases']] == [
-        'aconv_simple_cnn vs conv_simple_cnn b2 8x8 eager', 'aconv_simple_cnn vs conv_simple_cnn b2 8x8 compiled']
+        'aconv_simple_cnn vs conv_simple_cnn b2 8x8 eager', 'aconv_simple_cnn vs conv_simple_cnn b2 8x8 eager batched envelopes',
+        'aconv_simple_cnn vs conv_simple_cnn b2 8x8 compiled']
     assert all(case['suite'] == 'gpu' and case['ratio'] > 0 for case in results['cases'])
-    assert 'torch.compile(eager) warm-up' in results['cases'][1]['note']
-    op_counts, = results['op_counts']
-    assert op_counts['layers'] == 2 and op_counts['adaptive_ops'] > op_counts['ordinary_ops'] > 0
+    assert 'torch.compile(eager) warm-up' in results['cases'][2]['note']
+    per_layer, batched = results['op_counts']
+    assert per_layer['layers'] == 2 and per_layer['adaptive_ops'] > batched['adaptive_ops'] > batched['ordinary_ops'] > 0
+    assert batched['case'] == 'aconv_simple_cnn vs conv_simple_cnn b2 8x8, batched envelopes'
     assert results['failures'] == [dict(case='aconv_simple_cnn vs conv_simple_cnn b2 8x8 cuda graph',
                                         error='skipped: CUDA graphs need a CUDA device')]
     output = capsys.readouterr().out
@@ -123,22 +127,23 @@ def test_gpu_suite_runs_on_the_cpu_with_tiny_models(tmp_path, monkeypatch, capsy
 
 def test_gpu_suite_reports_failing_and_overtime_cases_and_keeps_going(monkeypatch):
     monkeypatch.setattr(overhead, 'GPU_PAIRS', [TINY_PAIR])
-    monkeypatch.setattr(overhead, 'MIN_CASE_S', 0)
+    monkeypatch.setattr(overhead, 'MIN_CASE_S', 1.0)
     measure = functools.partial(timing.compare, rounds=1, warmup=0)
 
     def failing_case(pair, mode, *args):
         if mode == 'eager':
             raise RuntimeError('out of memory')
-        time.sleep(30)  # stopped by the time budget
+        time.sleep(30)  # stopped by the time budget, which then skips the compiled case
     monkeypatch.setattr(overhead, '_gpu_case', failing_case)
     counts = dict(layers=2, adaptive_ops=3, ordinary_ops=1, extra_ops_per_layer=1.0, adaptive_cuda_kernels=None,
                   ordinary_cuda_kernels=None, difference={'aten::mul': 2})
-    monkeypatch.setattr(overhead, 'op_overhead', lambda *args: counts)
+    monkeypatch.setattr(overhead, 'op_overhead', lambda *args, **kwargs: counts)
     saved = []
-    rows, op_rows, failures = overhead.gpu_cases('cpu', measure, time_budget_s=1.5, on_result=lambda: saved.append(1))
-    assert rows == [] and len(op_rows) == 1 and len(saved) == 3
+    rows, op_rows, failures = overhead.gpu_cases('cpu', measure, time_budget_s=2.5, on_result=lambda: saved.append(1))
+    assert rows == [] and len(op_rows) == 2 and len(saved) == 4
     assert [failure['error'] for failure in failures] == [
-        'RuntimeError: out of memory', 'skipped: CUDA graphs need a CUDA device', 'time budget used up']
+        'RuntimeError: out of memory', 'time budget used up', 'skipped: CUDA graphs need a CUDA device',
+        'skipped: time budget of 2 s used up']
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='checks the message of a machine without a GPU')

@@ -200,11 +200,14 @@ def test_compiled_training_matches_eager_without_breaks_or_recompiles(tmp_path, 
     settings = dict(epochs=2, deterministic=True)  # sigma starts below its bound 1/3: the clamp acts
     assert make_trainer(tmp_path / 'auto', **settings)._should_compile() is False  # 'auto' on a CPU
     eager = make_trainer(tmp_path / 'eager', **settings, compile=False)
+    assert eager.envelope_handle is not None  # eager: batched envelopes while fitting, not after
     eager_history = eager.fit()
+    assert not eager.unwrapped_model._forward_pre_hooks
 
     torch._dynamo.reset()
     counters.clear()
     compiled = make_trainer(tmp_path / 'compiled', **settings, compile=True)
+    assert compiled.envelope_handle is None
     recorder = DynamoRecorder(tmp_path / 'resumed')
     compiled.callbacks.append(recorder)
     compiled_history = compiled.fit()

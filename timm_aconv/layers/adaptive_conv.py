@@ -29,7 +29,8 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from .envelope import envelope_and_log_derivative, gaussian_envelope, grid_sq_distance
 from .product_kernel import adaptive_product_kernel
 
-__all__ = ['AdaptiveConv2d', 'SigmaInit', 'resolve_kernel_size', 'resolve_sigma_init', 'resolve_sigma_bounds']
+__all__ = ['AdaptiveConv2d', 'SigmaInit', 'resolve_kernel_size', 'resolve_sigma_init', 'resolve_sigma_bounds',
+           'batched_envelope_key']
 
 SigmaInit = Union[float, Tuple[float, float]]
 
@@ -45,6 +46,17 @@ class _OptimizerSteps:
 
 
 register_optimizer_step_post_hook(_OptimizerSteps.hook)
+
+
+def batched_envelope_key(sigma: torch.Tensor, weight: torch.Tensor) -> Optional[Tuple]:
+    """ What identifies the values of ``sigma`` (and the dtype the envelope is computed in) for an
+    envelope computed ahead (:mod:`timm_aconv.layers.batched_envelopes`): storage address, version
+    counter (bumped by every in-place change), layout, dtype and device; None for a tensor without
+    storage (inside ``torch.func`` transforms). """
+    try:
+        return sigma.data_ptr(), sigma._version, sigma.shape, sigma.stride(), sigma.dtype, sigma.device, weight.dtype
+    except RuntimeError:
+        return None
 
 
 def resolve_kernel_size(kernel_size: Union[int, Sequence[int]], name: str = 'kernel_size') -> int:
@@ -106,7 +118,7 @@ class AdaptiveConv2d(nn.Conv2d):
     ``weight`` and ``sigma``), the product kernel is cached until ``weight`` or ``sigma`` change
     (optimizer steps, in-place edits, ``load_state_dict``, ``.to()``, ``param.data = ...``).
     """
-    __jit_ignored_attributes__ = ['_kernel_cache']
+    __jit_ignored_attributes__ = ['_kernel_cache', '_batched_envelope']
 
     def __init__(
             self,
@@ -134,6 +146,7 @@ class AdaptiveConv2d(nn.Conv2d):
         self.register_buffer('sq_distance', torch.empty(size, size, device=device, dtype=self.weight.dtype),
                              persistent=False)
         self._kernel_cache = None
+        self._batched_envelope = None  # (sigma, its key, envelope, log derivative) from a batched call
         self.init_non_persistent_buffers()
         self.reset_sigma()
 
@@ -181,6 +194,10 @@ class AdaptiveConv2d(nn.Conv2d):
         weight, sigma = self.weight, self.sigma
         grad_enabled = torch.is_grad_enabled()
         sigma_grad = grad_enabled and sigma.requires_grad
+        batched = None if torch.compiler.is_compiling() else getattr(self, '_batched_envelope', None)
+        if sigma_grad and batched is not None and batched[0] is sigma and batched[1] == batched_envelope_key(
+                sigma, weight):
+            return adaptive_product_kernel(weight, sigma, batched[2], batched[3])
         envelope, log_derivative = envelope_and_log_derivative(
             sigma.to(weight.dtype), self.sq_distance.to(weight.dtype), with_log_derivative=sigma_grad)
         if sigma_grad:
@@ -214,6 +231,7 @@ class AdaptiveConv2d(nn.Conv2d):
 
     def _invalidate_cache(self) -> None:
         self._kernel_cache = None
+        self._batched_envelope = None
 
     def _apply(self, fn, recurse=True):
         self._invalidate_cache()
@@ -225,10 +243,18 @@ class AdaptiveConv2d(nn.Conv2d):
         self._invalidate_cache()
         super()._load_from_state_dict(*args, **kwargs)
 
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if 'sq_distance' not in self._buffers:  # a layer pickled before the buffer existed
+            self.register_buffer('sq_distance', torch.empty(
+                self.kernel_size, device=self.weight.device, dtype=self.weight.dtype), persistent=False)
+            self.init_non_persistent_buffers()
+
     def __getstate__(self):
         # copies and pickles start without a cache: a restored storage could share a stale key
         state = self.__dict__.copy()
         state['_kernel_cache'] = None
+        state['_batched_envelope'] = None
         return state
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

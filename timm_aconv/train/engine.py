@@ -9,7 +9,8 @@ and runs
   (``grad_accum_steps``), through Accelerate;
 - ``torch.compile`` of the model (``compile``: ``'auto'`` compiles when training on a CUDA
   device, where the launches of small operations cost most, ``True``, ``False``), in place
-  (``model.compile()``: parameter names and checkpoints stay those of the eager model);
+  (``model.compile()``: parameter names and checkpoints stay those of the eager model); an eager
+  model gets :func:`timm_aconv.register_batched_envelopes` for the time of :meth:`Trainer.fit`;
 - gradient clipping by value (the paper's Keras ``clipvalue=1.0``, applies to sigma too)
   and optionally by norm, on real optimizer steps only;
 - the sigma clamp into [1/n, n] after every real optimizer step
@@ -107,7 +108,7 @@ from accelerate.utils import DynamoBackend, set_seed
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from tqdm.auto import tqdm
 
-from ..layers import param_groups, register_sigma_clamp
+from ..layers import param_groups, register_batched_envelopes, register_sigma_clamp
 from .callbacks import Callback
 from .config import ConfigError, config_to_dict
 from .history import write_history
@@ -253,8 +254,11 @@ class Trainer:
         )
         optimizer = optimizer or create_optimizer(model, config)
         self.clamp_handle = register_sigma_clamp(optimizer, model)
+        self.envelope_handle = None
         if self._should_compile():
             model.compile()  # in place: same parameters, state-dict keys and checkpoints as eager
+        else:
+            self.envelope_handle = register_batched_envelopes(model)  # one envelope call per grid size
         self.model, self.optimizer, self.train_loader, self.val_loader = self.accelerator.prepare(
             model, optimizer, train_loader, val_loader)
         self.steps_per_epoch = self._optimizer_steps_per_epoch()
@@ -324,6 +328,8 @@ class Trainer:
             if config.save_every and (self.epoch % config.save_every == 0 or self.epoch == config.epochs
                                       or self.should_stop):
                 self.save_checkpoint()
+        if self.envelope_handle is not None:
+            self.envelope_handle.remove()  # the trained model leaves without the hook (TorchScript cannot script it)
         self.accelerator.wait_for_everyone()
         if self.is_main_process:
             self.accelerator.save_model(self.model, config.output_dir)
