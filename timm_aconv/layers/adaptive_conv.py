@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from .envelope import envelope_and_log_derivative, gaussian_envelope, grid_sq_distance
+from .envelope import envelope_and_log_derivative, grid_sq_distance, softmax_envelope
 from .product_kernel import adaptive_product_kernel
 
 __all__ = ['AdaptiveConv2d', 'SigmaInit', 'resolve_kernel_size', 'resolve_sigma_init', 'resolve_sigma_bounds',
@@ -179,13 +179,13 @@ class AdaptiveConv2d(nn.Conv2d):
 
     def envelope(self) -> torch.Tensor:
         """ The normalized envelopes U, shape (out_channels, n, n), differentiable in sigma. """
-        return gaussian_envelope(self.sigma, self.kernel_size[0])
+        return softmax_envelope(self.sigma, self.sq_distance.to(self.sigma.dtype))
 
     def product_kernel(self) -> torch.Tensor:
         """ The effective kernel ``W ∘ U`` the layer convolves with, shape of ``weight``. """
-        if torch.jit.is_scripting():
-            envelope = gaussian_envelope(self.sigma.to(self.weight.dtype), self.kernel_size[0])
-            return self.weight * envelope.unsqueeze(1)
+        if torch.jit.is_scripting():  # autograd through the envelope (TorchScript has no autograd.Function)
+            dtype = self.weight.dtype
+            return self.weight * softmax_envelope(self.sigma.to(dtype), self.sq_distance.to(dtype)).unsqueeze(1)
         return self._lean_product_kernel()
 
     @torch.jit.unused
