@@ -114,9 +114,10 @@ class AdaptiveConv2d(nn.Conv2d):
     The forward pass convolves with :meth:`product_kernel` (``weight * envelope``), whose
     gradients in ``weight`` and ``sigma`` are computed in closed form
     (:func:`~timm_aconv.layers.product_kernel.adaptive_product_kernel`); the grid's squared
-    distances are the non-persistent buffer ``sq_distance``. When the kernel needs no gradient (``torch.no_grad()``/``inference_mode``, e.g. evaluation, or frozen
-    ``weight`` and ``sigma``), the product kernel is cached until ``weight`` or ``sigma`` change
-    (optimizer steps, in-place edits, ``load_state_dict``, ``.to()``, ``param.data = ...``).
+    distances are the non-persistent buffer ``sq_distance``. When the kernel needs no gradient
+    (``torch.no_grad()``/``inference_mode``, e.g. evaluation, or frozen ``weight`` and ``sigma``),
+    the product kernel is cached until ``weight`` or ``sigma`` change (optimizer steps, in-place
+    edits, ``load_state_dict``, ``.to()``, ``param.data = ...``).
     """
     __jit_ignored_attributes__ = ['_kernel_cache', '_batched_envelope']
 

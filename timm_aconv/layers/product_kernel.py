@@ -10,8 +10,6 @@ without autograd, by :func:`~timm_aconv.layers.envelope.envelope_and_log_derivat
 autograd node: forward ``K = W ∘ U``; backward ``dL/dW = G ∘ U`` and
 ``dL/dsigma_q = sum_{c,k,l} G ∘ K ∘ V`` for the kernel's gradient G.
 """
-from typing import Optional
-
 import torch
 from torch.autograd.function import once_differentiable
 
@@ -38,10 +36,10 @@ class _ProductKernel(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_kernel, _grad_sigma_derivative):
-        envelope, sigma_derivative = ctx.saved_tensors
-        grad_weight = grad_sigma = None
         if grad_kernel is None:
             return None, None, None, None
+        envelope, sigma_derivative = ctx.saved_tensors
+        grad_weight = grad_sigma = None
         if ctx.needs_input_grad[0]:
             grad_weight = grad_kernel * envelope.unsqueeze(1)
         if ctx.needs_input_grad[1]:
