@@ -15,6 +15,16 @@ import timing  # noqa: E402
 pytestmark = pytest.mark.usefixtures('one_torch_thread')  # main(--threads 1) sets the thread count
 
 
+@pytest.fixture(autouse=True)
+def default_algorithms():
+    """ Operation counts hold for torch's default mode: deterministic algorithms (a setting another test
+    may leave on) fill every new tensor, one more operation each. """
+    enabled, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(False)
+    yield
+    torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+
+
 class FakeClock:
     """ A clock that only moves when the timed callables say so. """
 
