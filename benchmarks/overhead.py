@@ -13,35 +13,51 @@ Suites:
              ordinary model), eval forward, fused (fuse_convs), cropped (sigmas set to fit 3x3 /
              5x5, fuse_convs(crop_tol=...)) and torch.compile'd eval forward.
     scaling  the train-step ratio at image sizes 32/64/128 (batch 8) and batch sizes 8/32/128 (32x32).
+    ops      compute operations (kernel launches on a GPU) per training step, counted with
+             torch.profiler: aconv_resnet20 vs conv_resnet20, k=7, batch 8, foreach SGD; the extra
+             operations per adaptive layer and which they are (deterministic, unlike times), with
+             each layer computing its envelope and with register_batched_envelopes.
+    gpu      train steps timed on --device (CUDA events on a GPU): aconv_resnet20 vs conv_resnet20
+             (k=7, batch 128, 32x32) and aconv_resnet50 vs timm's resnet50 (batch 32, 224x224), each
+             eager (also with batched envelopes), as one CUDA graph (the whole step captured; GPU
+             only) and torch.compile'd, plus the operations and CUDA kernels per step. Every case runs on its own: one that
+             fails or runs out of the time budget is reported and the others still run.
 
 Usage (from the repository root)::
 
-    python benchmarks/overhead.py                       # every suite, ~4 minutes on 2 cores
+    python benchmarks/overhead.py                       # the CPU suites, ~4 minutes on 2 cores
     python benchmarks/overhead.py --suite model --json results.json
     python benchmarks/overhead.py --suite layer --rounds 5 --threads 1
     python benchmarks/overhead.py --threads 1 --clock cpu   # on a machine busy with other work
+    python benchmarks/overhead.py --suite ops           # operations per training step, ~10 s
+    PYTHONPATH=. python benchmarks/overhead.py --device cuda --json gpu.json   # the gpu suite, <= 5 min
 """
 import argparse
+import collections
 import copy
+import dataclasses
 import functools
 import json
 import os
 import platform
+import signal
 import sys
 import time
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Counter, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import CLOCKS, Comparison, compare  # noqa: E402
+from timing import CLOCKS, Comparison, CudaEventClock, compare, cuda_peak_memory_mib, quiet_stderr  # noqa: E402
+from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 import timm  # noqa: E402
 import timm_aconv  # noqa: E402
 
-SUITES = ('layer', 'model', 'scaling')
+SUITES = ('layer', 'model', 'scaling', 'ops', 'gpu')
+CPU_SUITES = ('layer', 'model', 'scaling', 'ops')
 LAYER_SHAPES = [  # (batch, channels, image size): the three stages of a CIFAR ResNet20 at batch 64
     (64, 16, 32), (64, 32, 16), (64, 64, 8)]
 LAYER_SIZES = (3, 5, 7, 9)
@@ -109,18 +125,31 @@ def resnet20_pair(kernel_size: int = MODEL_KERNEL_SIZE) -> Tuple[nn.Module, nn.M
     return adaptive, ordinary
 
 
-def train_step_fn(model: nn.Module, batch: int, size: int) -> Callable[[], None]:
-    """ One full training step as the recipes do it: forward, backward, SGD step, sigma clamp. """
+def train_step_fn(
+        model: nn.Module,
+        batch: int,
+        size: int,
+        device: str = 'cpu',
+        foreach: Optional[bool] = None,
+        forward: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+) -> Callable[[], None]:
+    """ One full training step as the recipes do it: forward, backward, SGD step, sigma clamp.
+
+    ``foreach``: SGD's multi-tensor implementation (torch's default: on CUDA only); ``forward``:
+    what computes the outputs (e.g. the compiled model), default ``model``.
+    """
     model.train()
-    optimizer = torch.optim.SGD(timm_aconv.param_groups(model, weight_decay=1e-4), lr=0.01, momentum=0.9)
+    optimizer = torch.optim.SGD(
+        timm_aconv.param_groups(model, weight_decay=1e-4), lr=0.01, momentum=0.9, foreach=foreach)
     timm_aconv.register_sigma_clamp(optimizer, model)  # a no-op hook for a model without adaptive layers
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, 3, size, size, generator=generator)
-    target = torch.randint(0, 10, (batch,), generator=generator)
+    x = torch.randn(batch, 3, size, size, generator=generator).to(device)
+    target = torch.randint(0, getattr(model, 'num_classes', 10), (batch,), generator=generator).to(device)
+    forward = model if forward is None else forward
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), target).backward()
+        F.cross_entropy(forward(x), target).backward()
         optimizer.step()
     return step
 
@@ -214,6 +243,255 @@ def scaling_cases(measure: Measure) -> List[Dict]:
     return results
 
 
+# ------------------------------------------------------------------------------------- ops
+OPS_PER_LAYER_TARGET = 16  # extra compute operations per adaptive layer per training step (issue 10)
+OPS_PER_LAYER_BATCHED = 6  # the same with register_batched_envelopes (the issue's stretch target)
+OPS_KERNEL_SIZE, OPS_BATCH, OPS_IMAGE_SIZE = 7, 8, 32
+# aten operations that launch no kernel: allocation and metadata (views are recognized by their schema)
+NON_COMPUTE_OPS = frozenset({
+    'aten::empty', 'aten::empty_strided', 'aten::empty_like', 'aten::resize_', 'aten::as_strided_',
+    'aten::result_type', 'aten::is_nonzero', 'aten::_local_scalar_dense', 'aten::record_stream'})
+
+
+@functools.lru_cache(maxsize=None)
+def is_compute_op(name: str) -> bool:
+    """ Whether a profiled event ``name`` does work on tensor data: an aten operation that is no
+    allocation, metadata change or view (an operation whose result aliases its input). """
+    if not name.startswith('aten::') or name in NON_COMPUTE_OPS:
+        return False
+    packet = getattr(torch.ops.aten, name[len('aten::'):], None)
+    if packet is None:
+        return True
+    for overload in packet.overloads():
+        returns = getattr(packet, overload)._schema.returns
+        if returns and returns[0].alias_info is not None and not returns[0].alias_info.is_write:
+            return False
+    return True
+
+
+def count_compute_ops(events) -> Counter:
+    """ Compute operations in a profile, by name: the innermost compute operations (``mul`` of a
+    tensor by a Python number runs as a ``copy_`` of the scalar inside it and counts once, under
+    ``mul``: each is named after its outermost compute caller); a multi-tensor ``_foreach_*``
+    operation counts once (one kernel on a GPU, a loop over tensors on a CPU). """
+    counts: Counter = collections.Counter()
+
+    def walk(event, label: Optional[str]) -> int:
+        if event.name.startswith('aten::_foreach_'):
+            counts[event.name] += 1
+            return 1
+        compute = is_compute_op(event.name)
+        label = label or (event.name if compute else None)
+        inner = sum(walk(child, label) for child in event.cpu_children)
+        if inner == 0 and compute:
+            counts[label] += 1
+            return 1
+        return inner
+
+    for event in events:
+        if event.cpu_parent is None:
+            walk(event, None)
+    return counts
+
+
+def profile_step(step: Callable[[], None], warmup: int = 2, cuda: bool = False) -> Tuple[Counter, int]:
+    """ Compute operations of one call of ``step`` after ``warmup`` calls, and its CUDA kernels. """
+    for _ in range(warmup):
+        step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with quiet_stderr(), profile(activities=activities) as prof:
+        step()
+        if cuda:
+            torch.cuda.synchronize()
+    kernels = sum(1 for event in prof.events() if event.device_type == torch.autograd.DeviceType.CUDA)
+    return count_compute_ops(prof.events()), kernels
+
+
+def op_overhead(adaptive: nn.Module, ordinary: nn.Module, batch: int, size: int, device: str = 'cpu',
+                batched: bool = False) -> Dict:
+    """ Compute operations (and CUDA kernels on a GPU) of one foreach-SGD training step of each model,
+    the extra operations per adaptive layer, and the per-layer difference by operation name.
+    ``batched``: the adaptive model computes its envelopes in one call per grid size
+    (:func:`timm_aconv.register_batched_envelopes`). """
+    cuda = torch.device(device).type == 'cuda'
+    if batched:
+        timm_aconv.register_batched_envelopes(adaptive)
+    (adaptive_ops, adaptive_kernels), (ordinary_ops, ordinary_kernels) = (
+        profile_step(train_step_fn(model, batch, size, device=device, foreach=True), cuda=cuda)
+        for model in (adaptive, ordinary))
+    layers = sum(1 for _ in timm_aconv.adaptive_layers(adaptive))
+    difference = {name: adaptive_ops[name] - ordinary_ops[name] for name in adaptive_ops | ordinary_ops}
+    difference = dict(sorted(((name, count) for name, count in difference.items() if count),
+                             key=lambda item: (-item[1], item[0])))
+    total_adaptive, total_ordinary = sum(adaptive_ops.values()), sum(ordinary_ops.values())
+    return dict(
+        batch=batch, size=size, layers=layers, adaptive_ops=total_adaptive, ordinary_ops=total_ordinary,
+        extra_ops_per_layer=round((total_adaptive - total_ordinary) / max(layers, 1), 2),
+        adaptive_cuda_kernels=adaptive_kernels if cuda else None, ordinary_cuda_kernels=ordinary_kernels if cuda else None,
+        difference=difference)
+
+
+def _op_row(case: str, counts: Dict) -> Dict:
+    row = dict(case=case, **counts)
+    print(_format_op_row(row), flush=True)
+    return row
+
+
+def ops_cases() -> List[Dict]:
+    rows = []
+    for batched in (False, True):
+        adaptive, ordinary = resnet20_pair(OPS_KERNEL_SIZE)
+        counts = op_overhead(adaptive, ordinary, OPS_BATCH, OPS_IMAGE_SIZE, batched=batched)
+        rows.append(_op_row(f'aconv_resnet20 vs conv_resnet20 k={OPS_KERNEL_SIZE} b{OPS_BATCH} '
+                            f'{OPS_IMAGE_SIZE}x{OPS_IMAGE_SIZE}{BATCHED_SUFFIX if batched else ""}', counts))
+    return rows
+
+
+# ------------------------------------------------------------------------------------- gpu
+@dataclasses.dataclass
+class GpuPair:
+    """ Two models compared on the device: created with ``timm.create_model(name, **kwargs)``. """
+    name: str
+    adaptive: Tuple[str, Dict]
+    ordinary: Tuple[str, Dict]
+    batch: int
+    size: int
+
+
+GPU_PAIRS = [
+    GpuPair('resnet20', ('aconv_resnet20', dict(kernel_size=7)), ('conv_resnet20', dict(kernel_size=7)), 128, 32),
+    GpuPair('resnet50', ('aconv_resnet50', {}), ('resnet50', {}), 32, 224),
+]
+GPU_MODES = ('eager', 'eager batched envelopes', 'cuda graph', 'compiled')
+BATCHED_SUFFIX = ', batched envelopes'
+MIN_CASE_S = 20  # a case starts only with this much of the time budget left
+
+
+class CaseTimeout(BaseException):
+    """ A case ran out of time (a BaseException, so that no ``except Exception`` on the way swallows it). """
+
+
+def _raise_timeout(_signum, _frame):
+    raise CaseTimeout()
+
+
+def _build(pair_model: Tuple[str, Dict], device: str) -> nn.Module:
+    torch.manual_seed(0)
+    name, kwargs = pair_model
+    return timm.create_model(name, **kwargs).to(device)
+
+
+def cuda_graph_step(step: Callable[[], None]) -> Callable[[], None]:
+    """ ``step`` (a whole training step) captured as one CUDA graph; returns its replay.
+
+    Warm-up on a side stream first (optimizer state, cuDNN algorithm choice), as the CUDA graphs
+    section of the PyTorch docs does for whole-network capture.
+    """
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    torch.cuda.synchronize()
+    return graph.replay
+
+
+def _gpu_case(pair: GpuPair, mode: str, device: str, measure: Measure, compile_backend: str) -> Tuple[Comparison, str]:
+    cuda = torch.device(device).type == 'cuda'
+    adaptive, ordinary = _build(pair.adaptive, device), _build(pair.ordinary, device)
+    note = ''
+    if mode in ('eager', 'eager batched envelopes'):
+        if mode == 'eager batched envelopes':
+            timm_aconv.register_batched_envelopes(adaptive)
+        steps = [train_step_fn(model, pair.batch, pair.size, device=device) for model in (adaptive, ordinary)]
+    elif mode == 'cuda graph':
+        if not cuda:
+            raise RuntimeError('CUDA graphs need a CUDA device')
+        steps = [cuda_graph_step(train_step_fn(model, pair.batch, pair.size, device=device))
+                 for model in (adaptive, ordinary)]
+    elif mode == 'compiled':
+        start = time.perf_counter()
+        steps = []
+        for model in (adaptive, ordinary):
+            step = train_step_fn(model, pair.batch, pair.size, device=device,
+                                 forward=torch.compile(model, backend=compile_backend))
+            step()  # compiles forward and backward
+            steps.append(step)
+        note = f'torch.compile({compile_backend}) warm-up {time.perf_counter() - start:.0f} s (both)'
+    else:
+        raise ValueError(f'mode must be one of {GPU_MODES}, got {mode!r}')
+    comparison = measure(*steps, memory=False)
+    if cuda:
+        comparison = dataclasses.replace(
+            comparison, adaptive_peak_mib=cuda_peak_memory_mib(steps[0]), ordinary_peak_mib=cuda_peak_memory_mib(steps[1]))
+    return comparison, note
+
+
+def gpu_cases(
+        device: str,
+        measure: Measure,
+        compile_backend: str = 'inductor',
+        time_budget_s: float = 270.0,
+        on_result: Callable[[], None] = lambda: None,
+) -> Tuple[List[Dict], List[Dict], List[Dict]]:
+    """ Train-step timings of :data:`GPU_PAIRS` on ``device`` in every mode of :data:`GPU_MODES`.
+
+    Every case (op counts of a pair, or a pair in one mode) runs on its own: an exception or the
+    time budget ends that case only, and it is listed among the failures. Eager and CUDA-graph
+    cases of all pairs run before the compiled ones (compiling takes longest). ``on_result`` is
+    called after every case (e.g. to save the results so far).
+
+    Returns:
+        (timing rows, op-count rows, failures).
+    """
+    rows, op_rows, failures = [], [], []
+    deadline = time.monotonic() + time_budget_s
+    cuda = torch.device(device).type == 'cuda'
+    use_alarm = hasattr(signal, 'SIGALRM')
+    tasks = [(pair, ops) for pair in GPU_PAIRS for ops in ('ops', 'ops batched envelopes')]
+    tasks += [(pair, mode) for mode in GPU_MODES if mode != 'compiled' for pair in GPU_PAIRS]
+    tasks += [(pair, 'compiled') for pair in GPU_PAIRS]
+    for pair, mode in tasks:
+        case = f'{pair.adaptive[0]} vs {pair.ordinary[0]} b{pair.batch} {pair.size}x{pair.size} {mode}'
+        left = deadline - time.monotonic()
+        if mode == 'cuda graph' and not cuda:
+            failures.append(dict(case=case, error='skipped: CUDA graphs need a CUDA device'))
+            continue
+        if left < MIN_CASE_S:
+            failures.append(dict(case=case, error=f'skipped: time budget of {time_budget_s:.0f} s used up'))
+            print(f'# {case}: {failures[-1]["error"]}', flush=True)
+            continue
+        previous = signal.signal(signal.SIGALRM, _raise_timeout) if use_alarm else None
+        if use_alarm:
+            signal.alarm(max(1, int(left)))
+        try:
+            if mode.startswith('ops'):
+                batched = mode != 'ops'
+                op_rows.append(_op_row(
+                    case.replace(f' {mode}', BATCHED_SUFFIX if batched else ''),
+                    op_overhead(_build(pair.adaptive, device), _build(pair.ordinary, device), pair.batch, pair.size,
+                                device, batched=batched)))
+            else:
+                comparison, note = _gpu_case(pair, mode, device, measure, compile_backend)
+                rows.append(_row('gpu', case, comparison, note))
+        except (Exception, CaseTimeout) as error:  # noqa: B902  (one case must not end the run)
+            message = 'time budget used up' if isinstance(error, CaseTimeout) else f'{type(error).__name__}: {error}'
+            failures.append(dict(case=case, error=message[:500]))
+            print(f'# {case}: FAILED {message[:500]}', flush=True)
+        finally:
+            if use_alarm:
+                signal.alarm(0)
+                signal.signal(signal.SIGALRM, previous)
+            if cuda:
+                torch.cuda.empty_cache()
+        on_result()
+    return rows, op_rows, failures
+
+
 # ---------------------------------------------------------------------------------- output
 def _row(suite: str, case: str, comparison: Comparison, note: str = '') -> Dict:
     row = dict(suite=suite, case=case, **comparison.as_dict(), note=note)
@@ -230,38 +508,107 @@ def _format_row(row: Dict) -> str:
             f"**{row['ratio']:.3f}** | {row['ratio_q1']:.3f}–{row['ratio_q3']:.3f} | {peak} | {row['note']} |")
 
 
+OP_HEADER = ('case', 'ops adaptive', 'ops ordinary', 'adaptive layers', 'extra ops / layer', 'CUDA kernels a/o',
+             'extra ops (per layer; per model)')
+
+
+def _format_op_row(row: Dict) -> str:
+    kernels = '–' if row['adaptive_cuda_kernels'] is None else f"{row['adaptive_cuda_kernels']}/{row['ordinary_cuda_kernels']}"
+    layers = row['layers'] or 1
+    # counts split into what every layer adds and the rest (operations once per model)
+    each = [f'{name.replace("aten::", "")} {count // layers}' for name, count in row['difference'].items()
+            if count // layers]
+    shared = [f'{name.replace("aten::", "")} {count % layers}' for name, count in row['difference'].items()
+              if count % layers]
+    per_layer = ', '.join(each) + (f'; per model: {", ".join(shared)}' if shared else '')
+    return (f"| {row['case']} | {row['adaptive_ops']} | {row['ordinary_ops']} | {row['layers']} | "
+            f"**{row['extra_ops_per_layer']:g}** | {kernels} | {per_layer} |")
+
+
+def format_op_table(rows: List[Dict]) -> str:
+    lines = ['| ' + ' | '.join(OP_HEADER) + ' |', '|' + '---|' * len(OP_HEADER)]
+    return '\n'.join(lines + [_format_op_row(row) for row in rows])
+
+
 def format_table(rows: List[Dict]) -> str:
     lines = ['| ' + ' | '.join(HEADER) + ' |', '|' + '---|' * len(HEADER)]
     return '\n'.join(lines + [_format_row(row) for row in rows])
 
 
-def machine_info() -> Dict:
-    return dict(
+def machine_info(device: str = 'cpu') -> Dict:
+    info = dict(
         torch=torch.__version__, timm=timm.__version__, timm_aconv=timm_aconv.__version__,
         python=platform.python_version(), cpu=platform.processor() or platform.machine(),
         cores=os.cpu_count(), threads=torch.get_num_threads())
+    if torch.device(device).type == 'cuda':
+        properties = torch.cuda.get_device_properties(device)
+        info.update(
+            gpu=properties.name, gpu_memory_gib=round(properties.total_memory / 2 ** 30, 1), cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(), cudnn_benchmark=torch.backends.cudnn.benchmark,
+            tf32_conv=torch.backends.cudnn.allow_tf32, tf32_matmul=torch.backends.cuda.matmul.allow_tf32)
+    return info
+
+
+def _resolve_device(parser: argparse.ArgumentParser, name: str) -> str:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ('cpu', 'cuda'):
+        parser.error(f"--device must be 'cpu' or 'cuda' (or 'cuda:N'), got {name!r}")
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise SystemExit(f'error: --device {name}: no CUDA GPU is present (torch.cuda.is_available() is False, '
+                         f'torch {torch.__version__}); GPU times can only be measured on a machine with one')
+    return str(device)
 
 
 def main(argv=None) -> Dict:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--suite', nargs='+', choices=SUITES + ('all',), default=['all'])
+    parser.add_argument('--suite', nargs='+', choices=SUITES + ('all',), default=None,
+                        help=f'default: {" ".join(CPU_SUITES)} with --device cpu, gpu with --device cuda')
+    parser.add_argument('--device', default='cpu',
+                        help="device of the gpu suite: 'cpu' (default) or 'cuda'; the other suites run on the CPU")
     parser.add_argument('--rounds', type=int, default=7, help='timed rounds per layer/scaling case (default 7)')
     parser.add_argument('--model-rounds', type=int, default=21,
                         help='timed rounds per model case (default 21: the targets are a few percent, and 7 rounds '
                              'of two identical models already scatter by ±10%% on 2 shared cores)')
+    parser.add_argument('--gpu-rounds', type=int, default=7, help='timed rounds per gpu case (default 7)')
     parser.add_argument('--threads', type=int, default=None, help='torch threads (default: all cores)')
     parser.add_argument('--clock', choices=CLOCKS, default='wall',
-                        help="'wall' (default) or 'cpu': CPU time of this process, for a busy machine (use --threads 1)")
-    parser.add_argument('--no-compile', action='store_true', help='skip the torch.compile case')
-    parser.add_argument('--json', default=None, help='also write the results to this JSON file')
+                        help="'wall' (default) or 'cpu': CPU time of this process, for a busy machine (use --threads 1); "
+                             "the gpu suite on a CUDA device always times with CUDA events")
+    parser.add_argument('--no-compile', action='store_true', help='skip the torch.compile case of the model suite')
+    parser.add_argument('--compile-backend', default='inductor', help='torch.compile backend of the gpu suite')
+    parser.add_argument('--time-budget', type=float, default=270.0,
+                        help='seconds the gpu suite may take, compile warm-ups included; the cases left when it is '
+                             'used up are reported as skipped (default 270)')
+    parser.add_argument('--json', default=None, help='also write the results to this JSON file (after every gpu case)')
     args = parser.parse_args(argv)
+    device = _resolve_device(parser, args.device)
+    cuda = torch.device(device).type == 'cuda'
     if args.threads:
         torch.set_num_threads(args.threads)
-    suites = SUITES if 'all' in args.suite else tuple(args.suite)
-    info = dict(machine_info(), clock=args.clock)
-    print(f"# {' '.join(['python'] + sys.argv)}\n# {info}\n" + '| ' + ' | '.join(HEADER) + ' |', flush=True)
+    if args.suite is None:
+        suites = ('gpu',) if cuda else CPU_SUITES
+    else:
+        suites = SUITES if 'all' in args.suite else tuple(args.suite)
+    if cuda:
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True  # as timm's train.py; warm-up calls pick the algorithms
+    command = ' '.join(['python', sys.argv[0]] + (sys.argv[1:] if argv is None else list(argv)))
+    info = dict(machine_info(device), clock='cuda events' if cuda and 'gpu' in suites else args.clock, device=device)
+    print(f"# {command}\n# {info}\n" + '| ' + ' | '.join(HEADER) + ' |', flush=True)
     start = time.perf_counter()
-    rows = []
+    rows: List[Dict] = []
+    op_rows: List[Dict] = []
+    failures: List[Dict] = []
+    results = dict(command=command, machine=info, cases=rows, op_counts=op_rows, failures=failures)
+
+    def save() -> None:
+        if args.json:
+            with open(args.json, 'w') as file:
+                json.dump(results, file, indent=1)
+
     measure = functools.partial(compare, rounds=args.rounds, clock=args.clock)
     if 'layer' in suites:
         rows += layer_cases(measure)
@@ -269,14 +616,29 @@ def main(argv=None) -> Dict:
         rows += model_cases(functools.partial(measure, rounds=args.model_rounds), compile_model=not args.no_compile)
     if 'scaling' in suites:
         rows += scaling_cases(functools.partial(measure, rounds=max(3, args.rounds - 2)))
+    if 'ops' in suites:
+        print('| ' + ' | '.join(OP_HEADER) + ' |', flush=True)
+        op_rows += ops_cases()
+    if 'gpu' in suites:
+        gpu_measure = functools.partial(
+            compare, rounds=args.gpu_rounds, warmup=3, min_round_s=0.05,
+            clock=CudaEventClock() if cuda else args.clock)
+        gpu_rows, gpu_op_rows, gpu_failures = gpu_cases(
+            device, gpu_measure, compile_backend=args.compile_backend, time_budget_s=args.time_budget, on_result=save)
+        rows += gpu_rows
+        op_rows += gpu_op_rows
+        failures += gpu_failures
     info['seconds'] = round(time.perf_counter() - start, 1)
     print(f"\nratio = median over interleaved rounds of adaptive time / ordinary time (IQR: its quartiles); "
-          f"times are medians; peak = extra memory of one call.\n{len(rows)} cases in {info['seconds']} s\n")
-    print(format_table(rows))
-    results = dict(command=' '.join(['python'] + sys.argv), machine=info, cases=rows)
-    if args.json:
-        with open(args.json, 'w') as file:
-            json.dump(results, file, indent=1)
+          f"times are medians; peak = extra memory of one call.\n{len(rows)} timed cases in {info['seconds']} s\n")
+    if rows:
+        print(format_table(rows))
+    if op_rows:
+        print(f'\ncompute operations per training step (foreach SGD, sigma clamp; target <= {OPS_PER_LAYER_TARGET} '
+              f'extra per adaptive layer)\n' + format_op_table(op_rows))
+    for failure in failures:
+        print(f"not measured: {failure['case']}: {failure['error']}")
+    save()
     return results
 
 

@@ -9,7 +9,8 @@ during a run then hits both variants of a round alike, which a sequential A-then
 On a machine shared with other work, wall-clock time also counts the time the scheduler gave to
 other processes; ``clock='cpu'`` measures the CPU time of this process instead
 (:func:`time.process_time`, all threads summed; use it with one thread, since idle OpenMP workers
-spin and count as busy).
+spin and count as busy). On a GPU, :class:`CudaEventClock` reads the time from CUDA events, so a
+round lasts until the GPU has finished its work.
 """
 import contextlib
 import itertools
@@ -18,13 +19,37 @@ import os
 import statistics
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Union
 
+import torch
 from torch.profiler import ProfilerActivity, profile
 
-__all__ = ['CLOCKS', 'Comparison', 'compare', 'peak_memory_mib']
+__all__ = ['CLOCKS', 'Comparison', 'CudaEventClock', 'compare', 'cuda_peak_memory_mib', 'peak_memory_mib', 'quiet_stderr']
 
 CLOCKS = {'wall': time.perf_counter, 'cpu': time.process_time}
+
+
+class CudaEventClock:
+    """ Seconds of GPU time since the clock was made, from CUDA events on the current stream.
+
+    Each reading records an event and waits for it, i.e. for all work queued before it: the
+    time between two readings is the GPU time of what was launched in between, idle gaps (a GPU
+    waiting for launches) included.
+    """
+
+    def __init__(self) -> None:
+        self.previous = torch.cuda.Event(enable_timing=True)
+        self.previous.record()
+        self.seconds = 0.0
+
+    def __call__(self) -> float:
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        event.synchronize()
+        # summed from short intervals: elapsed_time is a float32 number of milliseconds
+        self.seconds += self.previous.elapsed_time(event) / 1e3
+        self.previous = event
+        return self.seconds
 
 
 @dataclass
@@ -54,7 +79,7 @@ def _time_calls(fn: Callable[[], object], calls: int, clock: Callable[[], float]
 
 
 @contextlib.contextmanager
-def _quiet_stderr():
+def quiet_stderr():
     """ Silence file descriptor 2 (the profiler's C++ start/stop log lines), restoring it after. """
     saved = os.dup(2)
     with open(os.devnull, 'w') as devnull:
@@ -72,11 +97,21 @@ def peak_memory_mib(fn: Callable[[], object]) -> float:
     Replays the allocation and free events the profiler records (``profile_memory=True``) in
     time order; memory held before the call (parameters, optimizer state, inputs) is not counted.
     """
-    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     events = sorted(prof.events(), key=lambda event: event.time_range.start)
     running = itertools.accumulate(event.self_cpu_memory_usage for event in events)
     return max(itertools.chain([0], running)) / 2 ** 20
+
+
+def cuda_peak_memory_mib(fn: Callable[[], object]) -> float:
+    """ Peak CUDA memory allocated during one call of ``fn``, above the level at its start. """
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    start = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - start) / 2 ** 20
 
 
 def compare(
@@ -86,7 +121,7 @@ def compare(
         warmup: int = 2,
         min_round_s: float = 0.02,
         memory: bool = True,
-        clock: str = 'wall',
+        clock: Union[str, Callable[[], float]] = 'wall',
 ) -> Comparison:
     """ Time ``adaptive`` and ``ordinary`` interleaved; median times and the median per-round ratio.
 
@@ -96,11 +131,12 @@ def compare(
         warmup: untimed calls of each before timing (allocator, oneDNN primitive caches).
         min_round_s: calls per round grow until one round of ``ordinary`` lasts this long.
         memory: also measure the peak memory of one call of each (see :func:`peak_memory_mib`).
-        clock: 'wall' (elapsed time) or 'cpu' (CPU time of this process), see the module docstring.
+        clock: 'wall' (elapsed time) or 'cpu' (CPU time of this process), see the module docstring,
+            or a callable returning seconds (e.g. a :class:`CudaEventClock`).
     """
-    if clock not in CLOCKS:
-        raise ValueError(f'clock must be one of {sorted(CLOCKS)}, got {clock!r}')
-    timer = CLOCKS[clock]
+    if not callable(clock) and clock not in CLOCKS:
+        raise ValueError(f'clock must be one of {sorted(CLOCKS)} or a callable, got {clock!r}')
+    timer = clock if callable(clock) else CLOCKS[clock]
     for _ in range(warmup):
         adaptive()
         ordinary()

@@ -1,15 +1,28 @@
 """ The benchmark's measuring logic (not its speeds): exact ratios from a fake clock, and the CLI. """
+import functools
 import json
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'benchmarks'))
 import overhead  # noqa: E402
 import timing  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures('one_torch_thread')  # main(--threads 1) sets the thread count
+
+
+@pytest.fixture(autouse=True)
+def default_algorithms():
+    """ Operation counts hold for torch's default mode: deterministic algorithms (a setting another test
+    may leave on) fill every new tensor, one more operation each. """
+    enabled, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(False)
+    yield
+    torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
 class FakeClock:
@@ -38,6 +51,30 @@ def test_compare_reports_the_interleaved_ratio(monkeypatch):
         timing.compare(clock.work(1), clock.work(1), clock='sundial')
 
 
+def test_cuda_event_clock_sums_the_intervals_between_its_events(monkeypatch):
+    class FakeEvent:  # a CUDA event whose time is the fake clock's
+        clock = FakeClock()
+
+        def __init__(self, enable_timing=False):
+            assert enable_timing
+
+        def record(self):
+            self.time = FakeEvent.clock.now
+
+        def synchronize(self):
+            pass
+
+        def elapsed_time(self, end):
+            return (end.time - self.time) * 1e3
+
+    monkeypatch.setattr(torch.cuda, 'Event', FakeEvent)
+    clock = timing.CudaEventClock()
+    result = timing.compare(FakeEvent.clock.work(0.004), FakeEvent.clock.work(0.002), rounds=3, memory=False,
+                            clock=clock)
+    assert result.ratio == pytest.approx(2.0) and result.ordinary_ms == pytest.approx(2.0)
+    assert clock() == pytest.approx(FakeEvent.clock.now)
+
+
 def test_cli_writes_a_table_and_json(tmp_path, capsys):
     path = tmp_path / 'results.json'
     results = overhead.main(['--suite', 'layer', '--rounds', '1', '--threads', '1', '--json', str(path)])
@@ -46,3 +83,83 @@ def test_cli_writes_a_table_and_json(tmp_path, capsys):
     assert len(cases) == len(overhead.LAYER_SHAPES) * len(overhead.LAYER_SIZES) * 3
     assert all(case['suite'] == 'layer' and case['ratio'] > 0 for case in cases)
     assert '| layer | 64x16x32x32 n=3 train fwd |' in capsys.readouterr().out
+
+
+def test_count_compute_ops_counts_kernels_not_views_or_allocations():
+    x, tensors = torch.randn(4, 4), [torch.randn(3) for _ in range(5)]
+    with torch.profiler.profile() as prof:
+        y = x.t().unsqueeze(0) * 2  # views: nothing; a multiplication by a Python number: one op (mul)
+        torch.empty(3)
+        torch._foreach_add_(tensors, 1.0)  # one multi-tensor op (one kernel on a GPU)
+        y.sum()
+    assert overhead.count_compute_ops(prof.events()) == {'aten::mul': 1, 'aten::_foreach_add_': 1, 'aten::sum': 1}
+
+
+@pytest.mark.parametrize('batched,target', [(False, overhead.OPS_PER_LAYER_TARGET), (True, overhead.OPS_PER_LAYER_BATCHED)],
+                         ids=['per-layer', 'batched-envelopes'])
+def test_adaptive_layers_add_at_most_the_target_operations_per_training_step(batched, target):
+    """ The launch guard: extra compute ops of aconv_resnet20 over conv_resnet20, per adaptive layer,
+    in one foreach-SGD training step (forward, backward, optimizer, sigma clamp). The count does not
+    depend on batch or image size, so a small step stands for the benchmark's batch 8 at 32x32. """
+    adaptive, ordinary = overhead.resnet20_pair(kernel_size=3)
+    counts = overhead.op_overhead(adaptive, ordinary, batch=2, size=8, batched=batched)
+    assert counts['layers'] == 19
+    assert counts['extra_ops_per_layer'] <= target, counts['difference']
+    # the clamp: two multi-tensor calls for all layers, no per-layer clamp
+    assert counts['difference']['aten::_foreach_clamp_min_'] == 1 and 'aten::clamp_' not in counts['difference']
+
+
+TINY_CNN = dict(in_chans=3, img_size=8, kernel_size=3, width=4, hidden_size=8)
+TINY_PAIR = overhead.GpuPair('tiny', ('aconv_simple_cnn', TINY_CNN), ('conv_simple_cnn', TINY_CNN), 2, 8)
+
+
+def test_gpu_suite_runs_on_the_cpu_with_tiny_models(tmp_path, monkeypatch, capsys):
+    """ The gpu suite's driver (cases, compile, op and kernel counts, JSON, failures) on the CPU: what
+    runs on a GPU differs only in the clock (CUDA events), the peak memory and the CUDA graph case. """
+    monkeypatch.setattr(overhead, 'GPU_PAIRS', [TINY_PAIR])
+    path = tmp_path / 'gpu.json'
+    results = overhead.main(['--suite', 'gpu', '--device', 'cpu', '--gpu-rounds', '1', '--compile-backend', 'eager',
+                             '--threads', '1', '--json', str(path)])
+    assert json.loads(path.read_text()) == json.loads(json.dumps(results))
+    assert [case['case'] for case in results['cases']] == [
+        'aconv_simple_cnn vs conv_simple_cnn b2 8x8 eager', 'aconv_simple_cnn vs conv_simple_cnn b2 8x8 eager batched envelopes',
+        'aconv_simple_cnn vs conv_simple_cnn b2 8x8 compiled']
+    assert all(case['suite'] == 'gpu' and case['ratio'] > 0 for case in results['cases'])
+    assert 'torch.compile(eager) warm-up' in results['cases'][2]['note']
+    per_layer, batched = results['op_counts']
+    assert per_layer['layers'] == 2 and per_layer['adaptive_ops'] > batched['adaptive_ops'] > batched['ordinary_ops'] > 0
+    assert batched['case'] == 'aconv_simple_cnn vs conv_simple_cnn b2 8x8, batched envelopes'
+    assert results['failures'] == [dict(case='aconv_simple_cnn vs conv_simple_cnn b2 8x8 cuda graph',
+                                        error='skipped: CUDA graphs need a CUDA device')]
+    output = capsys.readouterr().out
+    assert '| gpu | aconv_simple_cnn vs conv_simple_cnn b2 8x8 eager |' in output and 'extra ops (per layer; per model)' in output
+
+
+def test_gpu_suite_reports_failing_and_overtime_cases_and_keeps_going(monkeypatch):
+    monkeypatch.setattr(overhead, 'GPU_PAIRS', [TINY_PAIR])
+    monkeypatch.setattr(overhead, 'MIN_CASE_S', 1.0)
+    measure = functools.partial(timing.compare, rounds=1, warmup=0)
+
+    def failing_case(pair, mode, *args):
+        if mode == 'eager':
+            raise RuntimeError('out of memory')
+        time.sleep(30)  # stopped by the time budget, which then skips the compiled case
+    monkeypatch.setattr(overhead, '_gpu_case', failing_case)
+    counts = dict(layers=2, adaptive_ops=3, ordinary_ops=1, extra_ops_per_layer=1.0, adaptive_cuda_kernels=None,
+                  ordinary_cuda_kernels=None, difference={'aten::mul': 2})
+    monkeypatch.setattr(overhead, 'op_overhead', lambda *args, **kwargs: counts)
+    saved = []
+    rows, op_rows, failures = overhead.gpu_cases('cpu', measure, time_budget_s=2.5, on_result=lambda: saved.append(1))
+    assert rows == [] and len(op_rows) == 2 and len(saved) == 4
+    assert [failure['error'] for failure in failures] == [
+        'RuntimeError: out of memory', 'time budget used up', 'skipped: CUDA graphs need a CUDA device',
+        'skipped: time budget of 2 s used up']
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the message of a machine without a GPU')
+def test_cuda_device_without_a_gpu_exits_with_a_message():
+    with pytest.raises(SystemExit) as error:
+        overhead.main(['--device', 'cuda'])
+    assert 'no CUDA GPU is present' in str(error.value.code)
+    with pytest.raises(SystemExit):
+        overhead.main(['--device', 'tpu'])

@@ -1,4 +1,5 @@
 """ The shared training engine: sigma clamp on real steps, resume, clipping, schedules, configs """
+import functools
 import json
 import math
 
@@ -264,3 +265,60 @@ def test_run_writes_its_config_and_a_fresh_run_starts_over(tmp_path):
     assert not (tmp_path / 'best').exists()
     with pytest.raises(ConfigError, match='keep_checkpoints must be >= 2'):
         EngineConfig(keep_checkpoints=1)
+
+
+class DynamoCounters(Callback):
+    """ Graphs compiled and graph breaks so far, at each epoch end. """
+
+    def __init__(self) -> None:
+        self.graphs, self.breaks = [], []
+
+    def on_epoch_end(self, trainer, record) -> None:
+        from torch._dynamo.utils import counters
+        self.graphs.append(counters['stats']['unique_graphs'])
+        self.breaks.append(sum(counters['graph_break'].values()))
+
+
+def test_compiled_training_matches_eager_without_breaks_or_recompiles(tmp_path, monkeypatch, one_torch_thread):
+    from torch._dynamo.utils import counters
+    # the engine's model.compile() with a backend that builds no C++ (inductor takes minutes on 2 CPU cores)
+    monkeypatch.setattr(torch, 'compile', functools.partial(torch.compile, backend='aot_eager'))
+    settings = dict(epochs=3, deterministic=True)  # sigma starts below its bound 1/3: the clamp acts
+    assert make_trainer(tmp_path / 'auto', **settings)._should_compile() is False  # 'auto' on a CPU
+    eager = make_trainer(tmp_path / 'eager', **settings, compile=False)
+    assert eager.envelope_handle is not None  # eager: batched envelopes while fitting, not after
+    eager_history = eager.fit()
+    assert not eager.unwrapped_model._forward_pre_hooks
+
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = make_trainer(tmp_path / 'compiled', **settings, compile=True)
+    assert compiled.envelope_handle is None
+    recorder = DynamoCounters()
+    compiled.callbacks += [recorder, StopAfter(epochs=2)]
+    compiled_history = compiled.fit()
+    assert recorder.breaks == [0, 0]
+    assert recorder.graphs[0] >= 2 and recorder.graphs[1] == recorder.graphs[0]  # train + eval, no recompiles
+    torch._dynamo.reset()  # as in a new process: the resumed run compiles what the first epoch compiled, no more
+    counters.clear()
+    resumed = make_trainer(tmp_path / 'compiled', **settings, compile=True, resume=True)
+    resumed_history = resumed.fit()
+    assert counters['stats']['unique_graphs'] == recorder.graphs[0] and not counters['graph_break']
+
+    assert len(compiled_history) == 2 and len(resumed_history) == 3
+    for actual, expected in zip(resumed_history, eager_history):
+        assert actual.keys() == expected.keys()
+        assert actual == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    reference = eager.unwrapped_model.state_dict()
+    state = resumed.unwrapped_model.state_dict()
+    assert state.keys() == reference.keys()  # the checkpoint names of the eager model
+    for name, tensor in state.items():
+        torch.testing.assert_close(tensor, reference[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert float(resumed.unwrapped_model[0].sigma.detach().min()) >= 1 / 3 - 1e-7
+
+
+def test_compile_setting_is_checked():
+    assert parse_config(EngineConfig, ['--compile', 'true']).compile is True
+    assert parse_config(EngineConfig, ['--compile', 'auto']).compile == 'auto'
+    with pytest.raises(ConfigError, match="compile must be 'auto', true or false, got 'yes'"):
+        EngineConfig(compile='yes')

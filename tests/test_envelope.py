@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from timm_aconv import AdaptiveConv2d, centre_energy_fraction, effective_kernel_size, gaussian_envelope
-from timm_aconv.layers.envelope import grid_sq_distance
+from timm_aconv.layers.envelope import envelope_and_log_derivative, grid_sq_distance, softmax_envelope
 
 
 def _sigmas(n):
@@ -122,3 +122,20 @@ def test_centre_energy_fraction_and_effective_size():
     assert effective_kernel_size(narrow) < effective_kernel_size(wide) == 9
     with pytest.raises(ValueError, match='energy must be in'):
         effective_kernel_size(kernel, energy=1.5)
+
+
+@pytest.mark.parametrize('n', [3, 5, 7, 9])
+def test_softmax_envelope_and_its_log_derivative_equal_the_formula(n):
+    """ The layer's envelope (softmax over the grid) and d log U / d sigma against eq. 11/21 and autograd. """
+    sigma = _sigmas(n)
+    sq_distance = grid_sq_distance(n, torch.device('cpu'), torch.float64)
+    expected = gaussian_envelope(sigma, n)
+    torch.testing.assert_close(softmax_envelope(sigma, sq_distance), expected, rtol=1e-12, atol=1e-14)
+    envelope, log_derivative = envelope_and_log_derivative(sigma, sq_distance)
+    torch.testing.assert_close(envelope, expected, rtol=1e-12, atol=1e-14)
+    # dU_q/dsigma_q: the diagonal of the Jacobian of the formula
+    jacobian = torch.func.jacrev(lambda s: gaussian_envelope(s, n))(sigma)  # (filters, n, n, filters)
+    derivative = torch.stack([jacobian[q, :, :, q] for q in range(len(sigma))])
+    torch.testing.assert_close(envelope * log_derivative, derivative, rtol=1e-9, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda s: softmax_envelope(s, sq_distance), (sigma[::6].clone().requires_grad_(),),
+                                    fast_mode=True)

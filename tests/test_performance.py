@@ -21,8 +21,10 @@ def _layer(dtype=torch.float32, **kwargs) -> AdaptiveConv2d:
 
 
 def _reference(layer: AdaptiveConv2d, x: torch.Tensor) -> torch.Tensor:
-    """ The layer's output from its definition, with nothing cached. """
-    kernel = layer.weight.detach() * gaussian_envelope(layer.sigma.detach(), layer.grid_size)[:, None]
+    """ The layer's output from its product kernel computed now (nothing cached). """
+    kernel = layer.product_kernel().detach()
+    definition = layer.weight.detach() * gaussian_envelope(layer.sigma.detach(), layer.grid_size)[:, None]
+    torch.testing.assert_close(kernel, definition)  # the lean envelope is the paper's to float rounding
     return F.conv2d(x, kernel, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups)
 
 
@@ -190,24 +192,28 @@ def _small_cnn(kernel_size: int = 5) -> nn.Module:
 @pytest.mark.parametrize('train', [True, False], ids=['train', 'eval'])
 def test_torch_compile_has_no_graph_breaks(train):
     model = _small_cnn().train(train)
+    timm_aconv.register_batched_envelopes(model)  # the hook and the envelopes it left stay out of the graph
+    x = torch.randn(2, 3, 16, 16)
+    model(x)
     torch._dynamo.reset()
-    explanation = torch._dynamo.explain(model)(torch.randn(2, 3, 16, 16))
+    explanation = torch._dynamo.explain(model)(x)
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
 
 
-def test_bf16_autocast_matches_float32_and_trains():
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16], ids=['bf16', 'fp16'])
+def test_autocast_matches_float32_and_trains(dtype):
     model = _small_cnn()
     x = torch.randn(2, 3, 16, 16)
     expected = model(x)
-    with torch.autocast('cpu', dtype=torch.bfloat16):
+    with torch.autocast('cpu', dtype=dtype):
         output = model(x)
-    assert output.dtype == torch.bfloat16
+    assert output.dtype == dtype
     torch.testing.assert_close(output.float(), expected, rtol=0.05, atol=0.05)
     output.float().sum().backward()
     for layer in timm_aconv.adaptive_layers(model):
         assert layer.sigma.grad.dtype == torch.float32 and torch.isfinite(layer.sigma.grad).all()
-    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):  # cached kernel under autocast
+    with torch.no_grad(), torch.autocast('cpu', dtype=dtype):  # cached kernel under autocast
         torch.testing.assert_close(model.eval()(x).float(), model(x).float(), rtol=0, atol=0)
 
 
@@ -236,3 +242,175 @@ def test_onnx_export_of_fused_model(tmp_path):
     graph = onnx.load(str(path)).graph
     onnx.checker.check_model(onnx.load(str(path)))
     assert sum(node.op_type == 'Conv' for node in graph.node) == 3
+
+
+# ------------------------------------------------------------------ the lean training path
+def _definition_kernel(weight: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """ ``W ∘ U(sigma)`` through autograd of the paper's formula (:func:`gaussian_envelope`). """
+    return weight * gaussian_envelope(sigma, weight.shape[-1])[:, None]
+
+
+def _definition_grads(layer: AdaptiveConv2d, x: torch.Tensor, grad_out: torch.Tensor):
+    weight, sigma = layer.weight.detach().requires_grad_(True), layer.sigma.detach().requires_grad_(True)
+    bias = layer.bias.detach().requires_grad_(True)
+    output = layer._conv_forward(x, _definition_kernel(weight, sigma), bias)
+    return (output, *torch.autograd.grad(output, (weight, sigma, bias), grad_out))
+
+
+@pytest.mark.parametrize('dtype,tolerance', [(torch.float64, 1e-10), (torch.float32, 2e-5)], ids=['f64', 'f32'])
+@pytest.mark.parametrize('kwargs', [dict(), dict(groups=3, stride=2), dict(channels_last=True)],
+                         ids=['default', 'groups-stride', 'channels_last'])
+def test_training_outputs_and_gradients_equal_the_formula(dtype, tolerance, kwargs):
+    """ The closed-form backward (W, sigma, bias) and the softmax envelope against autograd of eq. 11/21. """
+    kwargs = dict(kwargs)
+    channels_last = kwargs.pop('channels_last', False)
+    torch.manual_seed(0)
+    layer = AdaptiveConv2d(3, 6, 7, padding=3, dtype=dtype, sigma_init=(1 / 7, 2.0), **kwargs)
+    x = torch.randn(2, 3, 9, 9, dtype=dtype)
+    if channels_last:
+        layer, x = layer.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    output = layer(x)
+    grad_out = torch.randn_like(output)
+    output.backward(grad_out)
+    expected_output, grad_weight, grad_sigma, grad_bias = _definition_grads(layer, x, grad_out)
+    close = dict(rtol=tolerance, atol=tolerance)
+    torch.testing.assert_close(output, expected_output, **close)
+    torch.testing.assert_close(layer.weight.grad, grad_weight, **close)
+    torch.testing.assert_close(layer.sigma.grad, grad_sigma, **close)
+    torch.testing.assert_close(layer.bias.grad, grad_bias, **close)
+
+
+def test_input_gradient_penalty_works_and_second_sigma_derivative_raises():
+    """ Double backward through the convolution (a penalty on input gradients) reaches W and sigma once;
+    differentiating the sigma gradient itself is refused, not silently wrong. """
+    torch.manual_seed(0)
+    layer = AdaptiveConv2d(2, 3, 5, padding=2, dtype=torch.float64)
+    x = torch.randn(1, 2, 6, 6, dtype=torch.float64, requires_grad=True)
+    grad_x, = torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)
+    grad_x.square().sum().backward()
+
+    weight, sigma = layer.weight.detach().requires_grad_(True), layer.sigma.detach().requires_grad_(True)
+    x_ref = x.detach().requires_grad_(True)
+    output = layer._conv_forward(x_ref, _definition_kernel(weight, sigma), layer.bias.detach())
+    grad_x_ref, = torch.autograd.grad(output.square().sum(), x_ref, create_graph=True)
+    grad_x_ref.square().sum().backward()
+    torch.testing.assert_close(layer.weight.grad, weight.grad)
+    torch.testing.assert_close(layer.sigma.grad, sigma.grad)
+
+    grad_sigma, = torch.autograd.grad(layer(x).sum(), layer.sigma, create_graph=True)
+    with pytest.raises(RuntimeError, match='marked with @once_differentiable'):
+        grad_sigma.sum().backward()
+
+
+def test_backward_inside_autocast_keeps_the_sigma_gradient_in_float32():
+    layer = _layer()
+    x = torch.randn(2, 3, 8, 8)
+    grads = []
+    for backward_in_autocast in (False, True):
+        layer.zero_grad()
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            output = layer(x).float().square().sum()
+            if backward_in_autocast:
+                output.backward()
+        if not backward_in_autocast:
+            output.backward()
+        grads.append(layer.sigma.grad.clone())
+    assert grads[1].dtype == torch.float32
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-6, atol=0)
+
+
+def test_torch_func_grad_and_vmap_over_sigmas():
+    torch.manual_seed(0)
+    layer = AdaptiveConv2d(2, 3, 5, padding=2, dtype=torch.float64)
+    x = torch.randn(2, 2, 6, 6, dtype=torch.float64)
+    weight = layer.weight.detach()
+
+    def loss(sigma):
+        return torch.func.functional_call(layer, {'sigma': sigma}, (x,)).square().sum()
+
+    def definition_loss(sigma):
+        return layer._conv_forward(x, _definition_kernel(weight, sigma), layer.bias.detach()).square().sum()
+
+    sigmas = torch.tensor([[0.2, 0.4, 0.9], [1.5, 0.3, 0.25]], dtype=torch.float64)
+    torch.testing.assert_close(torch.func.grad(loss)(sigmas[0]), torch.func.grad(definition_loss)(sigmas[0]))
+    torch.testing.assert_close(torch.func.vmap(torch.func.grad(loss))(sigmas),
+                               torch.func.vmap(torch.func.grad(definition_loss))(sigmas))
+
+
+@pytest.mark.parametrize('grad_mode', [True, False], ids=['train-grad', 'no-grad'])
+def test_torch_export_matches_eager(grad_mode):
+    model = _small_cnn().train(grad_mode)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.set_grad_enabled(grad_mode):
+        program = torch.export.export(model, (x,))
+        torch.testing.assert_close(program.module()(x), model(x))
+
+
+def test_sq_distance_buffer_follows_the_module_and_stays_out_of_the_state_dict():
+    layer = AdaptiveConv2d(3, 4, 5, device='meta')
+    assert 'sq_distance' not in layer.state_dict() and layer.sq_distance.is_meta
+    x = torch.empty(1, 3, 8, 8, device='meta', requires_grad=True)
+    layer(x).sum().backward()  # the training path (and its backward) on the meta device
+    assert layer.sigma.grad.shape == (4,) and layer.weight.grad.is_meta
+    layer.to_empty(device='cpu')  # uninitialized memory: refilled
+    reference = timm_aconv.layers.envelope.grid_sq_distance(5, torch.device('cpu'), torch.float32)
+    torch.testing.assert_close(layer.sq_distance, reference, rtol=0, atol=0)
+    layer.to(torch.float64)
+    assert layer.sq_distance.dtype == torch.float64
+    torch.testing.assert_close(layer.sq_distance, reference.double(), rtol=0, atol=1e-7)
+
+
+# ------------------------------------------------------------------- batched envelopes
+def _mixed_model() -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        AdaptiveConv2d(3, 4, 5, padding=2), nn.ReLU(), AdaptiveConv2d(4, 4, 3, padding=1), nn.ReLU(),
+        AdaptiveConv2d(4, 4, 5, padding=2), nn.ReLU(), AdaptiveConv2d(4, 4, 5, padding=2), nn.Flatten())
+    model[6].sigma.requires_grad_(False)  # a frozen sigma: left to its layer
+    return model
+
+
+def _train_grads(model: nn.Module, x: torch.Tensor):
+    model.zero_grad()
+    output = model(x)
+    output.square().sum().backward()
+    return [output] + [param.grad for param in model.parameters() if param.grad is not None]
+
+
+def test_batched_envelopes_give_the_same_bits_and_steps():
+    x = torch.randn(2, 3, 6, 6)
+    model, batched = _mixed_model(), _mixed_model()
+    handle = timm_aconv.register_batched_envelopes(batched)
+    optimizers = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in (model, batched)]
+    for _ in range(3):  # the envelopes follow every optimizer step
+        for expected, actual in zip(_train_grads(model, x), _train_grads(batched, x)):
+            torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+        for optimizer in optimizers:
+            optimizer.step()
+    assert batched[0]._batched_envelope is not None and batched[6]._batched_envelope is None
+    # a layer called on its own after a step: its batched envelope is stale, it computes its own
+    layer_input = torch.randn(2, 4, 6, 6, requires_grad=True)
+    for expected, actual in zip(_train_grads(model[2], layer_input), _train_grads(batched[2], layer_input)):
+        torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+    # swapped parameters (torch.func.functional_call) and torch.func transforms
+    sigma = torch.full((4,), 0.3, requires_grad=True)
+    outputs = [torch.func.functional_call(m, {'2.sigma': sigma}, (x,)).sum() for m in (model, batched)]
+    grads = [torch.autograd.grad(output, sigma)[0] for output in outputs]
+    torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=0)
+    grads = [torch.func.grad(lambda s, m=m: torch.func.functional_call(m, {'2.sigma': s}, (x,)).sum())(sigma.detach())
+             for m in (model, batched)]
+    torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=0)
+    handle.remove()
+    assert not batched._forward_pre_hooks
+    with pytest.raises(TypeError, match='model must be a torch.nn.Module'):
+        timm_aconv.register_batched_envelopes(object())
+
+
+def test_batched_envelopes_stay_out_of_copies():
+    model = _small_cnn()
+    timm_aconv.register_batched_envelopes(model)
+    model(torch.randn(2, 3, 16, 16))  # eager: the layers hold batched envelopes
+    assert all(layer._batched_envelope is not None for layer in timm_aconv.adaptive_layers(model))
+    assert all(layer._batched_envelope is None for layer in timm_aconv.adaptive_layers(copy.deepcopy(model)))
+    model.to(torch.float64)
+    assert all(layer._batched_envelope is None for layer in timm_aconv.adaptive_layers(model))

@@ -105,3 +105,16 @@ def test_param_groups_frozen_and_errors():
         timm_aconv.param_groups(model, sigma_lr_scale=0.5)
     with pytest.raises(ValueError, match='sigma_lr_scale must be > 0'):
         timm_aconv.param_groups(model, lr=0.1, sigma_lr_scale=0.0)
+
+
+def test_clamp_is_one_foreach_call_per_bound_for_all_layers():
+    torch.manual_seed(0)
+    model = nn.Sequential(*[AdaptiveConv2d(2, 2, 3 + 2 * (index % 3), padding='same') for index in range(6)],
+                          AdaptiveConv2d(2, 2, 3, dtype=torch.float64))  # another dtype: its own group
+    _push_sigmas_out_of_bounds(model)
+    with torch.profiler.profile() as prof:
+        assert timm_aconv.clamp_sigmas_(model) == 7
+    names = [event.name for event in prof.events() if event.cpu_parent is None and event.name.startswith('aten::')]
+    assert sorted(names) == ['aten::_foreach_clamp_max_'] * 2 + ['aten::_foreach_clamp_min_'] * 2
+    assert _in_bounds(model)
+    assert model[1].sigma.detach()[[0, -1]].tolist() == pytest.approx([1 / 5, 5.0])

@@ -9,7 +9,7 @@ import warnings
 
 from .layers import (
     AdaptiveConv2d, adaptive_layers, centre_energy_fraction, clamp_sigmas_, effective_kernel_size,
-    gaussian_envelope, named_adaptive_layers, param_groups, register_sigma_clamp)
+    gaussian_envelope, named_adaptive_layers, param_groups, register_batched_envelopes, register_sigma_clamp)
 from .surgery import adapt_ordinary_weights, convert_conv, convert_convs, crop_conv, fuse_convs, summary
 
 __version__ = '0.1.0'

@@ -1,3 +1,4 @@
 from .adaptive_conv import AdaptiveConv2d
+from .batched_envelopes import register_batched_envelopes
 from .envelope import centre_energy_fraction, effective_kernel_size, gaussian_envelope
 from .sigma import adaptive_layers, clamp_sigmas_, named_adaptive_layers, param_groups, register_sigma_clamp

@@ -26,9 +26,11 @@ import torch
 import torch.nn as nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from .envelope import gaussian_envelope
+from .envelope import envelope_and_log_derivative, grid_sq_distance, softmax_envelope
+from .product_kernel import adaptive_product_kernel
 
-__all__ = ['AdaptiveConv2d', 'SigmaInit', 'resolve_kernel_size', 'resolve_sigma_init', 'resolve_sigma_bounds']
+__all__ = ['AdaptiveConv2d', 'SigmaInit', 'resolve_kernel_size', 'resolve_sigma_init', 'resolve_sigma_bounds',
+           'batched_envelope_key']
 
 SigmaInit = Union[float, Tuple[float, float]]
 
@@ -44,6 +46,17 @@ class _OptimizerSteps:
 
 
 register_optimizer_step_post_hook(_OptimizerSteps.hook)
+
+
+def batched_envelope_key(sigma: torch.Tensor, weight: torch.Tensor) -> Optional[Tuple]:
+    """ What identifies the values of ``sigma`` (and the dtype the envelope is computed in) for an
+    envelope computed ahead (:mod:`timm_aconv.layers.batched_envelopes`): storage address, version
+    counter (bumped by every in-place change), layout, dtype and device; None for a tensor without
+    storage (inside ``torch.func`` transforms). """
+    try:
+        return sigma.data_ptr(), sigma._version, sigma.shape, sigma.stride(), sigma.dtype, sigma.device, weight.dtype
+    except RuntimeError:
+        return None
 
 
 def resolve_kernel_size(kernel_size: Union[int, Sequence[int]], name: str = 'kernel_size') -> int:
@@ -98,12 +111,15 @@ class AdaptiveConv2d(nn.Conv2d):
         sigma_bounds: (low, high) range that :meth:`clamp_sigma_` keeps sigma in;
             None (default) is the paper's (1/n, n).
 
-    The forward pass convolves with :meth:`product_kernel` (``weight * envelope``). When the kernel
-    needs no gradient (``torch.no_grad()``/``inference_mode``, e.g. evaluation, or frozen
-    ``weight`` and ``sigma``), the product kernel is cached until ``weight`` or ``sigma`` change
-    (optimizer steps, in-place edits, ``load_state_dict``, ``.to()``, ``param.data = ...``).
+    The forward pass convolves with :meth:`product_kernel` (``weight * envelope``), whose
+    gradients in ``weight`` and ``sigma`` are computed in closed form
+    (:func:`~timm_aconv.layers.product_kernel.adaptive_product_kernel`); the grid's squared
+    distances are the non-persistent buffer ``sq_distance``. When the kernel needs no gradient
+    (``torch.no_grad()``/``inference_mode``, e.g. evaluation, or frozen ``weight`` and ``sigma``),
+    the product kernel is cached until ``weight`` or ``sigma`` change (optimizer steps, in-place
+    edits, ``load_state_dict``, ``.to()``, ``param.data = ...``).
     """
-    __jit_ignored_attributes__ = ['_kernel_cache']
+    __jit_ignored_attributes__ = ['_kernel_cache', '_batched_envelope']
 
     def __init__(
             self,
@@ -128,7 +144,11 @@ class AdaptiveConv2d(nn.Conv2d):
             in_channels, out_channels, size, stride=stride, padding=padding, dilation=dilation,
             groups=groups, bias=bias, padding_mode=padding_mode, device=device, dtype=dtype)
         self.sigma = nn.Parameter(torch.empty(out_channels, device=device, dtype=dtype))
+        self.register_buffer('sq_distance', torch.empty(size, size, device=device, dtype=self.weight.dtype),
+                             persistent=False)
         self._kernel_cache = None
+        self._batched_envelope = None  # (sigma, its key, envelope, log derivative) from a batched call
+        self.init_non_persistent_buffers()
         self.reset_sigma()
 
     @property
@@ -140,6 +160,11 @@ class AdaptiveConv2d(nn.Conv2d):
         super().reset_parameters()
         if getattr(self, 'sigma', None) is not None:
             self.reset_sigma()
+
+    def init_non_persistent_buffers(self) -> None:
+        """ Fill ``sq_distance`` (also after ``to_empty()``; timm's ``reinit_non_persistent_buffers``). """
+        with torch.no_grad():
+            self.sq_distance.copy_(grid_sq_distance(self.grid_size, self.sq_distance.device, self.sq_distance.dtype))
 
     def reset_sigma(self) -> None:
         """ Spread sigma linearly over the filters across ``sigma_init``. """
@@ -155,12 +180,30 @@ class AdaptiveConv2d(nn.Conv2d):
 
     def envelope(self) -> torch.Tensor:
         """ The normalized envelopes U, shape (out_channels, n, n), differentiable in sigma. """
-        return gaussian_envelope(self.sigma, self.kernel_size[0])
+        return softmax_envelope(self.sigma, self.sq_distance.to(self.sigma.dtype))
 
     def product_kernel(self) -> torch.Tensor:
         """ The effective kernel ``W ∘ U`` the layer convolves with, shape of ``weight``. """
-        envelope = gaussian_envelope(self.sigma.to(self.weight.dtype), self.kernel_size[0])
-        return self.weight * envelope.unsqueeze(1)
+        if torch.jit.is_scripting():  # autograd through the envelope (TorchScript has no autograd.Function)
+            dtype = self.weight.dtype
+            return self.weight * softmax_envelope(self.sigma.to(dtype), self.sq_distance.to(dtype)).unsqueeze(1)
+        return self._lean_product_kernel()
+
+    @torch.jit.unused
+    def _lean_product_kernel(self) -> torch.Tensor:
+        """ :meth:`product_kernel` in few operations: the envelope without autograd, one autograd node. """
+        weight, sigma = self.weight, self.sigma
+        grad_enabled = torch.is_grad_enabled()
+        sigma_grad = grad_enabled and sigma.requires_grad
+        batched = None if torch.compiler.is_compiling() else getattr(self, '_batched_envelope', None)
+        if sigma_grad and batched is not None and batched[0] is sigma and batched[1] == batched_envelope_key(
+                sigma, weight):
+            return adaptive_product_kernel(weight, sigma, batched[2], batched[3])
+        envelope, log_derivative = envelope_and_log_derivative(
+            sigma.to(weight.dtype), self.sq_distance.to(weight.dtype), with_log_derivative=sigma_grad)
+        if sigma_grad:
+            return adaptive_product_kernel(weight, sigma, envelope, log_derivative)
+        return weight * envelope.unsqueeze(1)  # autograd's backward for W alone is one multiplication too
 
     @torch.jit.unused
     def _cached_product_kernel(self) -> torch.Tensor:
@@ -189,19 +232,30 @@ class AdaptiveConv2d(nn.Conv2d):
 
     def _invalidate_cache(self) -> None:
         self._kernel_cache = None
+        self._batched_envelope = None
 
     def _apply(self, fn, recurse=True):
         self._invalidate_cache()
-        return super()._apply(fn, recurse)
+        module = super()._apply(fn, recurse)
+        self.init_non_persistent_buffers()  # to_empty() leaves it uninitialized
+        return module
 
     def _load_from_state_dict(self, *args, **kwargs):
         self._invalidate_cache()
         super()._load_from_state_dict(*args, **kwargs)
 
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if 'sq_distance' not in self._buffers:  # a layer pickled before the buffer existed
+            self.register_buffer('sq_distance', torch.empty(
+                self.kernel_size, device=self.weight.device, dtype=self.weight.dtype), persistent=False)
+            self.init_non_persistent_buffers()
+
     def __getstate__(self):
         # copies and pickles start without a cache: a restored storage could share a stale key
         state = self.__dict__.copy()
         state['_kernel_cache'] = None
+        state['_batched_envelope'] = None
         return state
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

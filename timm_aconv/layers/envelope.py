@@ -12,12 +12,18 @@ with grid coordinates ``g_kl = (k / (n - 1), l / (n - 1))`` normalized to the un
 (both edges included), the fixed centre ``mu = (0.5, 0.5)`` and ``s_q`` chosen so that
 ``sum_kl U_q[k, l]² == n²``: the mean squared coefficient is one, which keeps the mean
 variance of ``W ∘ U`` equal to that of ``W`` whatever sigma is (Theorem 3.1).
+
+:func:`gaussian_envelope` is that formula; :func:`softmax_envelope` is the same envelope in
+fewer operations (``U² / n²`` is a softmax over the grid of ``-d² / (sigma² + eps / 2)``), which
+the layer uses, and :func:`envelope_and_log_derivative` computes it without autograd together
+with its closed-form derivative in sigma, for the layer's training path
+(:mod:`timm_aconv.layers.product_kernel`).
 """
-from typing import List
+from typing import List, Optional, Tuple
 
 import torch
 
-__all__ = ['grid_sq_distance', 'gaussian_envelope', 'centre_energy_fraction', 'effective_kernel_size']
+__all__ = ['grid_sq_distance', 'gaussian_envelope', 'softmax_envelope', 'envelope_and_log_derivative', 'centre_energy_fraction', 'effective_kernel_size']
 
 # the authors' guard against a division by zero for sigma -> 0
 SIGMA_EPS = 1e-8
@@ -46,6 +52,63 @@ def gaussian_envelope(sigma: torch.Tensor, kernel_size: int, eps: float = SIGMA_
     # s_q of eq. 21: scale each envelope so that its squared coefficients sum to n²
     scale = kernel_size / raw.square().sum(dim=(1, 2), keepdim=True).sqrt()
     return raw * scale
+
+
+def _softmax_weights(sigma: torch.Tensor, sq_distance: torch.Tensor, eps: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ ``(U² / n², z, -t)`` flattened over the grid: the softmax of ``z = -d² / t``, ``t = sigma² + eps / 2``. """
+    neg_half_two_var = torch.rsub(sigma.square(), -eps / 2)  # -t = -(2 sigma² + eps) / 2
+    exponent = torch.div(sq_distance, neg_half_two_var[:, None, None]).flatten(1)  # z
+    return torch.softmax(exponent, dim=1), exponent, neg_half_two_var
+
+
+def softmax_envelope(sigma: torch.Tensor, sq_distance: torch.Tensor, eps: float = SIGMA_EPS) -> torch.Tensor:
+    """ :func:`gaussian_envelope` as ``U = n * sqrt(softmax(z))`` over the grid, differentiable in sigma.
+
+    Args:
+        sigma: apertures, shape (filters,).
+        sq_distance: the grid's squared distances, shape (n, n) (:func:`grid_sq_distance`).
+        eps: added to 2 sigma² against a division by zero (the authors' 1e-8).
+
+    Returns:
+        Envelopes of shape (filters, n, n), equal to :func:`gaussian_envelope` to float rounding.
+    """
+    size = sq_distance.shape[-1]
+    weights, _, _ = _softmax_weights(sigma, sq_distance, eps)
+    return weights.sqrt().mul(size).view(-1, size, size)
+
+
+def envelope_and_log_derivative(
+        sigma: torch.Tensor,
+        sq_distance: torch.Tensor,
+        with_log_derivative: bool = True,
+        eps: float = SIGMA_EPS,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """ The envelopes U of :func:`softmax_envelope` and ``d log U / d sigma``, without autograd.
+
+    With ``t = sigma² + eps / 2`` and ``z = -d² / t`` the normalized envelope is
+    ``U = n * sqrt(softmax(z))`` (``U² / n²`` are the softmax weights). Its logarithmic derivative
+    (eq. 12 through the normalization of eq. 21) is ``d log U / d sigma = (sigma / t) * (mean_U(z) - z)``
+    with ``mean_U(z) = sum_kl softmax(z) * z``, so that ``dU / dsigma = U * log_derivative``.
+
+    Args:
+        sigma: apertures, shape (filters,); read without autograd.
+        sq_distance: the grid's squared distances, shape (n, n) (:func:`grid_sq_distance`).
+        with_log_derivative: also compute the derivative (else None is returned for it).
+        eps: added to 2 sigma² against a division by zero (the authors' 1e-8).
+
+    Returns:
+        ``(envelope, log_derivative)``, each of shape (filters, n, n).
+    """
+    sigma = sigma.detach()
+    size = sq_distance.shape[-1]
+    weights, exponent, neg_half_two_var = _softmax_weights(sigma, sq_distance, eps)
+    envelope = weights.sqrt().mul_(size).view(-1, size, size)  # in place: no autograd here
+    if not with_log_derivative:
+        return envelope, None
+    mean_exponent = (weights * exponent).sum(dim=1, keepdim=True)
+    # (sigma / t) * (mean - z) == (sigma / -t) * (z - mean)
+    log_derivative = (exponent - mean_exponent).mul_((sigma / neg_half_two_var)[:, None])
+    return envelope, log_derivative.view(-1, size, size)
 
 
 def centre_energy_fraction(kernel: torch.Tensor) -> List[float]:

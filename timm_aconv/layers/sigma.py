@@ -30,11 +30,23 @@ def adaptive_layers(model: nn.Module) -> Iterator[AdaptiveConv2d]:
 
 
 def clamp_sigmas_(model: nn.Module) -> int:
-    """ Clip the sigma of every adaptive layer in ``model`` into its bounds; returns the layer count. """
+    """ Clip the sigma of every adaptive layer in ``model`` into its bounds; returns the layer count.
+
+    One ``torch._foreach_clamp_min_`` and one ``torch._foreach_clamp_max_`` call per device and
+    dtype (a single multi-tensor kernel each on a GPU), not one clamp per layer.
+    """
+    groups: Dict[Tuple[torch.device, torch.dtype], Tuple[List[torch.Tensor], List[float], List[float]]] = {}
     count = 0
     for layer in adaptive_layers(model):
-        layer.clamp_sigma_()
+        sigmas, lows, highs = groups.setdefault((layer.sigma.device, layer.sigma.dtype), ([], [], []))
+        sigmas.append(layer.sigma)
+        lows.append(layer.sigma_bounds[0])
+        highs.append(layer.sigma_bounds[1])
         count += 1
+    with torch.no_grad():
+        for sigmas, lows, highs in groups.values():
+            torch._foreach_clamp_min_(sigmas, lows)
+            torch._foreach_clamp_max_(sigmas, highs)
     return count
 
 

@@ -7,6 +7,10 @@ and runs
 
 - mixed precision (``mixed_precision='bf16'|'fp16'``) and gradient accumulation
   (``grad_accum_steps``), through Accelerate;
+- ``torch.compile`` of the model (``compile``: ``'auto'`` compiles when training on a CUDA
+  device, where the launches of small operations cost most, ``True``, ``False``), in place
+  (``model.compile()``: parameter names and checkpoints stay those of the eager model); an eager
+  model gets :func:`timm_aconv.register_batched_envelopes` for the time of :meth:`Trainer.fit`;
 - gradient clipping by value (the paper's Keras ``clipvalue=1.0``, applies to sigma too)
   and optionally by norm, on real optimizer steps only;
 - the sigma clamp into [1/n, n] after every real optimizer step
@@ -106,16 +110,16 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import DynamoBackend, ProjectConfiguration, set_seed
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from tqdm.auto import tqdm
 
-from ..layers import param_groups, register_sigma_clamp
+from ..layers import param_groups, register_batched_envelopes, register_sigma_clamp
 from .callbacks import Callback
 from .config import ConfigError, config_to_dict, save_config
 from .history import write_history
@@ -164,6 +168,7 @@ class EngineConfig:
     log_with: Literal['auto', 'none', 'tensorboard', 'wandb', 'mlflow', 'comet_ml', 'aim', 'clearml', 'dvclive'] = 'auto'
     progress: bool = True
     num_threads: Optional[int] = None
+    compile: Union[Literal['auto'], bool] = 'auto'  # torch.compile the model; 'auto': on a CUDA device
 
     def __post_init__(self) -> None:
         positive_ints = ('epochs', 'grad_accum_steps')
@@ -192,6 +197,8 @@ class EngineConfig:
         if self.keep_checkpoints < 2:
             raise ConfigError(f'keep_checkpoints must be >= 2 (Accelerate deletes the oldest checkpoint before it writes '
                               f'the next, so with 1 an interrupted save leaves none), got {self.keep_checkpoints}')
+        if not (isinstance(self.compile, bool) or self.compile == 'auto'):
+            raise ConfigError(f"compile must be 'auto', true or false, got {self.compile!r}")
 
 
 def create_optimizer(model: nn.Module, config: EngineConfig) -> torch.optim.Optimizer:
@@ -294,6 +301,11 @@ class Trainer:
             project.set_directories(config.output_dir)
         optimizer = optimizer or create_optimizer(model, config)
         self.clamp_handle = register_sigma_clamp(optimizer, model)
+        self.envelope_handle = None
+        if self._should_compile():
+            model.compile()  # in place: same parameters, state-dict keys and checkpoints as eager
+        else:
+            self.envelope_handle = register_batched_envelopes(model)  # one envelope call per grid size
         self.model, self.optimizer, self.train_loader, self.val_loader = self.accelerator.prepare(
             model, optimizer, train_loader, val_loader)
         self.steps_per_epoch = self._optimizer_steps_per_epoch()
@@ -325,6 +337,13 @@ class Trainer:
     def best_dir(self) -> Path:
         """ The best model by ``monitor`` so far (``save_best``). """
         return Path(self.config.output_dir) / 'best'
+
+    def _should_compile(self) -> bool:
+        if self.accelerator.state.dynamo_plugin.backend != DynamoBackend.NO:
+            return False  # Accelerate compiles in prepare() (accelerate launch --dynamo_backend ...)
+        if self.config.compile == 'auto':
+            return self.accelerator.device.type == 'cuda'
+        return self.config.compile
 
     def _optimizer_steps_per_epoch(self) -> int:
         batches = len(self.train_loader)
@@ -368,6 +387,8 @@ class Trainer:
             if config.save_every and (self.epoch % config.save_every == 0 or self.epoch == config.epochs
                                       or self.should_stop):
                 self.save_checkpoint()
+        if self.envelope_handle is not None:
+            self.envelope_handle.remove()  # the trained model leaves without the hook (TorchScript cannot script it)
         self.accelerator.wait_for_everyone()
         if self.is_main_process:
             self.save_model_fn(self.unwrapped_model, Path(config.output_dir))
