@@ -43,7 +43,7 @@ import platform
 import signal
 import sys
 import time
-from typing import Callable, Counter, Dict, List, Optional, Tuple
+from typing import Callable, Counter, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -437,6 +437,8 @@ def gpu_cases(
         compile_backend: str = 'inductor',
         time_budget_s: float = 270.0,
         on_result: Callable[[], None] = lambda: None,
+        pairs: Optional[Sequence[str]] = None,
+        modes: Optional[Sequence[str]] = None,
 ) -> Tuple[List[Dict], List[Dict], List[Dict]]:
     """ Train-step timings of :data:`GPU_PAIRS` on ``device`` in every mode of :data:`GPU_MODES`.
 
@@ -452,9 +454,12 @@ def gpu_cases(
     deadline = time.monotonic() + time_budget_s
     cuda = torch.device(device).type == 'cuda'
     use_alarm = hasattr(signal, 'SIGALRM')
-    tasks = [(pair, ops) for pair in GPU_PAIRS for ops in ('ops', 'ops batched envelopes')]
-    tasks += [(pair, mode) for mode in GPU_MODES if mode != 'compiled' for pair in GPU_PAIRS]
-    tasks += [(pair, 'compiled') for pair in GPU_PAIRS]
+    chosen_pairs = [pair for pair in GPU_PAIRS if pairs is None or pair.name in pairs]
+    chosen_modes = ('ops', *GPU_MODES) if modes is None else tuple(modes)
+    tasks = [(pair, ops) for pair in chosen_pairs for ops in ('ops', 'ops batched envelopes') if 'ops' in chosen_modes]
+    # eager first, compiled next, CUDA graphs last: a failed capture can leave the CUDA context unusable
+    tasks += [(pair, mode) for mode in ('eager', 'eager batched envelopes', 'compiled', 'cuda graph')
+              if mode in chosen_modes for pair in chosen_pairs]
     for pair, mode in tasks:
         case = f'{pair.adaptive[0]} vs {pair.ordinary[0]} b{pair.batch} {pair.size}x{pair.size} {mode}'
         left = deadline - time.monotonic()
@@ -487,7 +492,12 @@ def gpu_cases(
                 signal.alarm(0)
                 signal.signal(signal.SIGALRM, previous)
             if cuda:
-                torch.cuda.empty_cache()
+                try:
+                    torch.cuda.empty_cache()
+                except RuntimeError as error:  # a sticky CUDA error: no later case can run in this process
+                    failures.append(dict(case='remaining cases', error=f'CUDA context unusable: {error}'[:500]))
+                    on_result()
+                    break
         on_result()
     return rows, op_rows, failures
 
@@ -582,6 +592,10 @@ def main(argv=None) -> Dict:
     parser.add_argument('--time-budget', type=float, default=270.0,
                         help='seconds the gpu suite may take, compile warm-ups included; the cases left when it is '
                              'used up are reported as skipped (default 270)')
+    parser.add_argument('--gpu-pairs', nargs='+', choices=[pair.name for pair in GPU_PAIRS], default=None,
+                        help='model pairs of the gpu suite (default: all)')
+    parser.add_argument('--gpu-modes', nargs='+', choices=('ops',) + GPU_MODES, default=None,
+                        help="cases of the gpu suite: 'ops' (operation counts) and timing modes (default: all)")
     parser.add_argument('--json', default=None, help='also write the results to this JSON file (after every gpu case)')
     args = parser.parse_args(argv)
     device = _resolve_device(parser, args.device)
@@ -593,7 +607,7 @@ def main(argv=None) -> Dict:
     else:
         suites = SUITES if 'all' in args.suite else tuple(args.suite)
     if cuda:
-        torch.cuda.set_device(device)
+        torch.cuda.set_device(torch.device(device).index or 0)
         torch.backends.cudnn.benchmark = True  # as timm's train.py; warm-up calls pick the algorithms
     command = ' '.join(['python', sys.argv[0]] + (sys.argv[1:] if argv is None else list(argv)))
     info = dict(machine_info(device), clock='cuda events' if cuda and 'gpu' in suites else args.clock, device=device)
@@ -624,7 +638,8 @@ def main(argv=None) -> Dict:
             compare, rounds=args.gpu_rounds, warmup=3, min_round_s=0.05,
             clock=CudaEventClock() if cuda else args.clock)
         gpu_rows, gpu_op_rows, gpu_failures = gpu_cases(
-            device, gpu_measure, compile_backend=args.compile_backend, time_budget_s=args.time_budget, on_result=save)
+            device, gpu_measure, compile_backend=args.compile_backend, time_budget_s=args.time_budget, on_result=save,
+            pairs=args.gpu_pairs, modes=args.gpu_modes)
         rows += gpu_rows
         op_rows += gpu_op_rows
         failures += gpu_failures

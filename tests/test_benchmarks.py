@@ -143,7 +143,7 @@ def test_gpu_suite_reports_failing_and_overtime_cases_and_keeps_going(monkeypatc
     def failing_case(pair, mode, *args):
         if mode == 'eager':
             raise RuntimeError('out of memory')
-        time.sleep(30)  # stopped by the time budget, which then skips the compiled case
+        time.sleep(30)  # stopped by the time budget, which then skips the compiled case (CUDA graphs come last)
     monkeypatch.setattr(overhead, '_gpu_case', failing_case)
     counts = dict(layers=2, adaptive_ops=3, ordinary_ops=1, extra_ops_per_layer=1.0, adaptive_cuda_kernels=None,
                   ordinary_cuda_kernels=None, difference={'aten::mul': 2})
@@ -152,8 +152,8 @@ def test_gpu_suite_reports_failing_and_overtime_cases_and_keeps_going(monkeypatc
     rows, op_rows, failures = overhead.gpu_cases('cpu', measure, time_budget_s=2.5, on_result=lambda: saved.append(1))
     assert rows == [] and len(op_rows) == 2 and len(saved) == 4
     assert [failure['error'] for failure in failures] == [
-        'RuntimeError: out of memory', 'time budget used up', 'skipped: CUDA graphs need a CUDA device',
-        'skipped: time budget of 2 s used up']
+        'RuntimeError: out of memory', 'time budget used up', 'skipped: time budget of 2 s used up',
+        'skipped: CUDA graphs need a CUDA device']
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='checks the message of a machine without a GPU')

@@ -312,8 +312,10 @@ def test_compiled_training_matches_eager_without_breaks_or_recompiles(tmp_path, 
     reference = eager.unwrapped_model.state_dict()
     state = resumed.unwrapped_model.state_dict()
     assert state.keys() == reference.keys()  # the checkpoint names of the eager model
+    # compiled, the kernel's gradient comes from autograd through the envelope's formula, eager from its closed
+    # form: equal to float rounding per step, which 9 steps at lr 0.5 grow to ~1e-5
     for name, tensor in state.items():
-        torch.testing.assert_close(tensor, reference[name], rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(tensor, reference[name], rtol=1e-4, atol=1e-5, msg=lambda message: f'{name}: {message}')
     assert float(resumed.unwrapped_model[0].sigma.detach().min()) >= 1 / 3 - 1e-7
 
 

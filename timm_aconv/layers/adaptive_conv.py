@@ -184,7 +184,9 @@ class AdaptiveConv2d(nn.Conv2d):
 
     def product_kernel(self) -> torch.Tensor:
         """ The effective kernel ``W ∘ U`` the layer convolves with, shape of ``weight``. """
-        if torch.jit.is_scripting():  # autograd through the envelope (TorchScript has no autograd.Function)
+        # TorchScript has no autograd.Function; under torch.compile the formula is traced with autograd and
+        # fused by the compiler (torch 2.11's dynamo breaks the graph on the Function's backward)
+        if torch.jit.is_scripting() or torch.compiler.is_compiling():
             dtype = self.weight.dtype
             return self.weight * softmax_envelope(self.sigma.to(dtype), self.sq_distance.to(dtype)).unsqueeze(1)
         return self._lean_product_kernel()
@@ -195,7 +197,7 @@ class AdaptiveConv2d(nn.Conv2d):
         weight, sigma = self.weight, self.sigma
         grad_enabled = torch.is_grad_enabled()
         sigma_grad = grad_enabled and sigma.requires_grad
-        batched = None if torch.compiler.is_compiling() else getattr(self, '_batched_envelope', None)
+        batched = getattr(self, '_batched_envelope', None)
         if sigma_grad and batched is not None and batched[0] is sigma and batched[1] == batched_envelope_key(
                 sigma, weight):
             return adaptive_product_kernel(weight, sigma, batched[2], batched[3])
