@@ -19,7 +19,8 @@ and runs
 - checkpoints (``accelerator.save_state`` in ``output_dir/checkpoint`` after every
   ``save_every`` epochs, plus the trainer's own progress as JSON), ``resume=True`` continues
   from there with identical results;
-- tqdm progress on the main process only; one metrics row per epoch written to
+- tqdm progress on the main process of an interactive terminal only (never in piped logs), and
+  one printed line per epoch on the main process (:func:`epoch_line`); one metrics row per epoch written to
   ``output_dir/metrics.csv`` / ``metrics.json`` and to Accelerate trackers (TensorBoard when
   installed, ``log_with='auto'``); the final weights as ``output_dir/model.safetensors``.
   A row holds ``epoch``, ``step`` (optimizer steps so far), ``train_loss``, the metric's
@@ -27,7 +28,11 @@ and runs
   reduce-on-plateau decision) and ``best_<monitor>``.
 
 Multi-process CPU runs (``torchrun --nproc_per_node 2 ...`` with gloo) need ``cpu=True``
-(Accelerate only picks its multi-CPU mode when told, like ``accelerate launch --cpu``).
+(Accelerate only picks its multi-CPU mode when told); a launcher that asked for several processes
+while the Accelerator runs one (torchrun without ``cpu=True`` on a machine without GPUs,
+``accelerate launch --num_processes 2`` without ``--multi_gpu``) is an error, not N independent
+runs into one folder (:func:`check_process_count`). Recipes refuse an ``output_dir`` that already
+holds a run unless ``resume`` or ``overwrite`` is set (:func:`check_output_dir`).
 
 Classification (what ``recipes/train_classification.py`` does, minus the data plumbing)::
 
@@ -93,6 +98,7 @@ training sampler is seeded per epoch (``use_seedable_sampler``) and the RNG stat
 """
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Tuple
@@ -104,14 +110,15 @@ from accelerate.utils import set_seed
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from tqdm.auto import tqdm
 
-from ..layers import param_groups, register_sigma_clamp
+from ..layers import adaptive_layers, param_groups, register_sigma_clamp
 from .callbacks import Callback
 from .config import ConfigError, config_to_dict
 from .history import write_history
 from .metrics import Metric
 from .schedulers import create_scheduler
 
-__all__ = ['EngineConfig', 'Trainer', 'set_seed', 'create_optimizer']
+__all__ = ['EngineConfig', 'Trainer', 'set_seed', 'create_optimizer', 'check_output_dir', 'check_process_count',
+           'expected_process_count', 'epoch_line']
 
 ForwardFn = Callable[[nn.Module, Any], Tuple[torch.Tensor, torch.Tensor]]
 
@@ -143,9 +150,11 @@ class EngineConfig:
     seed: int = 0
     deterministic: bool = False
     resume: bool = False
+    overwrite: bool = False  # recipes refuse an output_dir holding a run unless resume or overwrite
     save_every: int = 1
     log_with: Literal['auto', 'none', 'tensorboard', 'wandb', 'mlflow', 'comet_ml', 'aim', 'clearml', 'dvclive'] = 'auto'
     progress: bool = True
+    print_epochs: bool = True
     num_threads: Optional[int] = None
 
     def __post_init__(self) -> None:
@@ -172,6 +181,91 @@ class EngineConfig:
                 f'(it counts batches), got {self.max_steps_per_epoch}')
         if self.plateau_factor >= 1:
             raise ConfigError(f'plateau_factor must be in (0, 1), got {self.plateau_factor}')
+
+
+def check_output_dir(output_dir: str, resume: bool = False, overwrite: bool = False) -> None:
+    """ A :class:`ConfigError` when ``output_dir`` already holds files (a previous run) and neither
+    ``resume`` nor ``overwrite`` says what to do with them; recipes call it before training, on every
+    process, before any of them writes. """
+    directory = Path(output_dir)
+    if resume or overwrite or not directory.is_dir() or next(directory.iterdir(), None) is None:
+        return
+    held = sorted(path.name + ('/' if path.is_dir() else '') for path in directory.iterdir())
+    shown = ', '.join(held[:4]) + (', ...' if len(held) > 4 else '')
+    raise ConfigError(f'output_dir {str(directory)!r} already holds a run ({shown}): add --resume to continue it, '
+                      f'--overwrite to replace it, or choose another --output_dir')
+
+
+def _launcher_process_count() -> Optional[int]:
+    """ How many processes the launcher asked for, when it says so (torchrun's WORLD_SIZE), or -1
+    for ``accelerate launch --num_processes N`` without --multi_gpu (its simple launcher sets
+    MASTER_PORT for N > 1 but starts one process), else None. """
+    if 'WORLD_SIZE' in os.environ:
+        return int(os.environ['WORLD_SIZE'])
+    mpi_sizes = ('PMI_SIZE', 'OMPI_COMM_WORLD_SIZE', 'MV2_COMM_WORLD_SIZE')  # mpirun: Accelerate's multi-CPU mode
+    if 'ACCELERATE_USE_CPU' in os.environ and 'MASTER_PORT' in os.environ and not any(
+            name in os.environ for name in mpi_sizes):
+        return -1
+    return None
+
+
+def check_process_count(processes: int) -> None:
+    """ A :class:`ConfigError` when the launcher asked for several processes but training would run
+    ``processes`` = 1: N copies of a single-process run would train independently into one output_dir.
+
+    :class:`Trainer` calls it twice: before building its Accelerator with the number Accelerate will
+    run (:func:`expected_process_count`; a torchrun process that Accelerate runs alone would first
+    wait for the others in a process group), and with the Accelerator's own ``num_processes``.
+    """
+    if processes != 1:
+        return
+    requested = _launcher_process_count()
+    if requested is not None and requested > 1:
+        raise ConfigError(
+            f'the launcher started {requested} processes (WORLD_SIZE={requested}) but Accelerate found no GPU for '
+            f'them and runs each on its own: add --cpu to train with {requested} processes on CPU, or launch one '
+            f'process')
+    if requested == -1:
+        raise ConfigError(
+            'accelerate launch --num_processes N without --multi_gpu started a single process (its simple launcher '
+            'cannot start several on CPU): for N processes on CPU run torchrun --standalone --nproc_per_node N '
+            '<recipe> ... --cpu')
+
+
+def expected_process_count(cpu: bool) -> int:
+    """ How many processes Accelerate will train with under the current launcher: WORLD_SIZE with
+    ``cpu=True`` or an accelerator device (GPU), else one. """
+    requested = _launcher_process_count() or 1
+    if requested < 1:
+        return 1
+    has_device = torch.accelerator.is_available() if hasattr(torch, 'accelerator') else torch.cuda.is_available()
+    return requested if cpu or has_device else 1
+
+
+def epoch_line(record: Dict[str, float], epochs: int, monitor: str, model: Optional[nn.Module] = None) -> str:
+    """ The one line printed per epoch: epoch, train loss, the monitored metric (and its best), the
+    first other validation metric, the learning rates and the range of sigma over ``model``'s
+    adaptive layers, e.g. ``epoch 3/15  train_loss 0.4132  val_loss 0.3170 (best 0.3170)
+    val_accuracy 0.9667  lr 0.01  sigma [0.201, 0.553]``. """
+    parts = [f'epoch {record["epoch"]}/{epochs}', f'train_loss {record["train_loss"]:.4f}']
+    if monitor in record:
+        parts.append(f'{monitor} {record[monitor]:.4f} (best {record.get(f"best_{monitor}", record[monitor]):.4f})')
+    other = next((key for key in record if key.startswith('val_') and key != monitor and key != 'val_samples'
+                  and isinstance(record[key], float)), None)
+    if other is not None:
+        parts.append(f'{other} {record[other]:.4f}')
+    rates = {key[len('lr_'):]: value for key, value in record.items() if key.startswith('lr_')}
+    distinct = sorted(set(rates.values()), reverse=True)
+    if len(distinct) == 1:
+        parts.append(f'lr {distinct[0]:.3g}')
+    else:
+        parts.append(' '.join(f'lr_{name} {value:.3g}' for name, value in rates.items()))
+    if model is not None:
+        sigmas = [layer.sigma.detach() for layer in adaptive_layers(model)]
+        if sigmas:
+            sigma = torch.cat([values.flatten().float().cpu() for values in sigmas])
+            parts.append(f'sigma [{float(sigma.min()):.3f}, {float(sigma.max()):.3f}]')
+    return '  '.join(parts)
 
 
 def create_optimizer(model: nn.Module, config: EngineConfig) -> torch.optim.Optimizer:
@@ -237,6 +331,8 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
         if config.num_threads is not None:
             torch.set_num_threads(config.num_threads)  # small CPU models: 1 thread avoids spin-wait overhead
+        if accelerator is None:
+            check_process_count(expected_process_count(config.cpu))
         self.accelerator = accelerator or Accelerator(
             cpu=config.cpu,
             mixed_precision=config.mixed_precision,
@@ -245,6 +341,7 @@ class Trainer:
             log_with=_resolve_trackers(config.log_with),
             project_dir=config.output_dir,
         )
+        check_process_count(self.accelerator.num_processes)
         optimizer = optimizer or create_optimizer(model, config)
         self.clamp_handle = register_sigma_clamp(optimizer, model)
         self.model, self.optimizer, self.train_loader, self.val_loader = self.accelerator.prepare(
@@ -303,6 +400,8 @@ class Trainer:
             if isinstance(self.scheduler, ReduceLROnPlateau):
                 self.scheduler.step(record[self._monitor_key(record)])
             self._record(record)
+            if config.print_epochs and self.is_main_process:
+                print(epoch_line(record, config.epochs, self._monitor_key(record), self.unwrapped_model), flush=True)
             self.epoch += 1
             for callback in self.callbacks:
                 callback.on_epoch_end(self, record)
@@ -330,8 +429,10 @@ class Trainer:
         samples = torch.zeros((), device=accelerator.device)
         total = len(self.train_loader) if config.max_steps_per_epoch is None else min(
             len(self.train_loader), config.max_steps_per_epoch)
+        # disable=None: no bar when stderr is not a terminal (piped logs keep the per-epoch line only)
         progress = tqdm(self.train_loader, total=total, desc=f'epoch {self.epoch + 1}/{config.epochs}',
-                        disable=not (config.progress and accelerator.is_local_main_process), leave=False)
+                        disable=None if config.progress and accelerator.is_local_main_process else True,
+                        leave=False, mininterval=1.0)
         for batch_index, batch in enumerate(progress):
             with accelerator.accumulate(self.model):
                 outputs, targets = self.forward_fn(self.model, batch)
