@@ -9,6 +9,7 @@ of printed lines. A block with ``# ->`` comments must print exactly those lines;
 without any is only run. ``<!-- test: slow -->`` on the line before a block marks it
 ``docs_slow``: ``make test`` skips it, ``make test-docs`` runs every block.
 """
+import ast
 import contextlib
 import io
 import re
@@ -118,6 +119,20 @@ def test_readme_has_its_python_blocks():
     assert sum(len(block.expected) for block in BLOCKS) >= 20, 'the README blocks lost their # -> outputs'
 
 
+def bare_expressions(block: Block) -> List[int]:
+    """ README lines of expression statements that are not calls (``x.shape``, ``a, b``): they print
+    nothing when the block runs as a script. """
+    tree = ast.parse(block.code)
+    return [block.start + node.lineno - 1 for node in ast.walk(tree)
+            if isinstance(node, ast.Expr) and not isinstance(node.value, (ast.Call, ast.Await, ast.Constant))]
+
+
+def test_readme_blocks_print_their_values_instead_of_bare_expressions():
+    lines = [line for block in BLOCKS for line in bare_expressions(block)]
+    assert not lines, (f'README.md lines {lines}: a bare expression prints nothing outside a REPL; print(...) '
+                       f'it and show the output in a # -> comment')
+
+
 def test_harness_reads_and_matches_expected_outputs():
     text = '\n'.join(['intro', SLOW_MARK, '```python', "print('a  # b')  # -> a  # b", 'x = 1  # a comment',
                       'print(x)', '# -> 1  # commentary', '# -> ...', '# -> tail ... end', '```', '```python', 'pass',
@@ -130,6 +145,7 @@ def test_harness_reads_and_matches_expected_outputs():
     assert 'line 7' in first_mismatch(slow.expected, ['a', '2', 'tail 1 end'])
     assert 'line 7' in first_mismatch(slow.expected, ['a', 'unexpected', '1', 'tail 1 end'])
     assert 'do not show' in first_mismatch([(1, 'a')], ['a', 'b'])
+    assert bare_expressions(Block(10, 'x = 1\nx.real\nprint(x)\nx, x', False)) == [11, 13]
 
 
 @pytest.mark.usefixtures('one_torch_thread')
