@@ -92,13 +92,22 @@ def test_torchrun_without_cpu_stops_each_process_with_what_to_add(tmp_path):
     assert not (tmp_path / 'run').exists()  # stopped before writing anything
 
 
-def test_demo_module_help_names_the_command_and_errors_are_one_line(tmp_path):
-    helped = run_command(['-m', 'timm_aconv.demo', '--help'], tmp_path, COLUMNS='200')
-    assert helped.returncode == 0, helped.stderr
-    assert helped.stdout.startswith('usage: python -m timm_aconv.demo [--config FILE] [--KEY VALUE ...]')
-    assert re.search(r'--repeats INT +training runs per arm .* \(default: 3\)', helped.stdout)  # the demo's value
+def test_demo_module_errors_are_one_line(tmp_path):
     failed = run_command(['-m', 'timm_aconv.demo', '--kernel_sizes', '4'], tmp_path)
     assert (failed.returncode, failed.stderr) == (2, 'error: kernel_sizes must be odd integers >= 3, got [4]\n')
+
+
+def test_demo_help_names_the_command_and_shows_the_demos_values(capsys, monkeypatch):
+    from timm_aconv import demo
+    monkeypatch.setenv('COLUMNS', '250')
+    monkeypatch.setattr(sys, 'argv', [demo.__file__])  # what python -m sets
+    with pytest.raises(SystemExit) as exit_info:
+        demo.main(['--help'])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith('usage: python -m timm_aconv.demo [--config FILE] [--KEY VALUE ...]\n')
+    assert re.search(r'--repeats INT +training runs per arm .* \(default: 3\)', text)  # the demo's value
+    assert '``' not in text and '::' not in text
 
 
 # ---- the same entry points in this process (run_cli around each recipe's main)
