@@ -24,7 +24,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
     summary = save_learn_filters(result, config)
     for kind, fit in summary.items():
         print(f'{kind.upper():5s} final MSE {fit["final_mse"]:.3e}  (lowest during training {fit["best_mse"]:.3e})')
-    print(f'results in {config.output_dir} ({torch.get_num_threads()} torch threads)')
+    threads = torch.get_num_threads()
+    print(f'results in {config.output_dir} ({threads} torch thread{"" if threads == 1 else "s"})')
     return summary
 
 
