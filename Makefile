@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_PKGS ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo clean
+.PHONY: setup test test-docs demo clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ setup: $(VENV)/.installed
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# every Python block of README.md, the slow ones (<!-- test: slow -->) included
+test-docs: setup
+	$(PY) -m pytest -q -m "" tests/test_readme.py $(PYTEST_ARGS)
 
 demo: setup
 	$(PY) -m timm_aconv.demo

@@ -1,11 +1,12 @@
 """ The paper's Algorithm 1: CONV vs ACONV for each kernel size, N seeds each, t-test table.
 
-    python recipes/compare.py --config recipes/configs/compare_digits.yaml
-    python recipes/compare.py --config recipes/configs/simple_cnn_mnist.yaml --kernel_sizes 3,5,7,9 --repeats 5
-    python recipes/compare.py --config recipes/configs/compare_digits.yaml --resume   # reuse finished runs
+    python recipes/compare.py --config recipes/configs/simple_cnn_mnist.yaml
+    python recipes/compare.py --config recipes/configs/digits.yaml --kernel_sizes 3,5,7,9 --repeats 5
+    python recipes/compare.py --config recipes/configs/digits.yaml --resume   # reuse finished runs
 
-Writes comparison.md/.csv/.json and comparison_curves.png to --output_dir; the logic lives in
-:mod:`timm_aconv.train.compare`.
+Writes comparison.md/.csv/.json and comparison_curves.png to --output_dir, one folder per run
+below it; a second comparison into the same output_dir needs --resume (reads finished runs back)
+or --overwrite. The logic lives in timm_aconv.train.compare.
 """
 from typing import List, Optional
 
@@ -13,10 +14,13 @@ from accelerate import PartialState
 
 from timm_aconv.train import parse_config, run_cli
 from timm_aconv.train.compare import CompareConfig, run_comparison
+from timm_aconv.train.engine import check_output_dir
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    result = run_comparison(parse_config(CompareConfig, argv))
+    config = parse_config(CompareConfig, argv, description=__doc__)
+    check_output_dir(config.output_dir, config.resume, config.overwrite)
+    result = run_comparison(config)
     PartialState().print(result.markdown)
     PartialState().print('written:', ', '.join(str(path) for path in result.files))
 

@@ -1,27 +1,30 @@
-""" Train U-Nets whose first convolution is adaptive 7×7, ordinary 7×7 or ordinary 3×3 (paper 4.4).
+r""" Train U-Nets whose first convolution is adaptive 7×7, ordinary 7×7 or ordinary 3×3 (paper 4.4).
 
-    python recipes/train_segmentation.py --config recipes/configs/segmentation.yaml        # offline shapes, CPU
+    python recipes/train_segmentation.py --config recipes/configs/segmentation.yaml      # offline shapes, CPU
     accelerate launch --multi_gpu recipes/train_segmentation.py \
-        --config recipes/configs/segmentation_oxford_pets.yaml                               # the paper's runs
+        --config recipes/configs/segmentation_oxford_pets.yaml                             # the paper's runs
     accelerate launch --multi_gpu recipes/train_segmentation.py \
-        --config recipes/configs/segmentation_oxford_pets_smp.yaml                           # SMP ResNet U-Net
+        --config recipes/configs/segmentation_oxford_pets_smp.yaml                         # SMP ResNet U-Net
 
-Every key of the YAML config can be overridden on the command line (``--help`` lists them),
-e.g. ``--variants aconv7,conv7 --repeats 5 --data_dir /data``. The logic lives in
-:mod:`timm_aconv.train.segmentation` (task) and :mod:`timm_aconv.train.segmentation_compare`
-(repeats, table, figures); the training loop is the shared Accelerate engine.
+Every key of the YAML config can be overridden on the command line, e.g.
+--variants aconv7,conv7 --repeats 5 --data_dir /data. A second run into an output_dir that holds
+one needs --resume (finished runs are read back) or --overwrite. The logic lives in
+timm_aconv.train.segmentation (task) and timm_aconv.train.segmentation_compare (repeats, table,
+figures); the training loop is the shared Accelerate engine.
 """
 from typing import List, Optional, Sequence
 
 from accelerate import PartialState
 
-from timm_aconv.train import Callback, parse_config
+from timm_aconv.train import Callback, parse_config, run_cli
+from timm_aconv.train.engine import check_output_dir
 from timm_aconv.train.segmentation import SegmentationConfig
 from timm_aconv.train.segmentation_compare import SegmentationResult, train_segmentation
 
 
 def main(argv: Optional[List[str]] = None, callbacks: Sequence[Callback] = ()) -> SegmentationResult:
-    config = parse_config(SegmentationConfig, argv)
+    config = parse_config(SegmentationConfig, argv, description=__doc__)
+    check_output_dir(config.output_dir, config.resume, config.overwrite)
     result = train_segmentation(config, callbacks)
     if PartialState().is_main_process:
         print(result.markdown)
@@ -30,4 +33,4 @@ def main(argv: Optional[List[str]] = None, callbacks: Sequence[Callback] = ()) -
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

@@ -402,7 +402,7 @@ def test_converted_model_reloads_in_the_documented_form(tmp_path):
                  '--plots', 'false', '--output_dir', str(tmp_path),
                  *FAST], callbacks=[epochs])
     saved = json.loads((tmp_path / 'best' / 'config.json').read_text())
-    assert saved['architecture'] == 'resnet10t' and saved['timm_aconv_convert'] == {'sizes': [5], 'sigma_init': None}
+    assert saved['architecture'] == 'resnet10t' and saved['timm_aconv_convert'] == {'sizes': [5], 'include': None, 'exclude': None, 'sigma_init': None}
     with pytest.raises(RuntimeError, match='sigma'):  # the plain architecture has no sigma to load
         timm.create_model(f'local-dir:{tmp_path / "best"}', pretrained=True)
     model = timm.create_model(f'local-dir:{tmp_path / "best"}')

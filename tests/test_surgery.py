@@ -1,4 +1,6 @@
 """ convert_convs / fuse_convs / summary through the public API, the way users call them. """
+import warnings
+
 import pytest
 import segmentation_models_pytorch as smp
 import timm
@@ -224,3 +226,14 @@ def test_summary_table():
     text = str(table)
     assert text.splitlines()[0].split()[:3] == ['layer', 'n', 'filters'] and 'dilated' in text
     assert not timm_aconv.summary(_twopaths())
+
+
+def test_fuse_convs_on_a_model_without_adaptive_layers_warns_or_raises_when_strict():
+    model = fuse_convs(nn.Sequential(AdaptiveConv2d(2, 3, 3, padding=1)))
+    with pytest.warns(UserWarning, match='fuse_convs: Sequential has no AdaptiveConv2d layer to fuse'):
+        assert fuse_convs(model) is model
+    with pytest.raises(ValueError, match=r'has no AdaptiveConv2d layer to fuse \(fused already, or never converted\)'):
+        fuse_convs(model, strict=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        fuse_convs(nn.Sequential(AdaptiveConv2d(2, 3, 3, padding=1)), strict=True)  # something to fuse: silent

@@ -1,16 +1,18 @@
-""" ``make demo``: the paper's CONV vs ACONV comparison on scikit-learn's digits, offline
+r""" make demo: the paper's CONV vs ACONV comparison on scikit-learn's digits, offline
 
-Runs Algorithm 1 of the paper (see :mod:`timm_aconv.train.compare`) with its simple CNN on the
-8×8 digits that ship with scikit-learn — no download — scaled down to a few CPU minutes:
-kernel sizes 3 and 7, 3 seeds each, 6 epochs (the paper: 3/5/7/9, 5 seeds, 100+ epochs); each
-seed draws its own 80/20 split, shared by both arms. The optimizer settings are the paper's
-simple-CNN ones. Prints the t-test table and where the table, the plots and the settings of
-every run were written. Any setting can be overridden::
+Runs Algorithm 1 of the paper (timm_aconv.train.compare) with its simple CNN on the 8×8 digits
+that ship with scikit-learn (no download), scaled down to a few CPU minutes: kernel sizes 3 and 7,
+3 seeds each, 6 epochs (the paper: 3/5/7/9, 5 seeds, 100+ epochs); each seed draws its own 80/20
+split, shared by both arms; the paper's simple-CNN optimizer settings, one torch thread. Prints the
+t-test table and where the table, the plots and the settings of every run were written (replacing
+an earlier demo's files). Any setting can be overridden:
 
     python -m timm_aconv.demo --repeats 5 --epochs 20 --output_dir runs/demo5
 
-The same run through the recipe: ``python recipes/compare.py --config recipes/configs/digits.yaml
---kernel_sizes 3,7 --repeats 3 --epochs 6 --img_size 8 --save_every 0 --output_dir runs/demo``.
+The same run through the recipe:
+
+    python recipes/compare.py --config recipes/configs/digits.yaml --kernel_sizes 3,7 --repeats 3 \
+        --epochs 6 --img_size 8 --save_every 0 --output_dir runs/demo
 """
 import time
 from typing import List, Optional
@@ -23,13 +25,14 @@ DEMO_SETTINGS = dict(
     sigma_init=[0.1, 0.5], dataset='digits', img_size=8, batch_size=32, epochs=6,
     optimizer='sgd', lr=0.01, momentum=0.9, clip_value=1.0,  # 0.1·η with η = 0.1, the paper's clipvalue
     scheduler='plateau', plateau_factor=0.9, plateau_patience=10, plateau_cooldown=10, min_lr=1e-5,
-    save_every=0, num_threads=1, progress=False, output_dir='runs/demo',
+    save_every=0, num_threads=1, progress=False, print_epochs=False, output_dir='runs/demo', overwrite=True,
 )
+PROG = 'python -m timm_aconv.demo'
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    overrides, source = parse_values(CompareConfig, argv, description=__doc__)
-    config = config_from_dict(CompareConfig, {**DEMO_SETTINGS, **overrides}, f'the demo settings + {source}')
+    values, source = parse_values(CompareConfig, argv, description=__doc__, prog=PROG, defaults=DEMO_SETTINGS)
+    config = config_from_dict(CompareConfig, values, f'the demo settings + {source}')
     print(f'CONV vs ACONV on scikit-learn digits: kernel sizes {config.kernel_sizes}, {config.repeats} repeats, '
           f'{config.epochs} epochs each ({2 * len(config.kernel_sizes) * config.repeats} runs)', flush=True)
     start = time.time()

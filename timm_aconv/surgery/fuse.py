@@ -5,6 +5,7 @@ runs as a plain CNN. Where the learned envelopes leave little energy near the gr
 ``crop_tol`` crops the fused kernel to a smaller centred window (with padding reduced to keep
 every output in place) for a faster layer.
 """
+import warnings
 from typing import Optional
 
 import torch
@@ -52,13 +53,15 @@ def crop_conv(conv: nn.Conv2d, crop_tol: float) -> nn.Conv2d:
     return cropped.train(conv.training)
 
 
-def fuse_convs(model: nn.Module, crop_tol: Optional[float] = None) -> nn.Module:
+def fuse_convs(model: nn.Module, crop_tol: Optional[float] = None, strict: bool = False) -> nn.Module:
     """ Replace every :class:`AdaptiveConv2d` in ``model`` by an ``nn.Conv2d``, in place.
 
     Args:
         model: a model with adaptive layers (a bare adaptive layer is returned fused).
         crop_tol: None keeps the n×n size (outputs equal up to float rounding); a value in
             [0, 1) crops each fused kernel as :func:`crop_conv` does.
+        strict: raise a ValueError instead of warning when ``model`` holds no adaptive layer
+            (fused already, or never converted: a second call is usually a mistake).
 
     Returns:
         ``model`` (or the fused layer when ``model`` itself is adaptive).
@@ -70,4 +73,11 @@ def fuse_convs(model: nn.Module, crop_tol: Optional[float] = None) -> nn.Module:
         if isinstance(module, AdaptiveConv2d) and module not in replacements:
             fused = module.fuse()
             replacements[module] = fused if crop_tol is None else crop_conv(fused, crop_tol)
+    if not replacements:
+        message = (f'fuse_convs: {type(model).__name__} has no AdaptiveConv2d layer to fuse (fused already, or '
+                   f'never converted); the model is returned unchanged')
+        if strict:
+            raise ValueError(message)
+        warnings.warn(message, stacklevel=2)
+        return model
     return replace_modules(model, replacements)

@@ -8,7 +8,7 @@ Models are any timm name: ``aconv_simple_cnn`` / ``conv_simple_cnn`` (the paper'
 ``kernel_size`` kwarg, its dense layer sized from the data's ``img_size``),
 ``aconv_resnet20`` / ``conv_resnet20`` (…110), or any other timm model; ``convert=True`` turns
 that model's convolutions into adaptive ones with :func:`timm_aconv.convert_convs`
-(``sizes=[kernel_size or 7]``). ``model_kwargs`` reach ``timm.create_model`` (the paper configs
+(``sizes=[kernel_size or 7]``, ``include=convert_include``, ``exclude=convert_exclude``). ``model_kwargs`` reach ``timm.create_model`` (the paper configs
 set the Keras constants of the authors' networks there).
 
 ``batch_size`` is the global batch over all processes (:mod:`~timm_aconv.train.loaders`).
@@ -21,7 +21,12 @@ The final and the best model are saved in timm's own layout (:func:`timm.models.
 ``timm.create_model('local-dir:<output_dir>/best', pretrained=True)``. A converted model's
 ``config.json`` names the plain architecture and records the conversion under
 ``timm_aconv_convert``; rebuild it with ``convert_convs`` before loading the weights (README).
+
+A setting the model cannot take (``kernel_size`` for a model without that argument, a layer
+``convert_convs`` cannot convert) is a :class:`~timm_aconv.train.config.ConfigError` saying which
+key to change.
 """
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Tuple
@@ -58,6 +63,8 @@ class ClassificationConfig(EngineConfig):
     drop_rate: Optional[float] = None
     model_kwargs: Dict[str, Any] = field(default_factory=dict)
     convert: bool = False
+    convert_include: Optional[List[str]] = None
+    convert_exclude: Optional[List[str]] = None
     dataset: Literal['digits', 'synthetic', 'mnist', 'fashion_mnist', 'cifar10', 'mnist_cluttered', 'lfw'] = 'digits'
     data_dir: str = 'data'
     download: bool = True
@@ -111,15 +118,51 @@ def create_classifier(config: ClassificationConfig, info: DataInfo) -> nn.Module
     Its ``pretrained_cfg`` describes the recipe's input (``info``'s size and channels, pixels in
     [0, 1]: mean 0, std 1), which :func:`timm.models.save_for_hf` writes to ``config.json``.
     """
-    model = timm.create_model(config.model, pretrained=False, **classifier_kwargs(config, info))
+    kwargs = classifier_kwargs(config, info)
+    try:
+        model = timm.create_model(config.model, pretrained=False, **kwargs)
+    except TypeError as error:
+        raise _unexpected_argument_error(config, kwargs, error) from error
     if config.convert:
-        convert_convs(model, sizes=[config.kernel_size or 7], sigma_init=config.sigma_init)
+        try:
+            convert_convs(model, sizes=[config.kernel_size or 7], include=config.convert_include,
+                          exclude=config.convert_exclude, sigma_init=config.sigma_init)
+        except ValueError as error:
+            raise _conversion_error(config, error) from error
     preprocessing = dict(input_size=(info.in_chans, *info.img_size), mean=(0.0,) * info.in_chans,
                          std=(1.0,) * info.in_chans, crop_pct=1.0, interpolation='bilinear')
     if tuple(model.pretrained_cfg.get('input_size', ())) != preprocessing['input_size']:
         preprocessing['pool_size'] = None  # the default cfg's feature-map size is for its own input size
     model.pretrained_cfg = model.default_cfg = {**model.pretrained_cfg, **preprocessing}
     return model
+
+
+def _unexpected_argument_error(config: ClassificationConfig, kwargs: Dict[str, Any], error: TypeError) -> Exception:
+    """ A ConfigError naming the config key whose value the model does not accept (``error`` itself
+    when it is not about an unexpected keyword argument). """
+    match = re.search(r"unexpected keyword argument '(\w+)'", str(error))
+    if match is None or match.group(1) not in kwargs:
+        return error
+    key = match.group(1)
+    if key in config.model_kwargs:
+        return ConfigError(f'model {config.model!r} does not take {key!r}: remove it from model_kwargs')
+    if key == 'img_size':  # set for the simple CNNs only
+        return error
+    advice = ' or add --convert to make its convolutions adaptive' if key in ('kernel_size', 'sigma_init') else ''
+    return ConfigError(f'model {config.model!r} does not take {key}={getattr(config, key)!r}: drop {key} from the '
+                       f'config (--{key} null on the command line){advice}')
+
+
+def _conversion_error(config: ClassificationConfig, error: ValueError) -> ConfigError:
+    """ convert_convs' error with its Python advice (``exclude=['stem.0']``) as the recipe's options. """
+    message = str(error).replace('convert_convs: ', '')
+    message = re.sub(r"\s*\(?exclude=\['([^']+)'\]\)?", r' with --convert_exclude \1', message)
+    message = message.replace('got sizes value', 'got kernel_size').replace('preserve=True needs sizes', 'needs kernel_size')
+    layer = re.search(r"layer '([^']+)'", message)
+    if layer is not None:
+        message = message.replace(' (or pass preserve=False)', f', or keep it ordinary with --convert_exclude {layer.group(1)}')
+    return ConfigError(f'--convert of {config.model!r}: {message} (--convert_include / --convert_exclude take '
+                       f'comma-separated module-name patterns, e.g. --convert_exclude "stem.*,head.*")')
 
 
 def data_split_seed(config: ClassificationConfig) -> int:
@@ -146,7 +189,8 @@ def _export_metadata(config: ClassificationConfig, info: DataInfo) -> Tuple[Dict
     model_config: Dict[str, Any] = {}
     if config.convert:
         model_config['timm_aconv_convert'] = dict(
-            sizes=[config.kernel_size or 7], sigma_init=None if config.sigma_init is None else list(config.sigma_init))
+            sizes=[config.kernel_size or 7], include=config.convert_include, exclude=config.convert_exclude,
+            sigma_init=None if config.sigma_init is None else list(config.sigma_init))
     return model_args, model_config
 
 

@@ -14,14 +14,20 @@ a bare boolean flag (``--resume``) means true.
 import argparse
 import dataclasses
 import difflib
+import inspect
+import re
+import sys
 import typing
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, TypeVar
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type, TypeVar
 
 import yaml
 
-__all__ = ['ConfigError', 'parse_config', 'parse_values', 'run_cli', 'load_config', 'config_from_dict', 'config_to_dict',
-           'save_config']
+from ..layers.adaptive_conv import resolve_kernel_size, resolve_sigma_bounds, resolve_sigma_init
+from .cli_help import GROUPS, field_help
+
+__all__ = ['ConfigError', 'parse_config', 'parse_values', 'build_parser', 'plain_text', 'run_cli', 'load_config',
+           'config_from_dict', 'config_to_dict', 'save_config']
 
 ConfigT = TypeVar('ConfigT')
 
@@ -112,12 +118,34 @@ def config_from_dict(config_cls: Type[ConfigT], values: Dict[str, Any], source: 
         if key not in types:
             raise ConfigError(_unknown_key_message(key, list(types), source))
         kwargs[key] = _coerce(value, types[key], key)
+    _check_layer_arguments(kwargs)
     try:
         return config_cls(**kwargs)
     except ConfigError:
         raise
     except (TypeError, ValueError) as error:
         raise ConfigError(f'{source}: {error}') from error
+
+
+# config fields that are AdaptiveConv2d arguments, checked the way the layer checks them
+_LAYER_ARGUMENT_CHECKS: Dict[str, Callable[[Any], Any]] = dict(
+    kernel_size=resolve_kernel_size,
+    sigma_init=resolve_sigma_init,
+    sigma_bounds=lambda bounds: resolve_sigma_bounds(bounds, kernel_size=3),
+)
+
+
+def _check_layer_arguments(values: Dict[str, Any]) -> None:
+    """ A bad ``kernel_size`` / ``sigma_init`` / ``sigma_bounds`` among the given ``values`` is a config
+    error naming the key, before any model is built (the layer's own ValueError would come with a
+    traceback). """
+    for key, check in _LAYER_ARGUMENT_CHECKS.items():
+        value = values.get(key)
+        if value is not None:
+            try:
+                check(value)
+            except (TypeError, ValueError) as error:
+                raise ConfigError(str(error)) from None
 
 
 def config_to_dict(config: Any) -> Dict[str, Any]:
@@ -153,34 +181,140 @@ def load_config(path: str) -> Dict[str, Any]:
     return values
 
 
+class _ArgumentParser(argparse.ArgumentParser):
+    """ argparse, its usage errors raised as :class:`ConfigError` (one ``error: ...`` line via :func:`run_cli`). """
+
+    def error(self, message: str) -> None:
+        raise ConfigError(message)
+
+
+def plain_text(docstring: Optional[str]) -> str:
+    """ A docstring as plain terminal text: reST roles, double backquotes and ``::`` removed. """
+    text = inspect.cleandoc(docstring or '')
+    text = re.sub(r':(?:mod|func|class|meth|attr|data):`~?([^`]+)`', r'\1', text)
+    text = text.replace('``', '')
+    return re.sub(r'(\S)::$', r'\1:', re.sub(r'\s+::$', '', text, flags=re.M), flags=re.M)
+
+
+def _type_label(annotation: Any) -> str:
+    """ How a value of ``annotation`` is written on the command line, e.g. ``INT|null``, ``{sgd,adam}``. """
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Union:
+        labels = [_type_label(arg) for arg in args if arg is not type(None)]
+        return '|'.join(labels + (['null'] if type(None) in args else []))
+    if origin is typing.Literal:
+        return '{' + ','.join(str(arg) for arg in args) + '}'
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        return ','.join(_type_label(arg) for arg in args)
+    if origin in (tuple, list):
+        item = _type_label(args[0]) if args else 'VALUE'
+        return f'{item},{item},...'
+    if origin is dict or annotation is dict:
+        return '{KEY: VALUE}'
+    return {int: 'INT', float: 'FLOAT', str: 'STR', bool: 'BOOL'}.get(annotation, 'VALUE')
+
+
+def _value_label(value: Any) -> str:
+    """ A default as it would be typed: null, true/false, 3,7 for lists. """
+    if value is None:
+        return 'null'
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return ','.join(_value_label(item) for item in value) if value else '[]'
+    if isinstance(value, dict):
+        return yaml.safe_dump(value, default_flow_style=True).strip()
+    return str(value)
+
+
+def _field_defaults(config_cls: Type) -> Dict[str, Any]:
+    defaults = {}
+    for field in dataclasses.fields(config_cls):
+        if field.default is not dataclasses.MISSING:
+            defaults[field.name] = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            defaults[field.name] = field.default_factory()
+    return defaults
+
+
+def _default_prog() -> Optional[str]:
+    """ The command as typed for a script (``python recipes/x.py``); argparse's default otherwise. """
+    script = sys.argv[0] if sys.argv else ''
+    return f'python {script}' if script.endswith('.py') and not script.endswith('__main__.py') else None
+
+
+def _config_file_in(argv: Optional[List[str]]) -> Optional[str]:
+    """ The value of ``--config`` in ``argv`` (to show its values as the defaults in ``--help``). """
+    finder = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    finder.add_argument('--config')
+    try:
+        return finder.parse_known_args(argv)[0].config
+    except SystemExit:
+        return None
+
+
+def build_parser(
+        config_cls: Type,
+        description: Optional[str] = None,
+        prog: Optional[str] = None,
+        defaults: Optional[Mapping[str, Any]] = None,
+) -> argparse.ArgumentParser:
+    """ The argparse parser of a recipe: ``--config`` plus one ``--key`` per field of ``config_cls``,
+    grouped, each with its type, allowed values, default (``defaults`` over the dataclass's) and
+    one line of help (:mod:`timm_aconv.train.cli_help`). Every option defaults to "not given". """
+    types = _field_types(config_cls)
+    shown = {**_field_defaults(config_cls), **(defaults or {})}
+    parser = _ArgumentParser(
+        prog=prog or _default_prog(), description=plain_text(description or config_cls.__doc__),
+        usage='%(prog)s [--config FILE] [--KEY VALUE ...]', allow_abbrev=False,
+        formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, max_help_position=34),
+        epilog='Settings: the defaults shown, then --config FILE, then --KEY VALUE (the command line wins).\n'
+               'Lists: 3,7 or "[3, 7]"; a boolean flag alone means true; null means none.')
+    parser.add_argument('--config', metavar='FILE', help='YAML file with any of the keys below')
+    grouped: Dict[str, List[Tuple[str, Any, str]]] = {}
+    for field in dataclasses.fields(config_cls):
+        group, text = field_help(field)
+        default = f'(default: {_value_label(shown[field.name])})' if field.name in shown else '(required)'
+        grouped.setdefault(group, []).append((field.name, types[field.name], f'{text} {default}'.strip()))
+    for group in (name for name in GROUPS if name in grouped):
+        arguments = parser.add_argument_group(group)
+        for key, annotation, text in grouped[group]:
+            flag_options = dict(nargs='?', const='true') if annotation is bool else {}
+            arguments.add_argument(f'--{key}', default=argparse.SUPPRESS, metavar=_type_label(annotation),
+                                   help=text.replace('%', '%%'), **flag_options)
+    return parser
+
+
 def parse_values(
         config_cls: Type,
         argv: Optional[List[str]] = None,
         description: Optional[str] = None,
+        prog: Optional[str] = None,
+        defaults: Optional[Mapping[str, Any]] = None,
 ) -> Tuple[Dict[str, Any], str]:
-    """ The raw settings given by ``--config file.yaml`` and ``--key value`` in ``argv``, and their source.
+    """ The raw settings given by ``defaults``, ``--config file.yaml`` and ``--key value`` in ``argv``
+    (later wins), and their source.
 
-    Only keys actually given appear; the dataclass defaults are not filled in. Unknown keys raise
-    :class:`ConfigError`.
+    Only keys actually given appear; the dataclass defaults are not filled in. Unknown keys and
+    malformed command lines raise :class:`ConfigError`. ``--help`` prints every key with its type,
+    default (the file's value when ``--config`` comes first) and help line, then exits.
     """
     types = _field_types(config_cls)
-    parser = argparse.ArgumentParser(description=description or config_cls.__doc__, allow_abbrev=False)
-    parser.add_argument('--config', help='YAML file with any of the keys below (command line wins)')
-    for key, annotation in types.items():
-        flag_options = dict(nargs='?', const='true') if annotation is bool else {}
-        parser.add_argument(f'--{key}', default=argparse.SUPPRESS, metavar='VALUE', **flag_options)
+    config_file = _config_file_in(argv)
+    file_values = load_config(config_file) if config_file else {}
+    for key in file_values:
+        if key not in types:
+            raise ConfigError(_unknown_key_message(key, list(types), config_file))
+    parser = build_parser(config_cls, description, prog, {**(defaults or {}), **file_values})
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         key = unknown[0].lstrip('-').split('=')[0]
         raise ConfigError(_unknown_key_message(key, list(types), 'the command line'))
-    values: Dict[str, Any] = {}
+    values: Dict[str, Any] = dict(defaults or {})
     source = 'the command line'
-    if args.config:
-        values.update(load_config(args.config))
-        source = f'{args.config} + the command line'
-        for key in values:
-            if key not in types:
-                raise ConfigError(_unknown_key_message(key, list(types), args.config))
+    if config_file:
+        values.update(file_values)
+        source = f'{config_file} + the command line'
     for key, value in vars(args).items():
         if key != 'config':
             # a YAML list or mapping on the command line ("[3, 7]", "{drop_rate: 0.2}") is read the YAML way
@@ -192,15 +326,20 @@ def parse_config(
         config_cls: Type[ConfigT],
         argv: Optional[List[str]] = None,
         description: Optional[str] = None,
+        prog: Optional[str] = None,
+        defaults: Optional[Mapping[str, Any]] = None,
 ) -> ConfigT:
-    """ ``config_cls`` from ``--config file.yaml`` and ``--key value`` overrides in ``argv``. """
-    values, source = parse_values(config_cls, argv, description)
+    """ ``config_cls`` from ``defaults``, ``--config file.yaml`` and ``--key value`` overrides in ``argv``. """
+    values, source = parse_values(config_cls, argv, description, prog, defaults)
     return config_from_dict(config_cls, values, source)
 
 
 def run_cli(main: Callable[[], Any]) -> Any:
-    """ Runs a recipe's ``main``; a bad setting or a missing file/dataset exits with its message, no traceback. """
+    """ Runs a recipe's ``main``; a bad setting or a missing file/dataset ends the program with one
+    ``error: ...`` line on stderr and exit status 2 (argparse's convention), no traceback. """
     try:
         return main()
     except (ConfigError, FileNotFoundError) as error:
-        raise SystemExit(f'error: {error}') from None
+        message = ' '.join(str(error).splitlines())
+        print(f'error: {message}', file=sys.stderr, flush=True)
+        raise SystemExit(2) from None

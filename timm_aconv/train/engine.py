@@ -24,7 +24,8 @@ and runs
   ``output_dir/checkpoints/checkpoint_<n>``, the last ``keep_checkpoints`` kept, plus the
   trainer's own progress as JSON), ``resume=True`` continues from the newest complete one with
   identical results;
-- tqdm progress on the main process only; one metrics row per epoch written to
+- tqdm progress on the main process of an interactive terminal only (never in piped logs), and
+  one printed line per epoch on the main process (:func:`epoch_line`); one metrics row per epoch written to
   ``output_dir/metrics.csv`` / ``metrics.json`` and to Accelerate trackers (TensorBoard when
   installed, ``log_with='auto'``); the resolved settings as ``output_dir/config.yaml``; the final
   model in ``output_dir`` and the best one by ``monitor`` in ``output_dir/best`` (with
@@ -35,7 +36,11 @@ and runs
   reduce-on-plateau decision) and ``best_<monitor>``.
 
 Multi-process CPU runs (``torchrun --nproc_per_node 2 ...`` with gloo) need ``cpu=True``
-(Accelerate only picks its multi-CPU mode when told, like ``accelerate launch --cpu``).
+(Accelerate only picks its multi-CPU mode when told); a launcher that asked for several processes
+while the Accelerator runs one (torchrun without ``cpu=True`` on a machine without GPUs,
+``accelerate launch --num_processes 2`` without ``--multi_gpu``) is an error, not N independent
+runs into one folder (:func:`check_process_count`). Recipes refuse an ``output_dir`` that already
+holds a run unless ``resume`` or ``overwrite`` is set (:func:`check_output_dir`).
 
 Classification (what ``recipes/train_classification.py`` does, minus the data plumbing)::
 
@@ -106,6 +111,7 @@ match uninterrupted ones exactly on CPU because the training sampler is seeded p
 """
 import json
 import math
+import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -119,14 +125,15 @@ from accelerate.utils import DynamoBackend, ProjectConfiguration, set_seed
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from tqdm.auto import tqdm
 
-from ..layers import param_groups, register_batched_envelopes, register_sigma_clamp
+from ..layers import adaptive_layers, param_groups, register_batched_envelopes, register_sigma_clamp
 from .callbacks import Callback
 from .config import ConfigError, config_to_dict, save_config
 from .history import write_history
 from .metrics import Metric
 from .schedulers import create_scheduler
 
-__all__ = ['EngineConfig', 'Trainer', 'set_seed', 'create_optimizer', 'latest_checkpoint']
+__all__ = ['EngineConfig', 'Trainer', 'set_seed', 'create_optimizer', 'latest_checkpoint', 'check_output_dir',
+           'check_process_count', 'expected_process_count', 'epoch_line']
 
 ForwardFn = Callable[[nn.Module, Any], Tuple[torch.Tensor, torch.Tensor]]
 SaveModelFn = Callable[[nn.Module, Path], None]
@@ -162,11 +169,13 @@ class EngineConfig:
     seed: int = 0
     deterministic: bool = False
     resume: bool = False
+    overwrite: bool = False  # recipes refuse an output_dir holding a run unless resume or overwrite
     save_every: int = 1
     keep_checkpoints: int = 2
     save_best: bool = True
     log_with: Literal['auto', 'none', 'tensorboard', 'wandb', 'mlflow', 'comet_ml', 'aim', 'clearml', 'dvclive'] = 'auto'
     progress: bool = True
+    print_epochs: bool = True
     num_threads: Optional[int] = None
     compile: Union[Literal['auto'], bool] = 'auto'  # torch.compile the model; 'auto': on a CUDA device
 
@@ -199,6 +208,90 @@ class EngineConfig:
                               f'the next, so with 1 an interrupted save leaves none), got {self.keep_checkpoints}')
         if not (isinstance(self.compile, bool) or self.compile == 'auto'):
             raise ConfigError(f"compile must be 'auto', true or false, got {self.compile!r}")
+
+
+def check_output_dir(output_dir: str, resume: bool = False, overwrite: bool = False) -> None:
+    """ A :class:`ConfigError` when ``output_dir`` already holds files (a previous run) and neither
+    ``resume`` nor ``overwrite`` says what to do with them; recipes call it before training, on every
+    process, before any of them writes. """
+    directory = Path(output_dir)
+    if resume or overwrite or not directory.is_dir() or next(directory.iterdir(), None) is None:
+        return
+    held = sorted(path.name + ('/' if path.is_dir() else '') for path in directory.iterdir())
+    shown = ', '.join(held[:4]) + (', ...' if len(held) > 4 else '')
+    raise ConfigError(f'output_dir {str(directory)!r} already holds a run ({shown}): add --resume to continue it, '
+                      f'--overwrite to replace it, or choose another --output_dir')
+
+
+def _launcher_process_count() -> Optional[int]:
+    """ How many processes the launcher asked for, when it says so (torchrun's WORLD_SIZE), or -1
+    for ``accelerate launch --num_processes N`` without --multi_gpu (its simple launcher sets
+    MASTER_PORT for N > 1 but starts one process), else None. """
+    if 'WORLD_SIZE' in os.environ:
+        return int(os.environ['WORLD_SIZE'])
+    mpi_sizes = ('PMI_SIZE', 'OMPI_COMM_WORLD_SIZE', 'MV2_COMM_WORLD_SIZE')  # mpirun: Accelerate's multi-CPU mode
+    if 'ACCELERATE_USE_CPU' in os.environ and 'MASTER_PORT' in os.environ and not any(
+            name in os.environ for name in mpi_sizes):
+        return -1
+    return None
+
+
+def check_process_count(processes: int) -> None:
+    """ A :class:`ConfigError` when the launcher asked for several processes but training would run
+    ``processes`` = 1: N copies of a single-process run would train independently into one output_dir.
+
+    :class:`Trainer` calls it twice: before building its Accelerator with the number Accelerate will
+    run (:func:`expected_process_count`; a torchrun process that Accelerate runs alone would first
+    wait for the others in a process group), and with the Accelerator's own ``num_processes``.
+    """
+    if processes != 1:
+        return
+    requested = _launcher_process_count()
+    if requested is not None and requested > 1:
+        raise ConfigError(
+            f'the launcher started {requested} processes (WORLD_SIZE={requested}) but Accelerate found no GPU for '
+            f'them and runs each on its own: add --cpu to train with {requested} processes on CPU, or launch one '
+            f'process')
+    if requested == -1:
+        raise ConfigError(
+            'accelerate launch --num_processes N without --multi_gpu started a single process (its simple launcher '
+            'cannot start several on CPU): for N processes on CPU run torchrun --standalone --nproc_per_node N '
+            '<recipe> ... --cpu')
+
+
+def expected_process_count(cpu: bool) -> int:
+    """ How many processes Accelerate will train with under the current launcher: WORLD_SIZE with
+    ``cpu=True`` or an accelerator device (GPU), else one. """
+    requested = _launcher_process_count() or 1
+    if requested < 1:
+        return 1
+    has_device = torch.accelerator.is_available() if hasattr(torch, 'accelerator') else torch.cuda.is_available()
+    return requested if cpu or has_device else 1
+
+
+def epoch_line(record: Dict[str, float], epochs: int, monitor: str, model: Optional[nn.Module] = None) -> str:
+    """ The one line printed per epoch: epoch, train loss, the monitored metric (and its best), the
+    first other validation metric, the learning rates and the range of sigma over ``model``'s
+    adaptive layers, e.g. (``recipes/configs/digits.yaml``) ``epoch 1/15  train_loss 1.1168
+    val_loss 0.2461 (best 0.2461)  val_accuracy 0.9361  lr 0.01  sigma [0.143, 0.534]``. """
+    parts = [f'epoch {record["epoch"]}/{epochs}', f'train_loss {record["train_loss"]:.4f}']
+    if monitor in record:
+        parts.append(f'{monitor} {record[monitor]:.4f} (best {record.get(f"best_{monitor}", record[monitor]):.4f})')
+    other = next((key for key in record if key.startswith('val_') and key != monitor and key != 'val_samples'
+                  and isinstance(record[key], float)), None)
+    if other is not None:
+        parts.append(f'{other} {record[other]:.4f}')
+    rates = {key[len('lr_'):]: value for key, value in record.items() if key.startswith('lr_')}
+    if len(set(rates.values())) == 1:
+        parts.append(f'lr {next(iter(rates.values())):.3g}')
+    elif rates:
+        parts.append(' '.join(f'lr_{name} {value:.3g}' for name, value in rates.items()))
+    if model is not None:
+        sigmas = [layer.sigma.detach() for layer in adaptive_layers(model)]
+        if sigmas:
+            sigma = torch.cat([values.flatten().float().cpu() for values in sigmas])
+            parts.append(f'sigma [{float(sigma.min()):.3f}, {float(sigma.max()):.3f}]')
+    return '  '.join(parts)
 
 
 def create_optimizer(model: nn.Module, config: EngineConfig) -> torch.optim.Optimizer:
@@ -287,6 +380,8 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
         if config.num_threads is not None:
             torch.set_num_threads(config.num_threads)  # small CPU models: 1 thread avoids spin-wait overhead
+        if accelerator is None:
+            check_process_count(expected_process_count(config.cpu))
         self.accelerator = accelerator or Accelerator(
             cpu=config.cpu,
             mixed_precision=config.mixed_precision,
@@ -299,6 +394,7 @@ class Trainer:
         project.automatic_checkpoint_naming, project.total_limit = True, config.keep_checkpoints
         if project.project_dir is None:
             project.set_directories(config.output_dir)
+        check_process_count(self.accelerator.num_processes)
         optimizer = optimizer or create_optimizer(model, config)
         self.clamp_handle = register_sigma_clamp(optimizer, model)
         self.envelope_handle = None
@@ -379,6 +475,8 @@ class Trainer:
             if isinstance(self.scheduler, ReduceLROnPlateau):
                 self.scheduler.step(record[self._monitor_key(record)])
             self._record(record)
+            if config.print_epochs and self.is_main_process:
+                print(epoch_line(record, config.epochs, self._monitor_key(record), self.unwrapped_model), flush=True)
             if config.save_best and self._improved():
                 self._save_best(record)
             self.epoch += 1
@@ -410,8 +508,10 @@ class Trainer:
         samples = torch.zeros((), device=accelerator.device)
         total = len(self.train_loader) if config.max_steps_per_epoch is None else min(
             len(self.train_loader), config.max_steps_per_epoch)
+        # disable=None: no bar when stderr is not a terminal (piped logs keep the per-epoch line only)
         progress = tqdm(self.train_loader, total=total, desc=f'epoch {self.epoch + 1}/{config.epochs}',
-                        disable=not (config.progress and accelerator.is_local_main_process), leave=False)
+                        disable=None if config.progress and accelerator.is_local_main_process else True,
+                        leave=False, mininterval=1.0)
         for batch_index, batch in enumerate(progress):
             with accelerator.accumulate(self.model):
                 outputs, targets = self.forward_fn(self.model, batch)

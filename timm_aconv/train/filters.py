@@ -16,7 +16,7 @@ scipy.ndimage and zero borders, which is what the layer's zero padding can repro
 """
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Literal, Optional, Tuple
 
@@ -57,20 +57,24 @@ class LearnFiltersConfig:
     output_dir: str = 'runs/learn_filters'
     image: Literal['china.jpg', 'flower.jpg'] = 'china.jpg'
     image_size: int = 96
-    kernel_size: int = 9
+    kernel_size: int = field(default=9, metadata=dict(help='n of both n×n layers, odd >= 3'))
     iterations: int = 2500
-    lr: float = 0.1
+    lr: float = field(default=0.1, metadata=dict(help='SGD learning rate'))
     momentum: float = 0.9
     clip_value: Optional[float] = 1.0
     l2: float = 1e-3
-    sigma_init: float = 0.25
+    sigma_init: float = field(default=0.25, metadata=dict(help='initial sigma of every adaptive filter'))
     sigma_bounds: Optional[Tuple[float, float]] = None
     aconv_weight_init: Literal['he_uniform', 'glorot_uniform', 'torch'] = 'he_uniform'
     conv_weight_init: Literal['he_uniform', 'glorot_uniform', 'torch'] = 'glorot_uniform'
     seed: int = 9
+    num_threads: Optional[int] = 1  # the MSE values depend on the thread count; null: torch's default
     plots: bool = True
+    overwrite: bool = False  # the recipe refuses an output_dir holding results unless set
 
     def __post_init__(self) -> None:
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ConfigError(f'num_threads must be >= 1 or null (torch default), got {self.num_threads!r}')
         for name in ('image_size', 'iterations'):
             if getattr(self, name) < 1:
                 raise ConfigError(f'{name} must be >= 1, got {getattr(self, name)!r}')
@@ -210,7 +214,10 @@ def fit_filters(layer: nn.Conv2d, image: torch.Tensor, targets: torch.Tensor, co
 
 
 def run_learn_filters(config: LearnFiltersConfig, kinds: Tuple[str, ...] = LAYER_KINDS) -> LearnFiltersResult:
-    """ Fit ACONV and CONV layers (same seed, same image and targets) and return both fits. """
+    """ Fit ACONV and CONV layers (same seed, same image and targets) and return both fits
+    (with ``config.num_threads`` torch threads when set). """
+    if config.num_threads is not None:
+        torch.set_num_threads(config.num_threads)
     image = load_sample_gray(config.image, config.image_size)
     targets = filter_targets(image)
     fits = {}
@@ -244,7 +251,9 @@ def plot_learned_filters(result: LearnFiltersResult, max_iterations_shown: Optio
     for row, (label, maps) in enumerate(image_rows):
         if row > 0:
             axes[row, 0].set_axis_off()
-        plot_kernel_row(axes[row, 1:], maps, label, FILTER_NAMES if row == 0 else None)
+        # composite names on two lines: one line is wider than its column and is cut off at the edge
+        titles = [name.replace('∘', '∘\n') for name in FILTER_NAMES] if row == 0 else None
+        plot_kernel_row(axes[row, 1:], maps, label, titles)
     for offset, (label, kernels) in enumerate(kernel_rows):
         row = len(image_rows) + offset
         axes[row, 0].set_axis_off()
