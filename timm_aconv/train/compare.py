@@ -31,6 +31,7 @@ from accelerate import PartialState
 
 from .classification import ClassificationConfig, data_split_seed, train_classification
 from .config import ConfigError, save_config
+from .engine import process_state
 from .history import read_history
 from .settings import write_settings
 from .statistics import STD_DDOF, cohens_d, describe_peaks, holm_adjust, ttest_peaks
@@ -196,7 +197,7 @@ def comparison_markdown(rows: List[Dict[str, Any]], best_row: Dict[str, Any], be
 
 def run_comparison(config: CompareConfig) -> ComparisonResult:
     """ Runs (or, with ``resume``, reads back) every repeat and writes the table, curves and settings. """
-    if PartialState().is_main_process:
+    if process_state(config.cpu).is_main_process:
         save_config(config, config.output_dir)
     peaks: Dict[str, Dict[int, List[float]]] = {arm: {} for arm in ARMS}
     curves: Dict[str, Dict[int, List[List[float]]]] = {arm: {} for arm in ARMS}

@@ -120,8 +120,8 @@ from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
-from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.utils import DynamoBackend, ProjectConfiguration, set_seed
+from accelerate import Accelerator, DataLoaderConfiguration, PartialState
+from accelerate.utils import DynamoBackend, ProjectConfiguration, parse_flag_from_env, set_seed
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from tqdm.auto import tqdm
 
@@ -133,7 +133,7 @@ from .metrics import Metric
 from .schedulers import create_scheduler
 
 __all__ = ['EngineConfig', 'Trainer', 'set_seed', 'create_optimizer', 'latest_checkpoint', 'check_output_dir',
-           'check_process_count', 'expected_process_count', 'epoch_line']
+           'check_process_count', 'expected_process_count', 'process_state', 'epoch_line']
 
 ForwardFn = Callable[[nn.Module, Any], Tuple[torch.Tensor, torch.Tensor]]
 SaveModelFn = Callable[[nn.Module, Path], None]
@@ -267,6 +267,16 @@ def expected_process_count(cpu: bool) -> int:
         return 1
     has_device = torch.accelerator.is_available() if hasattr(torch, 'accelerator') else torch.cuda.is_available()
     return requested if cpu or has_device else 1
+
+
+def process_state(cpu: bool = False) -> PartialState:
+    """ Accelerate's shared process state, after :func:`check_process_count`: the first code of a run
+    that asks for it (data loaders, a comparison's first output) would otherwise wait in a process
+    group for launcher processes that Accelerate runs on their own. ``cpu`` as ``EngineConfig.cpu``
+    (or ``accelerate launch --cpu``'s ``ACCELERATE_USE_CPU``). """
+    cpu = cpu or parse_flag_from_env('ACCELERATE_USE_CPU')
+    check_process_count(expected_process_count(cpu))
+    return PartialState(cpu=cpu)
 
 
 def epoch_line(record: Dict[str, float], epochs: int, monitor: str, model: Optional[nn.Module] = None) -> str:

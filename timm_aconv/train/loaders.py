@@ -10,10 +10,10 @@ rate. A global batch that N does not divide is an error naming both numbers.
 import math
 from typing import Optional, Tuple
 
-from accelerate import PartialState
 from torch.utils.data import DataLoader, Dataset
 
 from .config import ConfigError
+from .engine import process_state
 
 __all__ = ['process_batch_size', 'build_loaders']
 
@@ -42,7 +42,7 @@ def build_loaders(
     processes is Accelerate's (``cpu`` as the run's ``EngineConfig.cpu``). The validation batch
     is split rounding up, since it does not change results.
     """
-    processes = PartialState(cpu=cpu).num_processes
+    processes = process_state(cpu).num_processes
     train_loader = DataLoader(train_set, batch_size=process_batch_size(batch_size, processes), shuffle=True,
                               num_workers=num_workers, drop_last=False)
     val_loader = DataLoader(val_set, batch_size=math.ceil((val_batch_size or batch_size) / processes), shuffle=False,

@@ -14,11 +14,10 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
-from accelerate import PartialState
-from accelerate.utils import parse_flag_from_env
 
 from ..layers import adaptive_layers
 from .callbacks import Callback
+from .engine import process_state
 from .segmentation import SegmentationConfig, first_conv, parse_variant, train_variant, variant_config
 from .segmentation_data import build_segmentation_data
 from .settings import write_settings
@@ -111,7 +110,7 @@ def train_segmentation(config: SegmentationConfig, callbacks: Sequence[Callback]
     back and unfinished ones continue from their checkpoint.
     """
     # the engine's Accelerator reads ACCELERATE_USE_CPU (accelerate launch --cpu) into the shared state
-    state = PartialState(cpu=config.cpu or parse_flag_from_env('ACCELERATE_USE_CPU'))
+    state = process_state(config.cpu)
     with state.main_process_first():  # one process downloads, the others then find the files
         train_set, val_set = build_segmentation_data(config)
     histories: Dict[str, List[List[Dict[str, float]]]] = {}
