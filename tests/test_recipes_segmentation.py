@@ -31,11 +31,12 @@ def test_metric_counts_pixels_and_ious_exactly():
     targets = torch.tensor([[[0, 0], [1, 2]], [[1, 1], [1, 1]]])  # two 2×2 images
     predicted = torch.tensor([[[0, 1], [1, 2]], [[1, 1], [0, 1]]])
     logits = nn.functional.one_hot(predicted, 3).permute(0, 3, 1, 2).float() * 5
-    counts, loss, fractional = metric.per_sample(logits, targets)
-    assert counts.shape == (2, 3, 3) and loss.shape == (2,) and fractional.tolist() == [0, 0]
+    per_sample = metric.per_sample(logits, targets)  # tp, fp, fn, tn per image and class, loss, fractional pixels
+    assert [tuple(value.shape) for value in per_sample] == [(2, 3)] * 4 + [(2,), (2,)]
+    assert per_sample[-1].tolist() == [0, 0]
     # update with each image separately, as gathers of two processes would
-    metric.update(counts[:1], loss[:1], fractional[:1])
-    metric.update(counts[1:], loss[1:], fractional[1:])
+    metric.update(*(value[:1] for value in per_sample))
+    metric.update(*(value[1:] for value in per_sample))
     values = metric.compute()
     # confusion (true × predicted): pet [1, 1, 0], background [1, 4, 0], border [0, 0, 1]
     assert values['pixel_accuracy'] == pytest.approx(6 / 8)
@@ -48,6 +49,46 @@ def test_metric_counts_pixels_and_ious_exactly():
     metric.reset()
     with pytest.raises(RuntimeError, match='validation set is empty'):
         metric.compute()
+
+
+def _confusion_matrix_reference(logits, targets, num_classes):
+    """ The metric as it was computed before it used smp.metrics: a per-image confusion matrix (true ×
+    predicted) without the fractional-label pixels, which count as errors in the pixel accuracy. """
+    labels = targets.long()
+    whole = (targets == labels).flatten(1)
+    index = (labels * num_classes + logits.argmax(1)).flatten(1)
+    counts = torch.zeros(index.shape[0], num_classes * num_classes)
+    counts.scatter_add_(1, index, whole.float())
+    confusion = counts.sum(0).double().view(num_classes, num_classes)
+    true_positive = confusion.diag()
+    iou = true_positive / (confusion.sum(0) + confusion.sum(1) - true_positive).clamp(min=1)
+    pixels = float(confusion.sum()) + float((~whole).sum())
+    return dict(pixel_accuracy=float(true_positive.sum()) / pixels, miou=float(iou.mean()),
+                **{f'iou_class{index}': float(value) for index, value in enumerate(iou)})
+
+
+@pytest.mark.parametrize('fractional', [False, True])
+def test_metric_equals_the_confusion_matrix_numbers(fractional):
+    generator = torch.Generator().manual_seed(0)
+    num_classes = 5  # class 4 is neither present nor predicted: its IoU is 0 (no 0/0)
+    logits = torch.randn(6, num_classes, 12, 10, generator=generator)
+    logits[:, 4] = -10.0
+    targets = torch.randint(0, num_classes - 1, (6, 12, 10), generator=generator)
+    targets[:, :, :3] = 0  # class 0 most frequent, so the classes' IoUs differ
+    if fractional:  # the authors' bilinear masks: some labels between classes
+        targets = targets.float()
+        targets[torch.rand(targets.shape, generator=generator) < 0.2] += 0.5
+        targets.clamp_(max=num_classes - 2)
+    logits[5] = -logits[5].abs()
+    logits[5, 3] = 1.0  # the last image predicts class 3 everywhere
+    metric = SegmentationMetric(num_classes)
+    for batch in (slice(0, 2), slice(2, 5), slice(5, 6)):  # uneven batches, as a distributed evaluation gathers them
+        metric.update(*metric.per_sample(logits[batch], targets[batch]))
+    values = metric.compute()
+    reference = _confusion_matrix_reference(logits, targets, num_classes)
+    assert {key: values[key] for key in reference} == reference  # exactly equal
+    assert values['iou_class4'] == 0.0 and len({values[f'iou_class{index}'] for index in range(4)}) == 4
+    assert 0 < values['pixel_accuracy'] < 1 and values['miou'] > 0
 
 
 def test_shapes_are_deterministic_trimaps():
