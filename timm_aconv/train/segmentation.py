@@ -10,7 +10,8 @@ shared :class:`~timm_aconv.train.engine.Trainer`.
 
 Models (``arch``): ``paper_unet``, the paper's Xception-style U-Net
 (``smp.create_model('aconv_paper_unet', ...)``), or ``smp_unet``, SMP's U-Net with
-``encoder_name`` (``smp.create_model('aconv_unet', ...)`` for the adaptive variants).
+``encoder_name`` (``smp.create_model('aconv_unet', ...)``: ``adaptive='first'`` for the adaptive
+variants, ``adaptive=None, first_conv_kernel_size=n`` for the ordinary ones).
 Data: :mod:`timm_aconv.train.segmentation_data`.
 """
 import dataclasses
@@ -21,7 +22,6 @@ from typing import Dict, List, Literal, Optional, Sequence, Tuple
 
 import torch.nn as nn
 
-from ..surgery.module_tree import replace_modules
 from .callbacks import Callback, SigmaRecorder
 from .config import ConfigError
 from .engine import EngineConfig, Trainer, set_seed
@@ -122,16 +122,11 @@ def create_segmentation_model(config: SegmentationConfig, variant: str) -> nn.Mo
     if config.arch == 'paper_unet':
         return smp.create_model('aconv_paper_unet', encoder_weights=None, classes=classes, entry_kernel_size=size,
                                 adaptive=adaptive, **sigma)
+    common = dict(encoder_name=config.encoder_name, encoder_weights=None, classes=classes)
     if adaptive:
-        return smp.create_model('aconv_unet', encoder_name=config.encoder_name, encoder_weights=None,
-                                classes=classes, adaptive_kernel_size=size, adaptive='first', **sigma)
-    model = smp.create_model('unet', encoder_name=config.encoder_name, encoder_weights=None, classes=classes)
-    _, conv = first_conv(model.encoder)
-    if conv.kernel_size != (size, size):  # the CONV 3×3 baseline: same stride, 'same'-style padding
-        resized = nn.Conv2d(conv.in_channels, conv.out_channels, size, stride=conv.stride, padding=size // 2,
-                            bias=conv.bias is not None)
-        replace_modules(model, {conv: resized})
-    return model
+        return smp.create_model('aconv_unet', adaptive_kernel_size=size, adaptive='first', **common, **sigma)
+    # the CONV baselines: SMP's U-Net, its first convolution resized when the encoder's has another size
+    return smp.create_model('aconv_unet', adaptive=None, first_conv_kernel_size=size, **common)
 
 
 def variant_config(config: SegmentationConfig, variant: str, repeat: int) -> SegmentationConfig:
