@@ -16,6 +16,16 @@ __all__ = ['Metric', 'ClassificationMetric', 'SegmentationMetric']
 _FRACTIONAL = -1  # the label get_stats ignores: pixels whose (bilinearly resized) label is fractional
 
 
+def _smp_metrics():
+    """ ``segmentation_models_pytorch.metrics``, or an ImportError naming the extra that installs it. """
+    try:
+        import segmentation_models_pytorch.metrics as smp_metrics
+    except ImportError as error:
+        raise ImportError(f"SegmentationMetric computes with segmentation-models-pytorch's metrics ({error}); "
+                          f"pip install 'timm-aconv[smp]'") from error
+    return smp_metrics
+
+
 class Metric:
     """ The contract between a task and the engine's evaluation loop.
 
@@ -89,17 +99,17 @@ class SegmentationMetric(Metric):
         class_names = tuple(f'class{index}' for index in range(num_classes)) if class_names is None else class_names
         if len(class_names) != num_classes:
             raise ValueError(f'class_names must name the {num_classes} classes, got {list(class_names)}')
+        _smp_metrics()  # fail here, not in the first evaluation, without the smp extra
         self.num_classes, self.class_names = num_classes, tuple(class_names)
         self.reset()
 
     def per_sample(self, outputs: torch.Tensor, targets: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         """ ``(tp, fp, fn, tn, loss, fractional)`` per image: pixel counts per class, the mean
         cross-entropy and the number of pixels with a fractional label. """
-        import segmentation_models_pytorch as smp
         labels = targets.long()  # truncation: the labels Keras' sparse cross-entropy used for float masks
         whole = targets == labels  # False where a bilinear resize left a fractional label
         scored = torch.where(whole, labels, _FRACTIONAL)
-        stats = smp.metrics.get_stats(outputs.argmax(1), scored, mode='multiclass', num_classes=self.num_classes,
+        stats = _smp_metrics().get_stats(outputs.argmax(1), scored, mode='multiclass', num_classes=self.num_classes,
                                       ignore_index=_FRACTIONAL)
         loss = F.cross_entropy(outputs.float(), labels, reduction='none').flatten(1).mean(1)
         fractional = (~whole).flatten(1).sum(1)
@@ -115,14 +125,14 @@ class SegmentationMetric(Metric):
         self.images += loss.numel()
 
     def compute(self) -> Dict[str, float]:
-        import segmentation_models_pytorch as smp
+        smp_metrics = _smp_metrics()
         if self.images == 0:
             raise RuntimeError('SegmentationMetric.compute() before any update: the validation set is empty')
         tp, fp, fn, tn = (counts.double()[None] for counts in self.stats)  # (1 image: the whole set, classes)
-        iou = smp.metrics.iou_score(tp, fp, fn, tn, reduction='none', zero_division=0.0)[0]
+        iou = smp_metrics.iou_score(tp, fp, fn, tn, reduction='none', zero_division=0.0)[0]
         # fractional pixels: one more column that is never predicted right
         no_class = torch.tensor([[0.0]], dtype=torch.float64)
-        pixel_accuracy = smp.metrics.recall(
+        pixel_accuracy = smp_metrics.recall(
             torch.cat([tp, no_class], 1), torch.cat([fp, no_class], 1),
             torch.cat([fn, no_class + self.fractional], 1), torch.cat([tn, no_class], 1), reduction='micro')
         values = dict(pixel_accuracy=float(pixel_accuracy), miou=float(iou.mean()), loss=self.loss_sum / self.images)
