@@ -314,6 +314,7 @@ def test_smp_unet_runs_reload_with_smp_from_pretrained(tmp_path):
             card = (folder / 'README.md').read_text()  # SMP's model card: the saved epoch's metrics, the dataset
             assert f'"val_pixel_accuracy": {record["val_pixel_accuracy"]}' in card and '"epoch": 1' in card
             assert 'Dataset name: shapes (trimaps: pet, background, border; 32×32' in card
+            assert 'import timm_aconv  # registers' in card.split('smp.from_pretrained(')[0]  # loadable as it says
 
 
 def test_push_to_hub_sends_the_best_run_and_config_yaml_reruns_the_comparison(tmp_path, monkeypatch):

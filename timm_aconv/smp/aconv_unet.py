@@ -34,6 +34,7 @@ from ..layers.adaptive_conv import SigmaInit
 from ..surgery import convert_convs
 from ..surgery.module_tree import replace_modules
 from ._smp_internals import supports_config_loading
+from .model_card import TimmAconvModelCard
 
 __all__ = ['AconvUnet', 'PAPER_UNET_SIGMA_INIT', 'PAPER_UNET_SIGMA_BOUNDS']
 
@@ -82,7 +83,7 @@ def _adaptive_patterns(model: Unet, adaptive: Union[str, Sequence[str]]) -> Tupl
     return list(adaptive), True
 
 
-class AconvUnet(Unet):
+class AconvUnet(TimmAconvModelCard, Unet):
     """ :class:`segmentation_models_pytorch.Unet` with adaptive convolutions (the paper's U-Net setup).
 
     Args:
