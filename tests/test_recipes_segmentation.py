@@ -2,6 +2,7 @@
 import dataclasses
 import json
 import runpy
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 import torch.nn as nn
 
 import timm_aconv
-from timm_aconv.train import ConfigError, parse_config
+from timm_aconv.train import Callback, ConfigError, parse_config
 from timm_aconv.train.datasets import DatasetNotFoundError
 from timm_aconv.train.metrics import SegmentationMetric
 from timm_aconv.train.plots import plot_segmentation_examples
@@ -31,11 +32,12 @@ def test_metric_counts_pixels_and_ious_exactly():
     targets = torch.tensor([[[0, 0], [1, 2]], [[1, 1], [1, 1]]])  # two 2×2 images
     predicted = torch.tensor([[[0, 1], [1, 2]], [[1, 1], [0, 1]]])
     logits = nn.functional.one_hot(predicted, 3).permute(0, 3, 1, 2).float() * 5
-    counts, loss, fractional = metric.per_sample(logits, targets)
-    assert counts.shape == (2, 3, 3) and loss.shape == (2,) and fractional.tolist() == [0, 0]
+    per_sample = metric.per_sample(logits, targets)  # tp, fp, fn, tn per image and class, loss, fractional pixels
+    assert [tuple(value.shape) for value in per_sample] == [(2, 3)] * 4 + [(2,), (2,)]
+    assert per_sample[-1].tolist() == [0, 0]
     # update with each image separately, as gathers of two processes would
-    metric.update(counts[:1], loss[:1], fractional[:1])
-    metric.update(counts[1:], loss[1:], fractional[1:])
+    metric.update(*(value[:1] for value in per_sample))
+    metric.update(*(value[1:] for value in per_sample))
     values = metric.compute()
     # confusion (true × predicted): pet [1, 1, 0], background [1, 4, 0], border [0, 0, 1]
     assert values['pixel_accuracy'] == pytest.approx(6 / 8)
@@ -48,6 +50,53 @@ def test_metric_counts_pixels_and_ious_exactly():
     metric.reset()
     with pytest.raises(RuntimeError, match='validation set is empty'):
         metric.compute()
+
+
+def _confusion_matrix_reference(logits, targets, num_classes):
+    """ The metric as it was computed before it used smp.metrics: a per-image confusion matrix (true ×
+    predicted) without the fractional-label pixels, which count as errors in the pixel accuracy. """
+    labels = targets.long()
+    whole = (targets == labels).flatten(1)
+    index = (labels * num_classes + logits.argmax(1)).flatten(1)
+    counts = torch.zeros(index.shape[0], num_classes * num_classes)
+    counts.scatter_add_(1, index, whole.float())
+    confusion = counts.sum(0).double().view(num_classes, num_classes)
+    true_positive = confusion.diag()
+    iou = true_positive / (confusion.sum(0) + confusion.sum(1) - true_positive).clamp(min=1)
+    pixels = float(confusion.sum()) + float((~whole).sum())
+    return dict(pixel_accuracy=float(true_positive.sum()) / pixels, miou=float(iou.mean()),
+                **{f'iou_class{index}': float(value) for index, value in enumerate(iou)})
+
+
+@pytest.mark.parametrize('fractional', [False, True])
+def test_metric_equals_the_confusion_matrix_numbers(fractional):
+    generator = torch.Generator().manual_seed(0)
+    num_classes = 5  # class 4 is neither present nor predicted: its IoU is 0 (no 0/0)
+    logits = torch.randn(6, num_classes, 12, 10, generator=generator)
+    logits[:, 4] = -10.0
+    targets = torch.randint(0, num_classes - 1, (6, 12, 10), generator=generator)
+    targets[:, :, :3] = 0  # class 0 most frequent, so the classes' IoUs differ
+    if fractional:  # the authors' bilinear masks: some labels between classes
+        targets = targets.float()
+        targets[torch.rand(targets.shape, generator=generator) < 0.2] += 0.5
+        targets.clamp_(max=num_classes - 2)
+    logits[5] = -logits[5].abs()
+    logits[5, 3] = 1.0  # the last image predicts class 3 everywhere
+    metric = SegmentationMetric(num_classes)
+    for batch in (slice(0, 2), slice(2, 5), slice(5, 6)):  # uneven batches, as a distributed evaluation gathers them
+        metric.update(*metric.per_sample(logits[batch], targets[batch]))
+    values = metric.compute()
+    reference = _confusion_matrix_reference(logits, targets, num_classes)
+    assert {key: values[key] for key in reference} == reference  # exactly equal
+    assert values['iou_class4'] == 0.0 and len({values[f'iou_class{index}'] for index in range(4)}) == 4
+    assert 0 < values['pixel_accuracy'] < 1 and values['miou'] > 0
+
+
+def test_metric_without_smp_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, 'segmentation_models_pytorch.metrics', None)  # as if SMP were not installed
+    with pytest.raises(ImportError, match=r"SegmentationMetric computes with segmentation-models-pytorch's metrics .*"
+                                          r"pip install 'timm-aconv\[smp\]'"):
+        SegmentationMetric(3)
 
 
 def test_shapes_are_deterministic_trimaps():
@@ -223,3 +272,73 @@ def test_validation_protocol_defaults_to_the_full_split():
         build_segmentation_data(dataclasses.replace(config, val_protocol='authors'))
     with pytest.raises(ConfigError, match="val_protocol must be one of \\['full', 'authors'\\]"):
         parse_config(SegmentationConfig, ['--config', CONFIG, '--val_protocol', 'paper'])
+
+
+class KeepRunWeights(Callback):
+    """ Per run (output_dir): the trained weights after every epoch, and the trained model. """
+
+    def __init__(self) -> None:
+        self.weights, self.models = {}, {}
+
+    def on_epoch_end(self, trainer, record) -> None:
+        state = {name: tensor.clone() for name, tensor in trainer.unwrapped_model.state_dict().items()}
+        self.weights.setdefault(Path(trainer.config.output_dir), []).append(state)
+
+    def on_fit_end(self, trainer) -> None:
+        self.models[Path(trainer.config.output_dir)] = trainer.unwrapped_model
+
+
+SMOKE = ['--img_size', '32', '--shapes_train_size', '4', '--shapes_val_size', '2', '--batch_size', '2',
+         '--plots', 'false', '--save_every', '0', '--progress', 'false', '--log_with', 'none', '--num_threads', '1']
+
+
+def test_smp_unet_runs_reload_with_smp_from_pretrained(tmp_path):
+    import segmentation_models_pytorch as smp
+    recipe = runpy.run_path(str(ROOT / 'recipes' / 'train_segmentation.py'))
+    runs = KeepRunWeights()
+    recipe['main'](['--arch', 'smp_unet', '--encoder_name', 'resnet18', '--variants', 'aconv7,conv3', '--epochs', '1',
+                    '--max_steps_per_epoch', '1', '--output_dir', str(tmp_path), *SMOKE], callbacks=[runs])
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    for variant in ('aconv7', 'conv3'):
+        run = tmp_path / variant / 'seed0'
+        trained = runs.models[run].eval()
+        record = json.loads((run / 'metrics.json').read_text())[0]
+        for folder in (run, run / 'best'):  # the final and the best model (one epoch: the same)
+            model = smp.from_pretrained(str(folder)).eval()
+            assert type(model) is timm_aconv.smp.AconvUnet
+            stem = model.encoder.conv1
+            assert stem.kernel_size == ((7, 7) if variant == 'aconv7' else (3, 3))
+            assert isinstance(stem, timm_aconv.AdaptiveConv2d) == (variant == 'aconv7')
+            with torch.no_grad():
+                assert torch.equal(model(images), trained(images)), folder
+            card = (folder / 'README.md').read_text()  # SMP's model card: the saved epoch's metrics, the dataset
+            assert f'"val_pixel_accuracy": {record["val_pixel_accuracy"]}' in card and '"epoch": 1' in card
+            assert 'Dataset name: shapes (trimaps: pet, background, border; 32×32' in card
+            assert 'import timm_aconv  # registers' in card.split('smp.from_pretrained(')[0]  # loadable as it says
+
+
+def test_push_to_hub_sends_the_best_run_and_config_yaml_reruns_the_comparison(tmp_path, monkeypatch):
+    import segmentation_models_pytorch as smp
+    pushed = []
+
+    def push_to_hub(model, repo_id, **kwargs):
+        pushed.append(dict(repo_id=repo_id, weights={name: tensor.clone() for name, tensor in model.state_dict().items()},
+                           **kwargs))
+    monkeypatch.setattr(smp.base.SegmentationModel, 'push_to_hub', push_to_hub)
+    recipe = runpy.run_path(str(ROOT / 'recipes' / 'train_segmentation.py'))
+    runs = KeepRunWeights()
+    argv = ['--config', CONFIG, '--variants', 'aconv7', '--epochs', '3', '--push_to_hub', 'me/unet', *SMOKE]
+    result = recipe['main'](argv + ['--output_dir', str(tmp_path / 'first')], callbacks=[runs])
+    run = tmp_path / 'first' / 'aconv7' / 'seed0'
+    best = json.loads((run / 'best' / 'best.json').read_text())
+    assert [push['repo_id'] for push in pushed] == ['me/unet']
+    assert all(torch.equal(tensor, runs.weights[run][best['epoch'] - 1][name])
+               for name, tensor in pushed[0]['weights'].items())
+    card = pushed[0]['model_card_kwargs']
+    assert card['metrics']['epoch'] == best['epoch'] and card['metrics']['val_loss'] == best['value']
+    assert card['dataset'].startswith('shapes')
+    # the comparison's config.yaml reruns it exactly
+    rerun = recipe['main'](['--config', str(tmp_path / 'first' / 'config.yaml'), '--output_dir', str(tmp_path / 'again')])
+    assert rerun.histories == result.histories and len(pushed) == 2
+    with pytest.raises(ConfigError, match=r'push_to_hub pushes the model of one training run.* are 2 runs'):
+        parse_config(SegmentationConfig, ['--config', CONFIG, '--variants', 'aconv7,conv3', '--push_to_hub', 'me/unet'])

@@ -218,10 +218,35 @@ def test_aconv_unet_layer_choices():
 
 
 def test_aconv_unet_bad_layer_choice():
-    with pytest.raises(ValueError, match=r"adaptive must be one of \('first', 'encoder'\) or a non-empty list"):
+    with pytest.raises(ValueError, match=r"adaptive must be one of \('first', 'encoder'\), None or a non-empty list"):
         AconvUnet('resnet18', encoder_weights=None, adaptive='decoder')
     with pytest.raises(ValueError, match='convert_convs selected no layer'):
         AconvUnet('resnet18', encoder_weights=None, adaptive=['encoder.nothing*'])
+
+
+def test_aconv_unet_ordinary_baselines_resize_the_first_conv_and_reload(tmp_path):
+    torch.manual_seed(0)
+    unet = smp.Unet('resnet18', encoder_weights=None, classes=3)
+    torch.manual_seed(0)
+    conv7 = smp.create_model('aconv_unet', encoder_name='resnet18', encoder_weights=None, classes=3, adaptive=None,
+                             first_conv_kernel_size=7)
+    assert _adaptive_names(conv7) == [] and conv7.name == 'conv-u-resnet18'
+    assert all(torch.equal(tensor, conv7.state_dict()[name]) for name, tensor in unet.state_dict().items())
+    conv3 = smp.create_model('aconv_unet', encoder_name='resnet18', encoder_weights=None, classes=3, adaptive=None,
+                             first_conv_kernel_size=3).eval()
+    stem = conv3.encoder.conv1
+    assert type(stem) is nn.Conv2d and (stem.kernel_size, stem.stride, stem.padding) == ((3, 3), (2, 2), (1, 1))
+    assert stem.bias is None and _adaptive_names(conv3) == []
+    conv3.save_pretrained(tmp_path)
+    restored = smp.from_pretrained(tmp_path).eval()
+    assert type(restored) is AconvUnet and restored.encoder.conv1.kernel_size == (3, 3)
+    sample = _sample(size=32)
+    with torch.inference_mode():
+        assert torch.equal(restored(sample), conv3(sample))
+    with pytest.raises(ValueError, match='first_conv_kernel_size must be an odd positive integer .* got 4'):
+        AconvUnet('resnet18', encoder_weights=None, adaptive=None, first_conv_kernel_size=4)
+    with pytest.raises(ValueError, match='but encoder.conv1 of encoder AconvResNetEncoder is adaptive'):
+        AconvUnet('aconv_resnet18', encoder_weights=None, adaptive=None, first_conv_kernel_size=3)
 
 
 def test_aconv_unet_in_channels_depth_classes_and_any_resolution():

@@ -6,6 +6,9 @@
 - architecture ``aconv_unet`` (:mod:`.aconv_unet`): SMP's U-Net with the paper's adaptive 7×7
   first convolution;
 - architecture ``aconv_paper_unet`` (:mod:`.paper_unet`): the paper's own Keras-example U-Net.
+
+Both architectures save and reload with SMP's ``save_pretrained`` / ``smp.from_pretrained`` (after
+``import timm_aconv``, which their model card's loading example says, :mod:`.model_card`).
 """
 from .aconv_unet import PAPER_UNET_SIGMA_BOUNDS, PAPER_UNET_SIGMA_INIT, AconvUnet
 from .encoders import AconvResNetEncoder, aconv_resnet_encoders

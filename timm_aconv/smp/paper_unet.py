@@ -29,6 +29,7 @@ from segmentation_models_pytorch.base import SegmentationModel
 from ..layers import AdaptiveConv2d
 from ..layers.adaptive_conv import SigmaInit
 from .aconv_unet import PAPER_UNET_SIGMA_BOUNDS, PAPER_UNET_SIGMA_INIT
+from .model_card import TimmAconvModelCard
 
 __all__ = ['PaperUNet', 'PaperUNetEncoder', 'PaperUNetDecoder', 'SeparableConv2d']
 
@@ -130,7 +131,7 @@ class PaperUNetDecoder(nn.Module):
         return self.blocks(features[-1])
 
 
-class PaperUNet(SegmentationModel):
+class PaperUNet(TimmAconvModelCard, SegmentationModel):
     """ The paper's U-Net (the Keras example's Xception-style U-Net) with an adaptive entry conv.
 
     Args:

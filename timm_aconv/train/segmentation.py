@@ -10,18 +10,27 @@ shared :class:`~timm_aconv.train.engine.Trainer`.
 
 Models (``arch``): ``paper_unet``, the paper's Xception-style U-Net
 (``smp.create_model('aconv_paper_unet', ...)``), or ``smp_unet``, SMP's U-Net with
-``encoder_name`` (``smp.create_model('aconv_unet', ...)`` for the adaptive variants).
+``encoder_name`` (``smp.create_model('aconv_unet', ...)``: ``adaptive='first'`` for the adaptive
+variants, ``adaptive=None, first_conv_kernel_size=n`` for the ordinary ones).
 Data: :mod:`timm_aconv.train.segmentation_data`.
+
+Each run saves its final model and its best by ``monitor`` (``best/``) with SMP's
+``save_pretrained`` (:class:`SmpModelSaver`: ``config.json``, ``model.safetensors`` and a model
+card ``README.md`` with the saved epoch's validation metrics and the dataset), so
+``smp.from_pretrained(path)`` rebuilds them once ``timm_aconv`` is imported. With
+``push_to_hub`` (one run only) the best model then goes to that Hub repository with SMP's own
+``push_to_hub``.
 """
 import dataclasses
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Literal, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
 
 import torch.nn as nn
+from accelerate import PartialState
 
-from ..surgery.module_tree import replace_modules
 from .callbacks import Callback, SigmaRecorder
 from .config import ConfigError
 from .engine import EngineConfig, Trainer, set_seed
@@ -30,7 +39,8 @@ from .loaders import build_loaders
 from .metrics import SegmentationMetric
 from .segmentation_data import TRIMAP_CLASSES
 
-__all__ = ['SegmentationConfig', 'parse_variant', 'create_segmentation_model', 'variant_config', 'train_variant']
+__all__ = ['SegmentationConfig', 'parse_variant', 'create_segmentation_model', 'variant_config', 'SmpModelSaver',
+           'train_variant']
 
 VARIANT_PATTERN = re.compile(r'^(aconv|conv)([1-9][0-9]*)$')
 
@@ -44,7 +54,8 @@ class SegmentationConfig(EngineConfig):
     batch_size / val_batch_size: the GLOBAL batch over all processes (with N GPUs each process
     loads batch_size / N; N must divide it). val_protocol: 'full' (the whole test split) or
     'authors' (the first 704 test images with bilinearly resized masks, how the paper's
-    86.21% / 85.54% were measured).
+    86.21% / 85.54% were measured). push_to_hub: a Hugging Face Hub repo id; the best model of the
+    (single) run goes there after training.
     """
     output_dir: str = 'runs/segmentation'
     arch: Literal['paper_unet', 'smp_unet'] = 'paper_unet'
@@ -66,6 +77,7 @@ class SegmentationConfig(EngineConfig):
     num_workers: int = 0
     examples: int = 3
     plots: bool = True
+    push_to_hub: Optional[str] = None
     # the paper's training settings (fields of EngineConfig with new defaults)
     epochs: int = 75
     optimizer: Literal['sgd', 'adam', 'adamw'] = 'adam'
@@ -93,6 +105,11 @@ class SegmentationConfig(EngineConfig):
             raise ConfigError(f'img_size must be a multiple of 16 (U-Net down-sampling), got {self.img_size}')
         if self.examples < 0 or self.num_workers < 0:
             raise ConfigError(f'examples and num_workers must be >= 0, got {self.examples}, {self.num_workers}')
+        if self.push_to_hub and len(self.variants) * self.repeats > 1:
+            raise ConfigError(
+                f'push_to_hub pushes the model of one training run (a Hub repository holds one model), but '
+                f'variants={self.variants} x repeats={self.repeats} are {len(self.variants) * self.repeats} runs: '
+                f'set one variant and repeats 1, or push a run yourself with smp.from_pretrained(<run>/best).push_to_hub')
 
 
 def parse_variant(variant: str) -> Tuple[bool, int]:
@@ -122,16 +139,11 @@ def create_segmentation_model(config: SegmentationConfig, variant: str) -> nn.Mo
     if config.arch == 'paper_unet':
         return smp.create_model('aconv_paper_unet', encoder_weights=None, classes=classes, entry_kernel_size=size,
                                 adaptive=adaptive, **sigma)
+    common = dict(encoder_name=config.encoder_name, encoder_weights=None, classes=classes)
     if adaptive:
-        return smp.create_model('aconv_unet', encoder_name=config.encoder_name, encoder_weights=None,
-                                classes=classes, adaptive_kernel_size=size, adaptive='first', **sigma)
-    model = smp.create_model('unet', encoder_name=config.encoder_name, encoder_weights=None, classes=classes)
-    _, conv = first_conv(model.encoder)
-    if conv.kernel_size != (size, size):  # the CONV 3×3 baseline: same stride, 'same'-style padding
-        resized = nn.Conv2d(conv.in_channels, conv.out_channels, size, stride=conv.stride, padding=size // 2,
-                            bias=conv.bias is not None)
-        replace_modules(model, {conv: resized})
-    return model
+        return smp.create_model('aconv_unet', adaptive_kernel_size=size, adaptive='first', **common, **sigma)
+    # the CONV baselines: SMP's U-Net, its first convolution resized when the encoder's has another size
+    return smp.create_model('aconv_unet', adaptive=None, first_conv_kernel_size=size, **common)
 
 
 def variant_config(config: SegmentationConfig, variant: str, repeat: int) -> SegmentationConfig:
@@ -156,17 +168,69 @@ def _load_weights(model: nn.Module, directory: str) -> nn.Module:
     return model
 
 
+def _model_card(run: SegmentationConfig, record: Dict[str, float]) -> Dict[str, Any]:
+    """ SMP's model card fields: the validation metrics of the epoch in ``record`` and the dataset. """
+    metrics = {key: value for key, value in record.items() if key == 'epoch' or key.startswith('val_')}
+    dataset = (f"{run.dataset} (trimaps: {', '.join(TRIMAP_CLASSES)}; {run.img_size}×{run.img_size}; "
+               f"validation protocol {run.val_protocol!r})")
+    return dict(metrics=metrics, dataset=dataset)
+
+
+class SmpModelSaver(Callback):
+    """ The :class:`~timm_aconv.train.engine.Trainer`'s ``save_model_fn`` for SMP models.
+
+    ``saver(model, directory)`` writes ``model.save_pretrained(directory, metrics=..., dataset=...)``
+    with the validation metrics of the epoch being saved (the trainer's last record: the final
+    epoch, or the new best one). Pass it as a callback too, which hands it the trainer.
+    """
+
+    def __init__(self, run: SegmentationConfig) -> None:
+        self.run = run
+        self.trainer: Optional[Trainer] = None
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+
+    def __call__(self, model: nn.Module, directory: Path) -> None:
+        if self.trainer is None:
+            raise RuntimeError('SmpModelSaver saves with the metrics of the trainer it was given as a callback: '
+                               'pass it both as save_model_fn and in callbacks')
+        model.save_pretrained(str(directory), **_model_card(self.run, self.trainer.history[-1]))
+
+
+def _push_best(run: SegmentationConfig, history: List[Dict[str, float]]) -> None:
+    """ The run's best model (its final one without ``save_best``) to ``push_to_hub``, reloaded the way users
+    reload it and pushed with SMP's own ``push_to_hub`` (model card included). """
+    import segmentation_models_pytorch as smp
+    directory = Path(run.output_dir)
+    record = history[-1]
+    if run.save_best:
+        epoch = json.loads((directory / 'best' / 'best.json').read_text())['epoch']
+        directory, record = directory / 'best', history[epoch - 1]
+    model = smp.from_pretrained(str(directory))
+    model.push_to_hub(run.push_to_hub, model_card_kwargs=_model_card(run, record),
+                      commit_message=f'{type(model).__name__} ({run.variants[0]}) trained on {run.dataset} with timm-aconv')
+
+
 def train_variant(run: SegmentationConfig, variant: str, train_set, val_set, callbacks: Sequence[Callback]):
-    """ One training run (or, with ``resume``, a finished one read back): (history, trained model). """
+    """ One training run (or, with ``resume``, a finished one read back): (history, trained model).
+
+    With ``run.push_to_hub`` the best model is pushed afterwards (from the main process).
+    """
     set_seed(run.seed)
     model = create_segmentation_model(run, variant)
     history = _finished(run) if run.resume else None
     if history is not None:
-        return history, _load_weights(model, run.output_dir)
-    train_loader, val_loader = build_loaders(train_set, val_set, run.batch_size, run.val_batch_size, run.num_workers,
-                                             run.cpu)
-    trainer = Trainer(model, train_loader, val_loader, run, loss_fn=nn.CrossEntropyLoss(),
-                      metric=SegmentationMetric(len(TRIMAP_CLASSES), TRIMAP_CLASSES),
-                      callbacks=[SigmaRecorder(), *callbacks])
-    history = trainer.fit(end_training=False)  # keep the process group for the next run
-    return history, trainer.unwrapped_model
+        model = _load_weights(model, run.output_dir)
+    else:
+        train_loader, val_loader = build_loaders(train_set, val_set, run.batch_size, run.val_batch_size,
+                                                 run.num_workers, run.cpu)
+        saver = SmpModelSaver(run)
+        trainer = Trainer(model, train_loader, val_loader, run, loss_fn=nn.CrossEntropyLoss(),
+                          metric=SegmentationMetric(len(TRIMAP_CLASSES), TRIMAP_CLASSES),
+                          callbacks=[SigmaRecorder(), saver, *callbacks], save_model_fn=saver)
+        history = trainer.fit(end_training=False)  # keep the process group for the next run
+        model = trainer.unwrapped_model
+    if run.push_to_hub and PartialState().is_main_process:
+        _push_best(run, history)
+    return history, model

@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from ..layers import adaptive_layers
 from .callbacks import Callback
+from .config import save_config
 from .engine import process_state
 from .segmentation import SegmentationConfig, first_conv, parse_variant, train_variant, variant_config
 from .segmentation_data import build_segmentation_data
@@ -102,15 +103,19 @@ def _write_figures(config: SegmentationConfig, histories, models, val_set) -> No
 def train_segmentation(config: SegmentationConfig, callbacks: Sequence[Callback] = ()) -> SegmentationResult:
     """ Trains every variant ``repeats`` times (seeds ``seed``, ``seed + 1``, …) and summarizes.
 
-    Each run writes its metrics, ``sigmas.json``, checkpoints and ``model.safetensors`` to
-    ``output_dir/<variant>/seed<seed>``; ``output_dir`` gets ``comparison.md``/``.json``,
-    ``settings.yaml`` (the resolved settings of every run) and, with
+    Each run writes its ``config.yaml``, metrics, ``sigmas.json``, ``checkpoints/``, and its final
+    and best (``best/``) model in SMP's ``save_pretrained`` layout to
+    ``output_dir/<variant>/seed<seed>``; ``output_dir`` gets ``config.yaml`` (``--config`` on it
+    reruns the comparison), ``comparison.md``/``.json``, ``settings.yaml`` (the resolved settings
+    of every run) and, with
     ``plots=True``, ``comparison_curves.png``, ``<variant>_first_conv_kernels.png`` and
     ``examples.png`` (the first repeat of each variant). With ``resume=True`` finished runs are read
     back and unfinished ones continue from their checkpoint.
     """
     # the engine's Accelerator reads ACCELERATE_USE_CPU (accelerate launch --cpu) into the shared state
     state = process_state(config.cpu)
+    if state.is_main_process:
+        save_config(config, config.output_dir)
     with state.main_process_first():  # one process downloads, the others then find the files
         train_set, val_set = build_segmentation_data(config)
     histories: Dict[str, List[List[Dict[str, float]]]] = {}
