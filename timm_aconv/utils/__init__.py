@@ -1,0 +1,1 @@
+from .latency import Latency, round_robin_latency
