@@ -1,4 +1,5 @@
 """ The kernel-size budget: the differentiable FLOPs estimate, size_penalty, and the engine's size_budget. """
+import json
 import math
 
 import pytest
@@ -54,15 +55,15 @@ def test_soft_size_tends_to_the_exported_envelope_size_and_always_has_a_gradient
 def test_estimated_kernel_flops_weights_layers_by_their_multiply_adds():
     narrow, wide = layer_with((0.03,) * 6, in_channels=2), layer_with((2.0,) * 4, in_channels=6, stride=2)
     model = nn.Sequential(narrow, wide)
-    per_pixel = estimated_kernel_flops(model, temperature=1e-3)  # 1x1 and 7x7 filters
+    per_pixel = estimated_kernel_flops(model, temperature=1e-3).detach()  # 1x1 and 7x7 filters
     assert float(per_pixel) == pytest.approx((2 * 6 * 1 + 6 * 4 * 49) / (2 * 6 * 49 + 6 * 4 * 49), rel=1e-4)
     pixels = OutputPixelTracker(model)
     model(torch.randn(1, 2, 8, 8))
     assert pixels == {narrow: 64, wide: 16}
-    weighted = estimated_kernel_flops(model, temperature=1e-3, output_pixels=pixels)
+    weighted = estimated_kernel_flops(model, temperature=1e-3, output_pixels=pixels).detach()
     assert float(weighted) == pytest.approx(
         (64 * 2 * 6 * 1 + 16 * 6 * 4 * 49) / (64 * 2 * 6 * 49 + 16 * 6 * 4 * 49), rel=1e-4)
-    by_name = estimated_kernel_flops(model, temperature=1e-3, output_pixels={'0': 64, '1': 16})
+    by_name = estimated_kernel_flops(model, temperature=1e-3, output_pixels={'0': 64, '1': 16}).detach()
     assert float(by_name) == pytest.approx(float(weighted))
     pixels.remove()
     with pytest.raises(ValueError, match="output_pixels has no entry for adaptive layer '1'"):
@@ -73,12 +74,12 @@ def test_size_penalty_is_zero_within_budget_and_pushes_sigma_down_above_it():
     model = nn.Sequential(layer_with(SIGMAS))
     flops = float(estimated_kernel_flops(model).detach())
     below = size_penalty(model, target=min(1.0, flops + 0.1))
-    assert float(below) == 0.0
+    assert float(below.detach()) == 0.0
     below.backward()
     assert not model[0].sigma.grad.any()
     model[0].sigma.grad = None
     above = size_penalty(model, target=flops / 2)
-    assert float(above) == pytest.approx(1.0, rel=1e-5)  # (flops - target) / target
+    assert float(above.detach()) == pytest.approx(1.0, rel=1e-5)  # (flops - target) / target
     above.backward()
     assert (model[0].sigma.grad > 0).all()  # a descent step shrinks every sigma
 
@@ -147,3 +148,36 @@ def test_budget_config_errors(tmp_path):
         Trainer(nn.Sequential(nn.Conv2d(1, 3, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()), loader, loader,
                 EngineConfig(output_dir=str(tmp_path), size_budget=0.5, log_with='none'),
                 nn.CrossEntropyLoss(), ClassificationMetric())
+
+
+# ----------------------------------------------------------------------------------- sweep
+def test_size_budget_sweep_recipe_end_to_end(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location('size_budget', root / 'recipes' / 'size_budget.py')
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    argv = ['--config', str(root / 'recipes/configs/size_budget_digits.yaml'), '--img_size', 'null', '--epochs', '1',
+            '--max_steps_per_epoch', '3', '--repeats', '1', '--budgets', '0.3', '--conv_kernel_sizes', '3',
+            '--latency_batch', '4', '--latency_rounds', '2', '--output_dir', str(tmp_path), '--progress', 'false',
+            '--log_with', 'none', '--export_strategy', 'bucketed']  # auto would re-time: a choice may differ
+    recipe.main(argv)
+    output = capsys.readouterr().out
+    assert '| arm | runs | deployed val. accuracy (%) |' in output and '| ACONV ≤ 0.3 | 1 |' in output
+    result = json.loads((tmp_path / 'size_budget.json').read_text())
+    assert [arm['arm'] for arm in result['arms']] == ['CONV 3×3', 'ACONV', 'ACONV ≤ 0.3']
+    conv, aconv, budget = result['runs']
+    assert conv['kernel_flops'] == pytest.approx(9 / 49)  # both convolutions at 3x3 vs the 7x7 grid
+    assert 0 < budget['kernel_flops'] <= 1 and 0 < budget['estimated_kernel_flops'] <= 1
+    assert 'estimated_kernel_flops' not in conv
+    assert all(run['latency_ms'] > 0 and 0 <= run['deployed_val_accuracy'] <= 1 for run in result['runs'])
+    assert (tmp_path / 'size_budget.png').stat().st_size > 0
+    assert len((tmp_path / 'size_budget.csv').read_text().splitlines()) == 4
+    # --resume reads the finished runs (history and model.safetensors) back: no training, same accuracies
+    metrics = tmp_path / 'aconv_budget0.3' / 'seed0' / 'metrics.json'
+    before = metrics.stat().st_mtime_ns
+    recipe.main(argv + ['--resume'])
+    assert metrics.stat().st_mtime_ns == before
+    again = json.loads((tmp_path / 'size_budget.json').read_text())['runs']
+    assert [run['deployed_val_accuracy'] for run in again] == [run['deployed_val_accuracy'] for run in result['runs']]

@@ -150,7 +150,7 @@ class EngineConfig:
     progress: bool = True
     num_threads: Optional[int] = None
     size_budget: Optional[float] = None  # kernel FLOPs of the adaptive layers, relative to full grids; null: none
-    size_budget_weight: float = 1.0
+    size_budget_weight: float = 0.1  # higher: lands faster but further below the budget
 
     def __post_init__(self) -> None:
         positive_ints = ('epochs', 'grad_accum_steps')

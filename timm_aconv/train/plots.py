@@ -4,6 +4,8 @@
 - :func:`plot_sigma_histograms`: per adaptive layer, the distribution of sigma over epochs.
 - :func:`plot_mean_curves`: the paper's Figures 5–6, mean validation accuracy per epoch over
   repeats with a ±1 std band, one line per (model, kernel size).
+- :func:`plot_size_budget_tradeoff`: validation accuracy against latency and against kernel FLOPs,
+  one point per run and mean ± std per arm (the size-budget sweep).
 """
 from pathlib import Path
 from typing import Dict, List, Sequence
@@ -15,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-__all__ = ['plot_learning_curves', 'plot_sigma_histograms', 'plot_mean_curves']
+__all__ = ['plot_learning_curves', 'plot_sigma_histograms', 'plot_mean_curves', 'plot_size_budget_tradeoff']
 
 
 def plot_learning_curves(history: Sequence[Dict[str, float]], output_dir: str,
@@ -79,6 +81,35 @@ def plot_mean_curves(curves: Dict[str, np.ndarray], path: str, title: str = 'val
     axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.set_title(title, fontsize='medium')
     axis.legend(fontsize='small')
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return Path(path)
+
+
+def plot_size_budget_tradeoff(runs: Sequence[Dict], arms: Sequence[Dict], path: str,
+                              title: str = 'kernel-size budgets') -> Path:
+    """ Deployed validation accuracy against latency (left) and kernel FLOPs (right).
+
+    ``runs`` hold ``arm``, ``deployed_val_accuracy``, ``latency_ms``, ``kernel_flops`` per run; ``arms`` the
+    same keys (means) plus ``*_std`` per arm. Runs are faint dots, arms are points with ±1 std bars.
+    """
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    colours = plt.get_cmap('tab10')
+    for index, arm in enumerate(arms):
+        colour = colours(index % 10)
+        marker = 's' if arm['arm'].startswith('CONV') else 'o'
+        members = [run for run in runs if run['arm'] == arm['arm']]
+        for axis, key in zip(axes, ('latency_ms', 'kernel_flops')):
+            axis.scatter([run[key] for run in members], [100 * run['deployed_val_accuracy'] for run in members],
+                         color=colour, alpha=0.3, s=14, marker=marker)
+            axis.errorbar(arm[key], 100 * arm['deployed_val_accuracy'], xerr=arm[f'{key}_std'],
+                          yerr=100 * arm['deployed_val_accuracy_std'], color=colour, marker=marker, markersize=7,
+                          capsize=3, label=arm['arm'] if key == 'latency_ms' else None)
+    axes[0].set(xlabel='latency per batch (ms, median)', ylabel='deployed validation accuracy (%)')
+    axes[1].set(xlabel='kernel FLOPs relative to the full grid')
+    axes[0].legend(fontsize='small')
+    figure.suptitle(title, fontsize='medium')
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
