@@ -188,6 +188,30 @@ def test_folding_the_permutation_matches_gathering_on_cifar_and_timm_resnets():
         assert all(module.reorder_output for module in gathered.modules() if isinstance(module, MixedSizeConv2d))
 
 
+class SharedConv(nn.Module):
+    """ One adaptive conv called twice (under two names), each call followed by BN -> ReLU -> conv. """
+
+    def __init__(self):
+        super().__init__()
+        self.shared = AdaptiveConv2d(4, 4, 7, padding=3)
+        self.alias = self.shared
+        self.bn, self.head = nn.BatchNorm2d(4), nn.Conv2d(4, 2, 3, padding=1)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.bn(self.alias(torch.relu(self.shared(x))))))
+
+
+def test_a_shared_layer_is_exported_once_and_gathers():
+    torch.manual_seed(0)
+    model = set_sigmas(SharedConv()).eval()
+    x = torch.randn(2, 4, 9, 9)
+    exported = export_learned_sizes(copy.deepcopy(model))
+    assert exported.shared is exported.alias and isinstance(exported.shared, MixedSizeConv2d)
+    assert exported.shared.reorder_output  # called twice: its output order cannot move into one consumer
+    with torch.no_grad():
+        assert relative_error(exported(x), model(x)) < 0.02
+
+
 def test_feature_outputs_keep_their_channel_order():
     torch.manual_seed(0)
     model = set_sigmas(timm.create_model('aconv_simple_cnn', img_size=8, in_chans=1, width=8, hidden_size=16)).eval()

@@ -80,7 +80,7 @@ def _is_flatten(node: torch.fx.Node, modules: Dict[str, nn.Module]) -> bool:
     return is_call and start == 1 and end == -1
 
 
-def _follow(producer: torch.fx.Node, modules: Dict[str, nn.Module], calls: Dict[str, int]) -> Optional[PermutableChain]:
+def _follow(producer: torch.fx.Node, modules: Dict[str, nn.Module], calls: Dict[int, int]) -> Optional[PermutableChain]:
     norms: List[str] = []
     passed: List[str] = []
     node = producer
@@ -90,7 +90,7 @@ def _follow(producer: torch.fx.Node, modules: Dict[str, nn.Module], calls: Dict[
                                 _single_tensor_input(user, node)):
             return None
         if user.op == 'call_module':
-            if calls[user.target] != 1:
+            if calls[id(modules[user.target])] != 1:
                 return None
             module = modules[user.target]
             if type(module) in (nn.Conv2d, AdaptiveConv2d):
@@ -107,7 +107,7 @@ def _follow(producer: torch.fx.Node, modules: Dict[str, nn.Module], calls: Dict[
         if _is_flatten(user, modules):
             linear = _only_user(user)
             if linear is not None and linear.op == 'call_module' and type(modules[linear.target]) is nn.Linear \
-                    and calls[linear.target] == 1 and _single_tensor_input(linear, user):
+                    and calls[id(modules[linear.target])] == 1 and _single_tensor_input(linear, user):
                 return PermutableChain(producer.target, norms, linear.target, True, passed)
             return None
         node = user
@@ -127,15 +127,15 @@ def find_permutable_chains(model: nn.Module, producers: List[str]) -> Dict[str, 
         graph = _Tracer().trace(model)
     except Exception:  # noqa: BLE001  (any untraceable forward: fall back to gathers)
         return {}
-    modules = dict(model.named_modules())
-    calls: Dict[str, int] = {}
+    modules = dict(model.named_modules(remove_duplicate=False))
+    calls: Dict[int, int] = {}  # per module object: a shared module may be called under several names
     for node in graph.nodes:
         if node.op == 'call_module':
-            calls[node.target] = calls.get(node.target, 0) + 1
+            calls[id(modules[node.target])] = calls.get(id(modules[node.target]), 0) + 1
     features = _feature_modules(model)
     chains = {}
     for node in graph.nodes:
-        if node.op == 'call_module' and node.target in producers and calls[node.target] == 1:
+        if node.op == 'call_module' and node.target in producers and calls[id(modules[node.target])] == 1:
             chain = _follow(node, modules, calls)
             # a module named in feature_info returns its output from forward_intermediates / features_only
             if chain is not None and not features.intersection(chain.passed + [chain.producer]):
@@ -145,7 +145,7 @@ def find_permutable_chains(model: nn.Module, producers: List[str]) -> Dict[str, 
 
 def permute_chain_(model: nn.Module, chain: PermutableChain, order: torch.Tensor) -> None:
     """ Make the chain's modules accept the producer's channels in ``order`` (``new[c] = old[order[c]]``), in place. """
-    modules = dict(model.named_modules())
+    modules = dict(model.named_modules(remove_duplicate=False))
     with torch.no_grad():
         for name in chain.norms:
             norm = modules[name]

@@ -233,12 +233,14 @@ def export_learned_sizes(
 
     # fold first (it edits the following layers, which may be adaptive layers still to export)
     folded = set()
+    modules = dict(model.named_modules(remove_duplicate=False))
     for name, chain in chains.items():
         if chosen[name] == 'bucketed':
             permute_chain_(model, chain, _concat_order(plans[name]['bucketed']))
             folded.add(name)
-            if chain.consumer in kernels:  # an adaptive layer still to export: its input channels moved
-                kernels[chain.consumer] = _layer_kernel(names[chain.consumer])
+            consumer = modules[chain.consumer]
+            if consumer in layers:  # an adaptive layer still to export: its input channels moved
+                kernels[layers[consumer]] = _layer_kernel(consumer)
     replacements = {layer: _build(layer, kernels[name], plans[name][chosen[name]], gather=name not in folded)
                     for name, layer in names.items()}
     return replace_modules(model, replacements)
