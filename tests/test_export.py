@@ -359,3 +359,29 @@ def test_plain_timm_resnet_from_learned_sizes():
         timm_aconv.plain_model_from_learned('resnet10t', {'nope': 3})
     with pytest.raises(ValueError, match="must be an odd kernel size"):
         timm_aconv.plain_model_from_learned('resnet10t', {'conv1.0': 4})
+
+
+def test_round_robin_latency_reports_medians_and_same_round_ratios(monkeypatch):
+    import timm_aconv.utils.latency as latency_module
+
+    class FakeClock:
+        now = 0.0
+
+        def __call__(self):
+            return self.now
+
+        def work(self, seconds):
+            def run():
+                self.now += seconds
+            return run
+
+    clock = FakeClock()
+    monkeypatch.setitem(latency_module.CLOCKS, 'fake', clock)
+    result = latency_module.round_robin_latency(
+        {'reference': clock.work(0.02), 'slower': clock.work(0.03), 'faster': clock.work(0.01)},
+        rounds=4, clock='fake')
+    assert {name: (round(value.ms, 6), round(value.ratio, 6)) for name, value in result.items()} == {
+        'reference': (20.0, 1.0), 'slower': (30.0, 1.5), 'faster': (10.0, 0.5)}
+    assert result['slower'].calls_per_round == 1 and result['slower'].rounds == 4
+    with pytest.raises(ValueError, match='clock must be one of'):
+        latency_module.round_robin_latency({'a': clock.work(1)}, clock='sundial')

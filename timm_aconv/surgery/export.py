@@ -169,7 +169,10 @@ def _faster_is_bucketed(layer: nn.Conv2d, kernel: torch.Tensor, bucketed: List[_
     def forward(module):
         def run():
             with torch.no_grad():
-                return module(x)
+                output = module(x)
+            if x.is_cuda:
+                torch.cuda.synchronize(x.device)  # time the kernels, not their launch
+            return output
         return run
 
     timings = round_robin_latency({name: forward(module) for name, module in candidates.items()}, rounds=rounds)

@@ -53,6 +53,7 @@ class SizeBudgetConfig(ClassificationConfig):
     export_strategy: Literal['bucketed', 'single', 'auto'] = 'auto'
     latency_batch: int = 32
     latency_rounds: int = 15
+    latency_clock: Literal['wall', 'cpu'] = 'wall'  # 'cpu' (with num_threads 1) on a machine busy with other work
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -206,7 +207,7 @@ def run_size_budget_sweep(config: SizeBudgetConfig) -> SweepResult:
     for row in runs:
         row['kernel_flops'] = row['macs'] / reference_macs
     latency = round_robin_latency({name: _forward(model, latency_images) for name, model in deployed.items()},
-                                  rounds=config.latency_rounds)
+                                  rounds=config.latency_rounds, clock=config.latency_clock)
     for row, name in zip(runs, deployed):
         row['latency_ms'], row['latency_ratio'] = latency[name].ms, latency[name].ratio
     arms = _summarize(runs)
@@ -253,7 +254,7 @@ def _markdown(config: SizeBudgetConfig, arms: List[Dict]) -> str:
               f"strategy='{config.export_strategy}'); kernel FLOPs = convolution multiply-adds relative to the full "
               f'{config.kernel_size or "default"}-grid model; latency = median forward time of a batch of '
               f'{config.latency_batch} validation images, every model timed in the same {config.latency_rounds} '
-              f'rounds, {torch.get_num_threads()} torch thread(s).']
+              f'rounds ({config.latency_clock} clock), {torch.get_num_threads()} torch thread(s).']
     return '\n'.join(lines)
 
 
