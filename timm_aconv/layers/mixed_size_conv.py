@@ -60,6 +60,9 @@ class MixedSizeConv2d(nn.Module):
     Args:
         buckets: the convolutions, each producing some of the filters.
         output_index: ``output[:, c] = concatenated[:, output_index[c]]``; None keeps the concatenated order.
+        in_channels: the layer's input channels (default: the first bucket's, right unless buckets of a
+            grouped layer read a subset of the groups).
+        groups: the original layer's groups (descriptive).
 
     Attributes ``in_channels``, ``out_channels``, ``stride``, ``dilation``, ``groups`` and ``kernel_size``
     (the largest bucket's) describe the layer as a whole.
