@@ -167,6 +167,8 @@ def _mean_std(values: List[float]) -> Tuple[float, float]:
 
 def run_size_budget_sweep(config: SizeBudgetConfig) -> SweepResult:
     """ Trains (or reads back) every run, exports the ACONV models, measures them, writes table and plot. """
+    if config.num_threads is not None:
+        torch.set_num_threads(config.num_threads)  # the Trainer does it too, but resumed runs build none
     _, val_set, info = build_classification_data(
         config.dataset, config.data_dir, config.download, config.img_size, False, config.split_seed)
     val_loader = DataLoader(val_set, batch_size=256, shuffle=False)
