@@ -106,8 +106,11 @@ def plot_size_budget_tradeoff(runs: Sequence[Dict], arms: Sequence[Dict], path: 
             axis.errorbar(arm[key], 100 * arm['deployed_val_accuracy'], xerr=arm[f'{key}_std'],
                           yerr=100 * arm['deployed_val_accuracy_std'], color=colour, marker=marker, markersize=7,
                           capsize=3, label=arm['arm'] if key == 'latency_ms' else None)
+        if 'estimated_kernel_flops' in arm:  # the per-filter estimate from sigma, hollow
+            axes[1].scatter(arm['estimated_kernel_flops'], 100 * arm['deployed_val_accuracy'], s=50,
+                            facecolors='none', edgecolors=colour, marker=marker)
     axes[0].set(xlabel='latency per batch (ms, median)', ylabel='deployed validation accuracy (%)')
-    axes[1].set(xlabel='kernel FLOPs relative to the full grid')
+    axes[1].set(xlabel='kernel FLOPs / full grid (filled: deployed, hollow: estimated from σ)')
     axes[0].legend(fontsize='small')
     figure.suptitle(title, fontsize='medium')
     figure.tight_layout()
