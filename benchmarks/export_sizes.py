@@ -93,7 +93,7 @@ def describe(module: nn.Module) -> str:
         if isinstance(child, MixedSizeConv2d):
             bucketed += 1
             gathered += child.reorder_output
-        elif isinstance(child, nn.Conv2d) and child.kernel_size[0] > 1:
+        elif isinstance(child, nn.Conv2d):
             counts[child.kernel_size[0]] = counts.get(child.kernel_size[0], 0) + child.out_channels
     sizes = ' '.join(f'{size}x{size}:{filters}' for size, filters in sorted(counts.items()))
     return f'{sizes}' + (f' ({bucketed} bucketed layers, {gathered} gather)' if bucketed else '')
