@@ -20,7 +20,8 @@ import torch
 import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import BatchNormAct2d, get_notrace_functions, get_notrace_modules
+from timm.layers import BatchNormAct2d
+from timm.models import get_notrace_functions, get_notrace_modules  # timm >= 1.0.16 exports them here
 
 from ..layers.adaptive_conv import AdaptiveConv2d
 

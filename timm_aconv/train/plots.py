@@ -92,10 +92,15 @@ def plot_size_budget_tradeoff(runs: Sequence[Dict], arms: Sequence[Dict], path: 
     """ Deployed validation accuracy against latency (left) and kernel FLOPs (right).
 
     ``runs`` hold ``arm``, ``deployed_val_accuracy``, ``latency_ms``, ``kernel_flops`` per run; ``arms`` the
-    same keys (means) plus ``*_std`` per arm. Runs are faint dots, arms are points with ±1 std bars.
+    same keys (means) plus ``*_std`` per arm. Runs are faint dots, arms are points with ±1 std bars; the
+    right panel adds each adaptive arm's FLOPs estimated from sigma as a hollow marker. Drawn without
+    pyplot (the global backend stays as it is).
     """
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    colours = plt.get_cmap('tab10')
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+    figure = Figure(figsize=(11, 4.2))
+    axes = figure.subplots(1, 2, sharey=True)
+    colours = colormaps['tab10']
     for index, arm in enumerate(arms):
         colour = colours(index % 10)
         marker = 's' if arm['arm'].startswith('CONV') else 'o'
@@ -106,7 +111,7 @@ def plot_size_budget_tradeoff(runs: Sequence[Dict], arms: Sequence[Dict], path: 
             axis.errorbar(arm[key], 100 * arm['deployed_val_accuracy'], xerr=arm[f'{key}_std'],
                           yerr=100 * arm['deployed_val_accuracy_std'], color=colour, marker=marker, markersize=7,
                           capsize=3, label=arm['arm'] if key == 'latency_ms' else None)
-        if 'estimated_kernel_flops' in arm:  # the per-filter estimate from sigma, hollow
+        if 'estimated_kernel_flops' in arm:
             axes[1].scatter(arm['estimated_kernel_flops'], 100 * arm['deployed_val_accuracy'], s=50,
                             facecolors='none', edgecolors=colour, marker=marker)
     axes[0].set(xlabel='latency per batch (ms, median)', ylabel='deployed validation accuracy (%)')
@@ -115,5 +120,4 @@ def plot_size_budget_tradeoff(runs: Sequence[Dict], arms: Sequence[Dict], path: 
     figure.suptitle(title, fontsize='medium')
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)
     return Path(path)

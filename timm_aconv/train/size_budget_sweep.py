@@ -137,6 +137,13 @@ def _run_config(config: SizeBudgetConfig, arm: Arm, seed: int) -> Classification
     return ClassificationConfig(**values)
 
 
+def _validation_set(run: ClassificationConfig):
+    """ The run's validation set as its training evaluated it, and the dataset's info. """
+    _, val_set, info = build_classification_data(
+        run.dataset, run.data_dir, run.download, run.img_size, False, run.split_seed)
+    return val_set, info
+
+
 def _read_back(run: ClassificationConfig, info) -> Optional[Tuple[List[Dict], nn.Module]]:
     """ A finished run's history and model, or None. """
     weights = Path(run.output_dir) / 'model.safetensors'
@@ -169,16 +176,16 @@ def run_size_budget_sweep(config: SizeBudgetConfig) -> SweepResult:
     """ Trains (or reads back) every run, exports the ACONV models, measures them, writes table and plot. """
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)  # the Trainer does it too, but resumed runs build none
-    _, val_set, info = build_classification_data(
-        config.dataset, config.data_dir, config.download, config.img_size, False, config.split_seed)
-    val_loader = DataLoader(val_set, batch_size=256, shuffle=False)
-    latency_images = next(iter(DataLoader(val_set, batch_size=config.latency_batch, shuffle=False)))[0]
     deployed: Dict[str, nn.Module] = {}
     runs: List[Dict] = []
-    reference_macs = None
+    reference_macs = latency_images = None
     for arm in sweep_arms(config):
         for repeat in range(config.repeats):
             run = _run_config(config, arm, config.seed + repeat)
+            val_set, info = _validation_set(run)
+            val_loader = DataLoader(val_set, batch_size=256, shuffle=False)
+            if latency_images is None:  # one batch for every model's latency
+                latency_images = next(iter(DataLoader(val_set, batch_size=config.latency_batch, shuffle=False)))[0]
             finished = _read_back(run, info) if config.resume else None
             if finished is None:
                 keep = _KeepModel()
