@@ -3,14 +3,18 @@
 Layer → surgery → registries → recipes:
 
 - :mod:`timm_aconv.layers`: :class:`AdaptiveConv2d`, its envelope and sigma helpers.
-- :mod:`timm_aconv.surgery`: :func:`convert_convs`, :func:`fuse_convs`, :func:`summary`.
+- :mod:`timm_aconv.surgery`: :func:`convert_convs`, :func:`fuse_convs`, :func:`summary`,
+  :func:`export_learned_sizes`, :func:`learned_kernel_sizes`, :func:`plain_model_from_learned`.
 """
 import warnings
 
 from .layers import (
-    AdaptiveConv2d, adaptive_layers, centre_energy_fraction, clamp_sigmas_, effective_kernel_size,
-    gaussian_envelope, named_adaptive_layers, param_groups, register_batched_envelopes, register_sigma_clamp)
-from .surgery import adapt_ordinary_weights, convert_conv, convert_convs, crop_conv, fuse_convs, summary
+    AdaptiveConv2d, MixedSizeConv2d, OutputPixelTracker, adaptive_layers, centre_energy_fraction, clamp_sigmas_,
+    effective_kernel_size, estimated_kernel_flops, gaussian_envelope, named_adaptive_layers, param_groups,
+    register_batched_envelopes, register_sigma_clamp, size_penalty, soft_kernel_size)
+from .surgery import (
+    LayerKernelSizes, LearnedKernelSizes, adapt_ordinary_weights, convert_conv, convert_convs, crop_conv,
+    export_conv, export_learned_sizes, fuse_convs, learned_kernel_sizes, plain_model_from_learned, summary)
 
 __version__ = '0.1.0'
 

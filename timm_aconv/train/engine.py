@@ -13,6 +13,8 @@ and runs
   model gets :func:`timm_aconv.register_batched_envelopes` for the time of :meth:`Trainer.fit`;
 - gradient clipping by value (the paper's Keras ``clipvalue=1.0``, applies to sigma too)
   and optionally by norm, on real optimizer steps only;
+- an optional kernel-size budget: ``size_budget`` (a kernel-FLOPs fraction of the full grids) adds
+  ``size_budget_weight * timm_aconv.size_penalty(model, size_budget)`` to the training loss;
 - the sigma clamp into [1/n, n] after every real optimizer step
   (:func:`timm_aconv.register_sigma_clamp`), sigma in its own parameter group without weight
   decay and with an optional learning-rate scale (:func:`timm_aconv.param_groups`);
@@ -125,7 +127,8 @@ from accelerate.utils import DynamoBackend, ProjectConfiguration, parse_flag_fro
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from tqdm.auto import tqdm
 
-from ..layers import adaptive_layers, param_groups, register_batched_envelopes, register_sigma_clamp
+from ..layers import (
+    OutputPixelTracker, adaptive_layers, param_groups, register_batched_envelopes, register_sigma_clamp, size_penalty)
 from .callbacks import Callback
 from .config import ConfigError, config_to_dict, save_config
 from .history import write_history
@@ -178,6 +181,8 @@ class EngineConfig:
     print_epochs: bool = True
     num_threads: Optional[int] = None
     compile: Union[Literal['auto'], bool] = 'auto'  # torch.compile the model; 'auto': on a CUDA device
+    size_budget: Optional[float] = None  # kernel FLOPs of the adaptive layers, relative to full grids; null: none
+    size_budget_weight: float = 0.1  # higher: lands faster but further below the budget
 
     def __post_init__(self) -> None:
         positive_ints = ('epochs', 'grad_accum_steps')
@@ -208,6 +213,11 @@ class EngineConfig:
                               f'the next, so with 1 an interrupted save leaves none), got {self.keep_checkpoints}')
         if not (isinstance(self.compile, bool) or self.compile == 'auto'):
             raise ConfigError(f"compile must be 'auto', true or false, got {self.compile!r}")
+        if self.size_budget is not None and not 0 < self.size_budget <= 1:
+            raise ConfigError(f'size_budget must be in (0, 1] (kernel FLOPs relative to the full grids) or null, '
+                              f'got {self.size_budget}')
+        if self.size_budget_weight <= 0:
+            raise ConfigError(f'size_budget_weight must be > 0, got {self.size_budget_weight}')
 
 
 def check_output_dir(output_dir: str, resume: bool = False, overwrite: bool = False) -> None:
@@ -412,6 +422,12 @@ class Trainer:
             model.compile()  # in place: same parameters, state-dict keys and checkpoints as eager
         else:
             self.envelope_handle = register_batched_envelopes(model)  # one envelope call per grid size
+        self.output_pixels = None  # per adaptive layer, for the size budget's FLOPs weights
+        if config.size_budget is not None:
+            if next(adaptive_layers(model), None) is None:
+                raise ConfigError(f'size_budget={config.size_budget} needs a model with adaptive layers, and '
+                                  f'{type(model).__name__} has none')
+            self.output_pixels = OutputPixelTracker(model)
         self.model, self.optimizer, self.train_loader, self.val_loader = self.accelerator.prepare(
             model, optimizer, train_loader, val_loader)
         self.steps_per_epoch = self._optimizer_steps_per_epoch()
@@ -526,7 +542,7 @@ class Trainer:
             with accelerator.accumulate(self.model):
                 outputs, targets = self.forward_fn(self.model, batch)
                 loss = self.loss_fn(outputs, targets)
-                accelerator.backward(loss)
+                accelerator.backward(loss if config.size_budget is None else loss + self.budget_penalty())
                 if accelerator.sync_gradients:
                     if config.clip_value is not None:
                         accelerator.clip_grad_value_(self.model.parameters(), config.clip_value)
@@ -550,6 +566,11 @@ class Trainer:
         progress.close()
         loss_sum, samples = accelerator.reduce(torch.stack([loss_sum, samples]), reduction='sum')
         return float(loss_sum / samples.clamp(min=1))
+
+    def budget_penalty(self) -> torch.Tensor:
+        """ The weighted kernel-size budget term of the training loss (``size_budget`` set). """
+        return self.config.size_budget_weight * size_penalty(
+            self.unwrapped_model, self.config.size_budget, output_pixels=self.output_pixels)
 
     @torch.no_grad()
     def evaluate(self) -> Dict[str, float]:

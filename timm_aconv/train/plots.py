@@ -5,6 +5,8 @@
 - :func:`plot_mean_curves`: the paper's Figures 5–6, mean validation accuracy per epoch over
   repeats with a ±1 std band (ddof=1), one line per (model, kernel size).
 - :func:`plot_segmentation_examples`: the paper's Figure 7c–q, input, true and predicted trimaps.
+- :func:`plot_size_budget_tradeoff`: validation accuracy against latency and against kernel FLOPs,
+  one point per run and mean ± std per arm (the size-budget sweep).
 """
 from pathlib import Path
 from typing import Dict, List, Sequence
@@ -17,7 +19,8 @@ from matplotlib.ticker import MaxNLocator
 from .segmentation_data import IMAGE_MEAN, IMAGE_STD
 from .statistics import STD_DDOF, describe_curves
 
-__all__ = ['plot_learning_curves', 'plot_sigma_histograms', 'plot_mean_curves', 'plot_segmentation_examples']
+__all__ = ['plot_learning_curves', 'plot_sigma_histograms', 'plot_mean_curves', 'plot_segmentation_examples',
+           'plot_size_budget_tradeoff']
 
 
 def plot_learning_curves(history: Sequence[Dict[str, float]], output_dir: str,
@@ -126,3 +129,39 @@ def plot_segmentation_examples(images: torch.Tensor, masks: torch.Tensor, predic
                 axis.set_title(titles[column], fontsize=9)
     figure.tight_layout()
     return figure
+
+
+def plot_size_budget_tradeoff(runs: Sequence[Dict], arms: Sequence[Dict], path: str,
+                              title: str = 'kernel-size budgets') -> Path:
+    """ Deployed validation accuracy against latency (left) and kernel FLOPs (right).
+
+    ``runs`` hold ``arm``, ``deployed_val_accuracy``, ``latency_ms``, ``kernel_flops`` per run; ``arms`` the
+    same keys (means) plus ``*_std`` per arm. Runs are faint dots, arms are points with ±1 std bars; the
+    right panel adds each adaptive arm's FLOPs estimated from sigma as a hollow marker. Drawn without
+    pyplot (the global backend stays as it is).
+    """
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+    figure = Figure(figsize=(11, 4.2))
+    axes = figure.subplots(1, 2, sharey=True)
+    colours = colormaps['tab10']
+    for index, arm in enumerate(arms):
+        colour = colours(index % 10)
+        marker = 's' if arm['arm'].startswith('CONV') else 'o'
+        members = [run for run in runs if run['arm'] == arm['arm']]
+        for axis, key in zip(axes, ('latency_ms', 'kernel_flops')):
+            axis.scatter([run[key] for run in members], [100 * run['deployed_val_accuracy'] for run in members],
+                         color=colour, alpha=0.3, s=14, marker=marker)
+            axis.errorbar(arm[key], 100 * arm['deployed_val_accuracy'], xerr=arm[f'{key}_std'],
+                          yerr=100 * arm['deployed_val_accuracy_std'], color=colour, marker=marker, markersize=7,
+                          capsize=3, label=arm['arm'] if key == 'latency_ms' else None)
+        if 'estimated_kernel_flops' in arm:
+            axes[1].scatter(arm['estimated_kernel_flops'], 100 * arm['deployed_val_accuracy'], s=50,
+                            facecolors='none', edgecolors=colour, marker=marker)
+    axes[0].set(xlabel='latency per batch (ms, median)', ylabel='deployed validation accuracy (%)')
+    axes[1].set(xlabel='kernel FLOPs / full grid (filled: deployed, hollow: estimated from σ)')
+    axes[0].legend(fontsize='small')
+    figure.suptitle(title, fontsize='medium')
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    return Path(path)

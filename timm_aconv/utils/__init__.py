@@ -1,0 +1,1 @@
+from .latency import CLOCKS, Latency, round_robin_latency
