@@ -23,12 +23,13 @@ from timm_aconv.train.datasets import DataInfo
 from timm_aconv.train.engine import check_output_dir, check_process_count, epoch_line, expected_process_count
 from timm_aconv.train.filters import LearnFiltersConfig
 from timm_aconv.train.segmentation import SegmentationConfig
+from timm_aconv.train.size_budget_sweep import SizeBudgetConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = str(ROOT / 'recipes' / 'configs' / 'digits.yaml')
 QUIET = ['--log_with', 'none', '--num_threads', '1']
 RECIPES = dict(train_classification=ClassificationConfig, compare=CompareConfig, learn_filters=LearnFiltersConfig,
-               train_segmentation=SegmentationConfig)
+               train_segmentation=SegmentationConfig, size_budget=SizeBudgetConfig)
 
 pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
@@ -293,12 +294,12 @@ def test_learn_filters_pins_its_thread_count(tmp_path):
 
 
 def test_learn_filters_figure_keeps_every_title_inside(tmp_path):
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from timm_aconv.train.filters import plot_learned_filters, run_learn_filters
     figure = plot_learned_filters(run_learn_filters(LearnFiltersConfig(iterations=2, image_size=16)))
-    figure.canvas.draw()
-    renderer, bounds = figure.canvas.get_renderer(), figure.bbox
-    plt.close(figure)
+    canvas = FigureCanvasAgg(figure)  # the package's figures have no pyplot canvas
+    canvas.draw()
+    renderer, bounds = canvas.get_renderer(), figure.bbox
     for axis in figure.axes:
         for text in (axis.title, axis.yaxis.label, axis.xaxis.label):
             if text.get_text():

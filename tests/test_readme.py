@@ -7,12 +7,18 @@ below it (one ``# -> line`` per printed line); text after a further ``  # `` is 
 In an expected line ``...`` stands for any text, and a line holding only ``...`` for any number
 of printed lines. A block with ``# ->`` comments must print exactly those lines; a block
 without any is only run. ``<!-- test: slow -->`` on the line before a block marks it
-``docs_slow``: ``make test`` skips it, ``make test-docs`` runs every block.
+``docs_slow``: ``make test`` skips it, ``make test-docs`` runs every block. A block that reads what
+a recipe wrote names the command shown before it: ``<!-- test: slow; run: python recipes/x.py ... -->``
+runs it first in the block's folder (``recipes/`` linked there), with this interpreter.
 """
 import ast
 import contextlib
 import io
+import os
 import re
+import shlex
+import subprocess
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +26,10 @@ from typing import List, Optional, Tuple
 
 import pytest
 
-README = Path(__file__).resolve().parents[1] / 'README.md'
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / 'README.md'
 SLOW_MARK = '<!-- test: slow -->'
+MARK = re.compile(r'^<!-- test: (.*) -->$')
 EXPECTED = re.compile(r'#\s?->\s?(.*)$')
 
 
@@ -30,6 +38,7 @@ class Block:
     start: int  # README line number of the block's first code line
     code: str
     slow: bool
+    setup: Optional[str] = None  # a command to run first (``run: ...`` in the block's mark)
     expected: List[Tuple[int, str]] = field(default_factory=list)  # (README line, expected printed line)
 
 
@@ -66,7 +75,10 @@ def readme_blocks(text: str) -> List[Block]:
             if end == len(lines):
                 raise AssertionError(f'README.md line {index + 1}: ```python block is never closed')
             code_lines = lines[index + 1:end]
-            block = Block(start, '\n'.join(code_lines), previous == SLOW_MARK)
+            mark = MARK.match(previous)
+            options = [option.strip() for option in mark.group(1).split(';')] if mark else []
+            setup = next((option[len('run:'):].strip() for option in options if option.startswith('run:')), None)
+            block = Block(start, '\n'.join(code_lines), 'slow' in options, setup)
             for offset, line in enumerate(code_lines):
                 position = _comment_start(line)
                 if position is not None:
@@ -139,6 +151,8 @@ def test_harness_reads_and_matches_expected_outputs():
                       '```'])
     slow, fast = readme_blocks(text)
     assert slow.slow and not fast.slow and slow.start == 4 and fast.start == 12
+    setup, = readme_blocks('<!-- test: slow; run: python recipes/x.py --a 1 -->\n```python\npass\n```')
+    assert setup.slow and setup.setup == 'python recipes/x.py --a 1'
     assert slow.expected == [(4, 'a'), (7, '1'), (8, '...'), (9, 'tail ... end')]
     assert first_mismatch(slow.expected, ['a', '1', 'x', 'y', 'tail 42 end']) is None
     assert first_mismatch(slow.expected, ['a', '1', 'tail end']) is not None
@@ -148,12 +162,24 @@ def test_harness_reads_and_matches_expected_outputs():
     assert bare_expressions(Block(10, 'x = 1\nx.real\nprint(x)\nx, x', False)) == [11, 13]
 
 
+def run_setup(command: str, folder: Path) -> None:
+    """ ``python recipes/...`` as a user runs it from a clone, in ``folder``. """
+    words = shlex.split(command)
+    assert words[0] == 'python', f'a run: command starts with python, got {command!r}'
+    (folder / 'recipes').symlink_to(ROOT / 'recipes')
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get('PYTHONPATH')])))
+    completed = subprocess.run([sys.executable, *words[1:]], cwd=folder, env=env, capture_output=True, text=True)
+    assert completed.returncode == 0, f'{command} failed:\n{completed.stderr[-2000:]}'
+
+
 @pytest.mark.usefixtures('one_torch_thread')
 @pytest.mark.parametrize('block', [
     pytest.param(block, id=f'README.md:{block.start}', marks=[pytest.mark.docs_slow] if block.slow else [])
     for block in BLOCKS])
 def test_readme_block_runs_and_prints_its_outputs(block, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    if block.setup is not None:
+        run_setup(block.setup, tmp_path)
     # line numbers in a traceback are README.md's
     code = compile('\n' * (block.start - 1) + block.code, str(README), 'exec')
     printed = io.StringIO()
