@@ -141,6 +141,24 @@ def test_missing_dataset_error_names_dataset_path_and_remedy(tmp_path):
         recipe.main(['--dataset', 'cifar10', '--data_dir', str(tmp_path / 'nowhere'), '--download', 'false', *FAST])
     with pytest.raises(DatasetNotFoundError, match=r"dataset 'lfw' .*fetch_lfw_people\(min_faces_per_person=20"):
         build_classification_data('lfw', data_dir=str(tmp_path / 'nowhere'), download=False)
+    assert not (tmp_path / 'nowhere').exists()  # sklearn made lfw_home there before failing: removed again
+
+
+def test_a_failed_download_leaves_no_empty_folders(tmp_path, monkeypatch):
+    import urllib.error
+    import torchvision.datasets
+
+    def download_fails(root, train, download):  # as torchvision does offline: folders first, then the URL
+        (Path(root) / 'cifar-10-batches-py' / 'tmp').mkdir(parents=True)
+        raise urllib.error.URLError('no network')
+    monkeypatch.setattr(torchvision.datasets, 'CIFAR10', download_fails)
+    (tmp_path / 'data' / 'mnist').mkdir(parents=True)  # a dataset already there stays
+    with pytest.raises(DatasetNotFoundError, match='URLError: <urlopen error no network>'):
+        build_classification_data('cifar10', data_dir=str(tmp_path / 'data'))
+    assert sorted(path.name for path in (tmp_path / 'data').iterdir()) == ['mnist']
+    with pytest.raises(DatasetNotFoundError):
+        build_classification_data('cifar10', data_dir=str(tmp_path / 'fresh'))
+    assert not (tmp_path / 'fresh').exists()
 
 
 def test_convert_option_makes_any_timm_model_adaptive():

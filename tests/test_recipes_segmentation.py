@@ -188,6 +188,8 @@ def test_examples_figure_checks_shapes():
     images, masks = torch.zeros(2, 3, 8, 8), torch.zeros(2, 8, 8, dtype=torch.long)
     figure = plot_segmentation_examples(images, masks, {'ACONV7': masks, 'CONV3': masks})
     assert [axis.get_title() for axis in figure.axes[:4]] == ['input', 'true mask', 'ACONV7', 'CONV3']
+    key, = figure.legends  # the colour key of the mask classes
+    assert [text.get_text() for text in key.get_texts()] == ['pet', 'background', 'border']
     with pytest.raises(ValueError, match="predictions\\['CONV3'\\] must have the masks' shape"):
         plot_segmentation_examples(images, masks, {'CONV3': masks[:1]})
 

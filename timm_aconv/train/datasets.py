@@ -33,9 +33,11 @@ fill_mode='nearest')`` done with Albumentations: uniform shifts of up to ``augme
 width and height, borders filled by replicating the edge pixels, a horizontal flip with
 probability 0.5; its random draws come from torch's RNG, so runs and resumed runs repeat.
 """
+import contextlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 import albumentations as A
 import cv2
@@ -45,7 +47,7 @@ from torch.utils.data import Dataset
 
 __all__ = ['CLASSIFICATION_DATASETS', 'RESPLIT_DATASETS', 'INPUT_NORMS', 'DataInfo', 'DatasetNotFoundError',
            'dataset_not_found', 'ArrayDataset', 'ClutteredDataset', 'build_classification_data', 'build_transform',
-           'clutter_canvas']
+           'clutter_canvas', 'removing_empty_folders_on_failure']
 
 CLASSIFICATION_DATASETS = ('digits', 'synthetic', 'mnist', 'fashion_mnist', 'cifar10', 'mnist_cluttered', 'lfw')
 RESPLIT_DATASETS = ('digits', 'synthetic', 'lfw')  # no official split: ``split_seed`` draws one
@@ -180,12 +182,30 @@ def dataset_not_found(name: str, root: Path, how: str, error: Exception) -> Data
         f'({type(error).__name__}: {error}). {how} Then pass --data_dir {root} (and --download false to stay offline).')
 
 
+@contextlib.contextmanager
+def removing_empty_folders_on_failure(root: Path) -> Iterator[None]:
+    """ Runs a dataset load or download; when it fails, removes the folders it created under ``root``
+    (and ``root`` itself) that hold no file, so a failed download leaves no empty dataset folders. """
+    existed = {path.name for path in root.iterdir()} if root.is_dir() else None
+    try:
+        yield
+    except BaseException:
+        created = [root] if existed is None else [path for path in root.iterdir() if path.name not in existed]
+        for folder in created:
+            if folder.is_dir():
+                for directory, _, _ in sorted(os.walk(folder), key=lambda entry: -len(entry[0])):  # deepest first
+                    with contextlib.suppress(OSError):  # not empty: a file was written there
+                        os.rmdir(directory)
+        raise
+
+
 def _torchvision_arrays(name: str, root: Path, download: bool, train: bool) -> Tuple[np.ndarray, np.ndarray]:
     import torchvision.datasets as tv_datasets
     dataset_cls = dict(mnist=tv_datasets.MNIST, fashion_mnist=tv_datasets.FashionMNIST,
                        cifar10=tv_datasets.CIFAR10)[name]
     try:
-        dataset = dataset_cls(str(root), train=train, download=download)
+        with removing_empty_folders_on_failure(root):
+            dataset = dataset_cls(str(root), train=train, download=download)
     except Exception as error:  # torchvision raises RuntimeError when missing, URLError/OSError offline
         how = (f'Download it where there is internet with torchvision.datasets.{dataset_cls.__name__}'
                f'({str(root)!r}, download=True) and copy {str(root)!r} here.')
@@ -287,7 +307,8 @@ def build_classification_data(
     elif name == 'lfw':
         from sklearn.datasets import fetch_lfw_people
         try:
-            bunch = fetch_lfw_people(min_faces_per_person=20, data_home=str(root), download_if_missing=download)
+            with removing_empty_folders_on_failure(root):
+                bunch = fetch_lfw_people(min_faces_per_person=20, data_home=str(root), download_if_missing=download)
         except Exception as error:  # OSError when missing offline, URLError when the download fails
             how = ('Download it where there is internet with sklearn.datasets.fetch_lfw_people('
                    f'min_faces_per_person=20, data_home={str(root)!r}) and copy {str(root)!r} here.')

@@ -1,115 +1,23 @@
-""" The training engine shared by every recipe (Accelerate-based)
+""" The training engine shared by every recipe: :class:`Trainer` and :class:`EngineConfig` (Accelerate)
 
-One loop for any task whose batches are ``(inputs, targets)`` and whose model maps
-``inputs`` to ``outputs``: :class:`Trainer` prepares model, optimizer and loaders with
-:class:`accelerate.Accelerator` (CPU, one or many GPUs, ``accelerate launch`` or ``torchrun``),
-and runs
+One loop for any task whose batches are ``(inputs, targets)`` (or a ``forward_fn``): Accelerate
+prepares model, optimizer and loaders (CPU, one or many GPUs, ``accelerate launch`` or ``torchrun``;
+multi-process CPU runs need ``cpu=True``). Per real optimizer step: clip by value (the paper's Keras
+``clipvalue``, sigma too) and/or norm, the optimizer over :func:`timm_aconv.param_groups`, the sigma
+clamp (:func:`timm_aconv.register_sigma_clamp`), a per-step scheduler; an optional kernel-size budget
+adds ``size_budget_weight * timm_aconv.size_penalty(model, size_budget)`` to the loss. Per epoch:
+evaluation through a :class:`~timm_aconv.train.metrics.Metric` with ``gather_for_metrics`` (each
+validation sample once on any number of processes), a metrics row (``metrics.csv``/``.json``,
+trackers, one printed line), the best model by ``monitor`` in ``output_dir/best``, and Accelerate
+checkpoints in ``output_dir/checkpoints`` (the last ``keep_checkpoints``; a save counts once its
+``trainer_state.json`` is written, so ``resume`` continues from the newest complete one with identical
+results). ``compile='auto'`` compiles the model in place on CUDA devices; an eager model gets
+:func:`timm_aconv.register_batched_envelopes` while it trains.
 
-- mixed precision (``mixed_precision='bf16'|'fp16'``) and gradient accumulation
-  (``grad_accum_steps``), through Accelerate;
-- ``torch.compile`` of the model (``compile``: ``'auto'`` compiles when training on a CUDA
-  device, where the launches of small operations cost most, ``True``, ``False``), in place
-  (``model.compile()``: parameter names and checkpoints stay those of the eager model); an eager
-  model gets :func:`timm_aconv.register_batched_envelopes` for the time of :meth:`Trainer.fit`;
-- gradient clipping by value (the paper's Keras ``clipvalue=1.0``, applies to sigma too)
-  and optionally by norm, on real optimizer steps only;
-- an optional kernel-size budget: ``size_budget`` (a kernel-FLOPs fraction of the full grids) adds
-  ``size_budget_weight * timm_aconv.size_penalty(model, size_budget)`` to the training loss;
-- the sigma clamp into [1/n, n] after every real optimizer step
-  (:func:`timm_aconv.register_sigma_clamp`), sigma in its own parameter group without weight
-  decay and with an optional learning-rate scale (:func:`timm_aconv.param_groups`);
-- a scheduler: ``constant``, ``plateau`` (reduce-on-plateau on ``monitor``, stepped per epoch)
-  or ``one_cycle`` (the paper's per-iteration Gaussian bump, stepped per optimizer step);
-- evaluation each epoch with ``accelerator.gather_for_metrics`` (each validation sample counts
-  exactly once, whatever the number of processes) through a :class:`Metric`;
-- checkpoints (``accelerator.save_state`` after every ``save_every`` epochs into
-  ``output_dir/checkpoints/checkpoint_<n>``, the last ``keep_checkpoints`` kept, plus the
-  trainer's own progress as JSON), ``resume=True`` continues from the newest complete one with
-  identical results;
-- tqdm progress on the main process of an interactive terminal only (never in piped logs), and
-  one printed line per epoch on the main process (:func:`epoch_line`); one metrics row per epoch written to
-  ``output_dir/metrics.csv`` / ``metrics.json`` and to Accelerate trackers (TensorBoard when
-  installed, ``log_with='auto'``); the resolved settings as ``output_dir/config.yaml``; the final
-  model in ``output_dir`` and the best one by ``monitor`` in ``output_dir/best`` (with
-  ``best.json``: its epoch and value), by default as ``model.safetensors``, or in the task's
-  format through ``save_model_fn`` (classification: timm's ``save_for_hf`` layout).
-  A row holds ``epoch``, ``step`` (optimizer steps so far), ``train_loss``, the metric's
-  ``val_*`` values, ``lr_<group>`` (the learning rate at the end of the epoch, before a
-  reduce-on-plateau decision) and ``best_<monitor>``.
-
-Multi-process CPU runs (``torchrun --nproc_per_node 2 ...`` with gloo) need ``cpu=True``
-(Accelerate only picks its multi-CPU mode when told); a launcher that asked for several processes
-while the Accelerator runs one (torchrun without ``cpu=True`` on a machine without GPUs,
-``accelerate launch --num_processes 2`` without ``--multi_gpu``) is an error, not N independent
-runs into one folder (:func:`check_process_count`). Recipes refuse an ``output_dir`` that already
-holds a run unless ``resume`` or ``overwrite`` is set (:func:`check_output_dir`).
-
-Classification (what ``recipes/train_classification.py`` does, minus the data plumbing)::
-
-    >>> set_seed(config.seed)                       # before building the model
-    >>> model = timm.create_model('aconv_simple_cnn', num_classes=10, in_chans=1)
-    >>> trainer = Trainer(model, train_loader, val_loader, config,
-    ...                   loss_fn=torch.nn.CrossEntropyLoss(), metric=ClassificationMetric())
-    >>> history = trainer.fit()                     # list of per-epoch dicts
-    >>> max(record['val_accuracy'] for record in history)   # the paper's peak accuracy
-
-Another task, e.g. segmentation, needs only its loss and a :class:`Metric`:
-
-- ``loss_fn(outputs, targets) -> scalar tensor`` (any callable; for pixel-wise cross-entropy
-  ``torch.nn.CrossEntropyLoss()`` works as is on (B, C, H, W) logits and (B, H, W) targets).
-- a ``Metric`` subclass (see :mod:`timm_aconv.train.metrics`): ``per_sample`` runs on each
-  process and must return tensors whose first axis is the batch, so that
-  ``gather_for_metrics`` can drop the duplicated tail samples. For pixel accuracy / mIoU,
-  return one confusion matrix per image::
-
-      class SegmentationMetric(Metric):
-          def __init__(self, num_classes):
-              self.num_classes = num_classes
-              self.reset()
-
-          def per_sample(self, outputs, targets):      # (B, C, H, W) logits, (B, H, W) labels
-              predictions = outputs.argmax(1)
-              index = (targets * self.num_classes + predictions).flatten(1)   # (B, H*W)
-              counts = torch.zeros(index.shape[0], self.num_classes ** 2, device=index.device)
-              counts.scatter_add_(1, index, torch.ones_like(index, dtype=counts.dtype))
-              loss = F.cross_entropy(outputs.float(), targets, reduction='none').flatten(1).mean(1)
-              return counts.view(-1, self.num_classes, self.num_classes), loss
-
-          def update(self, counts, loss):               # gathered over all processes
-              self.confusion += counts.sum(0).double().cpu()
-              self.loss_sum += float(loss.sum()); self.images += loss.numel()
-
-          def compute(self):
-              true_positive = self.confusion.diag()
-              union = self.confusion.sum(0) + self.confusion.sum(1) - true_positive
-              return dict(pixel_accuracy=float(true_positive.sum() / self.confusion.sum()),
-                          miou=float((true_positive / union.clamp(min=1)).mean()),
-                          loss=self.loss_sum / self.images)
-
-          def reset(self):
-              self.confusion = torch.zeros(self.num_classes, self.num_classes, dtype=torch.float64)
-              self.loss_sum, self.images = 0.0, 0
-
-  and set ``monitor='val_miou'``, ``monitor_mode='max'`` (or keep ``val_loss``/``min``) for the
-  plateau scheduler and the ``best_*`` column. Gathering per-image counts instead of logits
-  keeps the gather small. Summing per-batch counts yourself with ``accelerator.reduce`` would
-  double-count the padded tail samples — use the per-sample form.
-- Batches that are not ``(inputs, targets)`` tuples: pass ``forward_fn(model, batch) ->
-  (outputs, targets)``.
-- Extra behaviour at fixed points: :class:`~timm_aconv.train.callbacks.Callback`
-  (``on_fit_start``, ``on_optimizer_step``, ``on_epoch_end``, ``on_fit_end``).
-- Settings: subclass :class:`EngineConfig` (a dataclass) with your recipe's fields and parse it
-  with :func:`timm_aconv.train.config.parse_config` (YAML + command line overrides).
-
-Checkpoints: Accelerate's ``save_state`` with automatic checkpoint naming (model as safetensors,
-optimizer, RNG and sampler states; loaded with ``weights_only=True``), the scheduler state
-(``torch.load(weights_only=True)``) and, written last once every process has saved its part,
-``trainer_state.json``: a folder without it is a save that did not finish, and ``resume`` skips
-(and deletes) it. Accelerate deletes the oldest checkpoint before writing a new one, so
-``keep_checkpoints >= 2`` always leaves a complete one. A run without ``resume`` starts over: it
-deletes the checkpoints and the best model an earlier run left in ``output_dir``. Resumed runs
-match uninterrupted ones exactly on CPU because the training sampler is seeded per epoch
-(``use_seedable_sampler``) and the RNG states are restored.
+Also here: the launcher checks (:func:`check_process_count`, :func:`process_state`), the refusal to
+write over a finished run (:func:`check_output_dir`) and the per-epoch line (:func:`epoch_line`).
+The README's "The engine from Python" shows the API on a classification task and what another task
+needs (a loss, a ``Metric``, optionally ``save_model_fn``).
 """
 import json
 import math

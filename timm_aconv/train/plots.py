@@ -16,7 +16,7 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .segmentation_data import IMAGE_MEAN, IMAGE_STD
+from .segmentation_data import IMAGE_MEAN, IMAGE_STD, TRIMAP_CLASSES
 from .statistics import STD_DDOF, describe_curves
 
 __all__ = ['plot_learning_curves', 'plot_sigma_histograms', 'plot_mean_curves', 'plot_segmentation_examples',
@@ -90,9 +90,12 @@ def plot_mean_curves(curves: Dict[str, np.ndarray], path: str, title: str = 'val
     return Path(path)
 
 
+TRIMAP_COLOURS = ('#d9822b', '#2e4a7d', '#f5f5f5')  # pet, background, border (TRIMAP_CLASSES' order)
+
+
 def _trimap_colormap():
     from matplotlib.colors import ListedColormap
-    return ListedColormap(['#d9822b', '#2e4a7d', '#f5f5f5'])  # pet, background, border
+    return ListedColormap(list(TRIMAP_COLOURS))
 
 
 def plot_segmentation_examples(images: torch.Tensor, masks: torch.Tensor, predictions: Dict[str, torch.Tensor]):
@@ -104,7 +107,7 @@ def plot_segmentation_examples(images: torch.Tensor, masks: torch.Tensor, predic
         predictions: {model label: (N, H, W) predicted labels}.
 
     Returns:
-        The matplotlib figure.
+        The matplotlib figure, with a colour key of the mask classes (:data:`TRIMAP_CLASSES`) below.
     """
     from .kernel_plots import new_figure
     count = images.shape[0]
@@ -127,7 +130,11 @@ def plot_segmentation_examples(images: torch.Tensor, masks: torch.Tensor, predic
             axis.set_yticks([])
             if row == 0:
                 axis.set_title(titles[column], fontsize=9)
-    figure.tight_layout()
+    from matplotlib.patches import Patch
+    key = [Patch(facecolor=colour, edgecolor='0.4', label=name) for name, colour in zip(TRIMAP_CLASSES, TRIMAP_COLOURS)]
+    figure.tight_layout(rect=(0, 0.3 / count, 1, 1))  # room for the key below the panels
+    figure.legend(handles=key, loc='lower center', ncol=len(key), fontsize=8, frameon=False, title='mask classes',
+                  title_fontsize=8)
     return figure
 
 

@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .config import ConfigError
-from .datasets import dataset_not_found
+from .datasets import dataset_not_found, removing_empty_folders_on_failure
 
 if TYPE_CHECKING:
     from .segmentation import SegmentationConfig
@@ -171,7 +171,8 @@ def authors_validation_set(source, img_size: int) -> SegmentationDataset:
 def _oxford_pets(root: Path, split: str, download: bool) -> _PetTrimapSource:
     from torchvision.datasets import OxfordIIITPet
     try:
-        pets = OxfordIIITPet(str(root), split=split, target_types='segmentation', download=download)
+        with removing_empty_folders_on_failure(root):
+            pets = OxfordIIITPet(str(root), split=split, target_types='segmentation', download=download)
     except Exception as error:  # RuntimeError when missing, URLError / OSError when the download fails
         how = ('Download images.tar.gz and annotations.tar.gz from https://www.robots.ox.ac.uk/~vgg/data/pets/ '
                f'and extract both into {str(root / "oxford-iiit-pet")!r} (it must hold images/ and '
