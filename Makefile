@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 # e.g. `make test TORCH_PKGS="torch torchvision"`
 TORCH_PKGS ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
+# test processes (pytest-xdist): the suite is mostly single-threaded, so 2 workers use both cores of a small CI machine
+TEST_WORKERS ?= 2
 
 .PHONY: setup test test-docs demo clean
 
@@ -19,7 +21,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 setup: $(VENV)/.installed
 
 test: setup
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # every Python block of README.md, the slow ones (<!-- test: slow -->) included
 test-docs: setup

@@ -199,8 +199,11 @@ RESUME_SETTINGS = dict(epochs=4, scheduler='one_cycle', weight_decay=1e-3, deter
 def uninterrupted(tmp_path_factory):
     """ The reference run: its history, final weights and best weights. """
     directory = tmp_path_factory.mktemp('uninterrupted')
+    # a module fixture runs before the function-scoped restore_deterministic_mode saves the mode: restore it here
+    enabled, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     trainer = make_trainer(directory, **RESUME_SETTINGS)
     history = trainer.fit()
+    torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
     return history, trainer.unwrapped_model.state_dict(), load_file(directory / 'best' / 'model.safetensors')
 
 

@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from ..layers.adaptive_conv import AdaptiveConv2d, SigmaInit, resolve_kernel_size
 from .module_tree import replace_modules
+from .padding import explicit_padding
 
 __all__ = ['convert_convs', 'convert_conv', 'PRESERVE_SIGMA_INIT']
 
@@ -27,18 +28,10 @@ FRESH_SIGMA_INIT = (0.1, 0.5)
 FilterFn = Callable[[str, nn.Conv2d], bool]
 
 
-def _explicit_padding(conv: nn.Conv2d) -> Tuple[int, int]:
-    """ The symmetric per-side padding a conv applies, with 'same'/'valid' made explicit. """
-    if conv.padding == 'valid':
-        return 0, 0
-    if conv.padding == 'same':
-        return tuple(d * (k - 1) // 2 for d, k in zip(conv.dilation, conv.kernel_size))
-    return tuple(conv.padding)
-
 
 def _converted_padding(conv: nn.Conv2d, size: int, name: str) -> Tuple[int, int]:
     padding = []
-    for pad, dil, k in zip(_explicit_padding(conv), conv.dilation, conv.kernel_size):
+    for pad, dil, k in zip(explicit_padding(conv), conv.dilation, conv.kernel_size):
         if (size - k) % 2:
             raise ValueError(
                 f"convert_convs: layer '{name}' has a {k}-wide kernel; it can only become an odd n×n "

@@ -36,6 +36,7 @@ from ..utils.latency import round_robin_latency
 from .channel_order import find_permutable_chains, permute_chain_
 from .learned_sizes import check_sizes, filter_kernel_sizes
 from .module_tree import replace_modules
+from .padding import explicit_padding
 
 __all__ = ['export_learned_sizes', 'export_conv', 'STRATEGIES']
 
@@ -48,13 +49,6 @@ class _Bucket:
     filters: torch.Tensor  # output channels, ascending
     conv_groups: List[int]  # the layer's groups whose inputs it reads
 
-
-def _explicit_padding(conv: nn.Conv2d) -> Tuple[int, int]:
-    if conv.padding == 'valid':
-        return 0, 0
-    if conv.padding == 'same':
-        return tuple(d * (k - 1) // 2 for d, k in zip(conv.dilation, conv.kernel_size))
-    return tuple(conv.padding)
 
 
 def _plan(filter_sizes: torch.Tensor, groups: int) -> List[_Bucket]:
@@ -79,7 +73,7 @@ def _bucket_conv(layer: nn.Conv2d, kernel: torch.Tensor, bucket: _Bucket) -> nn.
     grid, size = kernel.shape[-1], bucket.size
     trim = (grid - size) // 2
     padding, input_trim = [], []
-    for pad, dilation in zip(_explicit_padding(layer), layer.dilation):
+    for pad, dilation in zip(explicit_padding(layer), layer.dilation):
         shrunk = pad - dilation * trim
         padding.append(max(shrunk, 0))
         input_trim.append(max(-shrunk, 0))

@@ -14,6 +14,7 @@ import torch.nn as nn
 from ..layers.adaptive_conv import AdaptiveConv2d
 from ..layers.envelope import centre_energy_fraction
 from .module_tree import replace_modules
+from .padding import explicit_padding
 
 __all__ = ['fuse_convs', 'crop_conv']
 
@@ -30,7 +31,7 @@ def crop_conv(conv: nn.Conv2d, crop_tol: float) -> nn.Conv2d:
     n = conv.kernel_size[0]
     if conv.kernel_size[1] != n or n % 2 == 0 or isinstance(conv.padding, str) and conv.padding != 'same':
         return conv
-    padding = conv.padding if conv.padding != 'same' else tuple(d * (n - 1) // 2 for d in conv.dilation)
+    padding = explicit_padding(conv)
     # each side can lose at most padding // dilation taps without moving the outputs
     max_shrink = min(p // d for p, d in zip(padding, conv.dilation))
     fractions = centre_energy_fraction(conv.weight)

@@ -168,7 +168,7 @@ def plot_size_budget_tradeoff(runs: Sequence[Dict], arms: Sequence[Dict], path: 
     axes[0].set(xlabel='latency per batch (ms, median)', ylabel='deployed validation accuracy (%)')
     axes[1].set(xlabel='kernel FLOPs / full grid (filled: deployed, hollow: estimated from σ)')
     axes[0].legend(fontsize='small')
-    figure.suptitle(title, fontsize='medium')
+    figure.suptitle(f'{title}\nbig markers: mean ± 1 std over seeds (ddof=1); faint: single runs', fontsize='medium')
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     return Path(path)
