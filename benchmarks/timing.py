@@ -17,16 +17,16 @@ import itertools
 import math
 import os
 import statistics
-import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, Union
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from timm_aconv.utils.latency import CLOCKS, time_calls  # the package's own clocks and timed loop
+
 __all__ = ['CLOCKS', 'Comparison', 'CudaEventClock', 'compare', 'cuda_peak_memory_mib', 'peak_memory_mib', 'quiet_stderr']
 
-CLOCKS = {'wall': time.perf_counter, 'cpu': time.process_time}
 
 
 class CudaEventClock:
@@ -69,13 +69,6 @@ class Comparison:
         """ Rounded values; a peak memory not measured (NaN) becomes None, so the dict is valid JSON. """
         return {key: (None if math.isnan(value) else round(value, 4)) if isinstance(value, float) else value
                 for key, value in asdict(self).items()}
-
-
-def _time_calls(fn: Callable[[], object], calls: int, clock: Callable[[], float] = time.perf_counter) -> float:
-    start = clock()
-    for _ in range(calls):
-        fn()
-    return (clock() - start) / calls
 
 
 @contextlib.contextmanager
@@ -141,17 +134,17 @@ def compare(
         adaptive()
         ordinary()
     calls = 1
-    while _time_calls(ordinary, calls, timer) * calls < min_round_s and calls < 1024:
+    while time_calls(ordinary, calls, timer) * calls < min_round_s and calls < 1024:
         calls *= 2
     adaptive_times: List[float] = []
     ordinary_times: List[float] = []
     for index in range(rounds):
         if index % 2:
-            ordinary_times.append(_time_calls(ordinary, calls, timer))
-            adaptive_times.append(_time_calls(adaptive, calls, timer))
+            ordinary_times.append(time_calls(ordinary, calls, timer))
+            adaptive_times.append(time_calls(adaptive, calls, timer))
         else:
-            adaptive_times.append(_time_calls(adaptive, calls, timer))
-            ordinary_times.append(_time_calls(ordinary, calls, timer))
+            adaptive_times.append(time_calls(adaptive, calls, timer))
+            ordinary_times.append(time_calls(ordinary, calls, timer))
     round_ratios = [a / o for a, o in zip(adaptive_times, ordinary_times)]
     quartiles = statistics.quantiles(round_ratios, n=4) if rounds > 1 else [round_ratios[0]] * 3
     return Comparison(

@@ -1,1 +1,1 @@
-from .latency import CLOCKS, Latency, round_robin_latency
+from .latency import CLOCKS, Latency, round_robin_latency, time_calls

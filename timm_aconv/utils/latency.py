@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Mapping
 
-__all__ = ['CLOCKS', 'Latency', 'round_robin_latency']
+__all__ = ['CLOCKS', 'Latency', 'round_robin_latency', 'time_calls']
 
 CLOCKS = {'wall': time.perf_counter, 'cpu': time.process_time}
 
@@ -27,7 +27,8 @@ class Latency:
     calls_per_round: int
 
 
-def _time_calls(fn: Callable[[], object], calls: int, clock: Callable[[], float]) -> float:
+def time_calls(fn: Callable[[], object], calls: int, clock: Callable[[], float] = time.perf_counter) -> float:
+    """ Mean time per call of ``calls`` back-to-back calls of ``fn``, read from ``clock``. """
     start = clock()
     for _ in range(calls):
         fn()
@@ -62,13 +63,13 @@ def round_robin_latency(
         for name in names:
             candidates[name]()
     calls = 1
-    while max(_time_calls(candidates[name], calls, timer) for name in names) * calls < min_round_s and calls < 1024:
+    while max(time_calls(candidates[name], calls, timer) for name in names) * calls < min_round_s and calls < 1024:
         calls *= 2
     times: Dict[str, List[float]] = {name: [] for name in names}
     for index in range(rounds):
         shift = index % len(names)
         for name in names[shift:] + names[:shift]:
-            times[name].append(_time_calls(candidates[name], calls, timer))
+            times[name].append(time_calls(candidates[name], calls, timer))
     reference = times[names[0]]
     return {name: Latency(
         ms=statistics.median(values) * 1e3,
