@@ -15,11 +15,17 @@ Suites:
     scaling  the train-step ratio at image sizes 32/64/128 (batch 8) and batch sizes 8/32/128 (32x32).
     ops      compute operations (kernel launches on a GPU) per training step, counted with
              torch.profiler: aconv_resnet20 vs conv_resnet20, k=7, batch 8, foreach SGD; the extra
-             operations per adaptive layer and which they are (deterministic, unlike times), with
-             each layer computing its envelope and with register_batched_envelopes.
+             operations per adaptive layer and which they are (deterministic, unlike times), with the
+             model's kernels computed together (the default) and layer by layer (ungrouped).
+    dispatch the host-bound regime of a GPU step, measured on the CPU: twin ResNets 20 and 56 with tiny
+             widths (2, 4, 8), 3x3 grids, batch 1 at 8x8, one thread, so that the arithmetic vanishes
+             and what remains is per-step Python, autograd and dispatch work. Train-step ratios
+             (model as registered; its layers ungrouped, each computing its own kernel; an ordinary
+             twin against itself as the noise floor; both compiled), autograd nodes per step and,
+             compiled, the kernels inductor generates (torch._inductor.metrics).
     gpu      train steps timed on --device (CUDA events on a GPU): aconv_resnet20 vs conv_resnet20
              (k=7, batch 128, 32x32) and aconv_resnet50 vs timm's resnet50 (batch 32, 224x224), each
-             eager (also with batched envelopes), as one CUDA graph (the whole step captured; GPU
+             eager (also ungrouped, layer by layer), as one CUDA graph (the whole step captured; GPU
              only) and torch.compile'd, plus the operations and CUDA kernels per step. Every case runs on its own: one that
              fails or runs out of the time budget is reported and the others still run.
 
@@ -30,6 +36,7 @@ Usage (from the repository root)::
     python benchmarks/overhead.py --suite layer --rounds 5 --threads 1
     python benchmarks/overhead.py --threads 1 --clock cpu   # on a machine busy with other work
     python benchmarks/overhead.py --suite ops           # operations per training step, ~10 s
+    python benchmarks/overhead.py --suite dispatch      # the host-bound regime, ~3 minutes
     PYTHONPATH=. python benchmarks/overhead.py --device cuda --json gpu.json   # the gpu suite, <= 5 min
 """
 import argparse
@@ -56,7 +63,7 @@ from torch.profiler import ProfilerActivity, profile  # noqa: E402
 import timm  # noqa: E402
 import timm_aconv  # noqa: E402
 
-SUITES = ('layer', 'model', 'scaling', 'ops', 'gpu')
+SUITES = ('layer', 'model', 'scaling', 'ops', 'dispatch', 'gpu')
 CPU_SUITES = ('layer', 'model', 'scaling', 'ops')
 LAYER_SHAPES = [  # (batch, channels, image size): the three stages of a CIFAR ResNet20 at batch 64
     (64, 16, 32), (64, 32, 16), (64, 64, 8)]
@@ -244,8 +251,8 @@ def scaling_cases(measure: Measure) -> List[Dict]:
 
 
 # ------------------------------------------------------------------------------------- ops
-OPS_PER_LAYER_TARGET = 16  # extra compute operations per adaptive layer per training step (issue 10)
-OPS_PER_LAYER_BATCHED = 6  # the same with register_batched_envelopes (the issue's stretch target)
+OPS_PER_LAYER_TARGET = 4  # extra compute operations per adaptive layer per training step, kernels computed together
+OPS_PER_LAYER_UNGROUPED = 30  # the same with every layer computing its own kernel (a bare layer)
 OPS_KERNEL_SIZE, OPS_BATCH, OPS_IMAGE_SIZE = 7, 8, 32
 # aten operations that launch no kernel: allocation and metadata (views are recognized by their schema)
 NON_COMPUTE_OPS = frozenset({
@@ -308,14 +315,14 @@ def profile_step(step: Callable[[], None], warmup: int = 2, cuda: bool = False) 
 
 
 def op_overhead(adaptive: nn.Module, ordinary: nn.Module, batch: int, size: int, device: str = 'cpu',
-                batched: bool = False) -> Dict:
+                grouped: bool = True) -> Dict:
     """ Compute operations (and CUDA kernels on a GPU) of one foreach-SGD training step of each model,
     the extra operations per adaptive layer, and the per-layer difference by operation name.
-    ``batched``: the adaptive model computes its envelopes in one call per grid size
-    (:func:`timm_aconv.register_batched_envelopes`). """
+    ``grouped``: the adaptive model computes its product kernels together (as registered and converted
+    models do); False ungroups it first, so that each layer computes its own. """
     cuda = torch.device(device).type == 'cuda'
-    if batched:
-        timm_aconv.register_batched_envelopes(adaptive)
+    if not grouped:
+        timm_aconv.ungroup_adaptive_layers(adaptive)
     (adaptive_ops, adaptive_kernels), (ordinary_ops, ordinary_kernels) = (
         profile_step(train_step_fn(model, batch, size, device=device, foreach=True), cuda=cuda)
         for model in (adaptive, ordinary))
@@ -339,12 +346,103 @@ def _op_row(case: str, counts: Dict) -> Dict:
 
 def ops_cases() -> List[Dict]:
     rows = []
-    for batched in (False, True):
+    for grouped in (True, False):
         adaptive, ordinary = resnet20_pair(OPS_KERNEL_SIZE)
-        counts = op_overhead(adaptive, ordinary, OPS_BATCH, OPS_IMAGE_SIZE, batched=batched)
+        counts = op_overhead(adaptive, ordinary, OPS_BATCH, OPS_IMAGE_SIZE, grouped=grouped)
         rows.append(_op_row(f'aconv_resnet20 vs conv_resnet20 k={OPS_KERNEL_SIZE} b{OPS_BATCH} '
-                            f'{OPS_IMAGE_SIZE}x{OPS_IMAGE_SIZE}{BATCHED_SUFFIX if batched else ""}', counts))
+                            f'{OPS_IMAGE_SIZE}x{OPS_IMAGE_SIZE}{"" if grouped else UNGROUPED_SUFFIX}', counts))
     return rows
+
+
+# -------------------------------------------------------------------------------- dispatch
+DISPATCH_DEPTHS = (20, 56)
+DISPATCH_WIDTHS = (2, 4, 8)
+DISPATCH_KERNEL_SIZE, DISPATCH_BATCH, DISPATCH_IMAGE_SIZE = 3, 1, 8
+
+
+def tiny_resnet_pair(depth: int) -> Tuple[nn.Module, nn.Module]:
+    """ ``aconv_resnet<depth>`` and ``conv_resnet<depth>`` with the dispatch suite's tiny widths. """
+    kwargs = dict(kernel_size=DISPATCH_KERNEL_SIZE, widths=DISPATCH_WIDTHS)
+    torch.manual_seed(0)
+    adaptive = timm.create_model(f'aconv_resnet{depth}', **kwargs)
+    torch.manual_seed(0)
+    ordinary = timm.create_model(f'conv_resnet{depth}', **kwargs)
+    return adaptive, ordinary
+
+
+def autograd_nodes(model: nn.Module, batch: int, size: int) -> int:
+    """ Nodes of the autograd graph of one training forward's loss (AccumulateGrad nodes included). """
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, size, size, generator=generator)
+    loss = F.cross_entropy(model.train()(x), torch.zeros(batch, dtype=torch.long))
+    seen, stack = set(), [loss.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return len(seen)
+
+
+def generated_kernels(model: nn.Module, batch: int, size: int, backend: str = 'inductor') -> int:
+    """ Kernels inductor generates for one compiled training step (forward and backward) of ``model``. """
+    from torch._inductor import metrics
+    torch._dynamo.reset()
+    metrics.reset()
+    train_step_fn(model, batch, size, foreach=True, forward=torch.compile(model, backend=backend))()
+    return metrics.generated_kernel_count
+
+
+def dispatch_cases(measure: Measure, compile_model: bool = True,
+                   depths: Sequence[int] = DISPATCH_DEPTHS) -> Tuple[List[Dict], List[Dict]]:
+    """ Train-step ratios and deterministic counts of the tiny twins, on one thread. """
+    rows, count_rows = [], []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    shape = dict(batch=DISPATCH_BATCH, size=DISPATCH_IMAGE_SIZE)
+    try:
+        for depth in depths:
+            adaptive, ordinary = tiny_resnet_pair(depth)
+            layers = sum(1 for _ in timm_aconv.adaptive_layers(adaptive))
+            name = f'resnet{depth} widths {DISPATCH_WIDTHS} k={DISPATCH_KERNEL_SIZE} b{DISPATCH_BATCH} ' \
+                   f'{DISPATCH_IMAGE_SIZE}x{DISPATCH_IMAGE_SIZE}'
+            ungrouped = copy.deepcopy(adaptive)
+            timm_aconv.ungroup_adaptive_layers(ungrouped)
+            cases = [('default (as registered)', adaptive, ordinary),
+                     ('ungrouped (each layer its own kernel)', ungrouped, ordinary),
+                     ('noise floor: ordinary vs ordinary', copy.deepcopy(ordinary), ordinary)]
+            for label, first, second in cases:
+                # foreach SGD: torch's default on a GPU (a for-loop over parameters on the CPU)
+                comparison = measure(train_step_fn(copy.deepcopy(first), foreach=True, **shape),
+                                     train_step_fn(copy.deepcopy(second), foreach=True, **shape), memory=False)
+                rows.append(_row('dispatch', f'{name} {label}', comparison,
+                                 f'{layers} adaptive layers, {comparison.adaptive_ms - comparison.ordinary_ms:+.3f} '
+                                 f'ms/step'))
+            nodes = {label: autograd_nodes(model, **shape)
+                     for label, model in (('default', adaptive), ('ungrouped', ungrouped), ('ordinary', ordinary))}
+            counts = dict(case=name, layers=layers, autograd_nodes=nodes,
+                          extra_nodes_per_layer={label: round((nodes[label] - nodes['ordinary']) / layers, 2)
+                                                 for label in ('default', 'ungrouped')})
+            if compile_model:
+                kernels = {label: generated_kernels(copy.deepcopy(model), **shape)
+                           for label, model in (('default', adaptive), ('ordinary', ordinary))}
+                counts.update(generated_kernels=kernels,
+                              extra_kernels_per_layer=round((kernels['default'] - kernels['ordinary']) / layers, 2))
+                torch._dynamo.reset()
+                steps = [train_step_fn(model, foreach=True, forward=torch.compile(model), **shape)
+                         for model in (copy.deepcopy(adaptive), copy.deepcopy(ordinary))]
+                for step in steps:
+                    step()  # compiles forward and backward
+                comparison = measure(*steps, memory=False)
+                rows.append(_row('dispatch', f'{name} torch.compile (inductor)', comparison,
+                                 f'generated kernels {kernels["default"]} vs {kernels["ordinary"]}: '
+                                 f'{counts["extra_kernels_per_layer"]:+g} per adaptive layer'))
+            print(f'# {json.dumps(counts)}', flush=True)
+            count_rows.append(counts)
+    finally:
+        torch.set_num_threads(threads)
+    return rows, count_rows
 
 
 # ------------------------------------------------------------------------------------- gpu
@@ -362,8 +460,8 @@ GPU_PAIRS = [
     GpuPair('resnet20', ('aconv_resnet20', dict(kernel_size=7)), ('conv_resnet20', dict(kernel_size=7)), 128, 32),
     GpuPair('resnet50', ('aconv_resnet50', {}), ('resnet50', {}), 32, 224),
 ]
-GPU_MODES = ('eager', 'eager batched envelopes', 'cuda graph', 'compiled')
-BATCHED_SUFFIX = ', batched envelopes'
+GPU_MODES = ('eager', 'eager ungrouped', 'cuda graph', 'compiled')
+UNGROUPED_SUFFIX = ', ungrouped'
 MIN_CASE_S = 20  # a case starts only with this much of the time budget left
 
 
@@ -404,9 +502,9 @@ def _gpu_case(pair: GpuPair, mode: str, device: str, measure: Measure, compile_b
     cuda = torch.device(device).type == 'cuda'
     adaptive, ordinary = _build(pair.adaptive, device), _build(pair.ordinary, device)
     note = ''
-    if mode in ('eager', 'eager batched envelopes'):
-        if mode == 'eager batched envelopes':
-            timm_aconv.register_batched_envelopes(adaptive)
+    if mode in ('eager', 'eager ungrouped'):
+        if mode == 'eager ungrouped':
+            timm_aconv.ungroup_adaptive_layers(adaptive)
         steps = [train_step_fn(model, pair.batch, pair.size, device=device) for model in (adaptive, ordinary)]
     elif mode == 'cuda graph':
         if not cuda:
@@ -456,9 +554,9 @@ def gpu_cases(
     use_alarm = hasattr(signal, 'SIGALRM')
     chosen_pairs = [pair for pair in GPU_PAIRS if pairs is None or pair.name in pairs]
     chosen_modes = ('ops', *GPU_MODES) if modes is None else tuple(modes)
-    tasks = [(pair, ops) for pair in chosen_pairs for ops in ('ops', 'ops batched envelopes') if 'ops' in chosen_modes]
+    tasks = [(pair, ops) for pair in chosen_pairs for ops in ('ops', 'ops ungrouped') if 'ops' in chosen_modes]
     # eager first, compiled next, CUDA graphs last: a failed capture can leave the CUDA context unusable
-    tasks += [(pair, mode) for mode in ('eager', 'eager batched envelopes', 'compiled', 'cuda graph')
+    tasks += [(pair, mode) for mode in ('eager', 'eager ungrouped', 'compiled', 'cuda graph')
               if mode in chosen_modes for pair in chosen_pairs]
     for pair, mode in tasks:
         case = f'{pair.adaptive[0]} vs {pair.ordinary[0]} b{pair.batch} {pair.size}x{pair.size} {mode}'
@@ -475,11 +573,11 @@ def gpu_cases(
             signal.alarm(max(1, int(left)))
         try:
             if mode.startswith('ops'):
-                batched = mode != 'ops'
+                grouped = mode == 'ops'
                 op_rows.append(_op_row(
-                    case.replace(f' {mode}', BATCHED_SUFFIX if batched else ''),
+                    case.replace(f' {mode}', '' if grouped else UNGROUPED_SUFFIX),
                     op_overhead(_build(pair.adaptive, device), _build(pair.ordinary, device), pair.batch, pair.size,
-                                device, batched=batched)))
+                                device, grouped=grouped)))
             else:
                 comparison, note = _gpu_case(pair, mode, device, measure, compile_backend)
                 rows.append(_row('gpu', case, comparison, note))
@@ -540,6 +638,21 @@ def format_op_table(rows: List[Dict]) -> str:
     return '\n'.join(lines + [_format_op_row(row) for row in rows])
 
 
+def format_dispatch_counts(counts: List[Dict]) -> str:
+    lines = ['| case | adaptive layers | autograd nodes default / ungrouped / ordinary | extra nodes per layer '
+             'default / ungrouped | generated kernels adaptive / ordinary | extra kernels per layer |',
+             '|' + '---|' * 6]
+    for row in counts:
+        nodes, extra = row['autograd_nodes'], row['extra_nodes_per_layer']
+        kernels = row.get('generated_kernels')
+        lines.append(
+            f"| {row['case']} | {row['layers']} | {nodes['default']} / {nodes['ungrouped']} / {nodes['ordinary']} | "
+            f"**{extra['default']:g}** / {extra['ungrouped']:g} | "
+            + (f"{kernels['default']} / {kernels['ordinary']} | **{row['extra_kernels_per_layer']:g}** |"
+               if kernels else '– | – |'))
+    return '\n'.join(lines)
+
+
 def format_table(rows: List[Dict]) -> str:
     lines = ['| ' + ' | '.join(HEADER) + ' |', '|' + '---|' * len(HEADER)]
     return '\n'.join(lines + [_format_row(row) for row in rows])
@@ -583,11 +696,14 @@ def main(argv=None) -> Dict:
                         help='timed rounds per model case (default 21: the targets are a few percent, and 7 rounds '
                              'of two identical models already scatter by ±10%% on 2 shared cores)')
     parser.add_argument('--gpu-rounds', type=int, default=7, help='timed rounds per gpu case (default 7)')
+    parser.add_argument('--dispatch-rounds', type=int, default=15,
+                        help='timed rounds per dispatch case (default 15; the suite always runs on one thread)')
     parser.add_argument('--threads', type=int, default=None, help='torch threads (default: all cores)')
     parser.add_argument('--clock', choices=CLOCKS, default='wall',
                         help="'wall' (default) or 'cpu': CPU time of this process, for a busy machine (use --threads 1); "
                              "the gpu suite on a CUDA device always times with CUDA events")
-    parser.add_argument('--no-compile', action='store_true', help='skip the torch.compile case of the model suite')
+    parser.add_argument('--no-compile', action='store_true',
+                        help='skip the torch.compile cases of the model and dispatch suites')
     parser.add_argument('--compile-backend', default='inductor', help='torch.compile backend of the gpu suite')
     parser.add_argument('--time-budget', type=float, default=270.0,
                         help='seconds the gpu suite may take, compile warm-ups included; the cases left when it is '
@@ -633,6 +749,13 @@ def main(argv=None) -> Dict:
     if 'ops' in suites:
         print('| ' + ' | '.join(OP_HEADER) + ' |', flush=True)
         op_rows += ops_cases()
+    dispatch_counts: List[Dict] = []
+    if 'dispatch' in suites:
+        dispatch_rows, dispatch_counts = dispatch_cases(
+            functools.partial(measure, rounds=args.dispatch_rounds, warmup=5, min_round_s=0.1),
+            compile_model=not args.no_compile)
+        rows += dispatch_rows
+        results['dispatch_counts'] = dispatch_counts
     if 'gpu' in suites:
         gpu_measure = functools.partial(
             compare, rounds=args.gpu_rounds, warmup=3, min_round_s=0.05,
@@ -651,6 +774,8 @@ def main(argv=None) -> Dict:
     if op_rows:
         print(f'\ncompute operations per training step (foreach SGD, sigma clamp; target <= {OPS_PER_LAYER_TARGET} '
               f'extra per adaptive layer)\n' + format_op_table(op_rows))
+    if dispatch_counts:
+        print('\n' + format_dispatch_counts(dispatch_counts))
     for failure in failures:
         print(f"not measured: {failure['case']}: {failure['error']}")
     save()

@@ -24,39 +24,14 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from .envelope import envelope_and_log_derivative, grid_sq_distance, softmax_envelope
-from .product_kernel import adaptive_product_kernel
+from .envelope import grid_sq_distance, softmax_envelope
+from .kernel_group import KernelGroup, OptimizerSteps, stream_capturing
 
-__all__ = ['AdaptiveConv2d', 'SigmaInit', 'resolve_kernel_size', 'resolve_sigma_init', 'resolve_sigma_bounds',
-           'batched_envelope_key']
+__all__ = ['AdaptiveConv2d', 'SigmaInit', 'resolve_kernel_size', 'resolve_sigma_init', 'resolve_sigma_bounds']
 
 SigmaInit = Union[float, Tuple[float, float]]
-
-
-class _OptimizerSteps:
-    """ Counts ``step()`` calls of every torch optimizer: fused optimizers (``fused=True``) update
-    parameters without bumping their version counters, so cached kernels also key on this count. """
-    count = 0
-
-    @classmethod
-    def hook(cls, _optimizer, _args, _kwargs) -> None:
-        cls.count += 1
-
-
-register_optimizer_step_post_hook(_OptimizerSteps.hook)
-
-
-def batched_envelope_key(sigma: torch.Tensor, weight: torch.Tensor) -> Optional[Tuple]:
-    """ What identifies the values of ``sigma`` (and the dtype the envelope is computed in) for an
-    envelope computed ahead (:mod:`timm_aconv.layers.batched_envelopes`): storage address, version
-    counter (bumped by every in-place change), layout, dtype and device; None for a tensor without
-    storage (inside ``torch.func`` transforms). """
-    try:
-        return sigma.data_ptr(), sigma._version, sigma.shape, sigma.stride(), sigma.dtype, sigma.device, weight.dtype
-    except RuntimeError:
-        return None
+_is_exporting = getattr(torch.compiler, 'is_exporting', lambda: False)  # torch >= 2.4
 
 
 def resolve_kernel_size(kernel_size: Union[int, Sequence[int]], name: str = 'kernel_size') -> int:
@@ -111,15 +86,18 @@ class AdaptiveConv2d(nn.Conv2d):
         sigma_bounds: (low, high) range that :meth:`clamp_sigma_` keeps sigma in;
             None (default) is the paper's (1/n, n).
 
-    The forward pass convolves with :meth:`product_kernel` (``weight * envelope``), whose
-    gradients in ``weight`` and ``sigma`` are computed in closed form
-    (:func:`~timm_aconv.layers.product_kernel.adaptive_product_kernel`); the grid's squared
-    distances are the non-persistent buffer ``sq_distance``. When the kernel needs no gradient
+    The forward pass convolves with :meth:`product_kernel` (``weight * envelope``). In training
+    the product kernels of all adaptive layers of a model are computed together
+    (:mod:`timm_aconv.layers.kernel_group`; a layer outside any group computes its own), with
+    dL/dsigma in closed form; the grid's squared distances are the non-persistent buffer
+    ``sq_distance``. When the kernel needs no gradient
     (``torch.no_grad()``/``inference_mode``, e.g. evaluation, or frozen ``weight`` and ``sigma``),
     the product kernel is cached until ``weight`` or ``sigma`` change (optimizer steps, in-place
     edits, ``load_state_dict``, ``.to()``, ``param.data = ...``).
     """
-    __jit_ignored_attributes__ = ['_kernel_cache', '_batched_envelope']
+    __jit_ignored_attributes__ = ['_kernel_cache', '_kernel_group']
+    _kernel_group: Optional[KernelGroup] = None  # set by KernelGroup.attach
+    _group_index: int = 0
 
     def __init__(
             self,
@@ -147,7 +125,6 @@ class AdaptiveConv2d(nn.Conv2d):
         self.register_buffer('sq_distance', torch.empty(size, size, device=device, dtype=self.weight.dtype),
                              persistent=False)
         self._kernel_cache = None
-        self._batched_envelope = None  # (sigma, its key, envelope, log derivative) from a batched call
         self.init_non_persistent_buffers()
         self.reset_sigma()
 
@@ -183,29 +160,27 @@ class AdaptiveConv2d(nn.Conv2d):
         return softmax_envelope(self.sigma, self.sq_distance.to(self.sigma.dtype))
 
     def product_kernel(self) -> torch.Tensor:
-        """ The effective kernel ``W ∘ U`` the layer convolves with, shape of ``weight``. """
-        # TorchScript has no autograd.Function; under torch.compile the formula is traced with autograd and
-        # fused by the compiler (torch 2.11's dynamo breaks the graph on the Function's backward)
-        if torch.jit.is_scripting() or torch.compiler.is_compiling():
-            dtype = self.weight.dtype
-            return self.weight * softmax_envelope(self.sigma.to(dtype), self.sq_distance.to(dtype)).unsqueeze(1)
-        return self._lean_product_kernel()
+        """ The effective kernel ``W ∘ U`` the layer convolves with, shape of ``weight``, differentiable
+        with autograd (this layer alone; the training forward computes its model's kernels together). """
+        dtype = self.weight.dtype
+        return self.weight * softmax_envelope(self.sigma.to(dtype), self.sq_distance.to(dtype)).unsqueeze(1)
 
     @torch.jit.unused
-    def _lean_product_kernel(self) -> torch.Tensor:
-        """ :meth:`product_kernel` in few operations: the envelope without autograd, one autograd node. """
-        weight, sigma = self.weight, self.sigma
-        grad_enabled = torch.is_grad_enabled()
-        sigma_grad = grad_enabled and sigma.requires_grad
-        batched = getattr(self, '_batched_envelope', None)
-        if sigma_grad and batched is not None and batched[0] is sigma and batched[1] == batched_envelope_key(
-                sigma, weight):
-            return adaptive_product_kernel(weight, sigma, batched[2], batched[3])
-        envelope, log_derivative = envelope_and_log_derivative(
-            sigma.to(weight.dtype), self.sq_distance.to(weight.dtype), with_log_derivative=sigma_grad)
-        if sigma_grad:
-            return adaptive_product_kernel(weight, sigma, envelope, log_derivative)
-        return weight * envelope.unsqueeze(1)  # autograd's backward for W alone is one multiplication too
+    def _training_kernel(self) -> torch.Tensor:
+        """ :meth:`product_kernel` for a forward that records gradients: taken from the layer's group. """
+        if torch.compiler.is_compiling():
+            if _is_exporting():
+                return self.product_kernel()
+            group = self._kernel_group
+            if group is None:
+                group = KernelGroup([self])
+            return group.traced_kernel(self._group_index)
+        if torch._C._are_functorch_transforms_active():  # torch.func: batched or wrapped parameters
+            return self.product_kernel()
+        group = self._kernel_group
+        if group is None:
+            group = KernelGroup([self])
+        return group.kernel(self, self._group_index)
 
     @torch.jit.unused
     def _cached_product_kernel(self) -> torch.Tensor:
@@ -224,9 +199,11 @@ class AdaptiveConv2d(nn.Conv2d):
         try:
             key = tuple(
                 (tensor.data_ptr(), tensor._version, tensor.dtype, tensor.device, tensor.shape, tensor.stride())
-                for tensor in (weight, sigma)) + (torch.is_inference_mode_enabled(), _OptimizerSteps.count)
+                for tensor in (weight, sigma)) + (torch.is_inference_mode_enabled(), OptimizerSteps.count)
         except RuntimeError:
             # no storage (torch.func.vmap over parameters) or no version counter (inference tensors)
+            return self.product_kernel().detach()
+        if stream_capturing(weight):  # a CUDA graph capture: nothing kept from or for other calls
             return self.product_kernel().detach()
         if self._kernel_cache is None or self._kernel_cache[0] != key:
             self._kernel_cache = (key, self.product_kernel().detach(), (weight.detach(), sigma.detach()))
@@ -234,12 +211,15 @@ class AdaptiveConv2d(nn.Conv2d):
 
     def _invalidate_cache(self) -> None:
         self._kernel_cache = None
-        self._batched_envelope = None
+        if self._kernel_group is not None:
+            self._kernel_group.invalidate()
 
     def _apply(self, fn, recurse=True):
         self._invalidate_cache()
         module = super()._apply(fn, recurse)
         self.init_non_persistent_buffers()  # to_empty() leaves it uninitialized
+        if self._kernel_group is not None:
+            self._kernel_group.reset()  # devices or dtypes may have changed
         return module
 
     def _load_from_state_dict(self, *args, **kwargs):
@@ -254,15 +234,20 @@ class AdaptiveConv2d(nn.Conv2d):
             self.init_non_persistent_buffers()
 
     def __getstate__(self):
-        # copies and pickles start without a cache: a restored storage could share a stale key
+        # copies and pickles start without a cache (a restored storage could share a stale key) and
+        # without a group: the group of the model they were copied with attaches them again
         state = self.__dict__.copy()
         state['_kernel_cache'] = None
-        state['_batched_envelope'] = None
+        state.pop('_kernel_group', None)
+        state.pop('_group_index', None)
         return state
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.jit.is_scripting() or torch.compiler.is_compiling() or (
-                torch.is_grad_enabled() and (self.weight.requires_grad or self.sigma.requires_grad)):
+        if torch.jit.is_scripting():
+            kernel = self.product_kernel()
+        elif torch.is_grad_enabled() and (self.weight.requires_grad or self.sigma.requires_grad):
+            kernel = self._training_kernel()
+        elif torch.compiler.is_compiling():
             kernel = self.product_kernel()
         else:
             kernel = self._cached_product_kernel()

@@ -16,14 +16,15 @@ variance of ``W ∘ U`` equal to that of ``W`` whatever sigma is (Theorem 3.1).
 :func:`gaussian_envelope` is that formula; :func:`softmax_envelope` is the same envelope in
 fewer operations (``U² / n²`` is a softmax over the grid of ``-d² / (sigma² + eps / 2)``), which
 the layer uses, and :func:`envelope_and_log_derivative` computes it without autograd together
-with its closed-form derivative in sigma, for the layer's training path
-(:mod:`timm_aconv.layers.product_kernel`).
+with its closed-form derivative in sigma (the formula the training path's backward uses,
+:mod:`timm_aconv.layers.kernel_group`).
 """
 from typing import List, Optional, Tuple
 
 import torch
 
-__all__ = ['grid_sq_distance', 'gaussian_envelope', 'softmax_envelope', 'envelope_and_log_derivative', 'centre_energy_fraction', 'effective_kernel_size']
+__all__ = ['grid_sq_distance', 'gaussian_envelope', 'softmax_weights', 'softmax_envelope', 'envelope_and_log_derivative',
+           'centre_energy_fraction', 'effective_kernel_size']
 
 # the authors' guard against a division by zero for sigma -> 0
 SIGMA_EPS = 1e-8
@@ -54,10 +55,13 @@ def gaussian_envelope(sigma: torch.Tensor, kernel_size: int, eps: float = SIGMA_
     return raw * scale
 
 
-def _softmax_weights(sigma: torch.Tensor, sq_distance: torch.Tensor, eps: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """ ``(U² / n², z, -t)`` flattened over the grid: the softmax of ``z = -d² / t``, ``t = sigma² + eps / 2``. """
+def softmax_weights(sigma: torch.Tensor, sq_distance: torch.Tensor, eps: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ ``(U² / n², z, -t)`` flattened over the grid: the softmax of ``z = -d² / t``, ``t = sigma² + eps / 2``.
+
+    ``sq_distance`` is the grid's (n, n) squared distances, or the same flattened to (1, n²).
+    """
     neg_half_two_var = torch.rsub(sigma.square(), -eps / 2)  # -t = -(2 sigma² + eps) / 2
-    exponent = torch.div(sq_distance, neg_half_two_var[:, None, None]).flatten(1)  # z
+    exponent = torch.div(sq_distance.reshape(1, -1), neg_half_two_var.view(-1, 1))  # z, (filters, n²)
     return torch.softmax(exponent, dim=1), exponent, neg_half_two_var
 
 
@@ -73,7 +77,7 @@ def softmax_envelope(sigma: torch.Tensor, sq_distance: torch.Tensor, eps: float 
         Envelopes of shape (filters, n, n), equal to :func:`gaussian_envelope` to float rounding.
     """
     size = sq_distance.shape[-1]
-    weights, _, _ = _softmax_weights(sigma, sq_distance, eps)
+    weights, _, _ = softmax_weights(sigma, sq_distance, eps)
     return weights.sqrt().mul(size).view(-1, size, size)
 
 
@@ -101,7 +105,7 @@ def envelope_and_log_derivative(
     """
     sigma = sigma.detach()
     size = sq_distance.shape[-1]
-    weights, exponent, neg_half_two_var = _softmax_weights(sigma, sq_distance, eps)
+    weights, exponent, neg_half_two_var = softmax_weights(sigma, sq_distance, eps)
     envelope = weights.sqrt().mul_(size).view(-1, size, size)  # in place: no autograd here
     if not with_log_derivative:
         return envelope, None

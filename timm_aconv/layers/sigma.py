@@ -35,19 +35,58 @@ def clamp_sigmas_(model: nn.Module) -> int:
     One ``torch._foreach_clamp_min_`` and one ``torch._foreach_clamp_max_`` call per device and
     dtype (a single multi-tensor kernel each on a GPU), not one clamp per layer.
     """
+    layers = list(adaptive_layers(model))
+    _clamp_layers(layers)
+    return len(layers)
+
+
+def _clamp_layers(layers: List[AdaptiveConv2d]) -> None:
     groups: Dict[Tuple[torch.device, torch.dtype], Tuple[List[torch.Tensor], List[float], List[float]]] = {}
-    count = 0
-    for layer in adaptive_layers(model):
-        sigmas, lows, highs = groups.setdefault((layer.sigma.device, layer.sigma.dtype), ([], [], []))
-        sigmas.append(layer.sigma)
-        lows.append(layer.sigma_bounds[0])
-        highs.append(layer.sigma_bounds[1])
-        count += 1
+    for layer in layers:
+        sigma = layer.sigma
+        sigmas, lows, highs = groups.setdefault((sigma.device, sigma.dtype), ([], [], []))
+        sigmas.append(sigma)
+        low, high = layer.sigma_bounds
+        lows.append(low)
+        highs.append(high)
     with torch.no_grad():
         for sigmas, lows, highs in groups.values():
-            torch._foreach_clamp_min_(sigmas, lows)
-            torch._foreach_clamp_max_(sigmas, highs)
-    return count
+            # one bound for all (layers of one grid size): the scalar overload, cheaper on a CPU
+            torch._foreach_clamp_min_(sigmas, lows[0] if lows.count(lows[0]) == len(lows) else lows)
+            torch._foreach_clamp_max_(sigmas, highs[0] if highs.count(highs[0]) == len(highs) else highs)
+
+
+class _SigmaClampHook:
+    """ The post-step hook of :func:`register_sigma_clamp`: clamps the sigmas of ``model`` that the
+    optimizer updates, one foreach call per device and dtype.
+
+    Which layers those are is looked up once (and again when the optimizer's parameter groups
+    change), not by walking the model after every step; each step reads the layers' current
+    ``sigma`` and ``sigma_bounds``. The first call clamps every layer of the model.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self._layers: Optional[List[AdaptiveConv2d]] = None
+        self._groups_key: Optional[Tuple] = None
+
+    def __call__(self, optimizer: torch.optim.Optimizer, _args, _kwargs) -> None:
+        key = tuple((id(group['params']), len(group['params'])) for group in optimizer.param_groups)
+        if self._layers is None or key != self._groups_key:
+            stepped = {id(param) for group in optimizer.param_groups for param in group['params']}
+            self._layers = [layer for layer in adaptive_layers(self.model) if id(layer.sigma) in stepped]
+            first = self._groups_key is None
+            self._groups_key = key
+            if first:
+                clamp_sigmas_(self.model)
+                return
+        _clamp_layers(self._layers)
+
+    def __getstate__(self) -> Dict:
+        return dict(model=self.model)
+
+    def __setstate__(self, state: Dict) -> None:
+        self.__init__(state['model'])
 
 
 def register_sigma_clamp(optimizer: torch.optim.Optimizer, model: nn.Module) -> RemovableHandle:
@@ -56,7 +95,8 @@ def register_sigma_clamp(optimizer: torch.optim.Optimizer, model: nn.Module) -> 
     Uses :meth:`torch.optim.Optimizer.register_step_post_hook`, so the clamp runs only when the
     optimizer really steps: a step skipped under gradient accumulation (Accelerate's
     ``AcceleratedOptimizer``) or by an AMP ``GradScaler`` after an overflow does not clamp.
-    Register it on the plain optimizer, before or after ``accelerator.prepare``.
+    Register it on the plain optimizer, before or after ``accelerator.prepare``. The first step
+    clamps every adaptive layer of ``model``; later steps clamp the sigmas the optimizer updates.
 
     Returns:
         A handle whose ``remove()`` detaches the hook.
@@ -67,11 +107,7 @@ def register_sigma_clamp(optimizer: torch.optim.Optimizer, model: nn.Module) -> 
     target = getattr(optimizer, 'optimizer', optimizer)
     if not isinstance(target, torch.optim.Optimizer):
         target = optimizer
-
-    def _clamp_hook(_optimizer, _args, _kwargs):
-        clamp_sigmas_(model)
-
-    return target.register_step_post_hook(_clamp_hook)
+    return target.register_step_post_hook(_SigmaClampHook(model))
 
 
 def param_groups(
