@@ -96,18 +96,33 @@ def test_count_compute_ops_counts_kernels_not_views_or_allocations():
     assert overhead.count_compute_ops(prof.events()) == {'aten::mul': 1, 'aten::_foreach_add_': 1, 'aten::sum': 1}
 
 
-@pytest.mark.parametrize('batched,target', [(False, overhead.OPS_PER_LAYER_TARGET), (True, overhead.OPS_PER_LAYER_BATCHED)],
-                         ids=['per-layer', 'batched-envelopes'])
-def test_adaptive_layers_add_at_most_the_target_operations_per_training_step(batched, target):
+@pytest.mark.parametrize('grouped,target', [(True, overhead.OPS_PER_LAYER_TARGET),
+                                            (False, overhead.OPS_PER_LAYER_UNGROUPED)], ids=['grouped', 'ungrouped'])
+def test_adaptive_layers_add_at_most_the_target_operations_per_training_step(grouped, target):
     """ The launch guard: extra compute ops of aconv_resnet20 over conv_resnet20, per adaptive layer,
     in one foreach-SGD training step (forward, backward, optimizer, sigma clamp). The count does not
     depend on batch or image size, so a small step stands for the benchmark's batch 8 at 32x32. """
     adaptive, ordinary = overhead.resnet20_pair(kernel_size=3)
-    counts = overhead.op_overhead(adaptive, ordinary, batch=2, size=8, batched=batched)
+    counts = overhead.op_overhead(adaptive, ordinary, batch=2, size=8, grouped=grouped)
     assert counts['layers'] == 19
     assert counts['extra_ops_per_layer'] <= target, counts['difference']
     # the clamp: two multi-tensor calls for all layers, no per-layer clamp
     assert counts['difference']['aten::_foreach_clamp_min_'] == 1 and 'aten::clamp_' not in counts['difference']
+
+
+def test_grouped_operations_and_autograd_nodes_do_not_grow_with_depth():
+    """ Kernels computed together: the extra operations of a training step are a constant per model (per
+    stack of same-shape weights), not per layer; the autograd graph gains one node for the group and the
+    AccumulateGrad node of each sigma, nothing else per layer. """
+    extra_ops, extra_nodes = {}, {}
+    for depth in (20, 56):
+        adaptive, ordinary = overhead.tiny_resnet_pair(depth)
+        counts = overhead.op_overhead(adaptive, ordinary, batch=1, size=8)
+        extra_ops[depth] = counts['adaptive_ops'] - counts['ordinary_ops']
+        extra_nodes[depth] = (overhead.autograd_nodes(adaptive, 1, 8) - overhead.autograd_nodes(ordinary, 1, 8),
+                              counts['layers'])
+    assert extra_ops[20] == extra_ops[56], extra_ops  # 4 stacks in both (input widths 3, 2, 4, 8)
+    assert extra_nodes == {20: (19 + 1, 19), 56: (55 + 1, 55)}
 
 
 TINY_CNN = dict(in_chans=3, img_size=8, kernel_size=3, width=4, hidden_size=8)
@@ -123,13 +138,13 @@ def test_gpu_suite_runs_on_the_cpu_with_tiny_models(tmp_path, monkeypatch, capsy
                              '--threads', '1', '--json', str(path)])
     assert json.loads(path.read_text()) == json.loads(json.dumps(results))
     assert [case['case'] for case in results['cases']] == [
-        'aconv_simple_cnn vs conv_simple_cnn b2 8x8 eager', 'aconv_simple_cnn vs conv_simple_cnn b2 8x8 eager batched envelopes',
+        'aconv_simple_cnn vs conv_simple_cnn b2 8x8 eager', 'aconv_simple_cnn vs conv_simple_cnn b2 8x8 eager ungrouped',
         'aconv_simple_cnn vs conv_simple_cnn b2 8x8 compiled']
     assert all(case['suite'] == 'gpu' and case['ratio'] > 0 for case in results['cases'])
     assert 'torch.compile(eager) warm-up' in results['cases'][2]['note']
-    per_layer, batched = results['op_counts']
-    assert per_layer['layers'] == 2 and per_layer['adaptive_ops'] > batched['adaptive_ops'] > batched['ordinary_ops'] > 0
-    assert batched['case'] == 'aconv_simple_cnn vs conv_simple_cnn b2 8x8, batched envelopes'
+    grouped, ungrouped = results['op_counts']
+    assert grouped['layers'] == 2 and ungrouped['adaptive_ops'] > grouped['adaptive_ops'] > grouped['ordinary_ops'] > 0
+    assert ungrouped['case'] == 'aconv_simple_cnn vs conv_simple_cnn b2 8x8, ungrouped'
     assert results['failures'] == [dict(case='aconv_simple_cnn vs conv_simple_cnn b2 8x8 cuda graph',
                                         error='skipped: CUDA graphs need a CUDA device')]
     output = capsys.readouterr().out

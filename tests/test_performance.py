@@ -191,8 +191,7 @@ def _small_cnn(kernel_size: int = 5) -> nn.Module:
 
 @pytest.mark.parametrize('train', [True, False], ids=['train', 'eval'])
 def test_torch_compile_has_no_graph_breaks(train):
-    model = _small_cnn().train(train)
-    timm_aconv.register_batched_envelopes(model)  # the hook and the envelopes it left stay out of the graph
+    model = _small_cnn().train(train)  # converted: its layers grouped
     x = torch.randn(2, 3, 16, 16)
     model(x)
     torch._dynamo.reset()
@@ -358,59 +357,3 @@ def test_sq_distance_buffer_follows_the_module_and_stays_out_of_the_state_dict()
     layer.to(torch.float64)
     assert layer.sq_distance.dtype == torch.float64
     torch.testing.assert_close(layer.sq_distance, reference.double(), rtol=0, atol=1e-7)
-
-
-# ------------------------------------------------------------------- batched envelopes
-def _mixed_model() -> nn.Module:
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        AdaptiveConv2d(3, 4, 5, padding=2), nn.ReLU(), AdaptiveConv2d(4, 4, 3, padding=1), nn.ReLU(),
-        AdaptiveConv2d(4, 4, 5, padding=2), nn.ReLU(), AdaptiveConv2d(4, 4, 5, padding=2), nn.Flatten())
-    model[6].sigma.requires_grad_(False)  # a frozen sigma: left to its layer
-    return model
-
-
-def _train_grads(model: nn.Module, x: torch.Tensor):
-    model.zero_grad()
-    output = model(x)
-    output.square().sum().backward()
-    return [output] + [param.grad for param in model.parameters() if param.grad is not None]
-
-
-def test_batched_envelopes_give_the_same_bits_and_steps():
-    x = torch.randn(2, 3, 6, 6)
-    model, batched = _mixed_model(), _mixed_model()
-    handle = timm_aconv.register_batched_envelopes(batched)
-    optimizers = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in (model, batched)]
-    for _ in range(3):  # the envelopes follow every optimizer step
-        for expected, actual in zip(_train_grads(model, x), _train_grads(batched, x)):
-            torch.testing.assert_close(actual, expected, rtol=0, atol=0)
-        for optimizer in optimizers:
-            optimizer.step()
-    assert batched[0]._batched_envelope is not None and batched[6]._batched_envelope is None
-    # a layer called on its own after a step: its batched envelope is stale, it computes its own
-    layer_input = torch.randn(2, 4, 6, 6, requires_grad=True)
-    for expected, actual in zip(_train_grads(model[2], layer_input), _train_grads(batched[2], layer_input)):
-        torch.testing.assert_close(actual, expected, rtol=0, atol=0)
-    # swapped parameters (torch.func.functional_call) and torch.func transforms
-    sigma = torch.full((4,), 0.3, requires_grad=True)
-    outputs = [torch.func.functional_call(m, {'2.sigma': sigma}, (x,)).sum() for m in (model, batched)]
-    grads = [torch.autograd.grad(output, sigma)[0] for output in outputs]
-    torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=0)
-    grads = [torch.func.grad(lambda s, m=m: torch.func.functional_call(m, {'2.sigma': s}, (x,)).sum())(sigma.detach())
-             for m in (model, batched)]
-    torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=0)
-    handle.remove()
-    assert not batched._forward_pre_hooks
-    with pytest.raises(TypeError, match='model must be a torch.nn.Module'):
-        timm_aconv.register_batched_envelopes(object())
-
-
-def test_batched_envelopes_stay_out_of_copies():
-    model = _small_cnn()
-    timm_aconv.register_batched_envelopes(model)
-    model(torch.randn(2, 3, 16, 16))  # eager: the layers hold batched envelopes
-    assert all(layer._batched_envelope is not None for layer in timm_aconv.adaptive_layers(model))
-    assert all(layer._batched_envelope is None for layer in timm_aconv.adaptive_layers(copy.deepcopy(model)))
-    model.to(torch.float64)
-    assert all(layer._batched_envelope is None for layer in timm_aconv.adaptive_layers(model))

@@ -13,9 +13,11 @@ layers of a model at once, the first time one of them runs in a training forward
   (paper eq. 12 through the normalization of eq. 21);
 - each layer then takes its kernel (a view) and convolves: a few attribute reads per layer.
 
-A kernel is taken again (a layer run twice, a second forward before the backward) while it is
-still valid: the layer's ``weight`` and ``sigma`` are the same tensors at the same version and the
-group's backward has not run since (that backward frees the graph; the next forward recomputes).
+Each computed kernel is handed out once, and only while it is valid: the layer's ``weight`` and
+``sigma`` are the same tensors at the same version, no optimizer stepped and the group's backward
+has not run since. A layer that runs again (shared, or a second forward) computes the group anew;
+activation checkpointing, which runs the forward again inside the backward, gets the same kernel
+(non-reentrant) or new ones for its own graph (reentrant).
 Under ``torch.compile`` the same computation is traced with autograd, so the compiler fuses a
 family into a constant number of kernels. Under TorchScript, ``torch.export`` and ``torch.func``
 transforms every layer computes its own kernel (:meth:`AdaptiveConv2d.product_kernel`).
@@ -116,7 +118,7 @@ class _FamilyProductKernels(torch.autograd.Function):
                 kernels.append(product)
             products.append(product)
         ctx.group, ctx.family = group, family
-        ctx.saved = (products, envelopes, probabilities, exponent, sigma, neg_half_two_var)
+        ctx.save_for_backward(probabilities, exponent, sigma, neg_half_two_var, *products, *envelopes)
         ctx.sigma_dtypes = [None if sigma.dtype == dtype else sigma.dtype for sigma in sigmas]
         ctx.set_materialize_grads(False)
         return tuple(kernels)
@@ -126,8 +128,8 @@ class _FamilyProductKernels(torch.autograd.Function):
     def backward(ctx, *grad_kernels: Optional[torch.Tensor]):
         ctx.group.invalidate()  # the graph is spent: the next forward computes new kernels
         family = ctx.family
-        products, envelopes, probabilities, exponent, sigma, neg_half_two_var = ctx.saved
-        ctx.saved = None  # once: the memory goes with the graph
+        probabilities, exponent, sigma, neg_half_two_var, *stacked = ctx.saved_tensors
+        products, envelopes = stacked[:len(family.stacks)], stacked[len(family.stacks):]
         count = len(family.order)
         needs_weight = any(ctx.needs_input_grad[2:2 + count])
         needs_sigma = any(ctx.needs_input_grad[2 + count:])
@@ -172,10 +174,12 @@ class KernelGroup:
         self._families: Optional[List[_Family]] = None
         self._entries: Optional[List[Tuple]] = None  # (kernel, weight, weight version, sigma, sigma version)
         self._entries_steps = -1
+        self._taken: List[bool] = []
         self._entries_capturing = False
         self._planned: Tuple[List[torch.Tensor], List[torch.Tensor]] = ([], [])  # the tensors the families were planned for
         self._traced: List[Optional[torch.Tensor]] = [None] * len(self.layers)  # under torch.compile
         self.attach()
+        self._plan()
 
     def attach(self) -> None:
         """ Make every member point at this group. """
@@ -188,10 +192,15 @@ class KernelGroup:
         self._entries = None
 
     def reset(self) -> None:
-        """ Forget the families too (a member moved to another device or dtype). """
+        """ Plan the families again (a member moved to another device or dtype). """
         self._entries = None
-        self._families = None
+        self._plan()
         self._traced = [None] * len(self.layers)
+
+    def _plan(self) -> None:
+        # planned ahead, not on a first call: a compiled forward then traces no planning (no recompile after it)
+        self._families = self._family_plan([_parameter(layer, 'weight') for layer in self.layers],
+                                           [_parameter(layer, 'sigma') for layer in self.layers])
 
     def __getstate__(self) -> Dict:
         # copies keep the membership, never kernels (they belong to the original's graph)
@@ -202,16 +211,30 @@ class KernelGroup:
 
     # ------------------------------------------------------------------------------ eager
     def kernel(self, layer: nn.Module, index: int) -> torch.Tensor:
-        """ The product kernel of ``layer`` (member ``index``) for a training forward: the kept one while
-        it is valid, else the group's kernels are computed anew. """
+        """ The product kernel of ``layer`` (member ``index``) for a training forward.
+
+        Each kernel the group computes is handed out once while it is valid; any other request computes
+        the group's kernels anew. Where saved tensors go through hooks (``torch.utils.checkpoint``: a
+        checkpointed region and its recomputation in the backward) a valid kernel is handed out again, so
+        that the recomputation saves what the forward saved; inside a backward without such hooks (a
+        reentrant checkpoint recomputing its region) kernels are computed anew, for the inner graph.
+        """
         entries = self._entries
         if entries is not None and self._entries_steps == OptimizerSteps.count:
             kernel, weight, weight_version, sigma, sigma_version = entries[index]
             params = layer._parameters
-            if params.get('weight') is weight and params.get('sigma') is sigma and weight._version == weight_version \
-                    and sigma._version == sigma_version and self._entries_capturing == stream_capturing(weight):
-                return kernel
-        return self._compute()[index][0]
+            if params.get('weight') is weight and params.get('sigma') is sigma and \
+                    weight._version == weight_version and sigma._version == sigma_version and \
+                    self._entries_capturing == stream_capturing(weight):
+                if _saving_through_hooks():
+                    return kernel
+                taken = self._taken
+                if not taken[index] and torch._C._current_graph_task_id() == -1:
+                    taken[index] = True
+                    return kernel
+        kernel = self._compute()[index][0]
+        self._taken[index] = True
+        return kernel
 
     def _family_plan(self, weights: List[torch.Tensor], sigmas: List[torch.Tensor]) -> List[_Family]:
         keyed: Dict[Tuple, List[int]] = {}
@@ -245,6 +268,7 @@ class KernelGroup:
         entries = [(kernel, weight, weight._version, sigma, sigma._version)
                    for kernel, weight, sigma in zip(kernels, weights, sigmas)]
         self._entries, self._entries_steps = entries, OptimizerSteps.count
+        self._taken = [False] * len(entries)
         self._entries_capturing = stream_capturing(weights[0])
         return entries
 
@@ -260,25 +284,28 @@ class KernelGroup:
         return kernel
 
     def _formula_kernels(self) -> List[Optional[torch.Tensor]]:
-        if self._families is None:
-            self._families = self._family_plan([layer.weight for layer in self.layers],
-                                               [layer.sigma for layer in self.layers])
         kernels: List[Optional[torch.Tensor]] = [None] * len(self.layers)
         for family in self._families:
-            layers = [self.layers[index] for index in family.order]
-            dtype = layers[0].weight.dtype
-            sigma = torch.cat([layer.sigma for layer in layers]) if len(layers) > 1 else layers[0].sigma
-            envelope = softmax_envelope(sigma.to(dtype), layers[0].sq_distance.to(dtype)).unsqueeze(1)
-            for first, end, start, stop in family.stacks:
-                stack = layers[first:end]
-                if len(stack) > 1:
-                    products = (torch.cat([layer.weight for layer in stack]) * envelope[start:stop]).split(
-                        family.out_channels[first:end])
-                else:
-                    products = (stack[0].weight * envelope[start:stop],)
-                for index, product in zip(family.order[first:end], products):
-                    kernels[index] = product
+            for first, end, _start, _stop in family.stacks:
+                indices = family.order[first:end]
+                for index, kernel in zip(indices, self._stack_formula_kernels(indices)):
+                    kernels[index] = kernel
         return kernels
+
+    def _stack_formula_kernels(self, indices: List[int]) -> Sequence[torch.Tensor]:
+        layers = [self.layers[index] for index in indices]
+        dtype = layers[0].weight.dtype
+        sigma = torch.cat([layer.sigma for layer in layers]) if len(layers) > 1 else layers[0].sigma
+        envelope = softmax_envelope(sigma.to(dtype), layers[0].sq_distance.to(dtype)).unsqueeze(1)
+        if len(layers) == 1:
+            return (layers[0].weight * envelope,)
+        return (torch.cat([layer.weight for layer in layers]) * envelope).split([layer.out_channels for layer in layers])
+
+
+def _saving_through_hooks() -> bool:
+    """ Whether saved tensors go through hooks now (``torch.utils.checkpoint`` installs them). """
+    top_hooks = getattr(torch._C._autograd, '_top_saved_tensors_default_hooks', None)
+    return top_hooks is not None and top_hooks(False) is not None
 
 
 def _parameter(layer: nn.Module, name: str) -> torch.Tensor:
@@ -298,6 +325,9 @@ class _NoContext:
     """ Stands in for the autograd context of a forward no backward will follow. """
 
     def set_materialize_grads(self, _value: bool) -> None:
+        pass
+
+    def save_for_backward(self, *_tensors: torch.Tensor) -> None:
         pass
 
 

@@ -70,6 +70,8 @@ FIELD_HELP: Dict[str, Tuple[str, str]] = {
     'seed': (OPTIM, 'random seed (comparisons use seed, seed + 1, ... per repeat)'),
     'deterministic': (OPTIM, 'torch.use_deterministic_algorithms (warn only)'),
     'compile': (OPTIM, 'torch.compile the model: auto (on CUDA devices), true or false'),
+    'compile_mode': (OPTIM, 'torch.compile mode when compiling: null (torch default), reduce-overhead (CUDA graphs '
+                            'of the compiled step), max-autotune, max-autotune-no-cudagraphs'),
     'size_budget': (OPTIM, 'kernel FLOPs of the adaptive layers relative to their full grids; '
                            'adds size_budget_weight × size_penalty to the loss; null: no budget'),
     'size_budget_weight': (OPTIM, 'weight of the size penalty in the loss (higher lands faster, further below)'),

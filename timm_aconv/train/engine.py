@@ -11,8 +11,10 @@ validation sample once on any number of processes), a metrics row (``metrics.csv
 trackers, one printed line), the best model by ``monitor`` in ``output_dir/best``, and Accelerate
 checkpoints in ``output_dir/checkpoints`` (the last ``keep_checkpoints``; a save counts once its
 ``trainer_state.json`` is written, so ``resume`` continues from the newest complete one with identical
-results). ``compile='auto'`` compiles the model in place on CUDA devices; an eager model gets
-:func:`timm_aconv.register_batched_envelopes` while it trains.
+results). ``compile='auto'`` compiles the model in place on CUDA devices (``compile_mode``:
+torch.compile's mode, e.g. ``reduce-overhead`` for CUDA graphs); the model's adaptive layers are
+grouped (:func:`timm_aconv.group_adaptive_layers`), so that a training step computes their product
+kernels together, eager or compiled.
 
 Also here: the launcher checks (:func:`check_process_count`, :func:`process_state`), the refusal to
 write over a finished run (:func:`check_output_dir`) and the per-epoch line (:func:`epoch_line`).
@@ -36,7 +38,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from tqdm.auto import tqdm
 
 from ..layers import (
-    OutputPixelTracker, adaptive_layers, param_groups, register_batched_envelopes, register_sigma_clamp, size_penalty)
+    OutputPixelTracker, adaptive_layers, group_adaptive_layers, param_groups, register_sigma_clamp, size_penalty)
 from .callbacks import Callback
 from .config import ConfigError, config_to_dict, save_config
 from .history import write_history
@@ -51,6 +53,8 @@ SaveModelFn = Callable[[nn.Module, Path], None]
 
 TRAINER_STATE = 'trainer_state.json'  # written last: a checkpoint folder with it is complete
 _CHECKPOINT_NAME = re.compile(r'checkpoint_(\d+)')
+# torch.compile's modes (reduce-overhead: CUDA graphs of the compiled forward and backward)
+COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
 
 
 @dataclass
@@ -89,6 +93,7 @@ class EngineConfig:
     print_epochs: bool = True
     num_threads: Optional[int] = None
     compile: Union[Literal['auto'], bool] = 'auto'  # torch.compile the model; 'auto': on a CUDA device
+    compile_mode: Optional[str] = None  # torch.compile mode: null (default), reduce-overhead (CUDA graphs), ...
     size_budget: Optional[float] = None  # kernel FLOPs of the adaptive layers, relative to full grids; null: none
     size_budget_weight: float = 0.1  # higher: lands faster but further below the budget
 
@@ -121,6 +126,8 @@ class EngineConfig:
                               f'the next, so with 1 an interrupted save leaves none), got {self.keep_checkpoints}')
         if not (isinstance(self.compile, bool) or self.compile == 'auto'):
             raise ConfigError(f"compile must be 'auto', true or false, got {self.compile!r}")
+        if self.compile_mode is not None and self.compile_mode not in COMPILE_MODES:
+            raise ConfigError(f'compile_mode must be null or one of {", ".join(COMPILE_MODES)}, got {self.compile_mode!r}')
         if self.size_budget is not None and not 0 < self.size_budget <= 1:
             raise ConfigError(f'size_budget must be in (0, 1] (kernel FLOPs relative to the full grids) or null, '
                               f'got {self.size_budget}')
@@ -325,11 +332,10 @@ class Trainer:
         check_process_count(self.accelerator.num_processes)
         optimizer = optimizer or create_optimizer(model, config)
         self.clamp_handle = register_sigma_clamp(optimizer, model)
-        self.envelope_handle = None
+        group_adaptive_layers(model)  # product kernels computed together (registered models are grouped already)
         if self._should_compile():
-            model.compile()  # in place: same parameters, state-dict keys and checkpoints as eager
-        else:
-            self.envelope_handle = register_batched_envelopes(model)  # one envelope call per grid size
+            # in place: same parameters, state-dict keys and checkpoints as eager
+            model.compile(**({} if self.config.compile_mode is None else dict(mode=self.config.compile_mode)))
         self.output_pixels = None  # per adaptive layer, for the size budget's FLOPs weights
         if config.size_budget is not None:
             if next(adaptive_layers(model), None) is None:
@@ -419,8 +425,6 @@ class Trainer:
             if config.save_every and (self.epoch % config.save_every == 0 or self.epoch == config.epochs
                                       or self.should_stop):
                 self.save_checkpoint()
-        if self.envelope_handle is not None:
-            self.envelope_handle.remove()  # the trained model leaves without the hook (TorchScript cannot script it)
         self.accelerator.wait_for_everyone()
         if self.is_main_process:
             self.save_model_fn(self.unwrapped_model, Path(config.output_dir))
