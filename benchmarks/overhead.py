@@ -139,11 +139,13 @@ def train_step_fn(
         device: str = 'cpu',
         foreach: Optional[bool] = None,
         forward: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+        after_backward: Callable[[], None] = lambda: None,
 ) -> Callable[[], None]:
     """ One full training step as the recipes do it: forward, backward, SGD step, sigma clamp.
 
     ``foreach``: SGD's multi-tensor implementation (torch's default: on CUDA only); ``forward``:
-    what computes the outputs (e.g. the compiled model), default ``model``.
+    what computes the outputs (e.g. the compiled model), default ``model``; ``after_backward``: called
+    between the backward and the optimizer step.
     """
     model.train()
     optimizer = torch.optim.SGD(
@@ -157,6 +159,7 @@ def train_step_fn(
     def step():
         optimizer.zero_grad(set_to_none=True)
         F.cross_entropy(forward(x), target).backward()
+        after_backward()
         optimizer.step()
     return step
 
@@ -370,6 +373,23 @@ def tiny_resnet_pair(depth: int) -> Tuple[nn.Module, nn.Module]:
     return adaptive, ordinary
 
 
+def sigma_floor_step_fn(model: nn.Module, batch: int, size: int) -> Callable[[], None]:
+    """ A training step of ``model`` (adaptive) that pays for its sigma parameters only: every layer
+    convolves with its plain weight (no envelope, no product kernel), and each sigma gets a gradient
+    (zeros, made once) for the optimizer's update and the clamp. What no formulation of the kernels
+    can remove while sigma stays one parameter per layer in the user's optimizer. """
+    model = copy.deepcopy(model)
+    layers = list(timm_aconv.adaptive_layers(model))
+    for layer in layers:
+        layer.forward = functools.partial(lambda layer, x: layer._conv_forward(x, layer.weight, layer.bias), layer)
+    zeros = [torch.zeros_like(layer.sigma) for layer in layers]
+
+    def sigma_gradients():
+        for layer, zero in zip(layers, zeros):
+            layer.sigma.grad = zero
+    return train_step_fn(model, batch, size, foreach=True, after_backward=sigma_gradients)
+
+
 def autograd_nodes(model: nn.Module, batch: int, size: int) -> int:
     """ Nodes of the autograd graph of one training forward's loss (AccumulateGrad nodes included). """
     generator = torch.Generator().manual_seed(0)
@@ -419,6 +439,10 @@ def dispatch_cases(measure: Measure, compile_model: bool = True,
                 rows.append(_row('dispatch', f'{name} {label}', comparison,
                                  f'{layers} adaptive layers, {comparison.adaptive_ms - comparison.ordinary_ms:+.3f} '
                                  f'ms/step'))
+            comparison = measure(sigma_floor_step_fn(adaptive, **shape),
+                                 train_step_fn(copy.deepcopy(ordinary), foreach=True, **shape), memory=False)
+            rows.append(_row('dispatch', f'{name} floor: sigma parameters only (optimizer update and clamp)',
+                             comparison, f'{comparison.adaptive_ms - comparison.ordinary_ms:+.3f} ms/step'))
             nodes = {label: autograd_nodes(model, **shape)
                      for label, model in (('default', adaptive), ('ungrouped', ungrouped), ('ordinary', ordinary))}
             counts = dict(case=name, layers=layers, autograd_nodes=nodes,

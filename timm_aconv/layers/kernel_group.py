@@ -106,13 +106,13 @@ class _FamilyProductKernels(torch.autograd.Function):
         size = family.grid_size
         probabilities, exponent, neg_half_two_var = softmax_weights(sigma, family.sq_distance, SIGMA_EPS)
         envelope = probabilities.sqrt().mul_(size).view(-1, 1, size, size)
-        envelopes = envelope.split(family.stack_channels) if len(family.stacks) > 1 else (envelope,)
+        envelopes = envelope.split_with_sizes(family.stack_channels) if len(family.stacks) > 1 else (envelope,)
         kernels: List[torch.Tensor] = []
         products = []
         for (first, end, _start, _stop), stack_envelope in zip(family.stacks, envelopes):
             if end - first > 1:
                 product = torch.cat(weights[first:end]) * stack_envelope
-                kernels.extend(product.split(family.out_channels[first:end]))
+                kernels.extend(product.split_with_sizes(family.out_channels[first:end]))
             else:
                 product = weights[first] * stack_envelope
                 kernels.append(product)
@@ -141,7 +141,7 @@ class _FamilyProductKernels(torch.autograd.Function):
             grad = torch.cat(grads) if end - first > 1 else grads[0]
             if needs_weight:
                 grad_weight = grad * stack_envelope
-                grad_weights.extend(grad_weight.split(family.out_channels[first:end]) if end - first > 1 else
+                grad_weights.extend(grad_weight.split_with_sizes(family.out_channels[first:end]) if end - first > 1 else
                                     (grad_weight,))
             if needs_sigma:
                 reduced.append((grad * product).sum(1))
@@ -150,7 +150,7 @@ class _FamilyProductKernels(torch.autograd.Function):
             residual = (torch.cat(reduced) if len(reduced) > 1 else reduced[0]).flatten(1)
             mean_exponent = (probabilities * exponent).sum(1, keepdim=True)
             grad_sigma = (exponent - mean_exponent).mul_(residual).sum(1).mul_(sigma / neg_half_two_var)
-            grad_sigmas = grad_sigma.split(family.out_channels) if count > 1 else (grad_sigma,)
+            grad_sigmas = grad_sigma.split_with_sizes(family.out_channels) if count > 1 else (grad_sigma,)
         else:
             grad_sigmas = (None,) * count
         if not needs_weight:
