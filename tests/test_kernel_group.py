@@ -19,6 +19,7 @@ import timm_aconv
 import timm_aconv.layers.adaptive_conv as adaptive_conv_module
 import timm_aconv.layers.kernel_group as kernel_group_module
 from timm_aconv import AdaptiveConv2d
+from timm_aconv.smp.paper_unet import PaperUNet
 
 
 def _mixed_model(dtype=torch.float32) -> nn.Module:
@@ -237,9 +238,9 @@ def test_copies_and_pickles_carry_their_own_group_and_a_copied_layer_goes_alone(
     buffer.seek(0)
     assert _group(torch.load(buffer, weights_only=False)) is not None
     layer = copy.deepcopy(model.conv1)  # alone: no group dragging the model's other layers along
-    assert layer._kernel_group is None
+    assert layer._kernel_group.layers == [layer] and len(_group(model).layers) == 7
     layer(torch.randn(1, 3, 8, 8)).sum().backward()
-    assert len(layer._kernel_group.layers) == 1
+    assert layer.sigma.grad is not None
 
 
 def test_registered_and_converted_models_are_grouped_and_surgery_regroups():
@@ -248,7 +249,9 @@ def test_registered_and_converted_models_are_grouped_and_surgery_regroups():
                   timm.create_model('aconv_simple_cnn'),
                   timm.create_model('aconv_resnet20', widths=(2, 4, 8), features_only=True),
                   smp.Unet('aconv_resnet18', encoder_weights=None, encoder_depth=3, decoder_channels=(16, 8, 4)),
-                  smp.create_model('aconv_unet', encoder_name='resnet18', encoder_weights=None)):
+                  smp.create_model('aconv_unet', encoder_name='resnet18', encoder_weights=None),
+                  PaperUNet(),  # its entry convolution alone
+                  _HandBuilt()):
         layers = list(timm_aconv.adaptive_layers(model))
         groups = {layer._kernel_group for layer in layers}
         assert len(groups) == 1 and None not in groups and groups.pop().layers == layers, type(model).__name__
@@ -257,8 +260,9 @@ def test_registered_and_converted_models_are_grouped_and_surgery_regroups():
     assert len(_group(model).layers) == 5
     timm_aconv.convert_convs(model, sizes=[5], include=['layer2.0.conv1'])
     assert len(_group(model).layers) == 6
+    converted = list(timm_aconv.adaptive_layers(model))
     timm_aconv.fuse_convs(model, crop_tol=None)
-    assert not list(timm_aconv.adaptive_layers(model)) and 'aconv_kernel_group' not in str(vars(model).keys())
+    assert not list(timm_aconv.adaptive_layers(model)) and all(layer._kernel_group is None for layer in converted)
 
 
 def test_converted_timm_resnet18_and_smp_unet_first_conv_match_the_formula():
@@ -384,3 +388,45 @@ def test_functional_call_with_swapped_parameters_then_the_real_ones():
     expected, = torch.autograd.grad(_formula_with_sigma(model, x, sigma).sum(), sigma)
     torch.testing.assert_close(grad, expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(model(x), _formula_forward(model, x), rtol=1e-6, atol=1e-6)
+
+
+class _HandBuilt(nn.Module):
+    """ A model of bare layers, built the way users write their own. """
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(AdaptiveConv2d(3, 4, 5, padding=2), nn.ReLU())
+        self.blocks = nn.ModuleList([AdaptiveConv2d(4, 4, 3, padding=1) for _ in range(3)])
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for block in self.blocks:
+            x = torch.relu(block(x))
+        return self.head(x)
+
+
+def test_models_built_from_bare_layers_are_grouped_as_they_are_built():
+    model = _HandBuilt()
+    layers = list(timm_aconv.adaptive_layers(model))
+    group = _group(model)
+    assert group.layers == layers and all(layer._kernel_group is group for layer in layers)
+    # wrappers and slices of grouped layers change nothing
+    nn.ModuleDict(dict(model=model))
+    first_two = model.blocks[:2]
+    assert _group(model) is group and first_two[0]._kernel_group is group and len(group.layers) == 4
+    # a replaced layer leaves the group; a new one joins
+    removed = model.blocks[1]
+    model.blocks[1] = nn.Conv2d(4, 4, 3, padding=1)
+    assert removed._kernel_group is None and len(_group(model).layers) == 3
+    model.blocks.append(AdaptiveConv2d(4, 4, 5, padding=2))
+    assert len(_group(model).layers) == 4 and len({layer._kernel_group for layer in timm_aconv.adaptive_layers(model)}) == 1
+    x = torch.randn(2, 3, 8, 8)
+    reference = copy.deepcopy(model)
+    timm_aconv.ungroup_adaptive_layers(reference)
+    for got, want in zip(_output_and_grads(model, x), _output_and_grads(reference, x), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    # ungrouped by hand, a model stays so until grouped by hand
+    timm_aconv.ungroup_adaptive_layers(model)
+    model.head = nn.Conv2d(4, 2, 1)
+    assert all(layer._kernel_group is None for layer in timm_aconv.adaptive_layers(model))

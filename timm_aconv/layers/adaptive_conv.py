@@ -227,18 +227,21 @@ class AdaptiveConv2d(nn.Conv2d):
         super()._load_from_state_dict(*args, **kwargs)
 
     def __setstate__(self, state):
+        group = state.pop('_kernel_group', None)  # a copied group starts empty: each copied member joins it
         super().__setstate__(state)
         if 'sq_distance' not in self._buffers:  # a layer pickled before the buffer existed
             self.register_buffer('sq_distance', torch.empty(
                 self.kernel_size, device=self.weight.device, dtype=self.weight.dtype), persistent=False)
             self.init_non_persistent_buffers()
+        if group is not None:
+            group.add([self])
 
     def __getstate__(self):
-        # copies and pickles start without a cache (a restored storage could share a stale key) and
-        # without a group: the group of the model they were copied with attaches them again
+        # copies and pickles start without a cache (a restored storage could share a stale key); the
+        # group travels as an empty group that the copied members of the same group join (a layer copied
+        # alone is alone in its copy of the group)
         state = self.__dict__.copy()
         state['_kernel_cache'] = None
-        state.pop('_kernel_group', None)
         state.pop('_group_index', None)
         return state
 

@@ -22,9 +22,13 @@ Under ``torch.compile`` the same computation is traced with autograd, so the com
 family into a constant number of kernels. Under TorchScript, ``torch.export`` and ``torch.func``
 transforms every layer computes its own kernel (:meth:`AdaptiveConv2d.product_kernel`).
 
-The models this package registers and the models :func:`~timm_aconv.convert_convs` returns are
-grouped already; :func:`group_adaptive_layers` groups any other model (a layer that belongs to
-no group forms a group of its own, which is exact but computes one layer at a time).
+Models are grouped as they are built: a module registration hook (:func:`group_on_registration`,
+installed on import) regroups a module whenever a submodule holding adaptive layers is assigned to
+it, so any model built from :class:`~timm_aconv.AdaptiveConv2d` layers ends with one group at its
+root; the models this package registers and :func:`~timm_aconv.convert_convs` regroup at the end.
+:func:`group_adaptive_layers` groups a model by hand; a layer that belongs to no group (a bare
+layer, or one after :func:`ungroup_adaptive_layers`) forms a group of its own, which is exact but
+computes one layer at a time.
 """
 import operator
 import warnings
@@ -33,15 +37,16 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 from torch.autograd.function import once_differentiable
+from torch.nn.modules.module import register_module_module_registration_hook
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from .envelope import SIGMA_EPS, softmax_envelope, softmax_weights
 
-__all__ = ['KernelGroup', 'group_adaptive_layers', 'ungroup_adaptive_layers', 'register_batched_envelopes',
-           'OptimizerSteps', 'stream_capturing']
+__all__ = ['KernelGroup', 'group_adaptive_layers', 'ungroup_adaptive_layers', 'group_on_registration',
+           'register_batched_envelopes', 'OptimizerSteps', 'stream_capturing']
 
-# the attribute of the module that owns a group (so that copies and pickles of the model carry it)
-GROUP_ATTRIBUTE = '_aconv_kernel_group'
+# marks a module under which adaptive layers were registered (the registration hook walks only those)
+HOLDS_LAYERS = '_aconv_holds_layers'
 
 
 class OptimizerSteps:
@@ -182,10 +187,30 @@ class KernelGroup:
         self._plan()
 
     def attach(self) -> None:
-        """ Make every member point at this group. """
+        """ Make every member point at this group (leaving the group it was in before). """
+        _leave_groups(self.layers, keep=self)
         for index, layer in enumerate(self.layers):
             layer.__dict__['_kernel_group'] = self
             layer.__dict__['_group_index'] = index
+
+    def add(self, layers: Sequence[nn.Module]) -> None:
+        """ Take ``layers`` into the group (out of the groups they were in). """
+        members = {id(layer) for layer in self.layers}
+        self.layers += [layer for layer in layers if id(layer) not in members]
+        self.attach()
+        self.reset()
+
+    def remove(self, layers: Sequence[nn.Module]) -> None:
+        """ Take ``layers`` out of the group (each then computes its own kernel until grouped again). """
+        gone = {id(layer) for layer in layers}
+        for layer in self.layers:
+            if id(layer) in gone:
+                layer.__dict__['_kernel_group'] = None
+                layer.__dict__['_group_index'] = 0
+        self.layers = [layer for layer in self.layers if id(layer) not in gone]
+        for index, layer in enumerate(self.layers):
+            layer.__dict__['_group_index'] = index
+        self.reset()
 
     def invalidate(self) -> None:
         """ Drop the kept kernels (the graph they belong to was backpropagated, or a member changed). """
@@ -202,12 +227,10 @@ class KernelGroup:
         self._families = self._family_plan([_parameter(layer, 'weight') for layer in self.layers],
                                            [_parameter(layer, 'sigma') for layer in self.layers])
 
-    def __getstate__(self) -> Dict:
-        # copies keep the membership, never kernels (they belong to the original's graph)
-        return dict(layers=self.layers)
-
-    def __setstate__(self, state: Dict) -> None:
-        self.__init__(state['layers'])
+    def __reduce__(self):
+        # a copy (deepcopy, pickle) starts empty: the copied members join it as their state is restored
+        # (AdaptiveConv2d.__setstate__), so a layer copied alone is alone in its group; never kernels
+        return KernelGroup, ([],)
 
     # ------------------------------------------------------------------------------ eager
     def kernel(self, layer: nn.Module, index: int) -> torch.Tensor:
@@ -341,29 +364,35 @@ def group_adaptive_layers(model: nn.Module) -> Optional[KernelGroup]:
     training step runs.
 
     Returns:
-        The group (kept on ``model``, so that copies and pickles of the model carry it), or None
+        The group (its members hold it; copies and pickles of the model hold a copy of it), or None
         when ``model`` has no adaptive layer.
     """
-    from .adaptive_conv import AdaptiveConv2d  # the layer module imports this one
     if not isinstance(model, nn.Module):
         raise TypeError(f'model must be a torch.nn.Module, got {type(model).__name__}')
     ungroup_adaptive_layers(model)
-    layers = [module for module in model.modules() if isinstance(module, AdaptiveConv2d)]
+    layer_class = _layer_class()
+    layers = [module for module in model.modules() if isinstance(module, layer_class)]
     if not layers:
         return None
-    group = KernelGroup(layers)
-    model.__dict__[GROUP_ATTRIBUTE] = group
-    return group
+    model.__dict__[HOLDS_LAYERS] = True
+    return KernelGroup(layers)
 
 
 def ungroup_adaptive_layers(model: nn.Module) -> None:
     """ Undo :func:`group_adaptive_layers` on ``model`` and every module inside it: each adaptive
-    layer computes its own kernel again. """
-    for module in model.modules():
-        module.__dict__.pop(GROUP_ATTRIBUTE, None)
-        if '_kernel_group' in module.__dict__:
-            module.__dict__['_kernel_group'] = None
-            module.__dict__['_group_index'] = 0
+    layer computes its own kernel again (until its model is grouped again). """
+    _leave_groups([module for module in model.modules() if isinstance(module, _layer_class())])
+
+
+def _leave_groups(layers: Sequence[nn.Module], keep: Optional[KernelGroup] = None) -> None:
+    """ Take each of ``layers`` out of the group it belongs to (other than ``keep``). """
+    by_group: Dict[int, Tuple[KernelGroup, List[nn.Module]]] = {}
+    for layer in layers:
+        group = layer.__dict__.get('_kernel_group')
+        if group is not None and group is not keep:
+            by_group.setdefault(id(group), (group, []))[1].append(layer)
+    for group, leaving in by_group.values():
+        group.remove(leaving)
 
 
 class _UngroupHandle:
@@ -384,3 +413,55 @@ def register_batched_envelopes(model: nn.Module) -> _UngroupHandle:
                   '(timm_aconv.group_adaptive_layers groups any other model)', DeprecationWarning, stacklevel=2)
     group_adaptive_layers(model)
     return _UngroupHandle(model)
+
+
+def group_on_registration(parent: nn.Module, name: str, module: Optional[nn.Module]) -> None:
+    """ A module registration hook (``torch.nn.modules.module.register_module_module_registration_hook``)
+    that keeps the adaptive layers of a model in one group while it is built or edited:
+
+    - the adaptive layers of a module replaced under ``name`` leave their group;
+    - when ``module`` is an adaptive layer or holds some: if ``parent``'s other adaptive layers are all in
+      one group, ``module``'s join it; else, unless ``module``'s are all in one group already (a wrapper
+      such as DDP, a slice of a ``Sequential``), ``parent``'s and ``module``'s form one new group.
+
+    Only modules registered with adaptive layers inside are walked; any other registration costs a check
+    or two.
+    """
+    layer_class = _layer_class()
+    replaced = parent._modules.get(name)
+    if replaced is not None and replaced is not module and _holds_layers(replaced, layer_class):
+        _leave_groups([sub for sub in replaced.modules() if isinstance(sub, layer_class)])
+    if module is None or not _holds_layers(module, layer_class):
+        return
+    present = []
+    if parent.__dict__.get(HOLDS_LAYERS):
+        left_out = {id(sub) for sub in replaced.modules()} if replaced is not None else set()
+        present = [sub for sub in parent.modules() if isinstance(sub, layer_class) and id(sub) not in left_out]
+    parent.__dict__[HOLDS_LAYERS] = True
+    arriving = [sub for sub in module.modules() if isinstance(sub, layer_class)]
+    present_group = _common_group(present)
+    if present_group is not None:
+        present_group.add(arriving)
+    elif present or _common_group(arriving) is None:
+        ids = {id(layer) for layer in present}
+        KernelGroup(present + [layer for layer in arriving if id(layer) not in ids])
+
+
+def _holds_layers(module: nn.Module, layer_class: type) -> bool:
+    return isinstance(module, layer_class) or bool(module.__dict__.get(HOLDS_LAYERS))
+
+
+def _common_group(layers: Sequence[nn.Module]) -> Optional[KernelGroup]:
+    """ The group all of ``layers`` belong to, or None (none, several, or a layer in no group). """
+    group = layers[0].__dict__.get('_kernel_group') if layers else None
+    if group is None or any(layer.__dict__.get('_kernel_group') is not group for layer in layers):
+        return None
+    return group
+
+
+def _layer_class() -> type:
+    from .adaptive_conv import AdaptiveConv2d  # the layer module imports this one
+    return AdaptiveConv2d
+
+
+_registration_hook = register_module_module_registration_hook(group_on_registration)

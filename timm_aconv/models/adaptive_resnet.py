@@ -24,7 +24,6 @@ from timm.models import ResNet, build_model_with_cfg, generate_default_cfgs, get
 from timm.models.resnet import BasicBlock, Bottleneck
 
 from ..layers.adaptive_conv import SigmaInit, resolve_kernel_size
-from ..layers.kernel_group import group_adaptive_layers
 from ..surgery import adapt_ordinary_weights, convert_convs
 from ..surgery.convert import PRESERVE_SIGMA_INIT
 
@@ -75,10 +74,8 @@ def _create_aconv_resnet(variant: str, pretrained: bool = False, **kwargs) -> Re
     if pretrained:
         # a wide envelope divides the pretrained kernels mildly (see convert_convs)
         kwargs.setdefault('sigma_init', PRESERVE_SIGMA_INIT)
-    model = build_model_with_cfg(
+    return build_model_with_cfg(
         adaptive_resnet, variant, pretrained, pretrained_filter_fn=convert_pretrained_resnet, **kwargs)
-    group_adaptive_layers(model)  # also a features_only wrapper: its product kernels computed together
-    return model
 
 
 ARCHS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')

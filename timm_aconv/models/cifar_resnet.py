@@ -28,7 +28,6 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from ._timm_internals import feature_take_indices
 
 from ..layers.adaptive_conv import SigmaInit
-from ..layers.kernel_group import group_adaptive_layers
 from ._conv_layer import ConvLayer, create_conv_layer
 
 __all__ = ['CifarResNet', 'CifarBasicBlock', 'ChannelRepeatShortcut', 'CIFAR10_MEAN', 'CIFAR10_STD']
@@ -159,7 +158,6 @@ class CifarResNet(nn.Module):
         self.num_features = self.head_hidden_size = in_chs
         self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
         self.init_weights()
-        group_adaptive_layers(self)  # product kernels of all adaptive layers computed together in training
 
     @torch.jit.ignore
     def init_weights(self) -> None:
@@ -265,9 +263,7 @@ class CifarResNet(nn.Module):
 def _create_cifar_resnet(variant: str, pretrained: bool = False, **kwargs) -> CifarResNet:
     # a caller's feature_cfg (e.g. feature_cls='fx') refines these defaults
     feature_cfg = {'out_indices': (0, 1, 2, 3), 'flatten_sequential': True, **(kwargs.pop('feature_cfg', None) or {})}
-    model = build_model_with_cfg(CifarResNet, variant, pretrained, feature_cfg=feature_cfg, **kwargs)
-    group_adaptive_layers(model)  # also a features_only wrapper: its product kernels computed together
-    return model
+    return build_model_with_cfg(CifarResNet, variant, pretrained, feature_cfg=feature_cfg, **kwargs)
 
 
 def _cfg(**kwargs) -> Dict[str, Any]:

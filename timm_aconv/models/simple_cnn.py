@@ -24,7 +24,6 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from ._timm_internals import feature_take_indices
 
 from ..layers.adaptive_conv import AdaptiveConv2d, SigmaInit
-from ..layers.kernel_group import group_adaptive_layers
 from ._conv_layer import create_conv_layer
 
 __all__ = ['SimpleCnn', 'MNIST_MEAN', 'MNIST_STD', 'WEIGHT_INITS']
@@ -129,7 +128,6 @@ class SimpleCnn(nn.Module):
         self.fc = nn.Linear(hidden_size, num_classes) if num_classes > 0 else nn.Identity()
         self.weight_init = weight_init
         self.init_weights()
-        group_adaptive_layers(self)  # product kernels of all adaptive layers computed together in training
 
     @torch.jit.ignore
     def init_weights(self) -> None:
@@ -218,9 +216,7 @@ class SimpleCnn(nn.Module):
 
 def _create_simple_cnn(variant: str, pretrained: bool = False, **kwargs) -> SimpleCnn:
     feature_cfg = {'out_indices': (0, 1, 2), **(kwargs.pop('feature_cfg', None) or {})}
-    model = build_model_with_cfg(SimpleCnn, variant, pretrained, feature_cfg=feature_cfg, **kwargs)
-    group_adaptive_layers(model)  # also a features_only wrapper: its product kernels computed together
-    return model
+    return build_model_with_cfg(SimpleCnn, variant, pretrained, feature_cfg=feature_cfg, **kwargs)
 
 
 def _cfg(**kwargs) -> Dict[str, Any]:

@@ -28,7 +28,6 @@ from segmentation_models_pytorch.base import SegmentationModel
 
 from ..layers import AdaptiveConv2d
 from ..layers.adaptive_conv import SigmaInit
-from ..layers.kernel_group import group_adaptive_layers
 from .aconv_unet import PAPER_UNET_SIGMA_BOUNDS, PAPER_UNET_SIGMA_INIT
 from .model_card import TimmAconvModelCard
 
@@ -174,7 +173,6 @@ class PaperUNet(TimmAconvModelCard, SegmentationModel):
         self.classification_head = None
         self.name = f"paper-unet-{'aconv' if adaptive else 'conv'}{entry_kernel_size}"
         self._init_keras_style()
-        group_adaptive_layers(self)  # product kernels of all adaptive layers computed together in training
 
     def _init_keras_style(self) -> None:
         """ Keras' defaults: glorot-uniform kernels, zero biases (BN: ones and zeros already). """
