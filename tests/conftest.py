@@ -11,3 +11,12 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def no_auto_clamp():
+    """ The clamp after every optimizer step off (a test of an update's arithmetic), on again afterwards. """
+    import timm_aconv
+    previous = timm_aconv.set_auto_sigma_clamp(False)
+    yield
+    timm_aconv.set_auto_sigma_clamp(previous)

@@ -52,7 +52,14 @@ def test_hook_clamps_after_every_step_until_removed():
     handle.remove()
     _push_sigmas_out_of_bounds(model)
     optimizer.step()
-    assert not _in_bounds(model)
+    assert _in_bounds(model)  # the clamp after every optimizer step took over
+    previous = timm_aconv.set_auto_sigma_clamp(False)
+    try:
+        _push_sigmas_out_of_bounds(model)
+        optimizer.step()
+        assert not _in_bounds(model)
+    finally:
+        timm_aconv.set_auto_sigma_clamp(previous)
 
 
 def test_hook_does_not_clamp_on_skipped_accumulation_steps():
@@ -77,7 +84,7 @@ def test_hook_rejects_non_optimizer():
         timm_aconv.register_sigma_clamp(object(), _model())
 
 
-def test_param_groups_sigma_without_weight_decay_and_own_lr():
+def test_param_groups_sigma_without_weight_decay_and_own_lr(no_auto_clamp):
     model = _model()
     groups = timm_aconv.param_groups(model, weight_decay=5e-4, lr=0.1, sigma_lr_scale=0.2)
     by_name = {group['name']: group for group in groups}
@@ -118,3 +125,101 @@ def test_clamp_is_one_foreach_call_per_bound_for_all_layers():
     assert sorted(names) == ['aten::_foreach_clamp_max_'] * 2 + ['aten::_foreach_clamp_min_'] * 2
     assert _in_bounds(model)
     assert model[1].sigma.detach()[[0, -1]].tolist() == pytest.approx([1 / 5, 5.0])
+
+
+# ------------------------------------------------------------- the clamp after every optimizer step
+def _count_clamps(monkeypatch):
+    """ The sigmas each clamp call received (as a list per call). """
+    import timm_aconv.layers.sigma as sigma_module
+    calls = []
+    original = sigma_module._clamp
+
+    def counting(pairs):
+        calls.append([sigma for sigma, _ in pairs])
+        return original(pairs)
+    monkeypatch.setattr(sigma_module, '_clamp', counting)
+    return calls
+
+
+def test_a_loop_written_like_timms_train_py_keeps_sigma_in_bounds():
+    """ timm's train.py: create_optimizer_v2, optimizer.step(), nothing of ours. At lr 2.0 plain SGD pushes
+    sigma far out (the issue measured [-51.6, 78.0] after 2 epochs); the clamp after each step keeps it in. """
+    import timm
+    from timm.optim import create_optimizer_v2
+
+    def train(auto):
+        torch.manual_seed(0)
+        model = timm.create_model('aconv_resnet8', num_classes=3, widths=(2, 4, 8))
+        optimizer = create_optimizer_v2(model, 'sgd', lr=2.0, momentum=0.9, weight_decay=1e-4)
+        previous = timm_aconv.set_auto_sigma_clamp(auto)
+        try:
+            for _ in range(4):
+                loss = torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 8, 8)), torch.randint(0, 3, (4,)))
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        finally:
+            timm_aconv.set_auto_sigma_clamp(previous)
+        return model
+
+    assert _in_bounds(train(auto=True))
+    assert not _in_bounds(train(auto=False))  # what timm's train.py did before
+
+
+def test_clamp_after_step_skips_what_grad_scaler_skips_and_clamps_once_with_a_hook(monkeypatch):
+    calls = _count_clamps(monkeypatch)
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler('cpu', init_scale=2.0 ** 4)
+    _push_sigmas_out_of_bounds(model)
+    optimizer.zero_grad()
+    scaler.scale(_loss(model) * float('inf')).backward()  # an overflow: the step is skipped
+    scaler.step(optimizer)
+    scaler.update()
+    assert calls == [] and not _in_bounds(model)
+    optimizer.zero_grad()
+    scaler.scale(_loss(model)).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    assert len(calls) == 1 and _in_bounds(model)
+    assert {id(sigma) for sigma in calls[0]} == {id(model[0].sigma), id(model[3].sigma)}
+    timm_aconv.register_sigma_clamp(optimizer, model)  # register_sigma_clamp's hook: clamped once, by it
+    calls.clear()
+    _loss(model).backward()
+    optimizer.step()
+    assert len(calls) == 1
+
+
+def test_clamp_after_step_with_accelerate_accumulation_and_two_optimizers(monkeypatch):
+    calls = _count_clamps(monkeypatch)
+    accelerator = Accelerator(gradient_accumulation_steps=2, cpu=True)
+    model = _model()
+    sigmas = [layer.sigma for layer in timm_aconv.adaptive_layers(model)]
+    others = [param for param in model.parameters() if all(param is not sigma for sigma in sigmas)]
+    weights_optimizer, sigma_optimizer = torch.optim.SGD(others, lr=0.1), torch.optim.Adam(sigmas, lr=0.1)
+    model, weights_optimizer, sigma_optimizer = accelerator.prepare(model, weights_optimizer, sigma_optimizer)
+    clamped = []
+    for _ in range(4):
+        _push_sigmas_out_of_bounds(model)
+        with accelerator.accumulate(model):
+            accelerator.backward(_loss(model))
+            weights_optimizer.step()  # holds no sigma: nothing to clamp
+            sigma_optimizer.step()
+            weights_optimizer.zero_grad()
+            sigma_optimizer.zero_grad()
+        clamped.append(_in_bounds(model))
+    assert clamped == [False, True, False, True]
+    assert len(calls) == 2 and all(len(call) == 2 for call in calls)
+    # a parameter group added later is seen
+    extra = AdaptiveConv2d(1, 2, 3)
+    sigma_optimizer.optimizer.add_param_group(dict(params=[extra.sigma]))
+    with torch.no_grad():
+        extra.sigma.fill_(100.0)
+    extra.sigma.grad = torch.zeros_like(extra.sigma)
+    sigma_optimizer.optimizer.step()
+    assert float(extra.sigma.detach().max()) == pytest.approx(3.0)
+
+
+def test_auto_clamp_switch_rejects_non_booleans():
+    with pytest.raises(TypeError, match='enabled must be True or False, got 0'):
+        timm_aconv.set_auto_sigma_clamp(0)

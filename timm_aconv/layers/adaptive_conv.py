@@ -20,18 +20,24 @@ Example::
     (torch.Size([16, 7, 7]), torch.Size([16, 3, 7, 7]))
 """
 import numbers
+import weakref
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
+from torch.utils.weak import WeakIdKeyDictionary
 
 from .envelope import grid_sq_distance, softmax_envelope
 from .kernel_group import KernelGroup, OptimizerSteps, stream_capturing
 
-__all__ = ['AdaptiveConv2d', 'SigmaInit', 'resolve_kernel_size', 'resolve_sigma_init', 'resolve_sigma_bounds']
+__all__ = ['AdaptiveConv2d', 'SigmaInit', 'resolve_kernel_size', 'resolve_sigma_init', 'resolve_sigma_bounds',
+           'SIGMA_OWNERS']
 
 SigmaInit = Union[float, Tuple[float, float]]
 _is_exporting = getattr(torch.compiler, 'is_exporting', lambda: False)  # torch >= 2.4
+# each sigma parameter -> (a weak reference to) its layer: how a post-step hook that sees only an optimizer's
+# parameters finds their bounds (timm_aconv.layers.sigma)
+SIGMA_OWNERS: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 
 def resolve_kernel_size(kernel_size: Union[int, Sequence[int]], name: str = 'kernel_size') -> int:
@@ -222,6 +228,11 @@ class AdaptiveConv2d(nn.Conv2d):
             self._kernel_group.reset()  # devices or dtypes may have changed
         return module
 
+    def register_parameter(self, name: str, param: Optional[nn.Parameter]) -> None:
+        super().register_parameter(name, param)
+        if name == 'sigma' and param is not None:
+            SIGMA_OWNERS[param] = weakref.ref(self)
+
     def _load_from_state_dict(self, *args, **kwargs):
         self._invalidate_cache()
         super()._load_from_state_dict(*args, **kwargs)
@@ -235,6 +246,8 @@ class AdaptiveConv2d(nn.Conv2d):
             self.init_non_persistent_buffers()
         if group is not None:
             group.add([self])
+        if self._parameters.get('sigma') is not None:
+            SIGMA_OWNERS[self._parameters['sigma']] = weakref.ref(self)
 
     def __getstate__(self):
         # copies and pickles start without a cache (a restored storage could share a stale key); the

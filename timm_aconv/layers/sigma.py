@@ -6,16 +6,23 @@ model that treatment:
 
     >>> optimizer = torch.optim.SGD(timm_aconv.param_groups(model, weight_decay=1e-4), lr=0.1)
     >>> handle = timm_aconv.register_sigma_clamp(optimizer, model)  # clamps after every step()
+
+Without it the clamp happens anyway: a post-step hook of every torch optimizer (installed on
+import, :func:`set_auto_sigma_clamp` turns it off) clamps the sigmas that optimizer holds after
+each of its steps, unless a :func:`register_sigma_clamp` hook on it does so already.
 """
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.utils.hooks import RemovableHandle
+from torch.utils.weak import WeakIdKeyDictionary
 
-from .adaptive_conv import AdaptiveConv2d
+from .adaptive_conv import SIGMA_OWNERS, AdaptiveConv2d
 
-__all__ = ['adaptive_layers', 'named_adaptive_layers', 'clamp_sigmas_', 'register_sigma_clamp', 'param_groups']
+__all__ = ['adaptive_layers', 'named_adaptive_layers', 'clamp_sigmas_', 'register_sigma_clamp', 'param_groups',
+           'set_auto_sigma_clamp']
 
 
 def named_adaptive_layers(model: nn.Module) -> Iterator[Tuple[str, AdaptiveConv2d]]:
@@ -41,9 +48,13 @@ def clamp_sigmas_(model: nn.Module) -> int:
 
 
 def _clamp_layers(layers: List[AdaptiveConv2d]) -> None:
+    _clamp([(layer.sigma, layer) for layer in layers])
+
+
+def _clamp(sigmas_and_layers: List[Tuple[torch.Tensor, AdaptiveConv2d]]) -> None:
+    """ Clamp each sigma into its layer's bounds. """
     groups: Dict[Tuple[torch.device, torch.dtype], Tuple[List[torch.Tensor], List[float], List[float]]] = {}
-    for layer in layers:
-        sigma = layer.sigma
+    for sigma, layer in sigmas_and_layers:
         sigmas, lows, highs = groups.setdefault((sigma.device, sigma.dtype), ([], [], []))
         sigmas.append(sigma)
         low, high = layer.sigma_bounds
@@ -54,6 +65,11 @@ def _clamp_layers(layers: List[AdaptiveConv2d]) -> None:
             # one bound for all (layers of one grid size): the scalar overload, cheaper on a CPU
             torch._foreach_clamp_min_(sigmas, lows[0] if lows.count(lows[0]) == len(lows) else lows)
             torch._foreach_clamp_max_(sigmas, highs[0] if highs.count(highs[0]) == len(highs) else highs)
+
+
+def _param_groups_key(optimizer: torch.optim.Optimizer) -> Tuple:
+    """ What changes when an optimizer's parameters change (``add_param_group``, a new ``params`` list). """
+    return tuple((id(group['params']), len(group['params'])) for group in optimizer.param_groups)
 
 
 class _SigmaClampHook:
@@ -71,7 +87,7 @@ class _SigmaClampHook:
         self._groups_key: Optional[Tuple] = None
 
     def __call__(self, optimizer: torch.optim.Optimizer, _args, _kwargs) -> None:
-        key = tuple((id(group['params']), len(group['params'])) for group in optimizer.param_groups)
+        key = _param_groups_key(optimizer)
         if self._layers is None or key != self._groups_key:
             stepped = {id(param) for group in optimizer.param_groups for param in group['params']}
             self._layers = [layer for layer in adaptive_layers(self.model) if id(layer.sigma) in stepped]
@@ -155,3 +171,41 @@ def param_groups(
         for group in groups:
             group['lr'] = lr * (sigma_lr_scale if group['name'] == 'sigma' else 1.0)
     return [group for group in groups if group['params']]
+
+
+class _AutoClamp:
+    """ The post-step hook of every torch optimizer: clamps the sigmas the optimizer holds (looked up once
+    per set of parameter groups, through :data:`~timm_aconv.layers.adaptive_conv.SIGMA_OWNERS`). """
+    enabled = True
+    sigmas: WeakIdKeyDictionary = WeakIdKeyDictionary()  # optimizer -> (groups key, [(sigma, layer reference)])
+
+    @classmethod
+    def hook(cls, optimizer: torch.optim.Optimizer, _args, _kwargs) -> None:
+        if not cls.enabled or any(isinstance(hook, _SigmaClampHook)
+                                  for hook in optimizer._optimizer_step_post_hooks.values()):
+            return  # off, or register_sigma_clamp's hook clamps this optimizer's model already
+        key = _param_groups_key(optimizer)
+        cached = cls.sigmas.get(optimizer)
+        if cached is None or cached[0] != key:
+            owned = [(param, SIGMA_OWNERS.get(param)) for group in optimizer.param_groups for param in group['params']]
+            cached = cls.sigmas[optimizer] = (key, [(param, owner) for param, owner in owned if owner is not None])
+        if cached[1]:
+            pairs = [(sigma, owner()) for sigma, owner in cached[1]]
+            _clamp([(sigma, layer) for sigma, layer in pairs if layer is not None])
+
+
+register_optimizer_step_post_hook(_AutoClamp.hook)
+
+
+def set_auto_sigma_clamp(enabled: bool) -> bool:
+    """ Turn the clamp after every optimizer step (on by default) on or off; returns the previous setting.
+
+    On, every ``torch.optim.Optimizer`` that holds the sigma of an adaptive layer clamps it into the layer's
+    bounds after each step it really takes (not after a step an AMP ``GradScaler`` skips, nor after an
+    Accelerate gradient-accumulation micro-step), in any training loop (timm's ``train.py``, Lightning,
+    your own). An optimizer with a :func:`register_sigma_clamp` hook is left to that hook.
+    """
+    if not isinstance(enabled, bool):
+        raise TypeError(f'enabled must be True or False, got {enabled!r}')
+    previous, _AutoClamp.enabled = _AutoClamp.enabled, enabled
+    return previous
