@@ -411,8 +411,7 @@ def test_trained_models_reload_with_timm_and_the_config_reruns_the_run(tmp_path,
     assert json.loads((tmp_path / 'rerun' / 'metrics.json').read_text()) == history
 
 
-def test_converted_model_reloads_in_the_documented_form(tmp_path):
-    from safetensors.torch import load_file
+def test_converted_model_reloads_with_timms_loader_in_one_line(tmp_path):
     recipe = load_recipe('train_classification')
     epochs = KeepEpochWeights()
     recipe.main(['--model', 'resnet10t', '--convert', '--kernel_size', '5', '--dataset', 'synthetic', '--epochs', '1',
@@ -420,15 +419,15 @@ def test_converted_model_reloads_in_the_documented_form(tmp_path):
                  '--plots', 'false', '--output_dir', str(tmp_path),
                  *FAST], callbacks=[epochs])
     saved = json.loads((tmp_path / 'best' / 'config.json').read_text())
-    assert saved['architecture'] == 'resnet10t' and saved['timm_aconv_convert'] == {'sizes': [5], 'include': None, 'exclude': None, 'sigma_init': None}
-    with pytest.raises(RuntimeError, match='sigma'):  # the plain architecture has no sigma to load
-        timm.create_model(f'local-dir:{tmp_path / "best"}', pretrained=True)
-    model = timm.create_model(f'local-dir:{tmp_path / "best"}')
-    timm_aconv.convert_convs(model, **saved['timm_aconv_convert'])
-    model.load_state_dict(load_file(tmp_path / 'best' / 'model.safetensors'))
+    assert saved['architecture'] == 'aconv_converted'
+    assert saved['model_args']['base'] == 'resnet10t' and saved['model_args']['convert'] == {'sizes': [5]}
+    model = timm.create_model(f'local-dir:{tmp_path / "best"}', pretrained=True)
+    trained = epochs.trainer.unwrapped_model
+    assert [layer.kernel_size for layer in timm_aconv.adaptive_layers(model)] == \
+        [layer.kernel_size for layer in timm_aconv.adaptive_layers(trained)]
     images = torch.rand(3, 1, 8, 8)
     with torch.no_grad():
-        assert torch.equal(model.eval()(images), epochs.trainer.unwrapped_model.eval()(images))
+        assert torch.equal(model.eval()(images), trained.eval()(images))
 
 
 def test_compare_does_not_push_its_runs():

@@ -2,6 +2,7 @@
 the pretrained conversion of timm's ResNet weights, and clear errors. """
 import copy
 import functools
+import json
 import math
 
 import pytest
@@ -55,7 +56,8 @@ def _param_count(model: nn.Module) -> int:
 
 def test_every_model_is_listed_in_its_own_module():
     assert set(timm.list_models('aconv_*')) == {
-        *(n for n in ALL_MODELS if n.startswith('aconv_'))}
+        *(n for n in ALL_MODELS if n.startswith('aconv_')), 'aconv_converted'}
+    assert timm.list_models(module='converted') == ['aconv_converted']
     assert set(timm.list_models('conv_*')) == {n for n in ALL_MODELS if n.startswith('conv_')}
     assert set(timm.list_models(module='cifar_resnet')) == set(CIFAR_MODELS)
     assert set(timm.list_models(module='adaptive_resnet')) == set(IMAGENET_MODELS)
@@ -510,3 +512,25 @@ def test_bad_cifar_arguments_fail_clearly():
 def test_package_import_registers_the_models():
     assert timm_aconv.models.CifarResNet is CifarResNet
     assert timm.is_model('aconv_resnet20') and timm.is_model('aconv_simple_cnn')
+
+
+
+def test_converted_architecture_rebuilds_a_saved_conversion_in_one_line(tmp_path):
+    """ aconv_converted: timm's base model and the recorded convert_convs arguments, so that timm's loader
+    (local-dir:, hf-hub:) rebuilds a converted model from its config.json, with equal logits. """
+    torch.manual_seed(0)
+    model = timm.create_model('aconv_converted', base='resnet10t', convert=dict(sizes=[5], exclude=['stem.*']),
+                              num_classes=4, in_chans=1)
+    assert {layer.kernel_size for layer in timm_aconv.adaptive_layers(model)} == {(5, 5)}
+    assert not any(name.startswith('stem') for name, _ in timm_aconv.named_adaptive_layers(model))
+    timm.models.save_for_hf(model, str(tmp_path), safe_serialization=True)
+    config = json.loads((tmp_path / 'config.json').read_text())
+    assert config['architecture'] == 'aconv_converted' and config['model_args']['base'] == 'resnet10t'
+    restored = timm.create_model(f'local-dir:{tmp_path}', pretrained=True)
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(restored.eval()(x), model.eval()(x))
+    default = timm.create_model('aconv_converted')  # resnet18, convert_convs' defaults
+    assert {layer.kernel_size for layer in timm_aconv.adaptive_layers(default)} == {(7, 7)}
+    with pytest.raises(ValueError, match="base must be the name of a timm model, got ''"):
+        timm.create_model('aconv_converted', base='')

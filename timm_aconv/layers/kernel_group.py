@@ -40,7 +40,7 @@ from torch.autograd.function import once_differentiable
 from torch.nn.modules.module import register_module_module_registration_hook
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from .envelope import SIGMA_EPS, softmax_envelope, softmax_weights
+from .envelope import envelope_and_log_derivative, softmax_envelope
 
 __all__ = ['KernelGroup', 'group_adaptive_layers', 'ungroup_adaptive_layers', 'group_on_registration',
            'register_batched_envelopes', 'OptimizerSteps', 'stream_capturing']
@@ -78,6 +78,7 @@ class _Family:
         self.out_channels = [layers[index].out_channels for index in order]
         self.grid_size = layers[order[0]].grid_size
         self.stacks: List[Tuple[int, int, int, int]] = []
+        self.stack_shapes: List[Tuple[int, ...]] = []
         first = start = 0
         shapes = [weights[index].shape for index in order]
         self.dtype, self.device = weights[order[0]].dtype, weights[order[0]].device
@@ -85,19 +86,21 @@ class _Family:
             if position == len(order) or shapes[position][1:] != shapes[first][1:]:
                 stop = start + sum(self.out_channels[first:position])
                 self.stacks.append((first, position, start, stop))
+                self.stack_shapes.append(tuple(shapes[first][1:]))
                 first, start = position, stop
         self.stack_channels = [stop - start for _first, _end, start, stop in self.stacks]
-        self.sq_distance = layers[order[0]].sq_distance.to(self.dtype).reshape(1, -1)  # flattened
+        self.sq_distance = layers[order[0]].sq_distance.to(self.dtype)
 
 
 class _FamilyProductKernels(torch.autograd.Function):
     """ The product kernels ``W_i * U(sigma_i)`` of a family of layers: one autograd node.
 
     Inputs: the family, then its weights and its sigmas in the family's order. Forward: one
-    envelope computation over all filters and, per stack, one product of the concatenated weights.
-    Backward: ``dL/dW = G * U`` per stack and ``dL/dsigma_q = sum_kl R_q * d log U_q / d sigma_q``,
-    with ``R_q = sum_c G * K`` and ``d log U / d sigma = (sigma / t) * (mean_p(z) - z)``
-    (:func:`~timm_aconv.layers.envelope.envelope_and_log_derivative` derives it).
+    envelope computation over all filters (with ``V = d log U / d sigma`` when a sigma needs a
+    gradient, :func:`~timm_aconv.layers.envelope.envelope_and_log_derivative`) and, per stack, one
+    product of the concatenated weights ``K = W * U`` (and ``dK/dsigma = K * V``). Backward, per
+    stack: ``dL/dW = G * U`` and ``dL/dsigma_q = sum_{c,k,l} G * dK/dsigma`` (one batched dot
+    product). Every value is the one a layer computes alone, to the bit.
     """
 
     @staticmethod
@@ -108,23 +111,27 @@ class _FamilyProductKernels(torch.autograd.Function):
         sigma = torch.cat(sigmas) if count > 1 else sigmas[0]
         if sigma.dtype != dtype:
             sigma = sigma.to(dtype)
-        size = family.grid_size
-        probabilities, exponent, neg_half_two_var = softmax_weights(sigma, family.sq_distance, SIGMA_EPS)
-        envelope = probabilities.sqrt().mul_(size).view(-1, 1, size, size)
-        envelopes = envelope.split_with_sizes(family.stack_channels) if len(family.stacks) > 1 else (envelope,)
+        needs_sigma = any(ctx.needs_input_grad[2 + count:]) if hasattr(ctx, 'needs_input_grad') else False
+        envelope, log_derivative = envelope_and_log_derivative(sigma, family.sq_distance, with_log_derivative=needs_sigma)
+        envelope = envelope.unsqueeze(1)
+        several = len(family.stacks) > 1
+        envelopes = envelope.split_with_sizes(family.stack_channels) if several else (envelope,)
+        if needs_sigma:
+            log_derivative = log_derivative.unsqueeze(1)
+            log_derivatives = log_derivative.split_with_sizes(family.stack_channels) if several else (log_derivative,)
         kernels: List[torch.Tensor] = []
-        products = []
-        for (first, end, _start, _stop), stack_envelope in zip(family.stacks, envelopes):
+        sigma_derivatives = []
+        for index, ((first, end, _start, _stop), stack_envelope) in enumerate(zip(family.stacks, envelopes)):
             if end - first > 1:
                 product = torch.cat(weights[first:end]) * stack_envelope
                 kernels.extend(product.split_with_sizes(family.out_channels[first:end]))
             else:
                 product = weights[first] * stack_envelope
                 kernels.append(product)
-            products.append(product)
+            if needs_sigma:  # dK/dsigma_q: the backward's contraction with G is then one batched dot product
+                sigma_derivatives.append(product * log_derivatives[index])
         ctx.group, ctx.family = group, family
-        ctx.save_for_backward(probabilities, exponent, sigma, neg_half_two_var, *products, *envelopes)
-        ctx.sigma_dtypes = [None if sigma.dtype == dtype else sigma.dtype for sigma in sigmas]
+        ctx.save_for_backward(*envelopes, *sigma_derivatives)
         ctx.set_materialize_grads(False)
         return tuple(kernels)
 
@@ -133,37 +140,46 @@ class _FamilyProductKernels(torch.autograd.Function):
     def backward(ctx, *grad_kernels: Optional[torch.Tensor]):
         ctx.group.invalidate()  # the graph is spent: the next forward computes new kernels
         family = ctx.family
-        probabilities, exponent, sigma, neg_half_two_var, *stacked = ctx.saved_tensors
-        products, envelopes = stacked[:len(family.stacks)], stacked[len(family.stacks):]
+        saved = ctx.saved_tensors
+        stacks = len(family.stacks)
+        envelopes, sigma_derivatives = saved[:stacks], saved[stacks:]
         count = len(family.order)
         needs_weight = any(ctx.needs_input_grad[2:2 + count])
         needs_sigma = any(ctx.needs_input_grad[2 + count:])
         grad_weights: List[Optional[torch.Tensor]] = []
-        reduced = []
-        for (first, end, _start, _stop), product, stack_envelope in zip(family.stacks, products, envelopes):
-            grads = [torch.zeros_like(product[:1]).expand(channels, *product.shape[1:]) if grad is None else grad
-                     for grad, channels in zip(grad_kernels[first:end], family.out_channels[first:end])]
+        grad_sigmas: List[torch.Tensor] = []
+        for index, ((first, end, _start, _stop), stack_envelope) in enumerate(zip(family.stacks, envelopes)):
+            channels = family.out_channels[first:end]
+            # a kernel no layer used gets no gradient (None): zeros in its place
+            grads = [torch.zeros(size, *family.stack_shapes[index], dtype=stack_envelope.dtype,
+                                 device=stack_envelope.device) if grad is None else grad
+                     for grad, size in zip(grad_kernels[first:end], channels)]
             grad = torch.cat(grads) if end - first > 1 else grads[0]
             if needs_weight:
                 grad_weight = grad * stack_envelope
-                grad_weights.extend(grad_weight.split_with_sizes(family.out_channels[first:end]) if end - first > 1 else
-                                    (grad_weight,))
+                grad_weights.extend(grad_weight.split_with_sizes(channels) if end - first > 1 else (grad_weight,))
             if needs_sigma:
-                reduced.append((grad * product).sum(1))
+                grad_sigmas.append(_batched_dot(grad, sigma_derivatives[index]))
+        weight_grads = [grad if needed else None for grad, needed in
+                        zip(grad_weights if needs_weight else [None] * count, ctx.needs_input_grad[2:])]
         if needs_sigma:
-            # R (filters, n²); dL/dsigma = (sigma / -t) * sum_kl R * (z - mean_p(z))
-            residual = (torch.cat(reduced) if len(reduced) > 1 else reduced[0]).flatten(1)
-            mean_exponent = (probabilities * exponent).sum(1, keepdim=True)
-            grad_sigma = (exponent - mean_exponent).mul_(residual).sum(1).mul_(sigma / neg_half_two_var)
-            grad_sigmas = grad_sigma.split_with_sizes(family.out_channels) if count > 1 else (grad_sigma,)
+            grad_sigma = torch.cat(grad_sigmas) if stacks > 1 else grad_sigmas[0]
+            sigma_grads = list(grad_sigma.split_with_sizes(family.out_channels) if count > 1 else (grad_sigma,))
+            sigma_grads = [grad if needed else None for grad, needed in zip(sigma_grads, ctx.needs_input_grad[2 + count:])]
         else:
-            grad_sigmas = (None,) * count
-        if not needs_weight:
-            grad_weights = [None] * count
-        weight_grads = [grad if needed else None for grad, needed in zip(grad_weights, ctx.needs_input_grad[2:])]
-        sigma_grads = [None if not needed else grad if dtype is None else grad.to(dtype)
-                       for grad, needed, dtype in zip(grad_sigmas, ctx.needs_input_grad[2 + count:], ctx.sigma_dtypes)]
+            sigma_grads = [None] * count
         return (None, None, *weight_grads, *sigma_grads)
+
+
+def _batched_dot(grad_kernel: torch.Tensor, sigma_derivative: torch.Tensor) -> torch.Tensor:
+    """ ``(grad_kernel * sigma_derivative).sum(dim=(1, 2, 3))`` in one operation where it can. """
+    device_type = grad_kernel.device.type
+    # bmm would run in low precision inside an autocast region (a backward called under autocast)
+    autocast = torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+    if autocast or not (grad_kernel.is_contiguous() and sigma_derivative.is_contiguous()):
+        return (grad_kernel * sigma_derivative).sum(dim=(1, 2, 3))
+    filters = grad_kernel.shape[0]
+    return torch.bmm(grad_kernel.view(filters, 1, -1), sigma_derivative.view(filters, -1, 1)).view(filters)
 
 
 class KernelGroup:

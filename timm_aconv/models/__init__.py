@@ -5,11 +5,14 @@
 - :mod:`.adaptive_resnet`: ``aconv_resnet18|34|50|101|152``, timm's ImageNet ResNets with
   adaptive spatial convolutions; ``pretrained=True`` converts timm's weights exactly.
 - :mod:`.simple_cnn`: ``aconv_simple_cnn`` / ``conv_simple_cnn``, the paper's simple CNN.
+- :mod:`.converted`: ``aconv_converted``, any timm model with ``convert_convs`` applied (how a
+  converted model saved with timm's ``save_for_hf`` comes back with ``timm.create_model``).
 """
 from timm.models import register_notrace_module
 
 from ..layers.adaptive_conv import AdaptiveConv2d
 from .adaptive_resnet import adaptive_resnet, convert_pretrained_resnet
+from .converted import converted_model, converted_model_args
 from .cifar_resnet import CIFAR10_MEAN, CIFAR10_STD, ChannelRepeatShortcut, CifarBasicBlock, CifarResNet
 from .simple_cnn import MNIST_MEAN, MNIST_STD, SimpleCnn
 

@@ -18,9 +18,8 @@ Datasets without an official split draw theirs from ``split_seed``, by default t
 The final and the best model are saved in timm's own layout (:func:`timm.models.save_for_hf`:
 ``config.json`` with the architecture, its arguments and the preprocessing, and
 ``model.safetensors``), in ``output_dir`` and ``output_dir/best``, so timm rebuilds them with
-``timm.create_model('local-dir:<output_dir>/best', pretrained=True)``. A converted model's
-``config.json`` names the plain architecture and records the conversion under
-``timm_aconv_convert``; rebuild it with ``convert_convs`` before loading the weights (README).
+``timm.create_model('local-dir:<output_dir>/best', pretrained=True)``, a ``--convert``ed model too
+(its ``config.json`` names ``aconv_converted`` with the base model and the conversion as arguments).
 
 A setting the model cannot take (``kernel_size`` for a model without that argument, a layer
 ``convert_convs`` cannot convert) is a :class:`~timm_aconv.train.config.ConfigError` saying which
@@ -35,6 +34,7 @@ import timm
 import torch.nn as nn
 from safetensors.torch import load_file
 
+from ..models import converted_model_args
 from ..surgery import convert_convs
 from .callbacks import Callback, SigmaRecorder
 from .config import ConfigError
@@ -188,15 +188,17 @@ def _export_metadata(config: ClassificationConfig, info: DataInfo) -> Tuple[Dict
     model_args = {name: value for name, value in classifier_kwargs(config, info).items() if name != 'drop_rate'}
     model_config: Dict[str, Any] = {}
     if config.convert:
-        model_config['timm_aconv_convert'] = dict(
-            sizes=[config.kernel_size or 7], include=config.convert_include, exclude=config.convert_exclude,
-            sigma_init=None if config.sigma_init is None else list(config.sigma_init))
+        # timm's loader rebuilds it as aconv_converted: the base model, then the same conversion
+        model_args.update(converted_model_args(
+            config.model, [config.kernel_size or 7], include=config.convert_include, exclude=config.convert_exclude,
+            sigma_init=None if config.sigma_init is None else list(config.sigma_init)))
+        model_config['pretrained_cfg'] = dict(architecture='aconv_converted')
     return model_args, model_config
 
 
 def timm_model_saver(config: ClassificationConfig, info: DataInfo) -> Callable[[nn.Module, Path], None]:
     """ ``save(model, directory)``: ``model`` in timm's ``save_for_hf`` layout, rebuildable with
-    ``timm.create_model('local-dir:<directory>', pretrained=True)`` (unless converted, see the module doc). """
+    ``timm.create_model('local-dir:<directory>', pretrained=True)``. """
     model_args, model_config = _export_metadata(config, info)
 
     def save(model: nn.Module, directory: Path) -> None:
