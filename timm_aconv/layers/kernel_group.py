@@ -8,9 +8,9 @@ layers of a model at once, the first time one of them runs in a training forward
 
 - the layers are split into *families* (same grid size, weight dtype and device); each family is
   one autograd node (:class:`_FamilyProductKernels`): one ``cat`` of the sigmas, one envelope
-  computation, and per *stack* of layers whose weights share a shape one ``cat``, one product and
-  one ``split``; its backward is the same handful of operations, with dL/dsigma in closed form
-  (paper eq. 12 through the normalization of eq. 21);
+  computation (with its closed-form derivative in sigma, paper eq. 12 through the normalization of
+  eq. 21), and per *stack* of layers whose weights share a shape one ``cat``, one product and one
+  ``split``; its backward is a few operations per stack, the arithmetic of a layer alone to the bit;
 - each layer then takes its kernel (a view) and convolves: a few attribute reads per layer.
 
 Each computed kernel is handed out once, and only while it is valid: the layer's ``weight`` and
@@ -19,16 +19,16 @@ has not run since. A layer that runs again (shared, or a second forward) compute
 activation checkpointing, which runs the forward again inside the backward, gets the same kernel
 (non-reentrant) or new ones for its own graph (reentrant).
 Under ``torch.compile`` the same computation is traced with autograd, so the compiler fuses a
-family into a constant number of kernels. Under TorchScript, ``torch.export`` and ``torch.func``
-transforms every layer computes its own kernel (:meth:`AdaptiveConv2d.product_kernel`).
+family into few kernels. Under TorchScript, ``torch.export`` and ``torch.func`` transforms every
+layer computes its own kernel (:meth:`AdaptiveConv2d.product_kernel`).
 
 Models are grouped as they are built: a module registration hook (:func:`group_on_registration`,
-installed on import) regroups a module whenever a submodule holding adaptive layers is assigned to
-it, so any model built from :class:`~timm_aconv.AdaptiveConv2d` layers ends with one group at its
-root; the models this package registers and :func:`~timm_aconv.convert_convs` regroup at the end.
-:func:`group_adaptive_layers` groups a model by hand; a layer that belongs to no group (a bare
-layer, or one after :func:`ungroup_adaptive_layers`) forms a group of its own, which is exact but
-computes one layer at a time.
+installed on import) joins each adaptive layer registered in a module to its siblings' group, so a
+model built from :class:`~timm_aconv.AdaptiveConv2d` layers ends in one group; surgery
+(:func:`~timm_aconv.convert_convs`, :func:`~timm_aconv.fuse_convs`) regroups the whole model.
+:func:`group_adaptive_layers` groups a model by hand; a layer that belongs to no group (after
+:func:`ungroup_adaptive_layers`) forms a group of its own, which is exact but computes one layer at
+a time.
 """
 import operator
 import warnings
