@@ -7,6 +7,7 @@ Pretrained weights cannot be downloaded here: 'imagenet' is tested by serving a 
 ResNet checkpoint through SMP's own loading path.
 """
 import json
+import warnings
 
 import pytest
 import segmentation_models_pytorch as smp
@@ -359,3 +360,29 @@ def test_paper_unet_by_name_rejects_encoder_choices():
         smp.create_model('aconv_paper_unet')
     with pytest.raises(ValueError, match="do not pass encoder_name \\(got 'resnet50'\\)"):
         smp.create_model('aconv_paper_unet', encoder_name='resnet50', encoder_weights=None)
+
+
+def test_a_converted_smp_model_reloads_in_one_line(tmp_path):
+    """ SMP's save_pretrained records the constructor, not the conversion: timm_aconv.smp.from_pretrained
+    rebuilds the plain model, converts what the checkpoint holds as adaptive, loads strictly. """
+    torch.manual_seed(0)
+    model = smp.Unet('resnet18', encoder_weights=None, encoder_depth=3, decoder_channels=(16, 8, 4), classes=2)
+    timm_aconv.convert_convs(model, sizes=[7], include=['encoder.conv1'])
+    timm_aconv.convert_convs(model, sizes=[5], include=['encoder.layer1.0.conv*'], preserve=False)
+    with torch.no_grad():
+        for layer in timm_aconv.adaptive_layers(model):
+            layer.sigma.uniform_(0.2, 0.9)  # as after training
+    model.save_pretrained(str(tmp_path))
+    with pytest.raises(RuntimeError, match='sigma'), pytest.warns(UserWarning, match='Mismatched keys'):
+        smp.from_pretrained(str(tmp_path))  # the plain Unet has no sigma to load
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # and no "you should TRAIN the model" warning about the converted layers
+        restored = timm_aconv.smp.from_pretrained(str(tmp_path))
+    assert {name: layer.kernel_size for name, layer in timm_aconv.named_adaptive_layers(restored)} == {
+        'encoder.conv1': (7, 7), 'encoder.layer1.0.conv1': (5, 5), 'encoder.layer1.0.conv2': (5, 5)}
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(restored.eval()(x), model.eval()(x))
+    (tmp_path / 'empty').mkdir()
+    with pytest.raises(FileNotFoundError, match='no model.safetensors in'):
+        timm_aconv.smp.from_pretrained(str(tmp_path / 'empty'))

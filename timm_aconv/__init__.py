@@ -14,7 +14,7 @@ from .layers import (
     named_adaptive_layers, param_groups, register_batched_envelopes, register_sigma_clamp, set_auto_sigma_clamp,
     size_penalty, soft_kernel_size, ungroup_adaptive_layers)
 from .surgery import (
-    LayerKernelSizes, LearnedKernelSizes, adapt_ordinary_weights, convert_conv, convert_convs, crop_conv,
+    LayerKernelSizes, LearnedKernelSizes, adapt_ordinary_weights, convert_conv, convert_convs, convert_like, crop_conv,
     export_conv, export_learned_sizes, fuse_convs, learned_kernel_sizes, plain_model_from_learned, summary)
 
 __version__ = '0.1.0'

@@ -8,12 +8,14 @@
 - architecture ``aconv_paper_unet`` (:mod:`.paper_unet`): the paper's own Keras-example U-Net.
 
 Both architectures save and reload with SMP's ``save_pretrained`` / ``smp.from_pretrained`` (after
-``import timm_aconv``, which their model card's loading example says, :mod:`.model_card`).
+``import timm_aconv``, which their model card's loading example says, :mod:`.model_card`). Any other
+SMP model converted with ``convert_convs`` reloads with :func:`.from_pretrained` (:mod:`.pretrained`).
 """
 from .aconv_unet import PAPER_UNET_SIGMA_BOUNDS, PAPER_UNET_SIGMA_INIT, AconvUnet
 from .encoders import AconvResNetEncoder, aconv_resnet_encoders
 from ..surgery import adapt_ordinary_weights
 from .paper_unet import PaperUNet
+from .pretrained import from_pretrained
 from .registry import create_paper_unet, register_smp
 
 register_smp()

@@ -3,5 +3,5 @@ from .export import export_conv, export_learned_sizes
 from .fuse import crop_conv, fuse_convs
 from .learned_sizes import LayerKernelSizes, LearnedKernelSizes, learned_kernel_sizes
 from .summary import LayerSummary, SigmaSummary, summary
-from .state_dict import adapt_ordinary_weights
+from .state_dict import adapt_ordinary_weights, convert_like
 from .plain_model import plain_model_from_learned, sizes_per_layer

@@ -11,8 +11,11 @@ adaptive model computes exactly what the ordinary one did. It serves timm's
     >>> encoder = smp.encoders.get_encoder('aconv_resnet34')
     >>> ordinary = smp.encoders.get_encoder('resnet34').state_dict()
     >>> encoder.load_state_dict(adapt_ordinary_weights(encoder, ordinary))
+
+:func:`convert_like` goes the other way: it makes adaptive the layers of a plain model that a
+checkpoint of its converted form holds as adaptive.
 """
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -21,7 +24,7 @@ from ..layers.adaptive_conv import AdaptiveConv2d, SigmaInit
 from ..layers.sigma import named_adaptive_layers
 from .convert import convert_conv
 
-__all__ = ['adapt_ordinary_weights']
+__all__ = ['adapt_ordinary_weights', 'convert_like']
 
 
 def _ordinary_conv(layer: AdaptiveConv2d, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> nn.Conv2d:
@@ -61,3 +64,34 @@ def adapt_ordinary_weights(
         state_dict[key + 'weight'] = adaptive.weight.detach()
         state_dict[key + 'sigma'] = adaptive.sigma.detach()
     return state_dict
+
+
+def convert_like(
+        model: nn.Module,
+        state_dict: Dict[str, torch.Tensor],
+        sigma_bounds: Optional[Tuple[float, float]] = None,
+) -> nn.Module:
+    """ Convert, in place, the ``nn.Conv2d`` layers of ``model`` that are adaptive in ``state_dict`` (their
+    ``<name>.sigma`` entries; the grid from ``<name>.weight``), so that ``state_dict`` loads strictly.
+
+    How a model converted with :func:`~timm_aconv.convert_convs` and saved by a library that records only
+    its own constructor (SMP's ``save_pretrained``) comes back: build the plain model, ``convert_like``,
+    load. A checkpoint holds no clamp bounds: ``sigma_bounds`` (None: the paper's (1/n, n)) applies to every
+    converted layer.
+
+    Returns:
+        ``model`` (or its replacement when ``model`` itself is the converted layer).
+    """
+    from .convert import convert_convs  # beside convert_conv
+    by_size: Dict[int, list] = {}
+    for key in state_dict:
+        if key == 'sigma' or key.endswith('.sigma'):
+            name = key[:-len('sigma')].rstrip('.')
+            weight = state_dict.get(f'{name}.weight' if name else 'weight')
+            if weight is None or weight.ndim != 4:
+                raise ValueError(f"convert_like: state_dict holds '{key}' but no 4-d '{name}.weight' beside it")
+            by_size.setdefault(int(weight.shape[-1]), []).append(name)
+    for size, names in by_size.items():
+        model = convert_convs(model, sizes=[size], include=names or [''], preserve=False, sigma_bounds=sigma_bounds,
+                              skip_pointwise=False)
+    return model
