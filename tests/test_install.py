@@ -95,3 +95,41 @@ def test_core_install_works_and_missing_extras_or_versions_say_what_to_install()
     assert report['old_timm_error'] == (
         "timm_aconv's models use timm's private timm.models._features.feature_take_indices, which timm 9.0.0 does "
         "not have; supported: timm>=1.0.16 (tested 1.0.16 and 1.0.31)")
+
+
+RECIPE_MODULES = ['timm_aconv/recipes/__init__.py', 'timm_aconv/recipes/compare.py', 'timm_aconv/recipes/learn_filters.py',
+                  'timm_aconv/recipes/size_budget.py', 'timm_aconv/recipes/train_classification.py',
+                  'timm_aconv/recipes/train_segmentation.py']
+
+
+def test_the_wheel_ships_the_recipes_and_their_configs(tmp_path):
+    """ What `pip install 'timm-aconv[train]'` installs: the recipe modules and every shipped config. """
+    import zipfile
+    build = subprocess.run(
+        [sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '-q', '-w', str(tmp_path), str(ROOT)],
+        capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stderr[-2000:]
+    wheel, = tmp_path.glob('timm_aconv-*.whl')
+    names = set(zipfile.ZipFile(wheel).namelist())
+    configs = sorted(path.name for path in (ROOT / 'timm_aconv' / 'recipes' / 'configs').glob('*.yaml'))
+    assert configs and {f'timm_aconv/recipes/configs/{name}' for name in configs} <= names
+    assert set(RECIPE_MODULES) <= names
+    assert not any(name.startswith(('recipes/', 'tests/', 'benchmarks/')) for name in names)
+
+
+def test_recipes_run_as_modules_with_a_shipped_config_by_name(tmp_path):
+    """ `python -m timm_aconv.recipes.<name> --config <shipped name>` from a folder outside the repository. """
+    run = subprocess.run(
+        [sys.executable, '-m', 'timm_aconv.recipes.train_classification', '--config', 'digits', '--epochs', '1',
+         '--max_steps_per_epoch', '2', '--output_dir', 'run', '--plots', 'false', '--progress', 'false',
+         '--log_with', 'none', '--num_threads', '1'], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert 'aconv_simple_cnn on digits: peak validation accuracy' in run.stdout
+    assert (tmp_path / 'run' / 'best' / 'model.safetensors').is_file()
+    usage = subprocess.run([sys.executable, '-m', 'timm_aconv.recipes.compare', '--config', 'simple_cnn_mnist', '--help'],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert usage.returncode == 0 and usage.stdout.startswith('usage: python -m timm_aconv.recipes.compare')
+    missing = subprocess.run([sys.executable, '-m', 'timm_aconv.recipes.compare', '--config', 'no_such_config'],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2
+    assert "error: config file 'no_such_config' does not exist (or the name of a shipped config: digits," in missing.stderr

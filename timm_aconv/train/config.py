@@ -170,11 +170,36 @@ def save_config(config: Any, output_dir: str, filename: str = 'config.yaml') -> 
     return path
 
 
-def load_config(path: str) -> Dict[str, Any]:
-    """ The mapping in a YAML config file, or a ConfigError naming the file. """
+# folders of configs that --config finds by name (the recipes package registers its shipped configs)
+CONFIG_DIRS: List[Path] = []
+
+
+def register_config_dir(directory: Path) -> None:
+    """ Let ``--config NAME`` find ``directory/NAME.yaml`` (a path that exists is always taken first). """
+    if Path(directory) not in CONFIG_DIRS:
+        CONFIG_DIRS.append(Path(directory))
+
+
+def resolve_config_path(path: str) -> Path:
+    """ ``path`` itself when it is a file, else a registered config of that name (``digits`` or ``digits.yaml``),
+    else a ConfigError naming the file and the configs that exist. """
     file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f'config file {str(file)!r} does not exist')
+    if file.is_file():
+        return file
+    if file.parent == Path('.'):
+        name = file.name if file.suffix in ('.yaml', '.yml') else f'{file.name}.yaml'
+        for directory in CONFIG_DIRS:
+            if (directory / name).is_file():
+                return directory / name
+    shipped = sorted(config.stem for directory in CONFIG_DIRS for config in directory.glob('*.yaml'))
+    known = f' (or the name of a shipped config: {", ".join(shipped)})' if shipped else ''
+    raise ConfigError(f'config file {str(file)!r} does not exist{known}')
+
+
+def load_config(path: str) -> Dict[str, Any]:
+    """ The mapping in a YAML config file (a path, or the name of a registered config), or a ConfigError
+    naming the file. """
+    file = resolve_config_path(path)
     values = yaml.safe_load(file.read_text()) or {}
     if not isinstance(values, dict):
         raise ConfigError(f'config file {str(file)!r} must hold a mapping of keys to values')
@@ -238,7 +263,11 @@ def _field_defaults(config_cls: Type) -> Dict[str, Any]:
 
 
 def _default_prog() -> Optional[str]:
-    """ The command as typed for a script (``python recipes/x.py``); argparse's default otherwise. """
+    """ The command as typed: ``python -m timm_aconv.recipes.x`` for a module run with ``-m``,
+    ``python recipes/x.py`` for a script; argparse's default otherwise. """
+    main_spec = getattr(sys.modules.get('__main__'), '__spec__', None)
+    if main_spec is not None and main_spec.name.startswith('timm_aconv.'):
+        return f'python -m {main_spec.name}'
     script = sys.argv[0] if sys.argv else ''
     return f'python {script}' if script.endswith('.py') and not script.endswith('__main__.py') else None
 
