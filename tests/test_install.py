@@ -120,12 +120,11 @@ def test_the_wheel_ships_the_recipes_and_their_configs(tmp_path):
 def test_recipes_run_as_modules_with_a_shipped_config_by_name(tmp_path):
     """ `python -m timm_aconv.recipes.<name> --config <shipped name>` from a folder outside the repository. """
     run = subprocess.run(
-        [sys.executable, '-m', 'timm_aconv.recipes.train_classification', '--config', 'digits', '--epochs', '1',
-         '--max_steps_per_epoch', '2', '--output_dir', 'run', '--plots', 'false', '--progress', 'false',
-         '--log_with', 'none', '--num_threads', '1'], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        [sys.executable, '-m', 'timm_aconv.recipes.compare', '--config', 'digits', '--kernel_sizes', '3', '--repeats', '2',
+         '--epochs', '1', '--output_dir', 'run', '--num_threads', '1'], cwd=tmp_path, capture_output=True, text=True,
+        timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert 'aconv_simple_cnn on digits: peak validation accuracy' in run.stdout
-    assert (tmp_path / 'run' / 'best' / 'model.safetensors').is_file()
+    assert '| 3×3 (best) |' in run.stdout and (tmp_path / 'run' / 'comparison.md').is_file()
     usage = subprocess.run([sys.executable, '-m', 'timm_aconv.recipes.compare', '--config', 'simple_cnn_mnist', '--help'],
                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert usage.returncode == 0 and usage.stdout.startswith('usage: python -m timm_aconv.recipes.compare')

@@ -223,3 +223,40 @@ def test_clamp_after_step_with_accelerate_accumulation_and_two_optimizers(monkey
 def test_auto_clamp_switch_rejects_non_booleans():
     with pytest.raises(TypeError, match='enabled must be True or False, got 0'):
         timm_aconv.set_auto_sigma_clamp(0)
+
+
+def test_lightning_training_keeps_sigma_in_bounds_without_any_call_of_ours():
+    """ A LightningModule that knows nothing of sigma: its optimizer's steps (with Lightning's closure,
+    and gradient accumulation) clamp it. Lightning is a dev extra; the test is skipped without it. """
+    lightning = pytest.importorskip('lightning')
+    import timm
+
+    class Classifier(lightning.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.model = timm.create_model('aconv_resnet8', num_classes=3, widths=(2, 4, 8))
+
+        def training_step(self, batch, _index):
+            images, labels = batch
+            return torch.nn.functional.cross_entropy(self.model(images), labels)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=2.0, momentum=0.9)
+
+    def fit(auto):
+        torch.manual_seed(0)
+        module = Classifier()
+        data = torch.utils.data.TensorDataset(torch.randn(16, 3, 8, 8), torch.randint(0, 3, (16,)))
+        trainer = lightning.Trainer(
+            max_epochs=2, accelerator='cpu', devices=1, accumulate_grad_batches=2, logger=False,
+            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+        previous = timm_aconv.set_auto_sigma_clamp(auto)
+        try:
+            trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=4))
+        finally:
+            timm_aconv.set_auto_sigma_clamp(previous)
+        assert trainer.global_step == 4  # 2 epochs of 4 batches, 2 accumulated per step
+        return module.model
+
+    assert _in_bounds(fit(auto=True))
+    assert not _in_bounds(fit(auto=False))
