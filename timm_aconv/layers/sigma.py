@@ -182,7 +182,7 @@ class _AutoClamp:
     @classmethod
     def hook(cls, optimizer: torch.optim.Optimizer, _args, _kwargs) -> None:
         if not cls.enabled or any(isinstance(hook, _SigmaClampHook)
-                                  for hook in optimizer._optimizer_step_post_hooks.values()):
+                                  for hook in getattr(optimizer, '_optimizer_step_post_hooks', {}).values()):
             return  # off, or register_sigma_clamp's hook clamps this optimizer's model already
         key = _param_groups_key(optimizer)
         cached = cls.sigmas.get(optimizer)
