@@ -69,26 +69,20 @@ def stream_capturing(tensor: torch.Tensor) -> bool:
 
 
 class _Family:
-    """ Layers of one group with the same grid size, weight dtype and device, ordered in stacks of
-    equal weight shape: ``stacks`` holds (first, end) positions into ``order`` and the filter range
-    (start, stop) of each stack in the family's concatenated sigmas. """
+    """ Layers of one group with the same grid size, weight dtype and device, ordered in stacks of equal
+    weight shape: ``stacks`` holds the (first, end) positions of each stack in ``order``,
+    ``stack_channels`` its filters (its share of the family's concatenated sigmas). """
 
     def __init__(self, order: List[int], layers: Sequence[nn.Module], weights: Sequence[torch.Tensor]):
         self.order = order
         self.out_channels = [layers[index].out_channels for index in order]
         self.grid_size = layers[order[0]].grid_size
-        self.stacks: List[Tuple[int, int, int, int]] = []
-        self.stack_shapes: List[Tuple[int, ...]] = []
-        first = start = 0
-        shapes = [weights[index].shape for index in order]
         self.dtype, self.device = weights[order[0]].dtype, weights[order[0]].device
-        for position in range(1, len(order) + 1):
-            if position == len(order) or shapes[position][1:] != shapes[first][1:]:
-                stop = start + sum(self.out_channels[first:position])
-                self.stacks.append((first, position, start, stop))
-                self.stack_shapes.append(tuple(shapes[first][1:]))
-                first, start = position, stop
-        self.stack_channels = [stop - start for _first, _end, start, stop in self.stacks]
+        shapes = [weights[index].shape[1:] for index in order]
+        starts = [position for position in range(len(order)) if position == 0 or shapes[position] != shapes[position - 1]]
+        self.stacks = list(zip(starts, starts[1:] + [len(order)]))
+        self.stack_shapes = [tuple(shapes[first]) for first, _end in self.stacks]
+        self.stack_channels = [sum(self.out_channels[first:end]) for first, end in self.stacks]
         self.sq_distance = layers[order[0]].sq_distance.to(self.dtype)
 
 
@@ -121,7 +115,7 @@ class _FamilyProductKernels(torch.autograd.Function):
             log_derivatives = log_derivative.split_with_sizes(family.stack_channels) if several else (log_derivative,)
         kernels: List[torch.Tensor] = []
         sigma_derivatives = []
-        for index, ((first, end, _start, _stop), stack_envelope) in enumerate(zip(family.stacks, envelopes)):
+        for index, ((first, end), stack_envelope) in enumerate(zip(family.stacks, envelopes)):
             if end - first > 1:
                 product = torch.cat(weights[first:end]) * stack_envelope
                 kernels.extend(product.split_with_sizes(family.out_channels[first:end]))
@@ -148,7 +142,7 @@ class _FamilyProductKernels(torch.autograd.Function):
         needs_sigma = any(ctx.needs_input_grad[2 + count:])
         grad_weights: List[Optional[torch.Tensor]] = []
         grad_sigmas: List[torch.Tensor] = []
-        for index, ((first, end, _start, _stop), stack_envelope) in enumerate(zip(family.stacks, envelopes)):
+        for index, ((first, end), stack_envelope) in enumerate(zip(family.stacks, envelopes)):
             channels = family.out_channels[first:end]
             # a kernel no layer used gets no gradient (None): zeros in its place
             grads = [torch.zeros(size, *family.stack_shapes[index], dtype=stack_envelope.dtype,
@@ -325,7 +319,7 @@ class KernelGroup:
     def _formula_kernels(self) -> List[Optional[torch.Tensor]]:
         kernels: List[Optional[torch.Tensor]] = [None] * len(self.layers)
         for family in self._families:
-            for first, end, _start, _stop in family.stacks:
+            for first, end in family.stacks:
                 indices = family.order[first:end]
                 for index, kernel in zip(indices, self._stack_formula_kernels(indices)):
                     kernels[index] = kernel

@@ -73,30 +73,19 @@ def _param_groups_key(optimizer: torch.optim.Optimizer) -> Tuple:
 
 
 class _SigmaClampHook:
-    """ The post-step hook of :func:`register_sigma_clamp`: clamps the sigmas of ``model`` that the
-    optimizer updates, one foreach call per device and dtype.
-
-    Which layers those are is looked up once (and again when the optimizer's parameter groups
-    change), not by walking the model after every step; each step reads the layers' current
-    ``sigma`` and ``sigma_bounds``. The first call clamps every layer of the model.
-    """
+    """ The post-step hook of :func:`register_sigma_clamp`: its first call clamps every adaptive layer of
+    ``model``, later ones the sigmas the optimizer updates (:func:`_clamp_optimizer_sigmas`). """
 
     def __init__(self, model: nn.Module):
         self.model = model
-        self._layers: Optional[List[AdaptiveConv2d]] = None
-        self._groups_key: Optional[Tuple] = None
+        self._first = True
 
     def __call__(self, optimizer: torch.optim.Optimizer, _args, _kwargs) -> None:
-        key = _param_groups_key(optimizer)
-        if self._layers is None or key != self._groups_key:
-            stepped = {id(param) for group in optimizer.param_groups for param in group['params']}
-            self._layers = [layer for layer in adaptive_layers(self.model) if id(layer.sigma) in stepped]
-            first = self._groups_key is None
-            self._groups_key = key
-            if first:
-                clamp_sigmas_(self.model)
-                return
-        _clamp_layers(self._layers)
+        if self._first:
+            self._first = False
+            clamp_sigmas_(self.model)
+        else:
+            _clamp_optimizer_sigmas(optimizer)
 
     def __getstate__(self) -> Dict:
         return dict(model=self.model)
@@ -173,25 +162,32 @@ def param_groups(
     return [group for group in groups if group['params']]
 
 
+# optimizer -> (its parameter groups' key, references to the layers whose sigma it holds)
+_OPTIMIZER_LAYERS: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def _clamp_optimizer_sigmas(optimizer: torch.optim.Optimizer) -> None:
+    """ Clamp the sigmas ``optimizer`` holds; which layers they belong to is looked up once per set of
+    parameter groups (through :data:`~timm_aconv.layers.adaptive_conv.SIGMA_OWNERS`), not per step. """
+    key = _param_groups_key(optimizer)
+    cached = _OPTIMIZER_LAYERS.get(optimizer)
+    if cached is None or cached[0] != key:
+        owners = (SIGMA_OWNERS.get(param) for group in optimizer.param_groups for param in group['params'])
+        cached = _OPTIMIZER_LAYERS[optimizer] = (key, [owner for owner in owners if owner is not None])
+    if cached[1]:
+        _clamp_layers([layer for layer in (owner() for owner in cached[1]) if layer is not None])
+
+
 class _AutoClamp:
-    """ The post-step hook of every torch optimizer: clamps the sigmas the optimizer holds (looked up once
-    per set of parameter groups, through :data:`~timm_aconv.layers.adaptive_conv.SIGMA_OWNERS`). """
+    """ The post-step hook of every torch optimizer: :func:`_clamp_optimizer_sigmas`, unless turned off
+    or left to a :func:`register_sigma_clamp` hook on the optimizer. """
     enabled = True
-    sigmas: WeakIdKeyDictionary = WeakIdKeyDictionary()  # optimizer -> (groups key, [(sigma, layer reference)])
 
     @classmethod
     def hook(cls, optimizer: torch.optim.Optimizer, _args, _kwargs) -> None:
-        if not cls.enabled or any(isinstance(hook, _SigmaClampHook)
-                                  for hook in getattr(optimizer, '_optimizer_step_post_hooks', {}).values()):
-            return  # off, or register_sigma_clamp's hook clamps this optimizer's model already
-        key = _param_groups_key(optimizer)
-        cached = cls.sigmas.get(optimizer)
-        if cached is None or cached[0] != key:
-            owned = [(param, SIGMA_OWNERS.get(param)) for group in optimizer.param_groups for param in group['params']]
-            cached = cls.sigmas[optimizer] = (key, [(param, owner) for param, owner in owned if owner is not None])
-        if cached[1]:
-            pairs = [(sigma, owner()) for sigma, owner in cached[1]]
-            _clamp([(sigma, layer) for sigma, layer in pairs if layer is not None])
+        if cls.enabled and not any(isinstance(hook, _SigmaClampHook)
+                                   for hook in getattr(optimizer, '_optimizer_step_post_hooks', {}).values()):
+            _clamp_optimizer_sigmas(optimizer)
 
 
 register_optimizer_step_post_hook(_AutoClamp.hook)
