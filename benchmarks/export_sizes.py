@@ -132,7 +132,7 @@ def layer_cases(measure: Callable) -> List[Dict]:
 
 def train_digits_cnn(steps: int = 300, budget: float = 0.3) -> Tuple[nn.Module, torch.Tensor]:
     """ The simple CNN (k=7, 32 filters, digits at 16×16) trained with a size budget: real mixed sizes. """
-    from timm_aconv.train.datasets import build_classification_data
+    from timm_aconv.experiments.datasets import build_classification_data
     train_set, val_set, _ = build_classification_data('digits', 'data', False, 16, False, 0)
     images = torch.stack([train_set[i][0] for i in range(len(train_set))])
     labels = torch.tensor([train_set[i][1] for i in range(len(train_set))])

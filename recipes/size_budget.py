@@ -5,7 +5,7 @@ runs it from a clone, ``python recipes/size_budget.py ...``, as ``python -m timm
 does from an installed package.
 """
 from timm_aconv.recipes.size_budget import main
-from timm_aconv.train import run_cli
+from timm_aconv.engine import run_cli
 
 if __name__ == '__main__':
     run_cli(main)

@@ -5,7 +5,7 @@ runs it from a clone, ``python recipes/train_classification.py ...``, as ``pytho
 does from an installed package.
 """
 from timm_aconv.recipes.train_classification import main
-from timm_aconv.train import run_cli
+from timm_aconv.engine import run_cli
 
 if __name__ == '__main__':
     run_cli(main)

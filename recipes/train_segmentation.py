@@ -5,7 +5,7 @@ runs it from a clone, ``python recipes/train_segmentation.py ...``, as ``python 
 does from an installed package.
 """
 from timm_aconv.recipes.train_segmentation import main
-from timm_aconv.train import run_cli
+from timm_aconv.engine import run_cli
 
 if __name__ == '__main__':
     run_cli(main)

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from timm_aconv import adaptive_layers
-from timm_aconv.train import Callback
+from timm_aconv.engine import Callback
 
 
 class SigmaPerStep(Callback):

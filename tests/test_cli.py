@@ -14,16 +14,18 @@ import pytest
 import torch
 
 import timm_aconv
-from timm_aconv.train import ConfigError, parse_config, run_cli
-from timm_aconv.train.classification import ClassificationConfig, create_classifier
-from timm_aconv.train.cli_help import GROUPS, field_help
-from timm_aconv.train.compare import CompareConfig
-from timm_aconv.train.config import plain_text
-from timm_aconv.train.datasets import DataInfo
-from timm_aconv.train.engine import check_output_dir, check_process_count, epoch_line, expected_process_count
-from timm_aconv.train.filters import LearnFiltersConfig
-from timm_aconv.train.segmentation import SegmentationConfig
-from timm_aconv.train.size_budget_sweep import SizeBudgetConfig
+from timm_aconv.engine import ConfigError, parse_config, run_cli
+from timm_aconv.experiments.classification import ClassificationConfig, create_classifier
+from timm_aconv.engine.cli_help import GROUPS, field_help
+from timm_aconv.experiments.compare import CompareConfig
+from timm_aconv.engine.config import plain_text
+from timm_aconv.experiments.datasets import DataInfo
+from timm_aconv.engine.history import epoch_line
+from timm_aconv.engine.launch import check_process_count, expected_process_count
+from timm_aconv.engine.output_dir import check_output_dir
+from timm_aconv.experiments.filters import LearnFiltersConfig
+from timm_aconv.experiments.segmentation import SegmentationConfig
+from timm_aconv.experiments.size_budget_sweep import SizeBudgetConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = str(ROOT / 'recipes' / 'configs' / 'digits.yaml')
@@ -263,14 +265,14 @@ def test_help_shows_allowed_values_types_and_the_config_files_defaults(capsys, m
 
 
 def test_plain_text_drops_rest_markup():
-    docstring = 'Runs :func:`~timm_aconv.train.compare.run_comparison` with ``x``::\n\n        code\n\n    End::\n'
-    assert plain_text(docstring) == 'Runs timm_aconv.train.compare.run_comparison with x:\n\n    code\n\nEnd:'
+    docstring = 'Runs :func:`~timm_aconv.experiments.compare.run_comparison` with ``x``::\n\n        code\n\n    End::\n'
+    assert plain_text(docstring) == 'Runs timm_aconv.experiments.compare.run_comparison with x:\n\n    code\n\nEnd:'
 
 
 def test_every_config_field_of_every_recipe_has_a_help_line():
     missing = [(cls.__name__, field.name) for cls in RECIPES.values() for field in dataclasses.fields(cls)
                if field_help(field)[0] == 'other' or not field_help(field)[1]]
-    assert not missing, f'add these to FIELD_HELP in timm_aconv/train/cli_help.py: {missing}'
+    assert not missing, f'add these to FIELD_HELP in timm_aconv/engine/cli_help.py: {missing}'
 
 
 # ---- the per-epoch line and threads
@@ -295,7 +297,7 @@ def test_learn_filters_pins_its_thread_count(tmp_path):
 
 def test_learn_filters_figure_keeps_every_title_inside(tmp_path):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from timm_aconv.train.filters import plot_learned_filters, run_learn_filters
+    from timm_aconv.experiments.filters import plot_learned_filters, run_learn_filters
     figure = plot_learned_filters(run_learn_filters(LearnFiltersConfig(iterations=2, image_size=16)))
     canvas = FigureCanvasAgg(figure)  # the package's figures have no pyplot canvas
     canvas.draw()

@@ -11,10 +11,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import timm_aconv
 import timm_aconv.layers.sigma as sigma_module
-from timm_aconv.train import (
+from timm_aconv.engine import (
     Callback, ClassificationMetric, ConfigError, EngineConfig, SigmaRecorder, Trainer, create_optimizer, latest_checkpoint,
     parse_config, set_seed)
-from timm_aconv.train.schedulers import GaussianOneCycle
+from timm_aconv.engine.schedulers import GaussianOneCycle
 
 
 @pytest.fixture(autouse=True)

@@ -106,7 +106,7 @@ def test_sizes_round_up_to_the_allowed_list_and_one_size_is_one_plain_conv():
 @pytest.fixture(scope='module')
 def trained_digits_cnn():
     """ A tiny simple CNN trained 150 steps on digits (8×8) with a size budget: filters of several sizes. """
-    from timm_aconv.train.datasets import build_classification_data
+    from timm_aconv.experiments.datasets import build_classification_data
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     train_set, val_set, _ = build_classification_data('digits')  # native 8×8

@@ -45,7 +45,7 @@ report['logits'] = list(model(torch.randn(2, 3, 32, 32)).shape)
 report['smp_registered'] = timm_aconv.SMP_REGISTERED
 report['imported_extras'] = sorted({name.partition('.')[0] for name in sys.modules} & BLOCKED)
 try:
-    import timm_aconv.train
+    import timm_aconv.engine
 except ImportError as error:
     report['train_error'] = str(error)
 
@@ -85,7 +85,7 @@ def test_core_install_works_and_missing_extras_or_versions_say_what_to_install()
     assert report['smp_registered'] is False
     assert report['imported_extras'] == []
     # the training engine names what is missing and the one command that installs it
-    assert report['train_error'] == ("timm_aconv.train needs the training libraries, missing here: accelerate, "
+    assert report['train_error'] == ("timm_aconv.engine needs the training libraries, missing here: accelerate, "
                                      "albumentations, matplotlib, scikit-learn, scipy; pip install 'timm-aconv[train]'")
     # an SMP without the internals: a warning naming the supported versions, the timm side still works
     assert report['old_smp_registered'] is False and report['old_smp_model'] == 'SimpleCnn'

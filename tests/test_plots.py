@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import timm_aconv
-from timm_aconv.train import kernel_plots, plots
+from timm_aconv.engine import plots
+from timm_aconv.experiments import kernel_plots
 
 
 @pytest.fixture

@@ -15,14 +15,14 @@ import torch
 import yaml
 
 import timm_aconv
-from timm_aconv.train import Callback, ConfigError
-from timm_aconv.train.classification import ClassificationConfig, build_data, create_classifier
-from timm_aconv.train.compare import (
+from timm_aconv.engine import Callback, ConfigError
+from timm_aconv.experiments.classification import ClassificationConfig, build_data, create_classifier
+from timm_aconv.experiments.compare import (
     CompareConfig, best_sizes, best_versus_best, comparison_markdown, run_config, summarize)
-from timm_aconv.train.datasets import (
+from timm_aconv.experiments.datasets import (
     ArrayDataset, DataInfo, DatasetNotFoundError, build_classification_data, build_transform, clutter_canvas)
-from timm_aconv.train.loaders import build_loaders, process_batch_size
-from timm_aconv.train.statistics import cohens_d, holm_adjust, ttest_peaks
+from timm_aconv.engine.loaders import build_loaders, process_batch_size
+from timm_aconv.engine.statistics import cohens_d, holm_adjust, ttest_peaks
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ['--progress', 'false', '--log_with', 'none', '--num_threads', '1']
@@ -205,7 +205,7 @@ PAPER_CONFIGS = sorted(
 
 @pytest.mark.parametrize('config_file', PAPER_CONFIGS)
 def test_paper_configs_load_in_both_recipes_and_build_their_model(config_file):
-    from timm_aconv.train import parse_config
+    from timm_aconv.engine import parse_config
     path = str(ROOT / 'recipes/configs' / config_file)
     config = parse_config(ClassificationConfig, ['--config', path])
     compare = parse_config(CompareConfig, ['--config', path])
@@ -344,7 +344,7 @@ def test_simple_cnn_takes_the_authors_keras_constants_on_request():
 
 
 def test_paper_simple_cnn_arms_get_the_authors_initializers():
-    from timm_aconv.train import parse_config
+    from timm_aconv.engine import parse_config
     config = parse_config(CompareConfig, ['--config', str(ROOT / 'recipes/configs/simple_cnn_mnist.yaml')])
     info = DataInfo('mnist', 10, 1, (28, 28))
     conv, aconv = (create_classifier(run_config(config, arm, 9, 0), info) for arm in ('CONV', 'ACONV'))
@@ -431,6 +431,6 @@ def test_converted_model_reloads_with_timms_loader_in_one_line(tmp_path):
 
 
 def test_compare_does_not_push_its_runs():
-    from timm_aconv.train.compare import CompareConfig
+    from timm_aconv.experiments.compare import CompareConfig
     with pytest.raises(ValueError, match='push_to_hub pushes the model of one training run'):
         CompareConfig(push_to_hub='me/models')

@@ -8,11 +8,11 @@ import torch
 import torch.nn as nn
 
 import timm_aconv
-from timm_aconv.train import ConfigError, parse_config
-from timm_aconv.train.filters import (
+from timm_aconv.engine import ConfigError, parse_config
+from timm_aconv.experiments.filters import (
     FILTER_NAMES, LAPLACE_3x3, SOBEL_H, LearnFiltersConfig, build_filter_layer, filter_targets, fit_filters,
     load_sample_gray, run_learn_filters)
-from timm_aconv.train.kernel_plots import layer_kernel_rows, new_figure, plot_layer_kernels, plot_sigma_trajectories
+from timm_aconv.experiments.kernel_plots import layer_kernel_rows, new_figure, plot_layer_kernels, plot_sigma_trajectories
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,12 +11,12 @@ import torch
 import torch.nn as nn
 
 import timm_aconv
-from timm_aconv.train import Callback, ConfigError, parse_config
-from timm_aconv.train.datasets import DatasetNotFoundError
-from timm_aconv.train.metrics import SegmentationMetric
-from timm_aconv.train.plots import plot_segmentation_examples
-from timm_aconv.train.segmentation import SegmentationConfig, create_segmentation_model, parse_variant
-from timm_aconv.train.segmentation_data import (
+from timm_aconv.engine import Callback, ConfigError, parse_config
+from timm_aconv.experiments.datasets import DatasetNotFoundError
+from timm_aconv.engine.metrics import SegmentationMetric
+from timm_aconv.experiments.figures import plot_segmentation_examples
+from timm_aconv.experiments.segmentation import SegmentationConfig, create_segmentation_model, parse_variant
+from timm_aconv.experiments.segmentation_data import (
     TRIMAP_CLASSES, SegmentationDataset, authors_validation_set, build_segmentation_data, build_segmentation_transform,
     shapes_sample)
 

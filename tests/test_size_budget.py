@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import timm_aconv
 from timm_aconv import AdaptiveConv2d, estimated_kernel_flops, size_penalty, soft_kernel_size
 from timm_aconv.layers import OutputPixelTracker, energy_outside_windows
-from timm_aconv.train import ClassificationMetric, ConfigError, EngineConfig, Trainer, set_seed
+from timm_aconv.engine import ClassificationMetric, ConfigError, EngineConfig, Trainer, set_seed
 
 pytestmark = pytest.mark.usefixtures('one_torch_thread')
 

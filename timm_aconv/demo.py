@@ -1,6 +1,6 @@
 r""" make demo: the paper's CONV vs ACONV comparison on scikit-learn's digits, offline
 
-Runs Algorithm 1 of the paper (timm_aconv.train.compare) with its simple CNN on the 8×8 digits
+Runs Algorithm 1 of the paper (timm_aconv.experiments.compare) with its simple CNN on the 8×8 digits
 that ship with scikit-learn (no download), scaled down to a few CPU minutes: kernel sizes 3 and 7,
 3 seeds each, 6 epochs (the paper: 3/5/7/9, 5 seeds, 100+ epochs); each seed draws its own 80/20
 split, shared by both arms; the paper's simple-CNN optimizer settings, one torch thread. Prints the
@@ -17,8 +17,8 @@ The same run through the recipe:
 import time
 from typing import List, Optional
 
-from .train.compare import CompareConfig, run_comparison
-from .train.config import config_from_dict, parse_values, run_cli
+from .experiments.compare import CompareConfig, run_comparison
+from .engine.config import config_from_dict, parse_values, run_cli
 
 DEMO_SETTINGS = dict(
     model='aconv_simple_cnn', baseline_model='conv_simple_cnn', kernel_sizes=[3, 7], repeats=3,

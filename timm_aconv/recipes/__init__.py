@@ -4,14 +4,14 @@
     python -m timm_aconv.recipes.compare --config simple_cnn_mnist
     accelerate launch -m timm_aconv.recipes.train_classification --config resnet_cifar10
 
-Each module is one thin script over the engine and the experiments (:mod:`timm_aconv.train`): a
+Each module is one thin script over the engine and the experiments (:mod:`timm_aconv.engine`): a
 ``main(argv)`` that parses its settings, checks the output folder and runs. Their YAML configs ship in
 ``configs/`` (the repository's ``recipes/configs`` links here); ``--config`` takes a path or the name
 of a shipped config (:data:`CONFIG_DIR`). The repository's ``recipes/*.py`` run the same ``main``.
 """
 from pathlib import Path
 
-from ..train.config import register_config_dir
+from ..engine.config import register_config_dir
 
 __all__ = ['CONFIG_DIR', 'RECIPES']
 

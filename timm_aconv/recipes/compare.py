@@ -7,15 +7,15 @@
 
 Writes comparison.md/.csv/.json and comparison_curves.png to --output_dir, one folder per run
 below it; a second comparison into the same output_dir needs --resume (reads finished runs back)
-or --overwrite. The logic lives in timm_aconv.train.compare.
+or --overwrite. The logic lives in timm_aconv.experiments.compare.
 """
 from typing import List, Optional
 
 from accelerate import PartialState
 
-from timm_aconv.train import parse_config, run_cli
-from timm_aconv.train.compare import CompareConfig, run_comparison
-from timm_aconv.train.engine import check_output_dir
+from timm_aconv.engine import parse_config, run_cli
+from timm_aconv.experiments.compare import CompareConfig, run_comparison
+from timm_aconv.engine.output_dir import check_output_dir
 
 
 def main(argv: Optional[List[str]] = None) -> None:

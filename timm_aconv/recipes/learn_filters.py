@@ -7,15 +7,15 @@
 A single-image optimisation (no dataset, seconds to a minute on a CPU): it prints the final MSE
 of ACONV and CONV and writes results.json and the figure learn_filters.png (targets, outputs,
 envelopes, product kernels, MSE and sigma curves) to --output_dir; a second run into it needs
---overwrite. The logic lives in timm_aconv.train.filters.
+--overwrite. The logic lives in timm_aconv.experiments.filters.
 """
 from typing import List, Optional
 
 import torch
 
-from timm_aconv.train import parse_config, run_cli
-from timm_aconv.train.engine import check_output_dir
-from timm_aconv.train.filters import LearnFiltersConfig, run_learn_filters, save_learn_filters
+from timm_aconv.engine import parse_config, run_cli
+from timm_aconv.engine.output_dir import check_output_dir
+from timm_aconv.experiments.filters import LearnFiltersConfig, run_learn_filters, save_learn_filters
 
 
 def main(argv: Optional[List[str]] = None) -> dict:

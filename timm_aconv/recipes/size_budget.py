@@ -7,15 +7,15 @@
 
 Writes size_budget.md/.csv/.json and size_budget.png to --output_dir. A second run into an
 output_dir that holds one needs --resume (finished runs are read back and re-timed) or --overwrite.
-The logic lives in timm_aconv.train.size_budget_sweep.
+The logic lives in timm_aconv.experiments.size_budget_sweep.
 """
 from typing import List, Optional
 
 from accelerate import PartialState
 
-from timm_aconv.train import parse_config, run_cli
-from timm_aconv.train.engine import check_output_dir
-from timm_aconv.train.size_budget_sweep import SizeBudgetConfig, run_size_budget_sweep
+from timm_aconv.engine import parse_config, run_cli
+from timm_aconv.engine.output_dir import check_output_dir
+from timm_aconv.experiments.size_budget_sweep import SizeBudgetConfig, run_size_budget_sweep
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -9,15 +9,15 @@
 
 Every key of the YAML config can be overridden on the command line. A second run into an
 output_dir that holds a run needs --resume (continue it) or --overwrite. The logic lives in
-timm_aconv.train.classification.
+timm_aconv.experiments.classification.
 """
 from typing import List, Optional, Sequence
 
 from accelerate import PartialState
 
-from timm_aconv.train import Callback, parse_config, run_cli
-from timm_aconv.train.classification import ClassificationConfig, train_classification
-from timm_aconv.train.engine import check_output_dir
+from timm_aconv.engine import Callback, parse_config, run_cli
+from timm_aconv.experiments.classification import ClassificationConfig, train_classification
+from timm_aconv.engine.output_dir import check_output_dir
 
 
 def main(argv: Optional[List[str]] = None, callbacks: Sequence[Callback] = ()) -> None:

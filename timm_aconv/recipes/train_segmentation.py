@@ -10,17 +10,17 @@ r""" Train U-Nets whose first convolution is adaptive 7×7, ordinary 7×7 or ord
 Every key of the YAML config can be overridden on the command line, e.g.
 --variants aconv7,conv7 --repeats 5 --data_dir /data. A second run into an output_dir that holds
 one needs --resume (finished runs are read back) or --overwrite. The logic lives in
-timm_aconv.train.segmentation (task) and timm_aconv.train.segmentation_compare (repeats, table,
+timm_aconv.experiments.segmentation (task) and timm_aconv.experiments.segmentation_compare (repeats, table,
 figures); the training loop is the shared Accelerate engine.
 """
 from typing import List, Optional, Sequence
 
 from accelerate import PartialState
 
-from timm_aconv.train import Callback, parse_config, run_cli
-from timm_aconv.train.engine import check_output_dir
-from timm_aconv.train.segmentation import SegmentationConfig
-from timm_aconv.train.segmentation_compare import SegmentationResult, train_segmentation
+from timm_aconv.engine import Callback, parse_config, run_cli
+from timm_aconv.engine.output_dir import check_output_dir
+from timm_aconv.experiments.segmentation import SegmentationConfig
+from timm_aconv.experiments.segmentation_compare import SegmentationResult, train_segmentation
 
 
 def main(argv: Optional[List[str]] = None, callbacks: Sequence[Callback] = ()) -> SegmentationResult:

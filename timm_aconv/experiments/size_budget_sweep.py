@@ -33,11 +33,11 @@ from torch.utils.data import DataLoader
 from ..layers import OutputPixelTracker, estimated_kernel_flops
 from ..surgery import export_learned_sizes, fuse_convs
 from ..utils import round_robin_latency
-from .callbacks import Callback
+from ..engine.callbacks import Callback
 from .classification import ClassificationConfig, build_data, create_classifier, train_classification
-from .config import ConfigError
-from .engine import process_state
-from .history import read_history
+from ..engine.config import ConfigError
+from ..engine.launch import process_state
+from ..engine.history import read_history
 
 __all__ = ['SizeBudgetConfig', 'SweepResult', 'run_size_budget_sweep', 'conv_macs']
 
@@ -291,6 +291,6 @@ def _write_outputs(config, runs, arms, markdown, write: bool) -> List[Path]:
         writer.writeheader()
         writer.writerows(runs)
     json_path.write_text(json.dumps(dict(runs=runs, arms=arms, threads=torch.get_num_threads()), indent=1))
-    from .plots import plot_size_budget_tradeoff
+    from .figures import plot_size_budget_tradeoff
     plot_size_budget_tradeoff(runs, arms, str(plot_path), title=markdown.splitlines()[0].lstrip('# '))
     return paths

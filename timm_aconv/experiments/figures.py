@@ -1,100 +1,27 @@
-""" Matplotlib figures of training runs, drawn without pyplot (the global backend stays as it is)
+""" Figures of the paper's experiments, drawn without pyplot (the global backend stays as it is)
 
-- :func:`plot_learning_curves`: loss and validation accuracy per epoch of one run.
-- :func:`plot_sigma_histograms`: per adaptive layer, the distribution of sigma over epochs.
-- :func:`plot_mean_curves`: the paper's Figures 5–6, mean validation accuracy per epoch over
-  repeats with a ±1 std band (ddof=1), one line per (model, kernel size).
 - :func:`plot_segmentation_examples`: the paper's Figure 7c–q, input, true and predicted trimaps.
 - :func:`plot_size_budget_tradeoff`: validation accuracy against latency and against kernel FLOPs,
   one point per run and mean ± std per arm (the size-budget sweep).
 """
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, Sequence
 
-import numpy as np
 import torch
+from matplotlib import colormaps
+from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.patches import Patch
 
+from .kernel_plots import new_figure
 from .segmentation_data import IMAGE_MEAN, IMAGE_STD, TRIMAP_CLASSES
-from .statistics import STD_DDOF, describe_curves
 
-__all__ = ['plot_learning_curves', 'plot_sigma_histograms', 'plot_mean_curves', 'plot_segmentation_examples',
-           'plot_size_budget_tradeoff']
-
-
-def plot_learning_curves(history: Sequence[Dict[str, float]], output_dir: str,
-                         filename: str = 'learning_curves.png') -> Path:
-    """ Train/validation loss and validation accuracy against epochs. """
-    epochs = [record['epoch'] for record in history]
-    figure = Figure(figsize=(9, 3.5))
-    loss_axes, accuracy_axes = figure.subplots(1, 2)
-    loss_axes.plot(epochs, [record['train_loss'] for record in history], label='train')
-    loss_axes.plot(epochs, [record['val_loss'] for record in history], label='validation')
-    loss_axes.set(xlabel='epoch', ylabel='cross-entropy', title='loss')
-    loss_axes.legend()
-    accuracy_axes.plot(epochs, [record['val_accuracy'] for record in history], color='tab:green')
-    accuracy_axes.set(xlabel='epoch', ylabel='accuracy', title='validation accuracy')
-    for axes in (loss_axes, accuracy_axes):
-        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    figure.tight_layout()
-    path = Path(output_dir) / filename
-    figure.savefig(path, dpi=100)
-    return path
-
-
-def plot_sigma_histograms(sigma_epochs: Dict[str, List[List[float]]], output_dir: str,
-                          filename: str = 'sigma_histograms.png', bins: int = 20) -> Path:
-    """ One panel per adaptive layer: sigma histogram (colour = filters) per recorded epoch.
-
-    ``sigma_epochs[layer]`` holds one list of per-filter sigmas per epoch (the first is the
-    initial state), as :class:`~timm_aconv.train.callbacks.SigmaRecorder` records it.
-    """
-    layers = list(sigma_epochs)
-    columns = min(3, len(layers))
-    rows = -(-len(layers) // columns)
-    figure = Figure(figsize=(4 * columns, 3 * rows))
-    axes = figure.subplots(rows, columns, squeeze=False)
-    for axis, layer in zip(axes.flat, layers):
-        values = np.asarray(sigma_epochs[layer])  # (epochs + 1, filters)
-        edges = np.linspace(values.min(), values.max() + 1e-6, bins + 1)
-        counts = np.stack([np.histogram(epoch_values, edges)[0] for epoch_values in values], axis=1)
-        image = axis.imshow(counts, origin='lower', aspect='auto', cmap='viridis',
-                            extent=(-0.5, len(values) - 0.5, edges[0], edges[-1]))
-        axis.set(title=layer, xlabel='epoch (0 = init)', ylabel='sigma')
-        figure.colorbar(image, ax=axis, label='filters')
-    for axis in list(axes.flat)[len(layers):]:
-        axis.axis('off')
-    figure.tight_layout()
-    path = Path(output_dir) / filename
-    figure.savefig(path, dpi=100)
-    return path
-
-
-def plot_mean_curves(curves: Dict[str, np.ndarray], path: str, title: str = 'validation accuracy') -> Path:
-    """ ``curves[label]`` is (repeats, epochs) validation accuracy; draws the mean and a ±1 std band
-    per label, std with ddof=1 as in the tables (:func:`~timm_aconv.train.statistics.describe_curves`). """
-    figure = Figure(figsize=(7, 4))
-    axis = figure.subplots()
-    for label, accuracy in curves.items():
-        mean, std = describe_curves(accuracy)
-        epochs = np.arange(1, len(mean) + 1)
-        line, = axis.plot(epochs, mean, label=label, linestyle='--' if label.startswith('CONV') else '-')
-        axis.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
-    axis.set(xlabel='epoch', ylabel='mean validation accuracy')
-    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axis.set_title(f'{title}\nmean over repeats, band ±1 std (ddof={STD_DDOF})', fontsize='medium')
-    axis.legend(fontsize='small')
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    return Path(path)
-
+__all__ = ['plot_segmentation_examples', 'plot_size_budget_tradeoff']
 
 TRIMAP_COLOURS = ('#d9822b', '#2e4a7d', '#f5f5f5')  # pet, background, border (TRIMAP_CLASSES' order)
 
 
 def _trimap_colormap():
-    from matplotlib.colors import ListedColormap
     return ListedColormap(list(TRIMAP_COLOURS))
 
 
@@ -109,7 +36,6 @@ def plot_segmentation_examples(images: torch.Tensor, masks: torch.Tensor, predic
     Returns:
         The matplotlib figure, with a colour key of the mask classes (:data:`TRIMAP_CLASSES`) below.
     """
-    from .kernel_plots import new_figure
     count = images.shape[0]
     for label, predicted in predictions.items():
         if predicted.shape != masks.shape:
@@ -130,7 +56,6 @@ def plot_segmentation_examples(images: torch.Tensor, masks: torch.Tensor, predic
             axis.set_yticks([])
             if row == 0:
                 axis.set_title(titles[column], fontsize=9)
-    from matplotlib.patches import Patch
     key = [Patch(facecolor=colour, edgecolor='0.4', label=name) for name, colour in zip(TRIMAP_CLASSES, TRIMAP_COLOURS)]
     figure.tight_layout(rect=(0, 0.3 / count, 1, 1))  # room for the key below the panels
     figure.legend(handles=key, loc='lower center', ncol=len(key), fontsize=8, frameon=False, title='mask classes',
@@ -147,8 +72,6 @@ def plot_size_budget_tradeoff(runs: Sequence[Dict], arms: Sequence[Dict], path: 
     right panel adds each adaptive arm's FLOPs estimated from sigma as a hollow marker. Drawn without
     pyplot (the global backend stays as it is).
     """
-    from matplotlib import colormaps
-    from matplotlib.figure import Figure
     figure = Figure(figsize=(11, 4.2))
     axes = figure.subplots(1, 2, sharey=True)
     colours = colormaps['tab10']

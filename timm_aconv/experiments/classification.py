@@ -2,7 +2,7 @@
 
 ``recipes/train_classification.py`` only parses a :class:`ClassificationConfig` and calls
 :func:`train_classification`; the same function runs each repeat of the paper's comparison
-(:mod:`timm_aconv.train.compare`).
+(:mod:`timm_aconv.experiments.compare`).
 
 Models are any timm name: ``aconv_simple_cnn`` / ``conv_simple_cnn`` (the paper's simple CNN,
 ``kernel_size`` kwarg, its dense layer sized from the data's ``img_size``),
@@ -11,7 +11,7 @@ that model's convolutions into adaptive ones with :func:`timm_aconv.convert_conv
 (``sizes=[kernel_size or 7]``, ``include=convert_include``, ``exclude=convert_exclude``). ``model_kwargs`` reach ``timm.create_model`` (the paper configs
 set the Keras constants of the authors' networks there).
 
-``batch_size`` is the global batch over all processes (:mod:`~timm_aconv.train.loaders`).
+``batch_size`` is the global batch over all processes (:mod:`~timm_aconv.engine.loaders`).
 Datasets without an official split draw theirs from ``split_seed``, by default the run's seed
 (:func:`data_split_seed`).
 
@@ -22,7 +22,7 @@ The final and the best model are saved in timm's own layout (:func:`timm.models.
 (its ``config.json`` names ``aconv_converted`` with the base model and the conversion as arguments).
 
 A setting the model cannot take (``kernel_size`` for a model without that argument, a layer
-``convert_convs`` cannot convert) is a :class:`~timm_aconv.train.config.ConfigError` saying which
+``convert_convs`` cannot convert) is a :class:`~timm_aconv.engine.config.ConfigError` saying which
 key to change.
 """
 import re
@@ -36,12 +36,13 @@ from safetensors.torch import load_file
 
 from ..models import converted_model_args
 from ..surgery import convert_convs
-from .callbacks import Callback, SigmaRecorder
-from .config import ConfigError
+from ..engine.callbacks import Callback, SigmaRecorder
+from ..engine.config import ConfigError
 from .datasets import INPUT_NORMS, RESPLIT_DATASETS, ArrayDataset, DataInfo, build_classification_data
-from .engine import EngineConfig, Trainer, set_seed
-from .loaders import build_loaders
-from .metrics import ClassificationMetric
+from ..engine.engine_config import EngineConfig
+from ..engine.trainer import Trainer, set_seed
+from ..engine.loaders import build_loaders
+from ..engine.metrics import ClassificationMetric
 
 __all__ = ['ClassificationConfig', 'classifier_kwargs', 'create_classifier', 'data_split_seed', 'build_data',
            'timm_model_saver', 'train_classification']
@@ -167,7 +168,7 @@ def _conversion_error(config: ClassificationConfig, error: ValueError) -> Config
 
 def data_split_seed(config: ClassificationConfig) -> int:
     """ The seed that draws the train/validation split of a dataset without an official one
-    (:data:`~timm_aconv.train.datasets.RESPLIT_DATASETS`): ``split_seed``, or the run's ``seed``
+    (:data:`~timm_aconv.experiments.datasets.RESPLIT_DATASETS`): ``split_seed``, or the run's ``seed``
     when it is null, so that each repeat of Algorithm 1 gets its own split, as in the authors'
     code. Official splits ignore it (0). """
     if config.dataset not in RESPLIT_DATASETS:
@@ -215,7 +216,7 @@ def train_classification(
     """ Trains ``config.model`` on ``config.dataset``; returns the per-epoch history.
 
     ``end_training=False`` keeps the distributed process group for further runs in the same
-    process (see :meth:`~timm_aconv.train.engine.Trainer.fit`).
+    process (see :meth:`~timm_aconv.engine.trainer.Trainer.fit`).
 
     Writes ``config.yaml``, ``metrics.csv``/``metrics.json``, ``sigmas.json``, checkpoints, the
     final model (``config.json`` + ``model.safetensors``, timm's layout) to ``config.output_dir``,
@@ -236,7 +237,7 @@ def train_classification(
     if config.push_to_hub and trainer.is_main_process:
         _push_best(trainer, config, info)
     if config.plots and trainer.is_main_process:
-        from .plots import plot_learning_curves, plot_sigma_histograms
+        from ..engine.plots import plot_learning_curves, plot_sigma_histograms
         plot_learning_curves(history, config.output_dir)
         if recorder.epochs:
             plot_sigma_histograms(recorder.epochs, config.output_dir)

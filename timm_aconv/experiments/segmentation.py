@@ -4,15 +4,15 @@ The paper replaced the first convolution of a U-Net by a 7×7 adaptive layer and
 ordinary 7×7 and 3×3 first convolutions on the Oxford-IIIT Pet trimaps (128×128; pet, background,
 border), Adam lr 0.01, batch 64, 75 epochs, 5 repeats; the score is the peak validation pixel
 accuracy. ``recipes/train_segmentation.py`` parses a :class:`SegmentationConfig` and calls
-:func:`~timm_aconv.train.segmentation_compare.train_segmentation`, which trains every ``variant``
+:func:`~timm_aconv.experiments.segmentation_compare.train_segmentation`, which trains every ``variant``
 (``aconv7``, ``conv7``, ``conv3``, …) ``repeats`` times through :func:`train_variant` and the
-shared :class:`~timm_aconv.train.engine.Trainer`.
+shared :class:`~timm_aconv.engine.trainer.Trainer`.
 
 Models (``arch``): ``paper_unet``, the paper's Xception-style U-Net
 (``smp.create_model('aconv_paper_unet', ...)``), or ``smp_unet``, SMP's U-Net with
 ``encoder_name`` (``smp.create_model('aconv_unet', ...)``: ``adaptive='first'`` for the adaptive
 variants, ``adaptive=None, first_conv_kernel_size=n`` for the ordinary ones).
-Data: :mod:`timm_aconv.train.segmentation_data`.
+Data: :mod:`timm_aconv.experiments.segmentation_data`.
 
 Each run saves its final model and its best by ``monitor`` (``best/``) with SMP's
 ``save_pretrained`` (:class:`SmpModelSaver`: ``config.json``, ``model.safetensors`` and a model
@@ -31,12 +31,13 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
 import torch.nn as nn
 from accelerate import PartialState
 
-from .callbacks import Callback, SigmaRecorder
-from .config import ConfigError
-from .engine import EngineConfig, Trainer, set_seed
-from .history import read_history
-from .loaders import build_loaders
-from .metrics import SegmentationMetric
+from ..engine.callbacks import Callback, SigmaRecorder
+from ..engine.config import ConfigError
+from ..engine.engine_config import EngineConfig
+from ..engine.trainer import Trainer, set_seed
+from ..engine.history import read_history
+from ..engine.loaders import build_loaders
+from ..engine.metrics import SegmentationMetric
 from .segmentation_data import TRIMAP_CLASSES
 
 __all__ = ['SegmentationConfig', 'parse_variant', 'create_segmentation_model', 'variant_config', 'SmpModelSaver',
@@ -177,7 +178,7 @@ def _model_card(run: SegmentationConfig, record: Dict[str, float]) -> Dict[str, 
 
 
 class SmpModelSaver(Callback):
-    """ The :class:`~timm_aconv.train.engine.Trainer`'s ``save_model_fn`` for SMP models.
+    """ The :class:`~timm_aconv.engine.trainer.Trainer`'s ``save_model_fn`` for SMP models.
 
     ``saver(model, directory)`` writes ``model.save_pretrained(directory, metrics=..., dataset=...)``
     with the validation metrics of the epoch being saved (the trainer's last record: the final

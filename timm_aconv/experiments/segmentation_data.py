@@ -14,7 +14,7 @@ Validation (``val_protocol``): ``'full'`` scores the whole test split with neare
 authors' script validated on ``VALIDATION_STEPS = 3669 // 32 // 5 = 22`` batches of 32, i.e. the
 first :data:`AUTHORS_VAL_IMAGES` = 704 test images, with masks resized *bilinearly*; pixels whose
 interpolated label is fractional (along class borders) can never equal a prediction and count
-as errors, as in Keras' sparse accuracy (:class:`~timm_aconv.train.metrics.SegmentationMetric`
+as errors, as in Keras' sparse accuracy (:class:`~timm_aconv.engine.metrics.SegmentationMetric`
 takes such float masks).
 """
 from pathlib import Path
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .config import ConfigError
+from ..engine.config import ConfigError
 from .datasets import dataset_not_found, removing_empty_folders_on_failure
 
 if TYPE_CHECKING:

@@ -1,4 +1,4 @@
-""" The training engine shared by every recipe: :class:`Trainer` and :class:`EngineConfig` (Accelerate)
+""" The training loop shared by every recipe: :class:`Trainer` (Accelerate)
 
 One loop for any task whose batches are ``(inputs, targets)`` (or a ``forward_fn``): Accelerate
 prepares model, optimizer and loaders (CPU, one or many GPUs, ``accelerate launch`` or ``torchrun``;
@@ -6,258 +6,48 @@ multi-process CPU runs need ``cpu=True``). Per real optimizer step: clip by valu
 ``clipvalue``, sigma too) and/or norm, the optimizer over :func:`timm_aconv.param_groups`, the sigma
 clamp (:func:`timm_aconv.register_sigma_clamp`), a per-step scheduler; an optional kernel-size budget
 adds ``size_budget_weight * timm_aconv.size_penalty(model, size_budget)`` to the loss. Per epoch:
-evaluation through a :class:`~timm_aconv.train.metrics.Metric` with ``gather_for_metrics`` (each
+evaluation through a :class:`~timm_aconv.engine.metrics.Metric` with ``gather_for_metrics`` (each
 validation sample once on any number of processes), a metrics row (``metrics.csv``/``.json``,
 trackers, one printed line), the best model by ``monitor`` in ``output_dir/best``, and Accelerate
-checkpoints in ``output_dir/checkpoints`` (the last ``keep_checkpoints``; a save counts once its
-``trainer_state.json`` is written, so ``resume`` continues from the newest complete one with identical
-results). ``compile='auto'`` compiles the model in place on CUDA devices (``compile_mode``:
-torch.compile's mode, e.g. ``reduce-overhead`` for CUDA graphs); the model's adaptive layers are
-grouped (:func:`timm_aconv.group_adaptive_layers`), so that a training step computes their product
-kernels together, eager or compiled.
-
-Also here: the launcher checks (:func:`check_process_count`, :func:`process_state`), the refusal to
-write over a finished run (:func:`check_output_dir`) and the per-epoch line (:func:`epoch_line`).
-The README's "The engine from Python" shows the API on a classification task and what another task
-needs (a loss, a ``Metric``, optionally ``save_model_fn``).
+checkpoints in ``output_dir/checkpoints`` (the last ``keep_checkpoints``, :mod:`~timm_aconv.engine.output_dir`;
+``resume`` continues from the newest complete one with identical results). ``compile='auto'``
+compiles the model in place on CUDA devices (``compile_mode``: torch.compile's mode, e.g.
+``reduce-overhead`` for CUDA graphs); the model's adaptive layers are grouped
+(:func:`timm_aconv.group_adaptive_layers`), so that a training step computes their product kernels
+together, eager or compiled. Its settings: :class:`~timm_aconv.engine.engine_config.EngineConfig`.
 """
 import json
 import math
-import os
-import re
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
-from accelerate import Accelerator, DataLoaderConfiguration, PartialState
-from accelerate.utils import DynamoBackend, ProjectConfiguration, parse_flag_from_env, set_seed
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.utils import DynamoBackend, ProjectConfiguration, set_seed
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from tqdm.auto import tqdm
 
-from ..layers import (
-    OutputPixelTracker, adaptive_layers, group_adaptive_layers, param_groups, register_sigma_clamp, size_penalty)
+from ..layers import OutputPixelTracker, adaptive_layers, group_adaptive_layers, register_sigma_clamp, size_penalty
 from .callbacks import Callback
 from .config import ConfigError, config_to_dict, save_config
-from .history import write_history
+from .engine_config import EngineConfig, create_optimizer
+from .history import epoch_line, write_history
+from .launch import check_process_count, expected_process_count
 from .metrics import Metric
+from .output_dir import CHECKPOINT_NAME, TRAINER_STATE, checkpoint_folders, latest_checkpoint
 from .schedulers import create_scheduler
 
-__all__ = ['EngineConfig', 'Trainer', 'set_seed', 'create_optimizer', 'latest_checkpoint', 'check_output_dir',
-           'check_process_count', 'expected_process_count', 'process_state', 'epoch_line']
+__all__ = ['Trainer', 'set_seed']
 
 ForwardFn = Callable[[nn.Module, Any], Tuple[torch.Tensor, torch.Tensor]]
 SaveModelFn = Callable[[nn.Module, Path], None]
-
-TRAINER_STATE = 'trainer_state.json'  # written last: a checkpoint folder with it is complete
-_CHECKPOINT_NAME = re.compile(r'checkpoint_(\d+)')
-# torch.compile's modes (reduce-overhead: CUDA graphs of the compiled forward and backward)
-COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
-
-
-@dataclass
-class EngineConfig:
-    """ Training-loop settings (recipes subclass this with their model and data fields). """
-    output_dir: str = 'runs/default'
-    epochs: int = 10
-    optimizer: Literal['sgd', 'adam', 'adamw'] = 'sgd'
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    sigma_lr_scale: float = 1.0
-    clip_value: Optional[float] = 1.0
-    clip_norm: Optional[float] = None
-    scheduler: Literal['constant', 'plateau', 'one_cycle'] = 'plateau'
-    monitor: str = 'val_loss'
-    monitor_mode: Literal['min', 'max'] = 'min'
-    plateau_factor: float = 0.9
-    plateau_patience: int = 10
-    plateau_cooldown: int = 10
-    min_lr: float = 1e-5
-    one_cycle_floor_lr: float = 1e-4
-    grad_accum_steps: int = 1
-    max_steps_per_epoch: Optional[int] = None
-    mixed_precision: Literal['no', 'fp16', 'bf16'] = 'no'
-    cpu: bool = False  # force CPU; multi-process CPU runs (torchrun/gloo) need it, like `accelerate launch --cpu`
-    seed: int = 0
-    deterministic: bool = False
-    resume: bool = False
-    overwrite: bool = False  # recipes refuse an output_dir holding a run unless resume or overwrite
-    save_every: int = 1
-    keep_checkpoints: int = 2
-    save_best: bool = True
-    log_with: Literal['auto', 'none', 'tensorboard', 'wandb', 'mlflow', 'comet_ml', 'aim', 'clearml', 'dvclive'] = 'auto'
-    progress: bool = True
-    print_epochs: bool = True
-    num_threads: Optional[int] = None
-    compile: Union[Literal['auto'], bool] = 'auto'  # torch.compile the model; 'auto': on a CUDA device
-    compile_mode: Optional[str] = None  # torch.compile mode: null (default), reduce-overhead (CUDA graphs), ...
-    size_budget: Optional[float] = None  # kernel FLOPs of the adaptive layers, relative to full grids; null: none
-    size_budget_weight: float = 0.1  # higher: lands faster but further below the budget
-
-    def __post_init__(self) -> None:
-        positive_ints = ('epochs', 'grad_accum_steps')
-        for name in positive_ints:
-            if getattr(self, name) < 1:
-                raise ConfigError(f'{name} must be >= 1, got {getattr(self, name)}')
-        for name in ('lr', 'sigma_lr_scale', 'plateau_factor'):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f'{name} must be > 0, got {getattr(self, name)}')
-        for name in ('weight_decay', 'momentum', 'min_lr', 'one_cycle_floor_lr', 'plateau_patience',
-                     'plateau_cooldown', 'save_every'):
-            if getattr(self, name) < 0:
-                raise ConfigError(f'{name} must be >= 0, got {getattr(self, name)}')
-        for name in ('clip_value', 'clip_norm'):
-            if getattr(self, name) is not None and getattr(self, name) <= 0:
-                raise ConfigError(f'{name} must be > 0 or null (no clipping), got {getattr(self, name)}')
-        if self.num_threads is not None and self.num_threads < 1:
-            raise ConfigError(f'num_threads must be >= 1 or null (torch default), got {self.num_threads}')
-        if self.max_steps_per_epoch is not None and (
-                self.max_steps_per_epoch < 1 or self.max_steps_per_epoch % self.grad_accum_steps):
-            raise ConfigError(
-                f'max_steps_per_epoch must be a positive multiple of grad_accum_steps={self.grad_accum_steps} '
-                f'(it counts batches), got {self.max_steps_per_epoch}')
-        if self.plateau_factor >= 1:
-            raise ConfigError(f'plateau_factor must be in (0, 1), got {self.plateau_factor}')
-        if self.keep_checkpoints < 2:
-            raise ConfigError(f'keep_checkpoints must be >= 2 (Accelerate deletes the oldest checkpoint before it writes '
-                              f'the next, so with 1 an interrupted save leaves none), got {self.keep_checkpoints}')
-        if not (isinstance(self.compile, bool) or self.compile == 'auto'):
-            raise ConfigError(f"compile must be 'auto', true or false, got {self.compile!r}")
-        if self.compile_mode is not None and self.compile_mode not in COMPILE_MODES:
-            raise ConfigError(f'compile_mode must be null or one of {", ".join(COMPILE_MODES)}, got {self.compile_mode!r}')
-        if self.size_budget is not None and not 0 < self.size_budget <= 1:
-            raise ConfigError(f'size_budget must be in (0, 1] (kernel FLOPs relative to the full grids) or null, '
-                              f'got {self.size_budget}')
-        if self.size_budget_weight <= 0:
-            raise ConfigError(f'size_budget_weight must be > 0, got {self.size_budget_weight}')
-
-
-def check_output_dir(output_dir: str, resume: bool = False, overwrite: bool = False) -> None:
-    """ A :class:`ConfigError` when ``output_dir`` already holds files (a previous run) and neither
-    ``resume`` nor ``overwrite`` says what to do with them; recipes call it before training, on every
-    process, before any of them writes. """
-    directory = Path(output_dir)
-    if resume or overwrite or not directory.is_dir() or next(directory.iterdir(), None) is None:
-        return
-    held = sorted(path.name + ('/' if path.is_dir() else '') for path in directory.iterdir())
-    shown = ', '.join(held[:4]) + (', ...' if len(held) > 4 else '')
-    raise ConfigError(f'output_dir {str(directory)!r} already holds a run ({shown}): add --resume to continue it, '
-                      f'--overwrite to replace it, or choose another --output_dir')
-
-
-def _launcher_process_count() -> Optional[int]:
-    """ How many processes the launcher asked for, when it says so (torchrun's WORLD_SIZE), or -1
-    for ``accelerate launch --num_processes N`` without --multi_gpu (its simple launcher sets
-    MASTER_PORT for N > 1 but starts one process), else None. """
-    if 'WORLD_SIZE' in os.environ:
-        return int(os.environ['WORLD_SIZE'])
-    mpi_sizes = ('PMI_SIZE', 'OMPI_COMM_WORLD_SIZE', 'MV2_COMM_WORLD_SIZE')  # mpirun: Accelerate's multi-CPU mode
-    if 'ACCELERATE_USE_CPU' in os.environ and 'MASTER_PORT' in os.environ and not any(
-            name in os.environ for name in mpi_sizes):
-        return -1
-    return None
-
-
-def check_process_count(processes: int) -> None:
-    """ A :class:`ConfigError` when the launcher asked for several processes but training would run
-    ``processes`` = 1: N copies of a single-process run would train independently into one output_dir.
-
-    :class:`Trainer` calls it twice: before building its Accelerator with the number Accelerate will
-    run (:func:`expected_process_count`; a torchrun process that Accelerate runs alone would first
-    wait for the others in a process group), and with the Accelerator's own ``num_processes``.
-    """
-    if processes != 1:
-        return
-    requested = _launcher_process_count()
-    if requested is not None and requested > 1:
-        raise ConfigError(
-            f'the launcher started {requested} processes (WORLD_SIZE={requested}) but Accelerate found no GPU for '
-            f'them and runs each on its own: add --cpu to train with {requested} processes on CPU, or launch one '
-            f'process')
-    if requested == -1:
-        raise ConfigError(
-            'accelerate launch --num_processes N without --multi_gpu started a single process (its simple launcher '
-            'cannot start several on CPU): for N processes on CPU run torchrun --standalone --nproc_per_node N '
-            '<recipe> ... --cpu')
-
-
-def expected_process_count(cpu: bool) -> int:
-    """ How many processes Accelerate will train with under the current launcher: WORLD_SIZE with
-    ``cpu=True`` or an accelerator device (GPU), else one. """
-    requested = _launcher_process_count() or 1
-    if requested < 1:
-        return 1
-    has_device = torch.accelerator.is_available() if hasattr(torch, 'accelerator') else torch.cuda.is_available()
-    return requested if cpu or has_device else 1
-
-
-def process_state(cpu: bool = False) -> PartialState:
-    """ Accelerate's shared process state, after :func:`check_process_count`: the first code of a run
-    that asks for it (data loaders, a comparison's first output) would otherwise wait in a process
-    group for launcher processes that Accelerate runs on their own. ``cpu`` as ``EngineConfig.cpu``
-    (or ``accelerate launch --cpu``'s ``ACCELERATE_USE_CPU``). """
-    cpu = cpu or parse_flag_from_env('ACCELERATE_USE_CPU')
-    check_process_count(expected_process_count(cpu))
-    return PartialState(cpu=cpu)
-
-
-def epoch_line(record: Dict[str, float], epochs: int, monitor: str, model: Optional[nn.Module] = None) -> str:
-    """ The one line printed per epoch: epoch, train loss, the monitored metric (and its best), the
-    first other validation metric, the learning rates and the range of sigma over ``model``'s
-    adaptive layers, e.g. (``recipes/configs/digits.yaml``) ``epoch 1/15  train_loss 1.1168
-    val_loss 0.2461 (best 0.2461)  val_accuracy 0.9361  lr 0.01  sigma [0.143, 0.534]``. """
-    parts = [f'epoch {record["epoch"]}/{epochs}', f'train_loss {record["train_loss"]:.4f}']
-    if monitor in record:
-        parts.append(f'{monitor} {record[monitor]:.4f} (best {record.get(f"best_{monitor}", record[monitor]):.4f})')
-    other = next((key for key in record if key.startswith('val_') and key != monitor and key != 'val_samples'
-                  and isinstance(record[key], float)), None)
-    if other is not None:
-        parts.append(f'{other} {record[other]:.4f}')
-    rates = {key[len('lr_'):]: value for key, value in record.items() if key.startswith('lr_')}
-    if len(set(rates.values())) == 1:
-        parts.append(f'lr {next(iter(rates.values())):.3g}')
-    elif rates:
-        parts.append(' '.join(f'lr_{name} {value:.3g}' for name, value in rates.items()))
-    if model is not None:
-        sigmas = [layer.sigma.detach() for layer in adaptive_layers(model)]
-        if sigmas:
-            sigma = torch.cat([values.flatten().float().cpu() for values in sigmas])
-            parts.append(f'sigma [{float(sigma.min()):.3f}, {float(sigma.max()):.3f}]')
-    return '  '.join(parts)
-
-
-def create_optimizer(model: nn.Module, config: EngineConfig) -> torch.optim.Optimizer:
-    """ SGD / Adam / AdamW over :func:`timm_aconv.param_groups` (sigma: no weight decay, own lr scale). """
-    groups = param_groups(model, weight_decay=config.weight_decay, lr=config.lr, sigma_lr_scale=config.sigma_lr_scale)
-    if config.optimizer == 'sgd':
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
-    if config.optimizer == 'adam':
-        return torch.optim.Adam(groups, lr=config.lr)
-    return torch.optim.AdamW(groups, lr=config.lr)
 
 
 def _default_forward(model: nn.Module, batch: Any) -> Tuple[torch.Tensor, torch.Tensor]:
     inputs, targets = batch
     return model(inputs), targets
-
-
-def _checkpoint_folders(checkpoints_dir: Path) -> List[Tuple[int, Path]]:
-    """ ``(n, folder)`` of every ``checkpoint_<n>`` in ``checkpoints_dir``, oldest first. """
-    if not checkpoints_dir.is_dir():
-        return []
-    found = [(int(match.group(1)), folder) for folder in checkpoints_dir.iterdir()
-             if (match := _CHECKPOINT_NAME.fullmatch(folder.name)) and folder.is_dir()]
-    return sorted(found)
-
-
-def latest_checkpoint(output_dir: str) -> Optional[Path]:
-    """ The newest complete checkpoint folder of the run in ``output_dir`` (None when there is none). """
-    complete = [folder for _, folder in _checkpoint_folders(Path(output_dir) / 'checkpoints')
-                if (folder / TRAINER_STATE).is_file()]
-    return complete[-1] if complete else None
 
 
 def _resolve_trackers(log_with: str) -> Optional[List[str]]:
@@ -278,8 +68,8 @@ class Trainer:
         val_loader: a ``DataLoader`` (not shuffled).
         config: an :class:`EngineConfig` (or a subclass).
         loss_fn: ``loss_fn(outputs, targets)`` → scalar loss.
-        metric: a :class:`~timm_aconv.train.metrics.Metric` for evaluation.
-        callbacks: :class:`~timm_aconv.train.callbacks.Callback` instances.
+        metric: a :class:`~timm_aconv.engine.metrics.Metric` for evaluation.
+        callbacks: :class:`~timm_aconv.engine.callbacks.Callback` instances.
         forward_fn: ``forward_fn(model, batch) -> (outputs, targets)``; default unpacks
             ``(inputs, targets)`` and calls ``model(inputs)``.
         optimizer: an optimizer over ``model``'s parameters; default :func:`create_optimizer`.
@@ -559,12 +349,12 @@ class Trainer:
                 f'resume=True but there is no complete checkpoint in {str(self.checkpoints_dir)!r}: train without '
                 f'--resume first (checkpoints are written every save_every={self.config.save_every} epochs)')
         if self.is_main_process:  # saves that did not finish (a crash mid-save): never resumed from, in the way of new ones
-            for _, folder in _checkpoint_folders(self.checkpoints_dir):
+            for _, folder in checkpoint_folders(self.checkpoints_dir):
                 if not (folder / TRAINER_STATE).is_file():
                     shutil.rmtree(folder)
         self.accelerator.wait_for_everyone()
         self.accelerator.load_state(str(checkpoint))
-        self.accelerator.project_configuration.iteration = int(_CHECKPOINT_NAME.fullmatch(checkpoint.name).group(1)) + 1
+        self.accelerator.project_configuration.iteration = int(CHECKPOINT_NAME.fullmatch(checkpoint.name).group(1)) + 1
         state = json.loads((checkpoint / TRAINER_STATE).read_text())
         self.epoch, self.global_step, self.history = state['epoch'], state['global_step'], state['history']
         if self.scheduler is not None:

@@ -1,7 +1,7 @@
 """ The segmentation comparison: every U-Net variant over repeats, the t-test table and figures
 
 :func:`train_segmentation` trains each ``variant`` of a
-:class:`~timm_aconv.train.segmentation.SegmentationConfig` ``repeats`` times (seeds ``seed``,
+:class:`~timm_aconv.experiments.segmentation.SegmentationConfig` ``repeats`` times (seeds ``seed``,
 ``seed + 1``, …), keeps each run's peak validation pixel accuracy and mIoU, and writes the
 comparison table (a two-tailed Student t-test of the first adaptive variant against each other
 one), the mean curves, the first convolution's kernels and the Figure 7 style examples.
@@ -16,13 +16,13 @@ import torch
 import torch.nn as nn
 
 from ..layers import adaptive_layers
-from .callbacks import Callback
-from .config import save_config
-from .engine import process_state
+from ..engine.callbacks import Callback
+from ..engine.config import save_config
+from ..engine.launch import process_state
 from .segmentation import SegmentationConfig, first_conv, parse_variant, train_variant, variant_config
 from .segmentation_data import build_segmentation_data
-from .settings import write_settings
-from .statistics import STD_DDOF, cohens_d, describe_peaks, holm_adjust, ttest_peaks
+from ..engine.settings import write_settings
+from ..engine.statistics import STD_DDOF, cohens_d, describe_peaks, holm_adjust, ttest_peaks
 
 __all__ = ['SegmentationResult', 'train_segmentation']
 
@@ -79,7 +79,8 @@ def _markdown(rows: List[Dict[str, Any]], title: str) -> str:
 
 def _write_figures(config: SegmentationConfig, histories, models, val_set) -> None:
     from .kernel_plots import plot_layer_kernels
-    from .plots import plot_mean_curves, plot_segmentation_examples
+    from ..engine.plots import plot_mean_curves
+    from .figures import plot_segmentation_examples
     directory = Path(config.output_dir)
     curves = {variant.upper(): np.asarray([[record['val_pixel_accuracy'] for record in history] for history in runs])
               for variant, runs in histories.items()}

@@ -27,7 +27,7 @@ from scipy import ndimage
 
 from ..layers.adaptive_conv import AdaptiveConv2d, resolve_kernel_size
 from ..layers.sigma import param_groups, register_sigma_clamp
-from .config import ConfigError, config_to_dict, save_config
+from ..engine.config import ConfigError, config_to_dict, save_config
 from .kernel_plots import layer_kernel_rows, new_figure, plot_kernel_row, plot_sigma_trajectories
 
 __all__ = [

@@ -13,7 +13,7 @@ from typing import Optional, Tuple
 from torch.utils.data import DataLoader, Dataset
 
 from .config import ConfigError
-from .engine import process_state
+from .launch import process_state
 
 __all__ = ['process_batch_size', 'build_loaders']
 

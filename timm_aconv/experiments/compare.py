@@ -7,7 +7,7 @@ arms uses seed ``seed + r``; datasets without an official split (digits, synthet
 new train/validation split per repeat from it (Algorithm 1's ``split(dataset)`` inside the repeat
 loop), unless ``split_seed`` fixes one.
 
-The table (:mod:`~timm_aconv.train.statistics`) gives per size mean ± std (ddof=1) and max of
+The table (:mod:`~timm_aconv.engine.statistics`) gives per size mean ± std (ddof=1) and max of
 each arm's peaks, the two-tailed Student t-test of ACONV against CONV (the paper's test), its
 Holm-corrected p-value over the sizes tested, and Cohen's d; a last row compares the best CONV
 size with the best ACONV size. The *best size* is the size of the highest peak over both arms
@@ -30,11 +30,11 @@ import numpy as np
 from accelerate import PartialState
 
 from .classification import ClassificationConfig, data_split_seed, train_classification
-from .config import ConfigError, save_config
-from .engine import process_state
-from .history import read_history
-from .settings import write_settings
-from .statistics import STD_DDOF, cohens_d, describe_peaks, holm_adjust, ttest_peaks
+from ..engine.config import ConfigError, save_config
+from ..engine.launch import process_state
+from ..engine.history import read_history
+from ..engine.settings import write_settings
+from ..engine.statistics import STD_DDOF, cohens_d, describe_peaks, holm_adjust, ttest_peaks
 
 __all__ = ['CompareConfig', 'ComparisonResult', 'run_comparison', 'run_config', 'summarize', 'best_sizes',
            'best_versus_best', 'comparison_markdown', 'ARMS', 'PAPER_KERNEL_SIZES', 'CIFAR_RESNET_KERNEL_SIZES']
@@ -226,7 +226,7 @@ def run_comparison(config: CompareConfig) -> ComparisonResult:
 
 def _write_outputs(config, runs, rows, best_row, best_size, markdown, peaks, curves, title, write: bool) -> List[Path]:
     """ The table as Markdown, CSV and JSON, the mean curves and the settings; written only when ``write``. """
-    from .plots import plot_mean_curves
+    from ..engine.plots import plot_mean_curves
     directory = Path(config.output_dir)
     names = ('comparison.md', 'comparison.csv', 'comparison.json', 'comparison_curves.png', 'settings.yaml')
     markdown_path, csv_path, json_path, plot_path, settings_path = (directory / name for name in names)

@@ -290,7 +290,7 @@ def build_parser(
 ) -> argparse.ArgumentParser:
     """ The argparse parser of a recipe: ``--config`` plus one ``--key`` per field of ``config_cls``,
     grouped, each with its type, allowed values, default (``defaults`` over the dataclass's) and
-    one line of help (:mod:`timm_aconv.train.cli_help`). Every option defaults to "not given". """
+    one line of help (:mod:`timm_aconv.engine.cli_help`). Every option defaults to "not given". """
     types = _field_types(config_cls)
     shown = {**_field_defaults(config_cls), **(defaults or {})}
     parser = _ArgumentParser(

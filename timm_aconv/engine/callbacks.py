@@ -1,6 +1,6 @@
 """ Hooks into the training engine, and the sigma recorder built on them
 
-A :class:`Callback` sees the :class:`~timm_aconv.train.engine.Trainer` at fixed points; override
+A :class:`Callback` sees the :class:`~timm_aconv.engine.trainer.Trainer` at fixed points; override
 the ones you need. :class:`SigmaRecorder` keeps every adaptive layer's apertures after each
 epoch (the data of the sigma-histogram plots).
 """
@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Dict, List
 from ..layers import adaptive_layers
 
 if TYPE_CHECKING:
-    from .engine import Trainer
+    from .trainer import Trainer
 
 __all__ = ['Callback', 'SigmaRecorder']
 
