@@ -17,6 +17,42 @@ from .surgery import (
     LayerKernelSizes, LearnedKernelSizes, adapt_ordinary_weights, convert_conv, convert_convs, convert_like, crop_conv,
     export_conv, export_learned_sizes, fuse_convs, learned_kernel_sizes, plain_model_from_learned, summary)
 
+__all__ = [
+    '__version__',
+    'AdaptiveConv2d',
+    'KernelGroup',
+    'MixedSizeConv2d',
+    'OutputPixelTracker',
+    'adaptive_layers',
+    'centre_energy_fraction',
+    'clamp_sigmas_',
+    'effective_kernel_size',
+    'estimated_kernel_flops',
+    'gaussian_envelope',
+    'group_adaptive_layers',
+    'named_adaptive_layers',
+    'param_groups',
+    'register_batched_envelopes',
+    'register_sigma_clamp',
+    'set_auto_sigma_clamp',
+    'size_penalty',
+    'soft_kernel_size',
+    'ungroup_adaptive_layers',
+    'LayerKernelSizes',
+    'LearnedKernelSizes',
+    'adapt_ordinary_weights',
+    'convert_conv',
+    'convert_convs',
+    'convert_like',
+    'crop_conv',
+    'export_conv',
+    'export_learned_sizes',
+    'fuse_convs',
+    'learned_kernel_sizes',
+    'plain_model_from_learned',
+    'summary',
+]
+
 __version__ = '0.1.0'
 
 from . import models  # noqa: F401  (registers the timm models)

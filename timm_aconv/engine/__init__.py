@@ -55,3 +55,30 @@ from .trainer import Trainer, set_seed  # noqa: E402
 from .history import read_history, write_history  # noqa: E402
 from .metrics import ClassificationMetric, Metric, SegmentationMetric  # noqa: E402
 from .schedulers import GaussianOneCycleLR, create_scheduler  # noqa: E402
+
+__all__ = [
+    'Callback',
+    'SigmaRecorder',
+    'ConfigError',
+    'config_from_dict',
+    'config_to_dict',
+    'load_config',
+    'parse_config',
+    'parse_values',
+    'run_cli',
+    'save_config',
+    'EngineConfig',
+    'create_optimizer',
+    'process_state',
+    'check_output_dir',
+    'latest_checkpoint',
+    'Trainer',
+    'set_seed',
+    'read_history',
+    'write_history',
+    'ClassificationMetric',
+    'Metric',
+    'SegmentationMetric',
+    'GaussianOneCycleLR',
+    'create_scheduler',
+]

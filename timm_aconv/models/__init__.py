@@ -16,6 +16,21 @@ from .converted import converted_model, converted_model_args
 from .cifar_resnet import CIFAR10_MEAN, CIFAR10_STD, ChannelRepeatShortcut, CifarBasicBlock, CifarResNet
 from .simple_cnn import MNIST_MEAN, MNIST_STD, SimpleCnn
 
+__all__ = [
+    'adaptive_resnet',
+    'convert_pretrained_resnet',
+    'converted_model',
+    'converted_model_args',
+    'CIFAR10_MEAN',
+    'CIFAR10_STD',
+    'ChannelRepeatShortcut',
+    'CifarBasicBlock',
+    'CifarResNet',
+    'MNIST_MEAN',
+    'MNIST_STD',
+    'SimpleCnn',
+]
+
 # FX feature extraction (features_only with feature_cls='fx', timm's fx tests) calls adaptive
 # layers as leaves, so their forward (and its no-grad kernel cache) runs unchanged
 register_notrace_module(AdaptiveConv2d)

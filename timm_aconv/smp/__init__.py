@@ -18,4 +18,17 @@ from .paper_unet import PaperUNet
 from .pretrained import from_pretrained
 from .registry import create_paper_unet, register_smp
 
+__all__ = [
+    'PAPER_UNET_SIGMA_BOUNDS',
+    'PAPER_UNET_SIGMA_INIT',
+    'AconvUnet',
+    'AconvResNetEncoder',
+    'aconv_resnet_encoders',
+    'adapt_ordinary_weights',
+    'PaperUNet',
+    'from_pretrained',
+    'create_paper_unet',
+    'register_smp',
+]
+
 register_smp()
