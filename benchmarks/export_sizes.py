@@ -1,4 +1,4 @@
-""" Is running each filter at its learned size faster than one size per layer, or the full grid?
+"""Is running each filter at its learned size faster than one size per layer, or the full grid?
 
 Compares, interleaved in one process (``benchmarks/timing.py``: warm-up, alternating rounds,
 median of the per-round ratios), eval forward passes of
@@ -26,6 +26,7 @@ Usage (from the repository root)::
     python benchmarks/export_sizes.py                        # both suites, ~3 minutes on 2 cores
     python benchmarks/export_sizes.py --suite layer --threads 1 --clock cpu --json export.json
 """
+
 import argparse
 import copy
 import functools
@@ -40,12 +41,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import CLOCKS, compare  # noqa: E402
-from overhead import eval_forward_fn, machine_info  # noqa: E402
+import timm
+from overhead import eval_forward_fn, machine_info
+from timing import CLOCKS, compare
 
-import timm  # noqa: E402
-import timm_aconv  # noqa: E402
-from timm_aconv.layers import MixedSizeConv2d  # noqa: E402
+import timm_aconv
+from timm_aconv.layers import MixedSizeConv2d
 
 SUITES = ('layer', 'model')
 CROP_TOL = 1e-3
@@ -54,12 +55,17 @@ GRID = 7
 SIZE_SIGMA = {3: 0.08, 5: 0.14, 7: 0.5}
 MIX = {3: 0.5, 5: 0.25, 7: 0.25}  # share of the filters of each size
 LAYER_SHAPES = [(32, 64, 32), (32, 128, 16), (32, 256, 8), (32, 16, 32)]  # (batch, channels, pixels)
-PAIRS = [('bucketed', 'single'), ('bucketed', 'full'), ('bucketed', 'layer crop'), ('bucketed', 'gather'),
-         ('auto', 'full')]
+PAIRS = [
+    ('bucketed', 'single'),
+    ('bucketed', 'full'),
+    ('bucketed', 'layer crop'),
+    ('bucketed', 'gather'),
+    ('auto', 'full'),
+]
 
 
 def set_mixed_sigmas(model: nn.Module, mix: Dict[int, float] = MIX) -> None:
-    """ Every adaptive layer: filters get the sigma of each size in proportion ``mix`` (interleaved). """
+    """Every adaptive layer: filters get the sigma of each size in proportion ``mix`` (interleaved)."""
     with torch.no_grad():
         for layer in timm_aconv.adaptive_layers(model):
             layer.sigma_bounds = (0.01, float(GRID))
@@ -86,7 +92,7 @@ def variants(model: nn.Module, x: torch.Tensor) -> Dict[str, nn.Module]:
 
 
 def describe(module: nn.Module) -> str:
-    """ Filters per kernel size over the model's convolutions, and how many layers are bucketed / gather. """
+    """Filters per kernel size over the model's convolutions, and how many layers are bucketed / gather."""
     counts: Dict[int, int] = {}
     bucketed = gathered = 0
     for child in module.modules():
@@ -110,9 +116,15 @@ def run_pairs(suite: str, case: str, model: nn.Module, x: torch.Tensor, measure:
     for first, second in PAIRS:
         comparison = measure(eval_forward_fn(built[first], x), eval_forward_fn(built[second], x))
         errors = [_relative_error(eval_forward_fn(built[name], x)(), reference) for name in (first, second)]
-        row = dict(suite=suite, case=case, first=first, second=second, **comparison.as_dict(),
-                   note=f'A: {describe(built[first])}; B: {describe(built[second])}; rel. error vs adaptive '
-                        f'A {errors[0]:.1e}, B {errors[1]:.1e}')
+        row = dict(
+            suite=suite,
+            case=case,
+            first=first,
+            second=second,
+            **comparison.as_dict(),
+            note=f'A: {describe(built[first])}; B: {describe(built[second])}; rel. error vs adaptive '
+            f'A {errors[0]:.1e}, B {errors[1]:.1e}',
+        )
         print(format_row(row), flush=True)
         rows.append(row)
     return rows
@@ -131,8 +143,9 @@ def layer_cases(measure: Callable) -> List[Dict]:
 
 
 def train_digits_cnn(steps: int = 300, budget: float = 0.3) -> Tuple[nn.Module, torch.Tensor]:
-    """ The simple CNN (k=7, 32 filters, digits at 16×16) trained with a size budget: real mixed sizes. """
+    """The simple CNN (k=7, 32 filters, digits at 16×16) trained with a size budget: real mixed sizes."""
     from timm_aconv.experiments.datasets import build_classification_data
+
     train_set, val_set, _ = build_classification_data('digits', 'data', False, 16, False, 0)
     images = torch.stack([train_set[i][0] for i in range(len(train_set))])
     labels = torch.tensor([train_set[i][1] for i in range(len(train_set))])
@@ -159,9 +172,11 @@ def model_cases(measure: Callable) -> List[Dict]:
     rows = run_pairs('model', 'aconv_resnet20 b64 32x32', resnet, x, measure)
     start = time.perf_counter()
     cnn, val_images = train_digits_cnn()
-    print(f'# simple CNN trained in {time.perf_counter() - start:.0f} s; learned sizes:\n'
-          + '\n'.join('#   ' + line for line in str(timm_aconv.learned_kernel_sizes(cnn, CROP_TOL)).splitlines()),
-          flush=True)
+    print(
+        f'# simple CNN trained in {time.perf_counter() - start:.0f} s; learned sizes:\n'
+        + '\n'.join('#   ' + line for line in str(timm_aconv.learned_kernel_sizes(cnn, CROP_TOL)).splitlines()),
+        flush=True,
+    )
     rows += run_pairs('model', f'simple CNN (digits, budget 0.3) b{len(val_images)} 16x16', cnn, val_images, measure)
     return rows
 
@@ -171,9 +186,11 @@ HEADER = ('suite', 'case', 'A', 'B', 'A ms', 'B ms', 'ratio A/B', 'ratio IQR', '
 
 
 def format_row(row: Dict) -> str:
-    return (f"| {row['suite']} | {row['case']} | {row['first']} | {row['second']} | {row['adaptive_ms']:.2f} | "
-            f"{row['ordinary_ms']:.2f} | **{row['ratio']:.3f}** | {row['ratio_q1']:.3f}–{row['ratio_q3']:.3f} | "
-            f"{row['note']} |")
+    return (
+        f'| {row["suite"]} | {row["case"]} | {row["first"]} | {row["second"]} | {row["adaptive_ms"]:.2f} | '
+        f'{row["ordinary_ms"]:.2f} | **{row["ratio"]:.3f}** | {row["ratio_q1"]:.3f}–{row["ratio_q3"]:.3f} | '
+        f'{row["note"]} |'
+    )
 
 
 def format_table(rows: List[Dict]) -> str:
@@ -183,18 +200,22 @@ def format_table(rows: List[Dict]) -> str:
 
 def main(argv=None) -> Dict:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--suite', nargs='+', choices=SUITES + ('all',), default=['all'])
+    parser.add_argument('--suite', nargs='+', choices=(*SUITES, 'all'), default=['all'])
     parser.add_argument('--rounds', type=int, default=11, help='timed rounds per pair (default 11)')
     parser.add_argument('--threads', type=int, default=None, help='torch threads (default: all cores)')
-    parser.add_argument('--clock', choices=CLOCKS, default='wall',
-                        help="'wall' (default) or 'cpu': CPU time of this process, for a busy machine (use --threads 1)")
+    parser.add_argument(
+        '--clock',
+        choices=CLOCKS,
+        default='wall',
+        help="'wall' (default) or 'cpu': CPU time of this process, for a busy machine (use --threads 1)",
+    )
     parser.add_argument('--json', default=None, help='also write the results to this JSON file')
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     suites = SUITES if 'all' in args.suite else tuple(args.suite)
     info = dict(machine_info(), clock=args.clock, crop_tol=CROP_TOL)
-    print(f"# {' '.join(['python'] + sys.argv)}\n# {info}\n" + '| ' + ' | '.join(HEADER) + ' |', flush=True)
+    print(f'# {" ".join(["python", *sys.argv])}\n# {info}\n' + '| ' + ' | '.join(HEADER) + ' |', flush=True)
     measure = functools.partial(compare, rounds=args.rounds, clock=args.clock, memory=False)
     start = time.perf_counter()
     rows = []
@@ -203,10 +224,12 @@ def main(argv=None) -> Dict:
     if 'model' in suites:
         rows += model_cases(measure)
     info['seconds'] = round(time.perf_counter() - start, 1)
-    print(f'\nratio = median over interleaved rounds of time(A) / time(B), eval forward; '
-          f"{len(rows)} pairs in {info['seconds']} s\n")
+    print(
+        f'\nratio = median over interleaved rounds of time(A) / time(B), eval forward; '
+        f'{len(rows)} pairs in {info["seconds"]} s\n'
+    )
     print(format_table(rows))
-    results = dict(command=' '.join(['python'] + sys.argv), machine=info, cases=rows)
+    results = dict(command=' '.join(['python', *sys.argv]), machine=info, cases=rows)
     if args.json:
         with open(args.json, 'w') as file:
             json.dump(results, file, indent=1)

@@ -1,4 +1,4 @@
-""" How much slower is an adaptive convolution than an ordinary one of the same size?
+"""How much slower is an adaptive convolution than an ordinary one of the same size?
 
 Prints, for every case, the adaptive time divided by the ordinary ``nn.Conv2d`` time, both
 measured interleaved in this process (warm-up, alternating rounds, medians; see
@@ -26,8 +26,8 @@ Suites:
     gpu      train steps timed on --device (CUDA events on a GPU): aconv_resnet20 vs conv_resnet20
              (k=7, batch 128, 32x32) and aconv_resnet50 vs timm's resnet50 (batch 32, 224x224), each
              eager (also ungrouped, layer by layer), as one CUDA graph (the whole step captured; GPU
-             only) and torch.compile'd, plus the operations and CUDA kernels per step. Every case runs on its own: one that
-             fails or runs out of the time budget is reported and the others still run.
+             only) and torch.compile'd, plus the operations and CUDA kernels per step. Every case runs on
+             its own: one that fails or runs out of the time budget is reported and the others still run.
 
 Usage (from the repository root)::
 
@@ -39,6 +39,7 @@ Usage (from the repository root)::
     python benchmarks/overhead.py --suite dispatch      # the host-bound regime, ~3 minutes
     PYTHONPATH=. python benchmarks/overhead.py --device cuda --json gpu.json   # the gpu suite, <= 5 min
 """
+
 import argparse
 import collections
 import copy
@@ -57,16 +58,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import CLOCKS, Comparison, CudaEventClock, compare, cuda_peak_memory_mib, quiet_stderr  # noqa: E402
-from torch.profiler import ProfilerActivity, profile  # noqa: E402
+import timm
+from timing import CLOCKS, Comparison, CudaEventClock, compare, cuda_peak_memory_mib, quiet_stderr
+from torch.profiler import ProfilerActivity, profile
 
-import timm  # noqa: E402
-import timm_aconv  # noqa: E402
+import timm_aconv
 
 SUITES = ('layer', 'model', 'scaling', 'ops', 'dispatch', 'gpu')
 CPU_SUITES = ('layer', 'model', 'scaling', 'ops')
 LAYER_SHAPES = [  # (batch, channels, image size): the three stages of a CIFAR ResNet20 at batch 64
-    (64, 16, 32), (64, 32, 16), (64, 64, 8)]
+    (64, 16, 32),
+    (64, 32, 16),
+    (64, 64, 8),
+]
 LAYER_SIZES = (3, 5, 7, 9)
 MODEL_KERNEL_SIZE = 7
 Measure = Callable[..., Comparison]  # compare() with the run's rounds and clock bound
@@ -99,24 +103,25 @@ def layer_cases(measure: Measure) -> List[Dict]:
             adaptive, ordinary = _layer_pair(channels, n)
             grad_out = torch.randn(batch, channels, size, size)
 
-            def train_forward(conv):
+            def train_forward(conv, x_grad=x_grad):
                 return lambda: conv(x_grad)
 
-            def forward_backward(conv):
+            def forward_backward(conv, x_grad=x_grad, grad_out=grad_out):
                 def step():
                     _zero_grads(conv)
                     x_grad.grad = None
                     conv(x_grad).backward(grad_out)
+
                 return step
 
-            def eval_forward(conv):
+            def eval_forward(conv, x=x):
                 def step():
                     with torch.no_grad():
                         return conv(x)
+
                 return step
 
-            for mode, make in (('train fwd', train_forward), ('fwd+bwd', forward_backward),
-                               ('eval fwd', eval_forward)):
+            for mode, make in (('train fwd', train_forward), ('fwd+bwd', forward_backward), ('eval fwd', eval_forward)):
                 comparison = measure(make(adaptive), make(ordinary))
                 results.append(_row('layer', f'{batch}x{channels}x{size}x{size} n={n} {mode}', comparison))
     return results
@@ -124,7 +129,7 @@ def layer_cases(measure: Measure) -> List[Dict]:
 
 # ----------------------------------------------------------------------------------- model
 def resnet20_pair(kernel_size: int = MODEL_KERNEL_SIZE) -> Tuple[nn.Module, nn.Module]:
-    """ ``aconv_resnet20`` and ``conv_resnet20`` with the same kernel size (and seed). """
+    """``aconv_resnet20`` and ``conv_resnet20`` with the same kernel size (and seed)."""
     torch.manual_seed(0)
     adaptive = timm.create_model('aconv_resnet20', kernel_size=kernel_size)
     torch.manual_seed(0)
@@ -133,15 +138,15 @@ def resnet20_pair(kernel_size: int = MODEL_KERNEL_SIZE) -> Tuple[nn.Module, nn.M
 
 
 def train_step_fn(
-        model: nn.Module,
-        batch: int,
-        size: int,
-        device: str = 'cpu',
-        foreach: Optional[bool] = None,
-        forward: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
-        after_backward: Callable[[], None] = lambda: None,
+    model: nn.Module,
+    batch: int,
+    size: int,
+    device: str = 'cpu',
+    foreach: Optional[bool] = None,
+    forward: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    after_backward: Callable[[], None] = lambda: None,
 ) -> Callable[[], None]:
-    """ One full training step as the recipes do it: forward, backward, SGD step, sigma clamp.
+    """One full training step as the recipes do it: forward, backward, SGD step, sigma clamp.
 
     ``foreach``: SGD's multi-tensor implementation (torch's default: on CUDA only); ``forward``:
     what computes the outputs (e.g. the compiled model), default ``model``; ``after_backward``: called
@@ -149,7 +154,8 @@ def train_step_fn(
     """
     model.train()
     optimizer = torch.optim.SGD(
-        timm_aconv.param_groups(model, weight_decay=1e-4), lr=0.01, momentum=0.9, foreach=foreach)
+        timm_aconv.param_groups(model, weight_decay=1e-4), lr=0.01, momentum=0.9, foreach=foreach
+    )
     timm_aconv.register_sigma_clamp(optimizer, model)  # a no-op hook for a model without adaptive layers
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, size, size, generator=generator).to(device)
@@ -161,6 +167,7 @@ def train_step_fn(
         F.cross_entropy(forward(x), target).backward()
         after_backward()
         optimizer.step()
+
     return step
 
 
@@ -170,6 +177,7 @@ def eval_forward_fn(model: nn.Module, x: torch.Tensor) -> Callable[[], torch.Ten
     def forward():
         with torch.no_grad():
             return model(x)
+
     return forward
 
 
@@ -178,7 +186,7 @@ def _relative_error(output: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 def _cropped(adaptive: nn.Module, window: int) -> Tuple[nn.Module, nn.Module, List[int]]:
-    """ A copy of ``adaptive`` with every sigma set to fit ``window``, and its cropped fused form. """
+    """A copy of ``adaptive`` with every sigma set to fit ``window``, and its cropped fused form."""
     sigma = CROP_SIGMA[window]
     shrunk = copy.deepcopy(adaptive).eval()
     with torch.no_grad():
@@ -204,7 +212,8 @@ def model_cases(measure: Measure, compile_model: bool) -> List[Dict]:
     results.append(_row('model', 'train step b64 32x32 unfused', comparison, note))
     # the same measurement of two identical ordinary models: how far from 1 noise alone moves a ratio
     comparison = measure(
-        train_step_fn(copy.deepcopy(ordinary), 64, 32), train_step_fn(copy.deepcopy(ordinary), 64, 32), memory=False)
+        train_step_fn(copy.deepcopy(ordinary), 64, 32), train_step_fn(copy.deepcopy(ordinary), 64, 32), memory=False
+    )
     results.append(_row('model', 'noise floor: ordinary vs ordinary train step', comparison))
 
     x = torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -220,23 +229,36 @@ def model_cases(measure: Measure, compile_model: bool) -> List[Dict]:
         shrunk, cropped, sizes = _cropped(adaptive, window)
         error = _relative_error(eval_forward_fn(cropped, x)(), eval_forward_fn(shrunk, x)())
         comparison = measure(eval_forward_fn(cropped, x), eval_forward_fn(ordinary, x))
-        results.append(_row(
-            'model', f'eval fwd b64 cropped to {window}x{window}', comparison,
-            f'sigma={CROP_SIGMA[window]}, crop_tol={CROP_TOL}, kernels {sizes}, '
-            f'rel. error vs unfused {error:.1e}, speed-up {1 / comparison.ratio:.2f}x'))
+        results.append(
+            _row(
+                'model',
+                f'eval fwd b64 cropped to {window}x{window}',
+                comparison,
+                f'sigma={CROP_SIGMA[window]}, crop_tol={CROP_TOL}, kernels {sizes}, '
+                f'rel. error vs unfused {error:.1e}, speed-up {1 / comparison.ratio:.2f}x',
+            )
+        )
 
     if compile_model:
         breaks = {mode: _graph_breaks(adaptive.train(mode == 'train'), x) for mode in ('train', 'eval')}
         torch._dynamo.reset()
         start = time.perf_counter()
         compiled_adaptive, compiled_ordinary = torch.compile(adaptive), torch.compile(ordinary)
-        adaptive_forward, ordinary_forward = eval_forward_fn(compiled_adaptive, x), eval_forward_fn(compiled_ordinary, x)
+        adaptive_forward, ordinary_forward = (
+            eval_forward_fn(compiled_adaptive, x),
+            eval_forward_fn(compiled_ordinary, x),
+        )
         adaptive_forward(), ordinary_forward()
         compile_s = time.perf_counter() - start
         comparison = measure(adaptive_forward, ordinary_forward, memory=False)  # the profiler misses compiled code
-        results.append(_row(
-            'model', 'eval fwd b64 torch.compile', comparison,
-            f"graph breaks train/eval {breaks['train']}/{breaks['eval']}, compile {compile_s:.0f}s (both)"))
+        results.append(
+            _row(
+                'model',
+                'eval fwd b64 torch.compile',
+                comparison,
+                f'graph breaks train/eval {breaks["train"]}/{breaks["eval"]}, compile {compile_s:.0f}s (both)',
+            )
+        )
     return results
 
 
@@ -247,9 +269,16 @@ def scaling_cases(measure: Measure) -> List[Dict]:
     # image size at batch 8, then batch size at 32x32 (batch 64 is the model suite's train step)
     for batch, size in ((8, 32), (8, 64), (8, 128), (32, 32), (128, 32)):
         comparison = measure(
-            train_step_fn(adaptive, batch, size), train_step_fn(ordinary, batch, size), warmup=1, memory=False)
-        results.append(_row('scaling', f'train step b{batch} {size}x{size}', comparison,
-                            f'overhead {comparison.adaptive_ms - comparison.ordinary_ms:+.1f} ms/step'))
+            train_step_fn(adaptive, batch, size), train_step_fn(ordinary, batch, size), warmup=1, memory=False
+        )
+        results.append(
+            _row(
+                'scaling',
+                f'train step b{batch} {size}x{size}',
+                comparison,
+                f'overhead {comparison.adaptive_ms - comparison.ordinary_ms:+.1f} ms/step',
+            )
+        )
     return results
 
 
@@ -258,18 +287,28 @@ OPS_PER_LAYER_TARGET = 3  # extra compute operations per adaptive layer per trai
 OPS_PER_LAYER_UNGROUPED = 16  # the same with every layer computing its own kernel (a layer in no group)
 OPS_KERNEL_SIZE, OPS_BATCH, OPS_IMAGE_SIZE = 7, 8, 32
 # aten operations that launch no kernel: allocation and metadata (views are recognized by their schema)
-NON_COMPUTE_OPS = frozenset({
-    'aten::empty', 'aten::empty_strided', 'aten::empty_like', 'aten::resize_', 'aten::as_strided_',
-    'aten::result_type', 'aten::is_nonzero', 'aten::_local_scalar_dense', 'aten::record_stream'})
+NON_COMPUTE_OPS = frozenset(
+    {
+        'aten::empty',
+        'aten::empty_strided',
+        'aten::empty_like',
+        'aten::resize_',
+        'aten::as_strided_',
+        'aten::result_type',
+        'aten::is_nonzero',
+        'aten::_local_scalar_dense',
+        'aten::record_stream',
+    }
+)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def is_compute_op(name: str) -> bool:
-    """ Whether a profiled event ``name`` does work on tensor data: an aten operation that is no
-    allocation, metadata change or view (an operation whose result aliases its input). """
+    """Whether a profiled event ``name`` does work on tensor data: an aten operation that is no
+    allocation, metadata change or view (an operation whose result aliases its input)."""
     if not name.startswith('aten::') or name in NON_COMPUTE_OPS:
         return False
-    packet = getattr(torch.ops.aten, name[len('aten::'):], None)
+    packet = getattr(torch.ops.aten, name[len('aten::') :], None)
     if packet is None:
         return True
     for overload in packet.overloads():
@@ -280,10 +319,10 @@ def is_compute_op(name: str) -> bool:
 
 
 def count_compute_ops(events) -> Counter:
-    """ Compute operations in a profile, by name: the innermost compute operations (``mul`` of a
+    """Compute operations in a profile, by name: the innermost compute operations (``mul`` of a
     tensor by a Python number runs as a ``copy_`` of the scalar inside it and counts once, under
     ``mul``: each is named after its outermost compute caller); a multi-tensor ``_foreach_*``
-    operation counts once (one kernel on a GPU, a loop over tensors on a CPU). """
+    operation counts once (one kernel on a GPU, a loop over tensors on a CPU)."""
     counts: Counter = collections.Counter()
 
     def walk(event, label: Optional[str]) -> int:
@@ -305,7 +344,7 @@ def count_compute_ops(events) -> Counter:
 
 
 def profile_step(step: Callable[[], None], warmup: int = 2, cuda: bool = False) -> Tuple[Counter, int]:
-    """ Compute operations of one call of ``step`` after ``warmup`` calls, and its CUDA kernels. """
+    """Compute operations of one call of ``step`` after ``warmup`` calls, and its CUDA kernels."""
     for _ in range(warmup):
         step()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
@@ -317,28 +356,37 @@ def profile_step(step: Callable[[], None], warmup: int = 2, cuda: bool = False) 
     return count_compute_ops(prof.events()), kernels
 
 
-def op_overhead(adaptive: nn.Module, ordinary: nn.Module, batch: int, size: int, device: str = 'cpu',
-                grouped: bool = True) -> Dict:
-    """ Compute operations (and CUDA kernels on a GPU) of one foreach-SGD training step of each model,
+def op_overhead(
+    adaptive: nn.Module, ordinary: nn.Module, batch: int, size: int, device: str = 'cpu', grouped: bool = True
+) -> Dict:
+    """Compute operations (and CUDA kernels on a GPU) of one foreach-SGD training step of each model,
     the extra operations per adaptive layer, and the per-layer difference by operation name.
     ``grouped``: the adaptive model computes its product kernels together (as registered and converted
-    models do); False ungroups it first, so that each layer computes its own. """
+    models do); False ungroups it first, so that each layer computes its own."""
     cuda = torch.device(device).type == 'cuda'
     if not grouped:
         timm_aconv.ungroup_adaptive_layers(adaptive)
     (adaptive_ops, adaptive_kernels), (ordinary_ops, ordinary_kernels) = (
         profile_step(train_step_fn(model, batch, size, device=device, foreach=True), cuda=cuda)
-        for model in (adaptive, ordinary))
+        for model in (adaptive, ordinary)
+    )
     layers = sum(1 for _ in timm_aconv.adaptive_layers(adaptive))
     difference = {name: adaptive_ops[name] - ordinary_ops[name] for name in adaptive_ops | ordinary_ops}
-    difference = dict(sorted(((name, count) for name, count in difference.items() if count),
-                             key=lambda item: (-item[1], item[0])))
+    difference = dict(
+        sorted(((name, count) for name, count in difference.items() if count), key=lambda item: (-item[1], item[0]))
+    )
     total_adaptive, total_ordinary = sum(adaptive_ops.values()), sum(ordinary_ops.values())
     return dict(
-        batch=batch, size=size, layers=layers, adaptive_ops=total_adaptive, ordinary_ops=total_ordinary,
+        batch=batch,
+        size=size,
+        layers=layers,
+        adaptive_ops=total_adaptive,
+        ordinary_ops=total_ordinary,
         extra_ops_per_layer=round((total_adaptive - total_ordinary) / max(layers, 1), 2),
-        adaptive_cuda_kernels=adaptive_kernels if cuda else None, ordinary_cuda_kernels=ordinary_kernels if cuda else None,
-        difference=difference)
+        adaptive_cuda_kernels=adaptive_kernels if cuda else None,
+        ordinary_cuda_kernels=ordinary_kernels if cuda else None,
+        difference=difference,
+    )
 
 
 def _op_row(case: str, counts: Dict) -> Dict:
@@ -352,8 +400,13 @@ def ops_cases() -> List[Dict]:
     for grouped in (True, False):
         adaptive, ordinary = resnet20_pair(OPS_KERNEL_SIZE)
         counts = op_overhead(adaptive, ordinary, OPS_BATCH, OPS_IMAGE_SIZE, grouped=grouped)
-        rows.append(_op_row(f'aconv_resnet20 vs conv_resnet20 k={OPS_KERNEL_SIZE} b{OPS_BATCH} '
-                            f'{OPS_IMAGE_SIZE}x{OPS_IMAGE_SIZE}{"" if grouped else UNGROUPED_SUFFIX}', counts))
+        rows.append(
+            _op_row(
+                f'aconv_resnet20 vs conv_resnet20 k={OPS_KERNEL_SIZE} b{OPS_BATCH} '
+                f'{OPS_IMAGE_SIZE}x{OPS_IMAGE_SIZE}{"" if grouped else UNGROUPED_SUFFIX}',
+                counts,
+            )
+        )
     return rows
 
 
@@ -364,7 +417,7 @@ DISPATCH_KERNEL_SIZE, DISPATCH_BATCH, DISPATCH_IMAGE_SIZE = 3, 1, 8
 
 
 def tiny_resnet_pair(depth: int) -> Tuple[nn.Module, nn.Module]:
-    """ ``aconv_resnet<depth>`` and ``conv_resnet<depth>`` with the dispatch suite's tiny widths. """
+    """``aconv_resnet<depth>`` and ``conv_resnet<depth>`` with the dispatch suite's tiny widths."""
     kwargs = dict(kernel_size=DISPATCH_KERNEL_SIZE, widths=DISPATCH_WIDTHS)
     torch.manual_seed(0)
     adaptive = timm.create_model(f'aconv_resnet{depth}', **kwargs)
@@ -374,10 +427,10 @@ def tiny_resnet_pair(depth: int) -> Tuple[nn.Module, nn.Module]:
 
 
 def sigma_floor_step_fn(model: nn.Module, batch: int, size: int) -> Callable[[], None]:
-    """ A training step of ``model`` (adaptive) that pays for its sigma parameters only: every layer
+    """A training step of ``model`` (adaptive) that pays for its sigma parameters only: every layer
     convolves with its plain weight (no envelope, no product kernel), and each sigma gets a gradient
     (zeros, made once) for the optimizer's update and the clamp. What no formulation of the kernels
-    can remove while sigma stays one parameter per layer in the user's optimizer. """
+    can remove while sigma stays one parameter per layer in the user's optimizer."""
     model = copy.deepcopy(model)
     layers = list(timm_aconv.adaptive_layers(model))
     for layer in layers:
@@ -387,11 +440,12 @@ def sigma_floor_step_fn(model: nn.Module, batch: int, size: int) -> Callable[[],
     def sigma_gradients():
         for layer, zero in zip(layers, zeros):
             layer.sigma.grad = zero
+
     return train_step_fn(model, batch, size, foreach=True, after_backward=sigma_gradients)
 
 
 def autograd_nodes(model: nn.Module, batch: int, size: int) -> int:
-    """ Nodes of the autograd graph of one training forward's loss (AccumulateGrad nodes included). """
+    """Nodes of the autograd graph of one training forward's loss (AccumulateGrad nodes included)."""
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, size, size, generator=generator)
     loss = F.cross_entropy(model.train()(x), torch.zeros(batch, dtype=torch.long))
@@ -406,17 +460,19 @@ def autograd_nodes(model: nn.Module, batch: int, size: int) -> int:
 
 
 def generated_kernels(model: nn.Module, batch: int, size: int, backend: str = 'inductor') -> int:
-    """ Kernels inductor generates for one compiled training step (forward and backward) of ``model``. """
+    """Kernels inductor generates for one compiled training step (forward and backward) of ``model``."""
     from torch._inductor import metrics
+
     torch._dynamo.reset()
     metrics.reset()
     train_step_fn(model, batch, size, foreach=True, forward=torch.compile(model, backend=backend))()
     return metrics.generated_kernel_count
 
 
-def dispatch_cases(measure: Measure, compile_model: bool = True,
-                   depths: Sequence[int] = DISPATCH_DEPTHS) -> Tuple[List[Dict], List[Dict]]:
-    """ Train-step ratios and deterministic counts of the tiny twins, on one thread. """
+def dispatch_cases(
+    measure: Measure, compile_model: bool = True, depths: Sequence[int] = DISPATCH_DEPTHS
+) -> Tuple[List[Dict], List[Dict]]:
+    """Train-step ratios and deterministic counts of the tiny twins, on one thread."""
     rows, count_rows = [], []
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -425,43 +481,83 @@ def dispatch_cases(measure: Measure, compile_model: bool = True,
         for depth in depths:
             adaptive, ordinary = tiny_resnet_pair(depth)
             layers = sum(1 for _ in timm_aconv.adaptive_layers(adaptive))
-            name = f'resnet{depth} widths {DISPATCH_WIDTHS} k={DISPATCH_KERNEL_SIZE} b{DISPATCH_BATCH} ' \
-                   f'{DISPATCH_IMAGE_SIZE}x{DISPATCH_IMAGE_SIZE}'
+            name = (
+                f'resnet{depth} widths {DISPATCH_WIDTHS} k={DISPATCH_KERNEL_SIZE} b{DISPATCH_BATCH} '
+                f'{DISPATCH_IMAGE_SIZE}x{DISPATCH_IMAGE_SIZE}'
+            )
             ungrouped = copy.deepcopy(adaptive)
             timm_aconv.ungroup_adaptive_layers(ungrouped)
-            cases = [('default (as registered)', adaptive, ordinary),
-                     ('ungrouped (each layer its own kernel)', ungrouped, ordinary),
-                     ('noise floor: ordinary vs ordinary', copy.deepcopy(ordinary), ordinary)]
+            cases = [
+                ('default (as registered)', adaptive, ordinary),
+                ('ungrouped (each layer its own kernel)', ungrouped, ordinary),
+                ('noise floor: ordinary vs ordinary', copy.deepcopy(ordinary), ordinary),
+            ]
             for label, first, second in cases:
                 # foreach SGD: torch's default on a GPU (a for-loop over parameters on the CPU)
-                comparison = measure(train_step_fn(copy.deepcopy(first), foreach=True, **shape),
-                                     train_step_fn(copy.deepcopy(second), foreach=True, **shape), memory=False)
-                rows.append(_row('dispatch', f'{name} {label}', comparison,
-                                 f'{layers} adaptive layers, {comparison.adaptive_ms - comparison.ordinary_ms:+.3f} '
-                                 f'ms/step'))
-            comparison = measure(sigma_floor_step_fn(adaptive, **shape),
-                                 train_step_fn(copy.deepcopy(ordinary), foreach=True, **shape), memory=False)
-            rows.append(_row('dispatch', f'{name} floor: sigma parameters only (optimizer update and clamp)',
-                             comparison, f'{comparison.adaptive_ms - comparison.ordinary_ms:+.3f} ms/step'))
-            nodes = {label: autograd_nodes(model, **shape)
-                     for label, model in (('default', adaptive), ('ungrouped', ungrouped), ('ordinary', ordinary))}
-            counts = dict(case=name, layers=layers, autograd_nodes=nodes,
-                          extra_nodes_per_layer={label: round((nodes[label] - nodes['ordinary']) / layers, 2)
-                                                 for label in ('default', 'ungrouped')})
+                comparison = measure(
+                    train_step_fn(copy.deepcopy(first), foreach=True, **shape),
+                    train_step_fn(copy.deepcopy(second), foreach=True, **shape),
+                    memory=False,
+                )
+                rows.append(
+                    _row(
+                        'dispatch',
+                        f'{name} {label}',
+                        comparison,
+                        f'{layers} adaptive layers, {comparison.adaptive_ms - comparison.ordinary_ms:+.3f} ms/step',
+                    )
+                )
+            comparison = measure(
+                sigma_floor_step_fn(adaptive, **shape),
+                train_step_fn(copy.deepcopy(ordinary), foreach=True, **shape),
+                memory=False,
+            )
+            rows.append(
+                _row(
+                    'dispatch',
+                    f'{name} floor: sigma parameters only (optimizer update and clamp)',
+                    comparison,
+                    f'{comparison.adaptive_ms - comparison.ordinary_ms:+.3f} ms/step',
+                )
+            )
+            nodes = {
+                label: autograd_nodes(model, **shape)
+                for label, model in (('default', adaptive), ('ungrouped', ungrouped), ('ordinary', ordinary))
+            }
+            counts = dict(
+                case=name,
+                layers=layers,
+                autograd_nodes=nodes,
+                extra_nodes_per_layer={
+                    label: round((nodes[label] - nodes['ordinary']) / layers, 2) for label in ('default', 'ungrouped')
+                },
+            )
             if compile_model:
-                kernels = {label: generated_kernels(copy.deepcopy(model), **shape)
-                           for label, model in (('default', adaptive), ('ordinary', ordinary))}
-                counts.update(generated_kernels=kernels,
-                              extra_kernels_per_layer=round((kernels['default'] - kernels['ordinary']) / layers, 2))
+                kernels = {
+                    label: generated_kernels(copy.deepcopy(model), **shape)
+                    for label, model in (('default', adaptive), ('ordinary', ordinary))
+                }
+                counts.update(
+                    generated_kernels=kernels,
+                    extra_kernels_per_layer=round((kernels['default'] - kernels['ordinary']) / layers, 2),
+                )
                 torch._dynamo.reset()
-                steps = [train_step_fn(model, foreach=True, forward=torch.compile(model), **shape)
-                         for model in (copy.deepcopy(adaptive), copy.deepcopy(ordinary))]
+                steps = [
+                    train_step_fn(model, foreach=True, forward=torch.compile(model), **shape)
+                    for model in (copy.deepcopy(adaptive), copy.deepcopy(ordinary))
+                ]
                 for step in steps:
                     step()  # compiles forward and backward
                 comparison = measure(*steps, memory=False)
-                rows.append(_row('dispatch', f'{name} torch.compile (inductor)', comparison,
-                                 f'generated kernels {kernels["default"]} vs {kernels["ordinary"]}: '
-                                 f'{counts["extra_kernels_per_layer"]:+g} per adaptive layer'))
+                rows.append(
+                    _row(
+                        'dispatch',
+                        f'{name} torch.compile (inductor)',
+                        comparison,
+                        f'generated kernels {kernels["default"]} vs {kernels["ordinary"]}: '
+                        f'{counts["extra_kernels_per_layer"]:+g} per adaptive layer',
+                    )
+                )
             print(f'# {json.dumps(counts)}', flush=True)
             count_rows.append(counts)
     finally:
@@ -472,7 +568,8 @@ def dispatch_cases(measure: Measure, compile_model: bool = True,
 # ------------------------------------------------------------------------------------- gpu
 @dataclasses.dataclass
 class GpuPair:
-    """ Two models compared on the device: created with ``timm.create_model(name, **kwargs)``. """
+    """Two models compared on the device: created with ``timm.create_model(name, **kwargs)``."""
+
     name: str
     adaptive: Tuple[str, Dict]
     ordinary: Tuple[str, Dict]
@@ -490,7 +587,7 @@ MIN_CASE_S = 20  # a case starts only with this much of the time budget left
 
 
 class CaseTimeout(BaseException):
-    """ A case ran out of time (a BaseException, so that no ``except Exception`` on the way swallows it). """
+    """A case ran out of time (a BaseException, so that no ``except Exception`` on the way swallows it)."""
 
 
 def _raise_timeout(_signum, _frame):
@@ -504,7 +601,7 @@ def _build(pair_model: Tuple[str, Dict], device: str) -> nn.Module:
 
 
 def cuda_graph_step(step: Callable[[], None]) -> Callable[[], None]:
-    """ ``step`` (a whole training step) captured as one CUDA graph; returns its replay.
+    """``step`` (a whole training step) captured as one CUDA graph; returns its replay.
 
     Warm-up on a side stream first (optimizer state, cuDNN algorithm choice), as the CUDA graphs
     section of the PyTorch docs does for whole-network capture.
@@ -533,14 +630,17 @@ def _gpu_case(pair: GpuPair, mode: str, device: str, measure: Measure, compile_b
     elif mode == 'cuda graph':
         if not cuda:
             raise RuntimeError('CUDA graphs need a CUDA device')
-        steps = [cuda_graph_step(train_step_fn(model, pair.batch, pair.size, device=device))
-                 for model in (adaptive, ordinary)]
+        steps = [
+            cuda_graph_step(train_step_fn(model, pair.batch, pair.size, device=device))
+            for model in (adaptive, ordinary)
+        ]
     elif mode == 'compiled':
         start = time.perf_counter()
         steps = []
         for model in (adaptive, ordinary):
-            step = train_step_fn(model, pair.batch, pair.size, device=device,
-                                 forward=torch.compile(model, backend=compile_backend))
+            step = train_step_fn(
+                model, pair.batch, pair.size, device=device, forward=torch.compile(model, backend=compile_backend)
+            )
             step()  # compiles forward and backward
             steps.append(step)
         note = f'torch.compile({compile_backend}) warm-up {time.perf_counter() - start:.0f} s (both)'
@@ -549,20 +649,23 @@ def _gpu_case(pair: GpuPair, mode: str, device: str, measure: Measure, compile_b
     comparison = measure(*steps, memory=False)
     if cuda:
         comparison = dataclasses.replace(
-            comparison, adaptive_peak_mib=cuda_peak_memory_mib(steps[0]), ordinary_peak_mib=cuda_peak_memory_mib(steps[1]))
+            comparison,
+            adaptive_peak_mib=cuda_peak_memory_mib(steps[0]),
+            ordinary_peak_mib=cuda_peak_memory_mib(steps[1]),
+        )
     return comparison, note
 
 
 def gpu_cases(
-        device: str,
-        measure: Measure,
-        compile_backend: str = 'inductor',
-        time_budget_s: float = 270.0,
-        on_result: Callable[[], None] = lambda: None,
-        pairs: Optional[Sequence[str]] = None,
-        modes: Optional[Sequence[str]] = None,
+    device: str,
+    measure: Measure,
+    compile_backend: str = 'inductor',
+    time_budget_s: float = 270.0,
+    on_result: Callable[[], None] = lambda: None,
+    pairs: Optional[Sequence[str]] = None,
+    modes: Optional[Sequence[str]] = None,
 ) -> Tuple[List[Dict], List[Dict], List[Dict]]:
-    """ Train-step timings of :data:`GPU_PAIRS` on ``device`` in every mode of :data:`GPU_MODES`.
+    """Train-step timings of :data:`GPU_PAIRS` on ``device`` in every mode of :data:`GPU_MODES`.
 
     Every case (op counts of a pair, or a pair in one mode) runs on its own: an exception or the
     time budget ends that case only, and it is listed among the failures. Eager and CUDA-graph
@@ -580,8 +683,12 @@ def gpu_cases(
     chosen_modes = ('ops', *GPU_MODES) if modes is None else tuple(modes)
     tasks = [(pair, ops) for pair in chosen_pairs for ops in ('ops', 'ops ungrouped') if 'ops' in chosen_modes]
     # eager first, compiled next, CUDA graphs last: a failed capture can leave the CUDA context unusable
-    tasks += [(pair, mode) for mode in ('eager', 'eager ungrouped', 'compiled', 'cuda graph')
-              if mode in chosen_modes for pair in chosen_pairs]
+    tasks += [
+        (pair, mode)
+        for mode in ('eager', 'eager ungrouped', 'compiled', 'cuda graph')
+        if mode in chosen_modes
+        for pair in chosen_pairs
+    ]
     for pair, mode in tasks:
         case = f'{pair.adaptive[0]} vs {pair.ordinary[0]} b{pair.batch} {pair.size}x{pair.size} {mode}'
         left = deadline - time.monotonic()
@@ -598,14 +705,23 @@ def gpu_cases(
         try:
             if mode.startswith('ops'):
                 grouped = mode == 'ops'
-                op_rows.append(_op_row(
-                    case.replace(f' {mode}', '' if grouped else UNGROUPED_SUFFIX),
-                    op_overhead(_build(pair.adaptive, device), _build(pair.ordinary, device), pair.batch, pair.size,
-                                device, grouped=grouped)))
+                op_rows.append(
+                    _op_row(
+                        case.replace(f' {mode}', '' if grouped else UNGROUPED_SUFFIX),
+                        op_overhead(
+                            _build(pair.adaptive, device),
+                            _build(pair.ordinary, device),
+                            pair.batch,
+                            pair.size,
+                            device,
+                            grouped=grouped,
+                        ),
+                    )
+                )
             else:
                 comparison, note = _gpu_case(pair, mode, device, measure, compile_backend)
                 rows.append(_row('gpu', case, comparison, note))
-        except (Exception, CaseTimeout) as error:  # noqa: B902  (one case must not end the run)
+        except (Exception, CaseTimeout) as error:
             message = 'time budget used up' if isinstance(error, CaseTimeout) else f'{type(error).__name__}: {error}'
             failures.append(dict(case=case, error=message[:500]))
             print(f'# {case}: FAILED {message[:500]}', flush=True)
@@ -635,26 +751,45 @@ HEADER = ('suite', 'case', 'adaptive ms', 'ordinary ms', 'ratio', 'ratio IQR', '
 
 
 def _format_row(row: Dict) -> str:
-    peak = '–' if row['adaptive_peak_mib'] is None else f"{row['adaptive_peak_mib']:.1f}/{row['ordinary_peak_mib']:.1f}"
-    return (f"| {row['suite']} | {row['case']} | {row['adaptive_ms']:.2f} | {row['ordinary_ms']:.2f} | "
-            f"**{row['ratio']:.3f}** | {row['ratio_q1']:.3f}–{row['ratio_q3']:.3f} | {peak} | {row['note']} |")
+    peak = '–' if row['adaptive_peak_mib'] is None else f'{row["adaptive_peak_mib"]:.1f}/{row["ordinary_peak_mib"]:.1f}'
+    return (
+        f'| {row["suite"]} | {row["case"]} | {row["adaptive_ms"]:.2f} | {row["ordinary_ms"]:.2f} | '
+        f'**{row["ratio"]:.3f}** | {row["ratio_q1"]:.3f}–{row["ratio_q3"]:.3f} | {peak} | {row["note"]} |'
+    )
 
 
-OP_HEADER = ('case', 'ops adaptive', 'ops ordinary', 'adaptive layers', 'extra ops / layer', 'CUDA kernels a/o',
-             'extra ops (per layer; per model)')
+OP_HEADER = (
+    'case',
+    'ops adaptive',
+    'ops ordinary',
+    'adaptive layers',
+    'extra ops / layer',
+    'CUDA kernels a/o',
+    'extra ops (per layer; per model)',
+)
 
 
 def _format_op_row(row: Dict) -> str:
-    kernels = '–' if row['adaptive_cuda_kernels'] is None else f"{row['adaptive_cuda_kernels']}/{row['ordinary_cuda_kernels']}"
+    kernels = (
+        '–'
+        if row['adaptive_cuda_kernels'] is None
+        else f'{row["adaptive_cuda_kernels"]}/{row["ordinary_cuda_kernels"]}'
+    )
     layers = row['layers'] or 1
     # counts split into what every layer adds and the rest (operations once per model)
-    each = [f'{name.replace("aten::", "")} {count // layers}' for name, count in row['difference'].items()
-            if count // layers]
-    shared = [f'{name.replace("aten::", "")} {count % layers}' for name, count in row['difference'].items()
-              if count % layers]
+    each = [
+        f'{name.replace("aten::", "")} {count // layers}'
+        for name, count in row['difference'].items()
+        if count // layers
+    ]
+    shared = [
+        f'{name.replace("aten::", "")} {count % layers}' for name, count in row['difference'].items() if count % layers
+    ]
     per_layer = ', '.join(each) + (f'; per model: {", ".join(shared)}' if shared else '')
-    return (f"| {row['case']} | {row['adaptive_ops']} | {row['ordinary_ops']} | {row['layers']} | "
-            f"**{row['extra_ops_per_layer']:g}** | {kernels} | {per_layer} |")
+    return (
+        f'| {row["case"]} | {row["adaptive_ops"]} | {row["ordinary_ops"]} | {row["layers"]} | '
+        f'**{row["extra_ops_per_layer"]:g}** | {kernels} | {per_layer} |'
+    )
 
 
 def format_op_table(rows: List[Dict]) -> str:
@@ -663,17 +798,23 @@ def format_op_table(rows: List[Dict]) -> str:
 
 
 def format_dispatch_counts(counts: List[Dict]) -> str:
-    lines = ['| case | adaptive layers | autograd nodes default / ungrouped / ordinary | extra nodes per layer '
-             'default / ungrouped | generated kernels adaptive / ordinary | extra kernels per layer |',
-             '|' + '---|' * 6]
+    lines = [
+        '| case | adaptive layers | autograd nodes default / ungrouped / ordinary | extra nodes per layer '
+        'default / ungrouped | generated kernels adaptive / ordinary | extra kernels per layer |',
+        '|' + '---|' * 6,
+    ]
     for row in counts:
         nodes, extra = row['autograd_nodes'], row['extra_nodes_per_layer']
         kernels = row.get('generated_kernels')
         lines.append(
-            f"| {row['case']} | {row['layers']} | {nodes['default']} / {nodes['ungrouped']} / {nodes['ordinary']} | "
-            f"**{extra['default']:g}** / {extra['ungrouped']:g} | "
-            + (f"{kernels['default']} / {kernels['ordinary']} | **{row['extra_kernels_per_layer']:g}** |"
-               if kernels else '– | – |'))
+            f'| {row["case"]} | {row["layers"]} | {nodes["default"]} / {nodes["ungrouped"]} / {nodes["ordinary"]} | '
+            f'**{extra["default"]:g}** / {extra["ungrouped"]:g} | '
+            + (
+                f'{kernels["default"]} / {kernels["ordinary"]} | **{row["extra_kernels_per_layer"]:g}** |'
+                if kernels
+                else '– | – |'
+            )
+        )
     return '\n'.join(lines)
 
 
@@ -684,15 +825,25 @@ def format_table(rows: List[Dict]) -> str:
 
 def machine_info(device: str = 'cpu') -> Dict:
     info = dict(
-        torch=torch.__version__, timm=timm.__version__, timm_aconv=timm_aconv.__version__,
-        python=platform.python_version(), cpu=platform.processor() or platform.machine(),
-        cores=os.cpu_count(), threads=torch.get_num_threads())
+        torch=torch.__version__,
+        timm=timm.__version__,
+        timm_aconv=timm_aconv.__version__,
+        python=platform.python_version(),
+        cpu=platform.processor() or platform.machine(),
+        cores=os.cpu_count(),
+        threads=torch.get_num_threads(),
+    )
     if torch.device(device).type == 'cuda':
         properties = torch.cuda.get_device_properties(device)
         info.update(
-            gpu=properties.name, gpu_memory_gib=round(properties.total_memory / 2 ** 30, 1), cuda=torch.version.cuda,
-            cudnn=torch.backends.cudnn.version(), cudnn_benchmark=torch.backends.cudnn.benchmark,
-            tf32_conv=torch.backends.cudnn.allow_tf32, tf32_matmul=torch.backends.cuda.matmul.allow_tf32)
+            gpu=properties.name,
+            gpu_memory_gib=round(properties.total_memory / 2**30, 1),
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+            cudnn_benchmark=torch.backends.cudnn.benchmark,
+            tf32_conv=torch.backends.cudnn.allow_tf32,
+            tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
+        )
     return info
 
 
@@ -704,38 +855,75 @@ def _resolve_device(parser: argparse.ArgumentParser, name: str) -> str:
     if device is None or device.type not in ('cpu', 'cuda'):
         parser.error(f"--device must be 'cpu' or 'cuda' (or 'cuda:N'), got {name!r}")
     if device.type == 'cuda' and not torch.cuda.is_available():
-        raise SystemExit(f'error: --device {name}: no CUDA GPU is present (torch.cuda.is_available() is False, '
-                         f'torch {torch.__version__}); GPU times can only be measured on a machine with one')
+        raise SystemExit(
+            f'error: --device {name}: no CUDA GPU is present (torch.cuda.is_available() is False, '
+            f'torch {torch.__version__}); GPU times can only be measured on a machine with one'
+        )
     return str(device)
 
 
 def main(argv=None) -> Dict:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--suite', nargs='+', choices=SUITES + ('all',), default=None,
-                        help=f'default: {" ".join(CPU_SUITES)} with --device cpu, gpu with --device cuda')
-    parser.add_argument('--device', default='cpu',
-                        help="device of the gpu suite: 'cpu' (default) or 'cuda'; the other suites run on the CPU")
+    parser.add_argument(
+        '--suite',
+        nargs='+',
+        choices=(*SUITES, 'all'),
+        default=None,
+        help=f'default: {" ".join(CPU_SUITES)} with --device cpu, gpu with --device cuda',
+    )
+    parser.add_argument(
+        '--device',
+        default='cpu',
+        help="device of the gpu suite: 'cpu' (default) or 'cuda'; the other suites run on the CPU",
+    )
     parser.add_argument('--rounds', type=int, default=7, help='timed rounds per layer/scaling case (default 7)')
-    parser.add_argument('--model-rounds', type=int, default=21,
-                        help='timed rounds per model case (default 21: the targets are a few percent, and 7 rounds '
-                             'of two identical models already scatter by ±10%% on 2 shared cores)')
+    parser.add_argument(
+        '--model-rounds',
+        type=int,
+        default=21,
+        help='timed rounds per model case (default 21: the targets are a few percent, and 7 rounds '
+        'of two identical models already scatter by ±10%% on 2 shared cores)',
+    )
     parser.add_argument('--gpu-rounds', type=int, default=7, help='timed rounds per gpu case (default 7)')
-    parser.add_argument('--dispatch-rounds', type=int, default=15,
-                        help='timed rounds per dispatch case (default 15; the suite always runs on one thread)')
+    parser.add_argument(
+        '--dispatch-rounds',
+        type=int,
+        default=15,
+        help='timed rounds per dispatch case (default 15; the suite always runs on one thread)',
+    )
     parser.add_argument('--threads', type=int, default=None, help='torch threads (default: all cores)')
-    parser.add_argument('--clock', choices=CLOCKS, default='wall',
-                        help="'wall' (default) or 'cpu': CPU time of this process, for a busy machine (use --threads 1); "
-                             "the gpu suite on a CUDA device always times with CUDA events")
-    parser.add_argument('--no-compile', action='store_true',
-                        help='skip the torch.compile cases of the model and dispatch suites')
+    parser.add_argument(
+        '--clock',
+        choices=CLOCKS,
+        default='wall',
+        help="'wall' (default) or 'cpu': CPU time of this process, for a busy machine (use --threads 1); "
+        'the gpu suite on a CUDA device always times with CUDA events',
+    )
+    parser.add_argument(
+        '--no-compile', action='store_true', help='skip the torch.compile cases of the model and dispatch suites'
+    )
     parser.add_argument('--compile-backend', default='inductor', help='torch.compile backend of the gpu suite')
-    parser.add_argument('--time-budget', type=float, default=270.0,
-                        help='seconds the gpu suite may take, compile warm-ups included; the cases left when it is '
-                             'used up are reported as skipped (default 270)')
-    parser.add_argument('--gpu-pairs', nargs='+', choices=[pair.name for pair in GPU_PAIRS], default=None,
-                        help='model pairs of the gpu suite (default: all)')
-    parser.add_argument('--gpu-modes', nargs='+', choices=('ops',) + GPU_MODES, default=None,
-                        help="cases of the gpu suite: 'ops' (operation counts) and timing modes (default: all)")
+    parser.add_argument(
+        '--time-budget',
+        type=float,
+        default=270.0,
+        help='seconds the gpu suite may take, compile warm-ups included; the cases left when it is '
+        'used up are reported as skipped (default 270)',
+    )
+    parser.add_argument(
+        '--gpu-pairs',
+        nargs='+',
+        choices=[pair.name for pair in GPU_PAIRS],
+        default=None,
+        help='model pairs of the gpu suite (default: all)',
+    )
+    parser.add_argument(
+        '--gpu-modes',
+        nargs='+',
+        choices=('ops', *GPU_MODES),
+        default=None,
+        help="cases of the gpu suite: 'ops' (operation counts) and timing modes (default: all)",
+    )
     parser.add_argument('--json', default=None, help='also write the results to this JSON file (after every gpu case)')
     args = parser.parse_args(argv)
     device = _resolve_device(parser, args.device)
@@ -751,7 +939,7 @@ def main(argv=None) -> Dict:
         torch.backends.cudnn.benchmark = True  # as timm's train.py; warm-up calls pick the algorithms
     command = ' '.join(['python', sys.argv[0]] + (sys.argv[1:] if argv is None else list(argv)))
     info = dict(machine_info(device), clock='cuda events' if cuda and 'gpu' in suites else args.clock, device=device)
-    print(f"# {command}\n# {info}\n" + '| ' + ' | '.join(HEADER) + ' |', flush=True)
+    print(f'# {command}\n# {info}\n' + '| ' + ' | '.join(HEADER) + ' |', flush=True)
     start = time.perf_counter()
     rows: List[Dict] = []
     op_rows: List[Dict] = []
@@ -777,31 +965,42 @@ def main(argv=None) -> Dict:
     if 'dispatch' in suites:
         dispatch_rows, dispatch_counts = dispatch_cases(
             functools.partial(measure, rounds=args.dispatch_rounds, warmup=5, min_round_s=0.1),
-            compile_model=not args.no_compile)
+            compile_model=not args.no_compile,
+        )
         rows += dispatch_rows
         results['dispatch_counts'] = dispatch_counts
     if 'gpu' in suites:
         gpu_measure = functools.partial(
-            compare, rounds=args.gpu_rounds, warmup=3, min_round_s=0.05,
-            clock=CudaEventClock() if cuda else args.clock)
+            compare, rounds=args.gpu_rounds, warmup=3, min_round_s=0.05, clock=CudaEventClock() if cuda else args.clock
+        )
         gpu_rows, gpu_op_rows, gpu_failures = gpu_cases(
-            device, gpu_measure, compile_backend=args.compile_backend, time_budget_s=args.time_budget, on_result=save,
-            pairs=args.gpu_pairs, modes=args.gpu_modes)
+            device,
+            gpu_measure,
+            compile_backend=args.compile_backend,
+            time_budget_s=args.time_budget,
+            on_result=save,
+            pairs=args.gpu_pairs,
+            modes=args.gpu_modes,
+        )
         rows += gpu_rows
         op_rows += gpu_op_rows
         failures += gpu_failures
     info['seconds'] = round(time.perf_counter() - start, 1)
-    print(f"\nratio = median over interleaved rounds of adaptive time / ordinary time (IQR: its quartiles); "
-          f"times are medians; peak = extra memory of one call.\n{len(rows)} timed cases in {info['seconds']} s\n")
+    print(
+        f'\nratio = median over interleaved rounds of adaptive time / ordinary time (IQR: its quartiles); '
+        f'times are medians; peak = extra memory of one call.\n{len(rows)} timed cases in {info["seconds"]} s\n'
+    )
     if rows:
         print(format_table(rows))
     if op_rows:
-        print(f'\ncompute operations per training step (foreach SGD, sigma clamp; target <= {OPS_PER_LAYER_TARGET} '
-              f'extra per adaptive layer, {OPS_PER_LAYER_UNGROUPED} ungrouped)\n' + format_op_table(op_rows))
+        print(
+            f'\ncompute operations per training step (foreach SGD, sigma clamp; target <= {OPS_PER_LAYER_TARGET} '
+            f'extra per adaptive layer, {OPS_PER_LAYER_UNGROUPED} ungrouped)\n' + format_op_table(op_rows)
+        )
     if dispatch_counts:
         print('\n' + format_dispatch_counts(dispatch_counts))
     for failure in failures:
-        print(f"not measured: {failure['case']}: {failure['error']}")
+        print(f'not measured: {failure["case"]}: {failure["error"]}')
     save()
     return results
 

@@ -1,4 +1,4 @@
-""" Side-by-side timing and peak memory of two callables in one process
+"""Side-by-side timing and peak memory of two callables in one process
 
 Ratios between an adaptive and an ordinary variant are measured *interleaved*: after a warm-up,
 every round times both back to back (alternating which goes first), and the reported ratio is
@@ -12,6 +12,7 @@ other processes; ``clock='cpu'`` measures the CPU time of this process instead
 spin and count as busy). On a GPU, :class:`CudaEventClock` reads the time from CUDA events, so a
 round lasts until the GPU has finished its work.
 """
+
 import contextlib
 import itertools
 import math
@@ -25,12 +26,19 @@ from torch.profiler import ProfilerActivity, profile
 
 from timm_aconv.utils.latency import CLOCKS, time_calls  # the package's own clocks and timed loop
 
-__all__ = ['CLOCKS', 'Comparison', 'CudaEventClock', 'compare', 'cuda_peak_memory_mib', 'peak_memory_mib', 'quiet_stderr']
-
+__all__ = [
+    'CLOCKS',
+    'Comparison',
+    'CudaEventClock',
+    'compare',
+    'cuda_peak_memory_mib',
+    'peak_memory_mib',
+    'quiet_stderr',
+]
 
 
 class CudaEventClock:
-    """ Seconds of GPU time since the clock was made, from CUDA events on the current stream.
+    """Seconds of GPU time since the clock was made, from CUDA events on the current stream.
 
     Each reading records an event and waits for it, i.e. for all work queued before it: the
     time between two readings is the GPU time of what was launched in between, idle gaps (a GPU
@@ -54,7 +62,8 @@ class CudaEventClock:
 
 @dataclass
 class Comparison:
-    """ Medians of one interleaved comparison (times in milliseconds per call). """
+    """Medians of one interleaved comparison (times in milliseconds per call)."""
+
     adaptive_ms: float
     ordinary_ms: float
     ratio: float  # median over rounds of (adaptive time / ordinary time)
@@ -66,14 +75,16 @@ class Comparison:
     ordinary_peak_mib: float
 
     def as_dict(self) -> Dict[str, float]:
-        """ Rounded values; a peak memory not measured (NaN) becomes None, so the dict is valid JSON. """
-        return {key: (None if math.isnan(value) else round(value, 4)) if isinstance(value, float) else value
-                for key, value in asdict(self).items()}
+        """Rounded values; a peak memory not measured (NaN) becomes None, so the dict is valid JSON."""
+        return {
+            key: (None if math.isnan(value) else round(value, 4)) if isinstance(value, float) else value
+            for key, value in asdict(self).items()
+        }
 
 
 @contextlib.contextmanager
 def quiet_stderr():
-    """ Silence file descriptor 2 (the profiler's C++ start/stop log lines), restoring it after. """
+    """Silence file descriptor 2 (the profiler's C++ start/stop log lines), restoring it after."""
     saved = os.dup(2)
     with open(os.devnull, 'w') as devnull:
         os.dup2(devnull.fileno(), 2)
@@ -85,7 +96,7 @@ def quiet_stderr():
 
 
 def peak_memory_mib(fn: Callable[[], object]) -> float:
-    """ Peak CPU memory allocated by torch during one call of ``fn``, above the level at its start.
+    """Peak CPU memory allocated by torch during one call of ``fn``, above the level at its start.
 
     Replays the allocation and free events the profiler records (``profile_memory=True``) in
     time order; memory held before the call (parameters, optimizer state, inputs) is not counted.
@@ -94,29 +105,29 @@ def peak_memory_mib(fn: Callable[[], object]) -> float:
         fn()
     events = sorted(prof.events(), key=lambda event: event.time_range.start)
     running = itertools.accumulate(event.self_cpu_memory_usage for event in events)
-    return max(itertools.chain([0], running)) / 2 ** 20
+    return max(itertools.chain([0], running)) / 2**20
 
 
 def cuda_peak_memory_mib(fn: Callable[[], object]) -> float:
-    """ Peak CUDA memory allocated during one call of ``fn``, above the level at its start. """
+    """Peak CUDA memory allocated during one call of ``fn``, above the level at its start."""
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     start = torch.cuda.memory_allocated()
     fn()
     torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - start) / 2 ** 20
+    return (torch.cuda.max_memory_allocated() - start) / 2**20
 
 
 def compare(
-        adaptive: Callable[[], object],
-        ordinary: Callable[[], object],
-        rounds: int = 9,
-        warmup: int = 2,
-        min_round_s: float = 0.02,
-        memory: bool = True,
-        clock: Union[str, Callable[[], float]] = 'wall',
+    adaptive: Callable[[], object],
+    ordinary: Callable[[], object],
+    rounds: int = 9,
+    warmup: int = 2,
+    min_round_s: float = 0.02,
+    memory: bool = True,
+    clock: Union[str, Callable[[], float]] = 'wall',
 ) -> Comparison:
-    """ Time ``adaptive`` and ``ordinary`` interleaved; median times and the median per-round ratio.
+    """Time ``adaptive`` and ``ordinary`` interleaved; median times and the median per-round ratio.
 
     Args:
         adaptive, ordinary: zero-argument callables doing the work once (e.g. one train step).
@@ -148,9 +159,13 @@ def compare(
     round_ratios = [a / o for a, o in zip(adaptive_times, ordinary_times)]
     quartiles = statistics.quantiles(round_ratios, n=4) if rounds > 1 else [round_ratios[0]] * 3
     return Comparison(
-        adaptive_ms=statistics.median(adaptive_times) * 1e3, ordinary_ms=statistics.median(ordinary_times) * 1e3,
+        adaptive_ms=statistics.median(adaptive_times) * 1e3,
+        ordinary_ms=statistics.median(ordinary_times) * 1e3,
         ratio=statistics.median(round_ratios),
-        ratio_q1=quartiles[0], ratio_q3=quartiles[2], rounds=rounds, calls_per_round=calls,
+        ratio_q1=quartiles[0],
+        ratio_q3=quartiles[2],
+        rounds=rounds,
+        calls_per_round=calls,
         adaptive_peak_mib=peak_memory_mib(adaptive) if memory else float('nan'),
         ordinary_peak_mib=peak_memory_mib(ordinary) if memory else float('nan'),
     )

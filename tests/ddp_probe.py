@@ -1,8 +1,9 @@
-""" Run by tests/test_recipes_classification.py under ``torchrun --nproc_per_node 2``.
+"""Run by tests/test_recipes_classification.py under ``torchrun --nproc_per_node 2``.
 
 Calls recipes/train_classification.py's ``main`` with the given arguments plus a callback that,
 after every optimizer step, saves this rank's sigma values to ``<output_dir>/sigma_rank<r>.pt``.
 """
+
 import importlib.util
 import sys
 from pathlib import Path
@@ -19,10 +20,13 @@ class SigmaPerStep(Callback):
 
     def on_optimizer_step(self, trainer) -> None:
         layers = list(adaptive_layers(trainer.unwrapped_model))
-        self.steps.append(dict(
-            sigma=torch.cat([layer.sigma.detach().clone() for layer in layers]),
-            low=torch.tensor([layer.sigma_bounds[0] for layer in layers for _ in range(layer.out_channels)]),
-            high=torch.tensor([layer.sigma_bounds[1] for layer in layers for _ in range(layer.out_channels)])))
+        self.steps.append(
+            dict(
+                sigma=torch.cat([layer.sigma.detach().clone() for layer in layers]),
+                low=torch.tensor([layer.sigma_bounds[0] for layer in layers for _ in range(layer.out_channels)]),
+                high=torch.tensor([layer.sigma_bounds[1] for layer in layers for _ in range(layer.out_channels)]),
+            )
+        )
 
     def on_fit_end(self, trainer) -> None:
         rank = trainer.accelerator.process_index

@@ -1,4 +1,5 @@
-""" The benchmark's measuring logic (not its speeds): exact ratios from a fake clock, and the CLI. """
+"""The benchmark's measuring logic (not its speeds): exact ratios from a fake clock, and the CLI."""
+
 import functools
 import json
 import sys
@@ -9,24 +10,27 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'benchmarks'))
-import overhead  # noqa: E402
-import timing  # noqa: E402
+import overhead
+import timing
 
 pytestmark = pytest.mark.usefixtures('one_torch_thread')  # main(--threads 1) sets the thread count
 
 
 @pytest.fixture(autouse=True)
 def default_algorithms():
-    """ Operation counts hold for torch's default mode: deterministic algorithms (a setting another test
-    may leave on) fill every new tensor, one more operation each. """
-    enabled, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    """Operation counts hold for torch's default mode: deterministic algorithms (a setting another test
+    may leave on) fill every new tensor, one more operation each."""
+    enabled, warn_only = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
     torch.use_deterministic_algorithms(False)
     yield
     torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
 class FakeClock:
-    """ A clock that only moves when the timed callables say so. """
+    """A clock that only moves when the timed callables say so."""
 
     def __init__(self):
         self.now = 0.0
@@ -37,6 +41,7 @@ class FakeClock:
     def work(self, seconds: float):
         def run():
             self.now += seconds
+
         return run
 
 
@@ -69,8 +74,9 @@ def test_cuda_event_clock_sums_the_intervals_between_its_events(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, 'Event', FakeEvent)
     clock = timing.CudaEventClock()
-    result = timing.compare(FakeEvent.clock.work(0.004), FakeEvent.clock.work(0.002), rounds=3, memory=False,
-                            clock=clock)
+    result = timing.compare(
+        FakeEvent.clock.work(0.004), FakeEvent.clock.work(0.002), rounds=3, memory=False, clock=clock
+    )
     assert result.ratio == pytest.approx(2.0) and result.ordinary_ms == pytest.approx(2.0)
     assert clock() == pytest.approx(FakeEvent.clock.now)
 
@@ -96,12 +102,15 @@ def test_count_compute_ops_counts_kernels_not_views_or_allocations():
     assert overhead.count_compute_ops(prof.events()) == {'aten::mul': 1, 'aten::_foreach_add_': 1, 'aten::sum': 1}
 
 
-@pytest.mark.parametrize('grouped,target', [(True, overhead.OPS_PER_LAYER_TARGET),
-                                            (False, overhead.OPS_PER_LAYER_UNGROUPED)], ids=['grouped', 'ungrouped'])
+@pytest.mark.parametrize(
+    'grouped,target',
+    [(True, overhead.OPS_PER_LAYER_TARGET), (False, overhead.OPS_PER_LAYER_UNGROUPED)],
+    ids=['grouped', 'ungrouped'],
+)
 def test_adaptive_layers_add_at_most_the_target_operations_per_training_step(grouped, target):
-    """ The launch guard: extra compute ops of aconv_resnet20 over conv_resnet20, per adaptive layer,
+    """The launch guard: extra compute ops of aconv_resnet20 over conv_resnet20, per adaptive layer,
     in one foreach-SGD training step (forward, backward, optimizer, sigma clamp). The count does not
-    depend on batch or image size, so a small step stands for the benchmark's batch 8 at 32x32. """
+    depend on batch or image size, so a small step stands for the benchmark's batch 8 at 32x32."""
     adaptive, ordinary = overhead.resnet20_pair(kernel_size=3)
     counts = overhead.op_overhead(adaptive, ordinary, batch=2, size=8, grouped=grouped)
     assert counts['layers'] == 19
@@ -111,16 +120,18 @@ def test_adaptive_layers_add_at_most_the_target_operations_per_training_step(gro
 
 
 def test_grouped_operations_and_autograd_nodes_do_not_grow_with_depth():
-    """ Kernels computed together: the extra operations of a training step are a constant per model (per
+    """Kernels computed together: the extra operations of a training step are a constant per model (per
     stack of same-shape weights), not per layer; the autograd graph gains one node for the group and the
-    AccumulateGrad node of each sigma, nothing else per layer. """
+    AccumulateGrad node of each sigma, nothing else per layer."""
     extra_ops, extra_nodes = {}, {}
     for depth in (20, 56):
         adaptive, ordinary = overhead.tiny_resnet_pair(depth)
         counts = overhead.op_overhead(adaptive, ordinary, batch=1, size=8)
         extra_ops[depth] = counts['adaptive_ops'] - counts['ordinary_ops']
-        extra_nodes[depth] = (overhead.autograd_nodes(adaptive, 1, 8) - overhead.autograd_nodes(ordinary, 1, 8),
-                              counts['layers'])
+        extra_nodes[depth] = (
+            overhead.autograd_nodes(adaptive, 1, 8) - overhead.autograd_nodes(ordinary, 1, 8),
+            counts['layers'],
+        )
     assert extra_ops[20] == extra_ops[56], extra_ops  # 4 stacks in both (input widths 3, 2, 4, 8)
     assert extra_nodes == {20: (19 + 1, 19), 56: (55 + 1, 55)}
 
@@ -130,25 +141,48 @@ TINY_PAIR = overhead.GpuPair('tiny', ('aconv_simple_cnn', TINY_CNN), ('conv_simp
 
 
 def test_gpu_suite_runs_on_the_cpu_with_tiny_models(tmp_path, monkeypatch, capsys):
-    """ The gpu suite's driver (cases, compile, op and kernel counts, JSON, failures) on the CPU: what
-    runs on a GPU differs only in the clock (CUDA events), the peak memory and the CUDA graph case. """
+    """The gpu suite's driver (cases, compile, op and kernel counts, JSON, failures) on the CPU: what
+    runs on a GPU differs only in the clock (CUDA events), the peak memory and the CUDA graph case."""
     monkeypatch.setattr(overhead, 'GPU_PAIRS', [TINY_PAIR])
     path = tmp_path / 'gpu.json'
-    results = overhead.main(['--suite', 'gpu', '--device', 'cpu', '--gpu-rounds', '1', '--compile-backend', 'eager',
-                             '--threads', '1', '--json', str(path)])
+    results = overhead.main(
+        [
+            '--suite',
+            'gpu',
+            '--device',
+            'cpu',
+            '--gpu-rounds',
+            '1',
+            '--compile-backend',
+            'eager',
+            '--threads',
+            '1',
+            '--json',
+            str(path),
+        ]
+    )
     assert json.loads(path.read_text()) == json.loads(json.dumps(results))
     assert [case['case'] for case in results['cases']] == [
-        'aconv_simple_cnn vs conv_simple_cnn b2 8x8 eager', 'aconv_simple_cnn vs conv_simple_cnn b2 8x8 eager ungrouped',
-        'aconv_simple_cnn vs conv_simple_cnn b2 8x8 compiled']
+        'aconv_simple_cnn vs conv_simple_cnn b2 8x8 eager',
+        'aconv_simple_cnn vs conv_simple_cnn b2 8x8 eager ungrouped',
+        'aconv_simple_cnn vs conv_simple_cnn b2 8x8 compiled',
+    ]
     assert all(case['suite'] == 'gpu' and case['ratio'] > 0 for case in results['cases'])
     assert 'torch.compile(eager) warm-up' in results['cases'][2]['note']
     grouped, ungrouped = results['op_counts']
     assert grouped['layers'] == 2 and ungrouped['adaptive_ops'] > grouped['adaptive_ops'] > grouped['ordinary_ops'] > 0
     assert ungrouped['case'] == 'aconv_simple_cnn vs conv_simple_cnn b2 8x8, ungrouped'
-    assert results['failures'] == [dict(case='aconv_simple_cnn vs conv_simple_cnn b2 8x8 cuda graph',
-                                        error='skipped: CUDA graphs need a CUDA device')]
+    assert results['failures'] == [
+        dict(
+            case='aconv_simple_cnn vs conv_simple_cnn b2 8x8 cuda graph',
+            error='skipped: CUDA graphs need a CUDA device',
+        )
+    ]
     output = capsys.readouterr().out
-    assert '| gpu | aconv_simple_cnn vs conv_simple_cnn b2 8x8 eager |' in output and 'extra ops (per layer; per model)' in output
+    assert (
+        '| gpu | aconv_simple_cnn vs conv_simple_cnn b2 8x8 eager |' in output
+        and 'extra ops (per layer; per model)' in output
+    )
 
 
 def test_gpu_suite_reports_failing_and_overtime_cases_and_keeps_going(monkeypatch):
@@ -160,16 +194,27 @@ def test_gpu_suite_reports_failing_and_overtime_cases_and_keeps_going(monkeypatc
         if mode == 'eager':
             raise RuntimeError('out of memory')
         time.sleep(30)  # stopped by the time budget, which then skips the compiled case (CUDA graphs come last)
+
     monkeypatch.setattr(overhead, '_gpu_case', failing_case)
-    counts = dict(layers=2, adaptive_ops=3, ordinary_ops=1, extra_ops_per_layer=1.0, adaptive_cuda_kernels=None,
-                  ordinary_cuda_kernels=None, difference={'aten::mul': 2})
+    counts = dict(
+        layers=2,
+        adaptive_ops=3,
+        ordinary_ops=1,
+        extra_ops_per_layer=1.0,
+        adaptive_cuda_kernels=None,
+        ordinary_cuda_kernels=None,
+        difference={'aten::mul': 2},
+    )
     monkeypatch.setattr(overhead, 'op_overhead', lambda *args, **kwargs: counts)
     saved = []
     rows, op_rows, failures = overhead.gpu_cases('cpu', measure, time_budget_s=2.5, on_result=lambda: saved.append(1))
     assert rows == [] and len(op_rows) == 2 and len(saved) == 4
     assert [failure['error'] for failure in failures] == [
-        'RuntimeError: out of memory', 'time budget used up', 'skipped: time budget of 2 s used up',
-        'skipped: CUDA graphs need a CUDA device']
+        'RuntimeError: out of memory',
+        'time budget used up',
+        'skipped: time budget of 2 s used up',
+        'skipped: CUDA graphs need a CUDA device',
+    ]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='checks the message of a machine without a GPU')
@@ -182,9 +227,9 @@ def test_cuda_device_without_a_gpu_exits_with_a_message():
 
 
 def test_compiled_group_adds_few_generated_kernels_per_layer(one_torch_thread):
-    """ The compiled guard: what inductor generates for one training step (forward and backward) grows by
+    """The compiled guard: what inductor generates for one training step (forward and backward) grows by
     at most 4 kernels per added adaptive layer (the concatenations' copies of sigma, W and dL/dK: on a CPU
-    they run inside the same fused functions); layer by layer it was 11. """
+    they run inside the same fused functions); layer by layer it was 11."""
     extra = {}
     for depth in (8, 14):
         adaptive, ordinary = overhead.tiny_resnet_pair(depth)

@@ -1,5 +1,6 @@
-""" The command line: one-line errors with exit status 2, launcher and output-folder traps, --help,
-the per-epoch line, thread pinning """
+"""The command line: one-line errors with exit status 2, launcher and output-folder traps, --help,
+the per-epoch line, thread pinning"""
+
 import dataclasses
 import json
 import os
@@ -15,14 +16,14 @@ import torch
 
 import timm_aconv
 from timm_aconv.engine import ConfigError, parse_config, run_cli
-from timm_aconv.experiments.classification import ClassificationConfig, create_classifier
 from timm_aconv.engine.cli_help import GROUPS, field_help
-from timm_aconv.experiments.compare import CompareConfig
 from timm_aconv.engine.config import plain_text
-from timm_aconv.experiments.datasets import DataInfo
 from timm_aconv.engine.history import epoch_line
 from timm_aconv.engine.launch import check_process_count, expected_process_count
 from timm_aconv.engine.output_dir import check_output_dir
+from timm_aconv.experiments.classification import ClassificationConfig, create_classifier
+from timm_aconv.experiments.compare import CompareConfig
+from timm_aconv.experiments.datasets import DataInfo
 from timm_aconv.experiments.filters import LearnFiltersConfig
 from timm_aconv.experiments.segmentation import SegmentationConfig
 from timm_aconv.experiments.size_budget_sweep import SizeBudgetConfig
@@ -30,8 +31,13 @@ from timm_aconv.experiments.size_budget_sweep import SizeBudgetConfig
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = str(ROOT / 'recipes' / 'configs' / 'digits.yaml')
 QUIET = ['--log_with', 'none', '--num_threads', '1']
-RECIPES = dict(train_classification=ClassificationConfig, compare=CompareConfig, learn_filters=LearnFiltersConfig,
-               train_segmentation=SegmentationConfig, size_budget=SizeBudgetConfig)
+RECIPES = dict(
+    train_classification=ClassificationConfig,
+    compare=CompareConfig,
+    learn_filters=LearnFiltersConfig,
+    train_segmentation=SegmentationConfig,
+    size_budget=SizeBudgetConfig,
+)
 
 pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
@@ -41,7 +47,7 @@ def recipe_main(name: str):
 
 
 def cli_error(main, argv, capsys) -> str:
-    """ The one stderr line of ``main(argv)`` run as the recipes run it; exit status 2 asserted. """
+    """The one stderr line of ``main(argv)`` run as the recipes run it; exit status 2 asserted."""
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
         run_cli(partial(main, argv))
@@ -52,7 +58,7 @@ def cli_error(main, argv, capsys) -> str:
 
 
 def option_help(text: str) -> dict:
-    """ ``--help`` output as {'--key': 'the option's lines joined'}. """
+    """``--help`` output as {'--key': 'the option's lines joined'}."""
     options, current = {}, None
     for line in text.splitlines():
         if line.startswith('  --'):
@@ -67,15 +73,28 @@ def option_help(text: str) -> dict:
 
 def run_command(args, tmp_path, **env):
     environment = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS='1', **env)
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=120, cwd=tmp_path,
-                          env=environment)
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=environment
+    )
 
 
 # ---- through the command line (a real python process each)
 
+
 def test_segmentation_missing_dataset_is_one_line_not_three_tracebacks(tmp_path):
-    completed = run_command([str(ROOT / 'recipes' / 'train_segmentation.py'), '--dataset', 'oxford_pets',
-                             '--data_dir', str(tmp_path / 'nowhere'), '--download', 'false', *QUIET], tmp_path)
+    completed = run_command(
+        [
+            str(ROOT / 'recipes' / 'train_segmentation.py'),
+            '--dataset',
+            'oxford_pets',
+            '--data_dir',
+            str(tmp_path / 'nowhere'),
+            '--download',
+            'false',
+            *QUIET,
+        ],
+        tmp_path,
+    )
     assert completed.returncode == 2, completed.stderr
     assert completed.stderr.splitlines() == [completed.stderr.strip()] and 'Traceback' not in completed.stderr
     assert completed.stderr.startswith("error: dataset 'oxford_pets' was not found in ")
@@ -84,14 +103,28 @@ def test_segmentation_missing_dataset_is_one_line_not_three_tracebacks(tmp_path)
 
 def test_torchrun_without_cpu_stops_each_process_with_what_to_add(tmp_path):
     # what every process of `torchrun --nproc_per_node 2` sees; without --cpu Accelerate runs it alone
-    torchrun = dict(WORLD_SIZE='2', RANK='0', LOCAL_RANK='0', LOCAL_WORLD_SIZE='2', MASTER_ADDR='127.0.0.1',
-                    MASTER_PORT='29555')
-    completed = run_command([str(ROOT / 'recipes' / 'train_classification.py'), '--config', DIGITS, '--epochs', '1',
-                             '--output_dir', 'run', *QUIET], tmp_path, **torchrun)
+    torchrun = dict(
+        WORLD_SIZE='2', RANK='0', LOCAL_RANK='0', LOCAL_WORLD_SIZE='2', MASTER_ADDR='127.0.0.1', MASTER_PORT='29555'
+    )
+    completed = run_command(
+        [
+            str(ROOT / 'recipes' / 'train_classification.py'),
+            '--config',
+            DIGITS,
+            '--epochs',
+            '1',
+            '--output_dir',
+            'run',
+            *QUIET,
+        ],
+        tmp_path,
+        **torchrun,
+    )
     assert completed.returncode == 2, completed.stderr
     assert completed.stderr.strip() == (
         'error: the launcher started 2 processes (WORLD_SIZE=2) but Accelerate found no GPU for them and runs each '
-        'on its own: add --cpu to train with 2 processes on CPU, or launch one process')
+        'on its own: add --cpu to train with 2 processes on CPU, or launch one process'
+    )
     assert not (tmp_path / 'run').exists()  # stopped before writing anything
 
 
@@ -102,6 +135,7 @@ def test_demo_module_errors_are_one_line(tmp_path):
 
 def test_demo_help_names_the_command_and_shows_the_demos_values(capsys, monkeypatch):
     from timm_aconv import demo
+
     monkeypatch.setenv('COLUMNS', '250')
     monkeypatch.setattr(sys, 'argv', [demo.__file__])  # what python -m sets
     with pytest.raises(SystemExit) as exit_info:
@@ -115,54 +149,72 @@ def test_demo_help_names_the_command_and_shows_the_demos_values(capsys, monkeypa
 
 # ---- the same entry points in this process (run_cli around each recipe's main)
 
+
 def test_bad_layer_settings_are_one_line_errors_in_every_recipe(capsys):
     classification, segmentation = recipe_main('train_classification'), recipe_main('train_segmentation')
     assert cli_error(classification, ['--config', DIGITS, '--kernel_size', '4'], capsys) == (
-        'error: kernel_size must be an odd integer >= 3 (3, 5, 7, 9, ...), got 4')
+        'error: kernel_size must be an odd integer >= 3 (3, 5, 7, 9, ...), got 4'
+    )
     assert cli_error(classification, ['--config', DIGITS, '--sigma_init', '5,1'], capsys) == (
-        'error: sigma_init must be (low, high) with low <= high, got (5.0, 1.0)')
+        'error: sigma_init must be (low, high) with low <= high, got (5.0, 1.0)'
+    )
     assert cli_error(recipe_main('compare'), ['--sigma_init', '5,1'], capsys).startswith('error: sigma_init must be')
     assert cli_error(segmentation, ['--sigma_init', '5,1'], capsys) == (
-        'error: sigma_init must be (low, high) with low <= high, got (5.0, 1.0)')
+        'error: sigma_init must be (low, high) with low <= high, got (5.0, 1.0)'
+    )
     assert cli_error(segmentation, ['--sigma_bounds', '2,1'], capsys).startswith('error: sigma_bounds must satisfy')
     assert cli_error(recipe_main('learn_filters'), ['--kernel_size', '4'], capsys).startswith(
-        'error: kernel_size must be an odd integer')
+        'error: kernel_size must be an odd integer'
+    )
     assert cli_error(classification, ['--epochs'], capsys) == 'error: argument --epochs: expected one argument'
     assert cli_error(classification, ['--epoch', '3'], capsys).startswith(
-        "error: unknown config key 'epoch' in the command line. Did you mean epochs?")
+        "error: unknown config key 'epoch' in the command line. Did you mean epochs?"
+    )
 
 
 def test_model_arguments_name_the_key_to_drop_or_convert(capsys):
     classification = recipe_main('train_classification')
     assert cli_error(classification, ['--config', DIGITS, '--model', 'resnet18', *QUIET], capsys) == (
         "error: model 'resnet18' does not take kernel_size=7: drop kernel_size from the config (--kernel_size null "
-        "on the command line) or add --convert to make its convolutions adaptive")
+        'on the command line) or add --convert to make its convolutions adaptive'
+    )
     message = cli_error(classification, ['--model', 'resnet18', '--model_kwargs', '{bogus: 1}', *QUIET], capsys)
     assert message == "error: model 'resnet18' does not take 'bogus': remove it from model_kwargs"
 
 
 def test_conversion_advice_is_the_recipes_own_option(capsys):
-    message = cli_error(recipe_main('train_classification'),
-                        ['--model', 'convnext_atto', '--convert', '--dataset', 'synthetic', *QUIET], capsys)
+    message = cli_error(
+        recipe_main('train_classification'),
+        ['--model', 'convnext_atto', '--convert', '--dataset', 'synthetic', *QUIET],
+        capsys,
+    )
     assert message.startswith("error: --convert of 'convnext_atto': layer 'stem.0' has a 4-wide kernel")
     assert 'Exclude it with --convert_exclude stem.0.' in message and 'exclude=[' not in message
     # following the advice works
-    config = parse_config(ClassificationConfig, ['--model', 'convnext_atto', '--convert',
-                                                 '--convert_exclude', 'stem.0,stages.*.downsample.*'])
+    config = parse_config(
+        ClassificationConfig,
+        ['--model', 'convnext_atto', '--convert', '--convert_exclude', 'stem.0,stages.*.downsample.*'],
+    )
     model = create_classifier(config, DataInfo('synthetic', 4, 1, (32, 32)))
     assert type(model.stem[0]) is torch.nn.Conv2d and len(list(timm_aconv.adaptive_layers(model))) == 12
     config = parse_config(ClassificationConfig, ['--model', 'resnet18', '--convert', '--convert_include', 'layer1.*'])
-    names = [name for name, _ in timm_aconv.named_adaptive_layers(create_classifier(config, DataInfo('s', 4, 1, (32, 32))))]
+    names = [
+        name for name, _ in timm_aconv.named_adaptive_layers(create_classifier(config, DataInfo('s', 4, 1, (32, 32))))
+    ]
     assert names and all(name.startswith('layer1.') for name in names)
 
 
 def test_missing_classification_dataset_is_one_line(tmp_path, capsys):
-    message = cli_error(recipe_main('train_classification'),
-                        ['--dataset', 'cifar10', '--data_dir', str(tmp_path), '--download', 'false', *QUIET], capsys)
+    message = cli_error(
+        recipe_main('train_classification'),
+        ['--dataset', 'cifar10', '--data_dir', str(tmp_path), '--download', 'false', *QUIET],
+        capsys,
+    )
     assert message.startswith(f"error: dataset 'cifar10' was not found in '{tmp_path}'")
 
 
 # ---- a second run into an output folder
+
 
 def test_check_output_dir_refuses_a_folder_holding_a_run_unless_told(tmp_path):
     check_output_dir(str(tmp_path / 'new'))  # missing: fine
@@ -171,25 +223,41 @@ def test_check_output_dir_refuses_a_folder_holding_a_run_unless_told(tmp_path):
     (tmp_path / 'checkpoint').mkdir()
     with pytest.raises(ConfigError) as error:
         check_output_dir(str(tmp_path))
-    assert str(error.value) == (f"output_dir '{tmp_path}' already holds a run (checkpoint/, metrics.json): add "
-                                f"--resume to continue it, --overwrite to replace it, or choose another --output_dir")
+    assert str(error.value) == (
+        f"output_dir '{tmp_path}' already holds a run (checkpoint/, metrics.json): add "
+        f'--resume to continue it, --overwrite to replace it, or choose another --output_dir'
+    )
     check_output_dir(str(tmp_path), resume=True)
     check_output_dir(str(tmp_path), overwrite=True)
 
 
 def test_second_run_is_refused_resume_continues_and_piped_logs_get_one_line_per_epoch(tmp_path, capsys):
     classification = recipe_main('train_classification')
-    argv = ['--config', DIGITS, '--img_size', '8', '--epochs', '1', '--max_steps_per_epoch', '3',
-            '--output_dir', str(tmp_path), *QUIET]  # progress bar on (the default), stderr not a terminal
+    argv = [
+        '--config',
+        DIGITS,
+        '--img_size',
+        '8',
+        '--epochs',
+        '1',
+        '--max_steps_per_epoch',
+        '3',
+        '--output_dir',
+        str(tmp_path),
+        *QUIET,
+    ]  # progress bar on (the default), stderr not a terminal
     classification(argv)
     captured = capsys.readouterr()
-    assert re.fullmatch(r'epoch 1/1  train_loss \d\.\d{4}  val_loss \d\.\d{4} \(best \d\.\d{4}\)  val_accuracy '
-                        r'\d\.\d{4}  lr 0\.01  sigma \[0\.\d{3}, 0\.\d{3}\]', captured.out.splitlines()[0])
+    assert re.fullmatch(
+        r'epoch 1/1  train_loss \d\.\d{4}  val_loss \d\.\d{4} \(best \d\.\d{4}\)  val_accuracy '
+        r'\d\.\d{4}  lr 0\.01  sigma \[0\.\d{3}, 0\.\d{3}\]',
+        captured.out.splitlines()[0],
+    )
     assert 'it/s' not in captured.err and '%|' not in captured.err  # no progress bar in a piped log
-    message = cli_error(classification, argv[:-len(QUIET)] + ['--epochs', '2', *QUIET], capsys)
+    message = cli_error(classification, [*argv[: -len(QUIET)], '--epochs', '2', *QUIET], capsys)
     assert message.startswith(f"error: output_dir '{tmp_path}' already holds a run (") and '--resume' in message
     assert len(json.loads((tmp_path / 'metrics.json').read_text())) == 1  # untouched
-    classification(argv + ['--epochs', '2', '--resume'])
+    classification([*argv, '--epochs', '2', '--resume'])
     assert capsys.readouterr().out.startswith('epoch 2/2  train_loss')
     assert [row['epoch'] for row in json.loads((tmp_path / 'metrics.json').read_text())] == [1, 2]
 
@@ -202,6 +270,7 @@ def test_refusal_covers_every_recipe_before_it_does_any_work(tmp_path, capsys):
 
 
 # ---- launchers
+
 
 def test_launcher_asking_for_more_processes_than_accelerate_runs_is_an_error(monkeypatch):
     for name in ('WORLD_SIZE', 'ACCELERATE_USE_CPU', 'MASTER_PORT', 'PMI_SIZE', 'OMPI_COMM_WORLD_SIZE'):
@@ -226,12 +295,14 @@ def test_launcher_asking_for_more_processes_than_accelerate_runs_is_an_error(mon
     assert str(error.value) == (
         'accelerate launch --num_processes N without --multi_gpu started a single process (its simple launcher '
         'cannot start several on CPU): for N processes on CPU run torchrun --standalone --nproc_per_node N '
-        '<recipe> ... --cpu')
+        '<recipe> ... --cpu'
+    )
     monkeypatch.setenv('PMI_SIZE', '2')
     check_process_count(1)  # accelerate launch --mpirun_hostfile: Accelerate's multi-CPU mode
 
 
 # ---- help
+
 
 @pytest.mark.parametrize('name', list(RECIPES))
 def test_help_lists_every_key_with_type_default_and_help(name, capsys, monkeypatch):
@@ -247,7 +318,7 @@ def test_help_lists_every_key_with_type_default_and_help(name, capsys, monkeypat
     for field in dataclasses.fields(RECIPES[name]):
         line = options.get(f'--{field.name}')
         assert line is not None, field.name
-        group, help_line = field_help(field)
+        _group, help_line = field_help(field)
         assert help_line and help_line in line and '(default: ' in line, line
     used = [group for group in GROUPS if f'\n{group}:\n' in text]
     assert used[:2] == ['model', 'data'] or name == 'learn_filters'
@@ -265,39 +336,63 @@ def test_help_shows_allowed_values_types_and_the_config_files_defaults(capsys, m
 
 
 def test_plain_text_drops_rest_markup():
-    docstring = 'Runs :func:`~timm_aconv.experiments.compare.run_comparison` with ``x``::\n\n        code\n\n    End::\n'
+    docstring = (
+        'Runs :func:`~timm_aconv.experiments.compare.run_comparison` with ``x``::\n\n        code\n\n    End::\n'
+    )
     assert plain_text(docstring) == 'Runs timm_aconv.experiments.compare.run_comparison with x:\n\n    code\n\nEnd:'
 
 
 def test_every_config_field_of_every_recipe_has_a_help_line():
-    missing = [(cls.__name__, field.name) for cls in RECIPES.values() for field in dataclasses.fields(cls)
-               if field_help(field)[0] == 'other' or not field_help(field)[1]]
+    missing = [
+        (cls.__name__, field.name)
+        for cls in RECIPES.values()
+        for field in dataclasses.fields(cls)
+        if field_help(field)[0] == 'other' or not field_help(field)[1]
+    ]
     assert not missing, f'add these to FIELD_HELP in timm_aconv/engine/cli_help.py: {missing}'
 
 
 # ---- the per-epoch line and threads
 
+
 def test_epoch_line_shows_loss_monitor_metric_lr_and_sigma_range():
     model = torch.nn.Sequential(timm_aconv.AdaptiveConv2d(1, 3, 3, sigma_init=(0.2, 0.6)), torch.nn.Conv2d(3, 2, 1))
-    record = dict(epoch=2, step=10, train_loss=0.51234, val_accuracy=0.9, val_loss=0.25, val_samples=360,
-                  lr_decay=0.01, lr_no_decay=0.01, lr_sigma=0.01, best_val_loss=0.2)
+    record = dict(
+        epoch=2,
+        step=10,
+        train_loss=0.51234,
+        val_accuracy=0.9,
+        val_loss=0.25,
+        val_samples=360,
+        lr_decay=0.01,
+        lr_no_decay=0.01,
+        lr_sigma=0.01,
+        best_val_loss=0.2,
+    )
     assert epoch_line(record, 5, 'val_loss', model) == (
-        'epoch 2/5  train_loss 0.5123  val_loss 0.2500 (best 0.2000)  val_accuracy 0.9000  lr 0.01  sigma [0.200, 0.600]')
+        'epoch 2/5  train_loss 0.5123  val_loss 0.2500 (best 0.2000)  val_accuracy 0.9000  lr 0.01  '
+        'sigma [0.200, 0.600]'
+    )
     record.update(lr_sigma=0.001)
-    assert epoch_line(record, 5, 'val_accuracy') == ('epoch 2/5  train_loss 0.5123  val_accuracy 0.9000 (best 0.9000)  '
-                                                      'val_loss 0.2500  lr_decay 0.01 lr_no_decay 0.01 lr_sigma 0.001')
+    assert epoch_line(record, 5, 'val_accuracy') == (
+        'epoch 2/5  train_loss 0.5123  val_accuracy 0.9000 (best 0.9000)  '
+        'val_loss 0.2500  lr_decay 0.01 lr_no_decay 0.01 lr_sigma 0.001'
+    )
 
 
 def test_learn_filters_pins_its_thread_count(tmp_path):
     torch.set_num_threads(2)
-    recipe_main('learn_filters')(['--iterations', '2', '--image_size', '16', '--plots', 'false',
-                                  '--output_dir', str(tmp_path)])
+    recipe_main('learn_filters')(
+        ['--iterations', '2', '--image_size', '16', '--plots', 'false', '--output_dir', str(tmp_path)]
+    )
     assert torch.get_num_threads() == LearnFiltersConfig.num_threads == 1
 
 
 def test_learn_filters_figure_keeps_every_title_inside(tmp_path):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     from timm_aconv.experiments.filters import plot_learned_filters, run_learn_filters
+
     figure = plot_learned_filters(run_learn_filters(LearnFiltersConfig(iterations=2, image_size=16)))
     canvas = FigureCanvasAgg(figure)  # the package's figures have no pyplot canvas
     canvas.draw()

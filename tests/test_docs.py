@@ -1,4 +1,4 @@
-""" The Python blocks of README.md and of every docs/ page run as they stand and print what their
+"""The Python blocks of README.md and of every docs/ page run as they stand and print what their
 ``# ->`` comments say; their links resolve; the docs site builds with strict checks
 
 Every ```python block of README.md and docs/*.md is executed on its own (fresh namespace, an empty
@@ -12,6 +12,7 @@ without any is only run. ``<!-- test: slow -->`` on the line before a block mark
 a recipe wrote names the command shown before it: ``<!-- test: slow; run: python recipes/x.py ... -->``
 runs it first in the block's folder (``recipes/`` linked there), with this interpreter.
 """
+
 import ast
 import contextlib
 import io
@@ -46,12 +47,12 @@ class Block:
 
 
 def _expected_text(comment: str) -> str:
-    """ ``-> torch.Size([2])  # commentary`` → ``torch.Size([2])``. """
+    """``-> torch.Size([2])  # commentary`` → ``torch.Size([2])``."""
     return comment.split('  # ')[0].rstrip()
 
 
 def _comment_start(line: str) -> Optional[int]:
-    """ Index of the ``# ->`` comment on a code line (outside string literals), or None. """
+    """Index of the ``# ->`` comment on a code line (outside string literals), or None."""
     quote = None
     for index, char in enumerate(line):
         if quote:
@@ -65,7 +66,7 @@ def _comment_start(line: str) -> Optional[int]:
 
 
 def markdown_blocks(text: str, page: str = 'README.md') -> List[Block]:
-    """ The ```python blocks of a Markdown text with their expected-output comments. """
+    """The ```python blocks of a Markdown text with their expected-output comments."""
     blocks, lines = [], text.splitlines()
     index = 0
     while index < len(lines):
@@ -77,10 +78,10 @@ def markdown_blocks(text: str, page: str = 'README.md') -> List[Block]:
                 end += 1
             if end == len(lines):
                 raise AssertionError(f'{page} line {index + 1}: ```python block is never closed')
-            code_lines = lines[index + 1:end]
+            code_lines = lines[index + 1 : end]
             mark = MARK.match(previous)
             options = [option.strip() for option in mark.group(1).split(';')] if mark else []
-            setup = next((option[len('run:'):].strip() for option in options if option.startswith('run:')), None)
+            setup = next((option[len('run:') :].strip() for option in options if option.startswith('run:')), None)
             block = Block(start, '\n'.join(code_lines), 'slow' in options, setup, page=page)
             for offset, line in enumerate(code_lines):
                 position = _comment_start(line)
@@ -101,7 +102,8 @@ def _line_matches(expected: str, printed: str) -> bool:
 
 
 def first_mismatch(expected: List[Tuple[int, str]], printed: List[str]) -> Optional[str]:
-    """ None when ``printed`` matches ``expected`` (``...`` lines: any number of lines), else what differs. """
+    """None when ``printed`` matches ``expected`` (``...`` lines: any number of lines), else what differs."""
+
     def match(e: int, p: int) -> bool:
         if e == len(expected):
             return p == len(printed)
@@ -126,8 +128,9 @@ def first_mismatch(expected: List[Tuple[int, str]], printed: List[str]) -> Optio
     return f'the block printed lines its # -> comments do not show: {printed[position:][:5]!r}'
 
 
-BLOCKS = [block for page in PAGES
-          for block in markdown_blocks(page.read_text(encoding='utf-8'), str(page.relative_to(ROOT)))]
+BLOCKS = [
+    block for page in PAGES for block in markdown_blocks(page.read_text(encoding='utf-8'), str(page.relative_to(ROOT)))
+]
 
 
 def test_pages_have_their_python_blocks():
@@ -138,26 +141,44 @@ def test_pages_have_their_python_blocks():
 
 
 def bare_expressions(block: Block) -> List[int]:
-    """ Lines of expression statements that are not calls (``x.shape``, ``a, b``): they print
-    nothing when the block runs as a script. """
+    """Lines of expression statements that are not calls (``x.shape``, ``a, b``): they print
+    nothing when the block runs as a script."""
     tree = ast.parse(block.code)
-    return [block.start + node.lineno - 1 for node in ast.walk(tree)
-            if isinstance(node, ast.Expr) and not isinstance(node.value, (ast.Call, ast.Await, ast.Constant))]
+    return [
+        block.start + node.lineno - 1
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Expr) and not isinstance(node.value, (ast.Call, ast.Await, ast.Constant))
+    ]
 
 
 def test_blocks_print_their_values_instead_of_bare_expressions():
     lines = [f'{block.page}:{line}' for block in BLOCKS for line in bare_expressions(block)]
-    assert not lines, (f'{lines}: a bare expression prints nothing outside a REPL; print(...) '
-                       f'it and show the output in a # -> comment')
+    assert not lines, (
+        f'{lines}: a bare expression prints nothing outside a REPL; print(...) it and show the output in a # -> comment'
+    )
 
 
 def test_harness_reads_and_matches_expected_outputs():
-    text = '\n'.join(['intro', SLOW_MARK, '```python', "print('a  # b')  # -> a  # b", 'x = 1  # a comment',
-                      'print(x)', '# -> 1  # commentary', '# -> ...', '# -> tail ... end', '```', '```python', 'pass',
-                      '```'])
+    text = '\n'.join(
+        [
+            'intro',
+            SLOW_MARK,
+            '```python',
+            "print('a  # b')  # -> a  # b",
+            'x = 1  # a comment',
+            'print(x)',
+            '# -> 1  # commentary',
+            '# -> ...',
+            '# -> tail ... end',
+            '```',
+            '```python',
+            'pass',
+            '```',
+        ]
+    )
     slow, fast = markdown_blocks(text)
     assert slow.slow and not fast.slow and slow.start == 4 and fast.start == 12
-    setup, = markdown_blocks('<!-- test: slow; run: python recipes/x.py --a 1 -->\n```python\npass\n```')
+    (setup,) = markdown_blocks('<!-- test: slow; run: python recipes/x.py --a 1 -->\n```python\npass\n```')
     assert setup.slow and setup.setup == 'python recipes/x.py --a 1'
     assert slow.expected == [(4, 'a'), (7, '1'), (8, '...'), (9, 'tail ... end')]
     assert first_mismatch(slow.expected, ['a', '1', 'x', 'y', 'tail 42 end']) is None
@@ -169,7 +190,7 @@ def test_harness_reads_and_matches_expected_outputs():
 
 
 def run_setup(command: str, folder: Path) -> None:
-    """ ``python recipes/...`` as a user runs it from a clone, in ``folder``. """
+    """``python recipes/...`` as a user runs it from a clone, in ``folder``."""
     words = shlex.split(command)
     assert words[0] == 'python', f'a run: command starts with python, got {command!r}'
     (folder / 'recipes').symlink_to(ROOT / 'recipes')
@@ -179,9 +200,13 @@ def run_setup(command: str, folder: Path) -> None:
 
 
 @pytest.mark.usefixtures('one_torch_thread')
-@pytest.mark.parametrize('block', [
-    pytest.param(block, id=f'{block.page}:{block.start}', marks=[pytest.mark.docs_slow] if block.slow else [])
-    for block in BLOCKS])
+@pytest.mark.parametrize(
+    'block',
+    [
+        pytest.param(block, id=f'{block.page}:{block.start}', marks=[pytest.mark.docs_slow] if block.slow else [])
+        for block in BLOCKS
+    ],
+)
 def test_block_runs_and_prints_its_outputs(block, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     if block.setup is not None:
@@ -203,8 +228,8 @@ FENCE = re.compile(r'^```.*?^```', re.MULTILINE | re.DOTALL)
 
 
 def heading_anchor(heading: str) -> str:
-    """ The anchor GitHub gives a Markdown heading (mkdocs' ``toc`` gives the same one for the headings
-    used here, which have no runs of spaces or dashes). """
+    """The anchor GitHub gives a Markdown heading (mkdocs' ``toc`` gives the same one for the headings
+    used here, which have no runs of spaces or dashes)."""
     text = re.sub(r'[^\w\- ]', '', heading.strip().lower().replace('`', ''))
     return text.replace(' ', '-')
 
@@ -215,7 +240,7 @@ def page_anchors(path: Path) -> set:
 
 
 def broken_links(path: Path) -> List[str]:
-    """ The relative links of a page whose file or heading anchor does not exist. """
+    """The relative links of a page whose file or heading anchor does not exist."""
     broken = []
     text = FENCE.sub('', path.read_text(encoding='utf-8'))
     for match in LINK.finditer(text):
@@ -239,11 +264,16 @@ def test_links_resolve(page):
 def test_link_checker_finds_missing_files_and_anchors(tmp_path):
     (tmp_path / 'other.md').write_text('# A page: `with_code`, and more\n')
     page = tmp_path / 'page.md'
-    page.write_text('[ok](other.md#a-page-with_code-and-more) [self](#title) ![img](missing.png)\n'
-                    '[gone](gone.md) [anchor](other.md#nope) [web](https://example.com)\n# Title\n'
-                    '```\n[in code](ignored.md)\n```\n')
-    assert broken_links(page) == ['missing.png (no such file)', 'gone.md (no such file)',
-                                  'other.md#nope (no heading with that anchor in other.md)']
+    page.write_text(
+        '[ok](other.md#a-page-with_code-and-more) [self](#title) ![img](missing.png)\n'
+        '[gone](gone.md) [anchor](other.md#nope) [web](https://example.com)\n# Title\n'
+        '```\n[in code](ignored.md)\n```\n'
+    )
+    assert broken_links(page) == [
+        'missing.png (no such file)',
+        'gone.md (no such file)',
+        'other.md#nope (no heading with that anchor in other.md)',
+    ]
 
 
 def test_readme_stays_short_and_links_every_docs_page():
@@ -255,8 +285,12 @@ def test_readme_stays_short_and_links_every_docs_page():
 
 
 def test_docs_site_builds_with_strict_link_checks(tmp_path):
-    """ ``mkdocs build --strict`` (a dev dependency): every page in the navigation, no broken link or anchor. """
-    completed = subprocess.run([sys.executable, '-m', 'mkdocs', 'build', '--strict', '--site-dir', str(tmp_path / 'site')],
-                               cwd=ROOT, capture_output=True, text=True)
+    """``mkdocs build --strict`` (a dev dependency): every page in the navigation, no broken link or anchor."""
+    completed = subprocess.run(
+        [sys.executable, '-m', 'mkdocs', 'build', '--strict', '--site-dir', str(tmp_path / 'site')],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert (tmp_path / 'site' / 'index.html').is_file()

@@ -1,4 +1,5 @@
-""" The shared training engine: sigma clamp on real steps, resume, clipping, schedules, configs """
+"""The shared training engine: sigma clamp on real steps, resume, clipping, schedules, configs"""
+
 import functools
 import json
 import math
@@ -12,15 +13,27 @@ from torch.utils.data import DataLoader, TensorDataset
 import timm_aconv
 import timm_aconv.layers.sigma as sigma_module
 from timm_aconv.engine import (
-    Callback, ClassificationMetric, ConfigError, EngineConfig, SigmaRecorder, Trainer, create_optimizer, latest_checkpoint,
-    parse_config, set_seed)
+    Callback,
+    ClassificationMetric,
+    ConfigError,
+    EngineConfig,
+    SigmaRecorder,
+    Trainer,
+    create_optimizer,
+    latest_checkpoint,
+    parse_config,
+    set_seed,
+)
 from timm_aconv.engine.schedulers import GaussianOneCycle
 
 
 @pytest.fixture(autouse=True)
 def restore_deterministic_mode():
-    """ deterministic=True switches torch's global mode on; give the session its setting back. """
-    enabled, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    """deterministic=True switches torch's global mode on; give the session its setting back."""
+    enabled, warn_only = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
     yield
     torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
@@ -35,8 +48,12 @@ class StopAfter(Callback):
 
 def tiny_model() -> nn.Module:
     return nn.Sequential(
-        timm_aconv.AdaptiveConv2d(1, 4, 3, padding=1, bias=False, sigma_init=(0.1, 0.5)), nn.ReLU(),
-        nn.Dropout(0.3), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+        timm_aconv.AdaptiveConv2d(1, 4, 3, padding=1, bias=False, sigma_init=(0.1, 0.5)),
+        nn.ReLU(),
+        nn.Dropout(0.3),
+        nn.Flatten(),
+        nn.Linear(4 * 6 * 6, 3),
+    )
 
 
 def tiny_loaders(train_samples: int = 48, val_samples: int = 21, batch_size: int = 8):
@@ -88,8 +105,9 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
     resumed = make_trainer(tmp_path / 'resumed', **settings, resume=True)
     resumed_history = resumed.fit()
     assert resumed_history == straight_history  # losses, accuracies, learning rates, all epochs
-    for (name, expected), actual in zip(straight.unwrapped_model.state_dict().items(),
-                                        resumed.unwrapped_model.state_dict().values()):
+    for (name, expected), actual in zip(
+        straight.unwrapped_model.state_dict().items(), resumed.unwrapped_model.state_dict().values()
+    ):
         assert torch.equal(expected, actual), name
     saved = json.loads((tmp_path / 'resumed' / 'metrics.json').read_text())
     assert [record['epoch'] for record in saved] == [1, 2, 3, 4]
@@ -97,7 +115,7 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
 
 def test_resume_without_checkpoint_says_where_it_looked(tmp_path):
     trainer = make_trainer(tmp_path, resume=True)
-    with pytest.raises(FileNotFoundError, match='no complete checkpoint in .*checkpoints'):
+    with pytest.raises(FileNotFoundError, match=r'no complete checkpoint in .*checkpoints'):
         trainer.fit()
 
 
@@ -108,8 +126,16 @@ def test_evaluation_counts_every_validation_sample_once(tmp_path):
 
 
 def test_gradient_clipping_by_value_bounds_each_update(tmp_path):
-    trainer = make_trainer(tmp_path, epochs=1, max_steps_per_epoch=1, momentum=0.0, lr=1.0, clip_value=1e-3,
-                           save_every=0, scheduler='constant')
+    trainer = make_trainer(
+        tmp_path,
+        epochs=1,
+        max_steps_per_epoch=1,
+        momentum=0.0,
+        lr=1.0,
+        clip_value=1e-3,
+        save_every=0,
+        scheduler='constant',
+    )
     model = trainer.unwrapped_model
     before = {name: param.detach().clone() for name, param in model.named_parameters() if 'sigma' not in name}
     trainer.fit()
@@ -130,13 +156,23 @@ def test_optimizer_groups_keep_sigma_out_of_weight_decay():
 def test_gaussian_one_cycle_matches_the_paper_formula():
     schedule = GaussianOneCycle(total_steps=100, peak_lr=0.05, floor_lr=1e-4)
     for step in (0, 25, 50, 80):
-        expected = 1e-4 + 0.05 * math.exp(-((step - 50) / 25) ** 2)
+        expected = 1e-4 + 0.05 * math.exp(-(((step - 50) / 25) ** 2))
         assert 0.05 * schedule(step) == pytest.approx(expected, rel=1e-12)
 
 
 def test_plateau_scheduler_reduces_lr_by_factor(tmp_path):
-    trainer = make_trainer(tmp_path, epochs=3, lr=1e-6, plateau_patience=0, plateau_cooldown=0,
-                           plateau_factor=0.5, min_lr=0.0, save_every=0, monitor='val_accuracy', monitor_mode='max')
+    trainer = make_trainer(
+        tmp_path,
+        epochs=3,
+        lr=1e-6,
+        plateau_patience=0,
+        plateau_cooldown=0,
+        plateau_factor=0.5,
+        min_lr=0.0,
+        save_every=0,
+        monitor='val_accuracy',
+        monitor_mode='max',
+    )
     history = trainer.fit()  # lr ~0: accuracy never improves after epoch 1
     # each row holds the lr its epoch trained with; epoch 2 is the first without improvement
     assert [record['lr_decay'] for record in history] == pytest.approx([1e-6, 1e-6, 5e-7], rel=1e-12)
@@ -147,7 +183,7 @@ def test_config_errors_name_the_key(tmp_path):
     config_file.write_text('epochs: 3\nlearning_rate: 0.1\n')
     with pytest.raises(ConfigError, match=r"unknown config key 'learning_rate' in .*bad.yaml"):
         parse_config(EngineConfig, ['--config', str(config_file)])
-    with pytest.raises(ConfigError, match="scheduler must be one of"):
+    with pytest.raises(ConfigError, match='scheduler must be one of'):
         parse_config(EngineConfig, ['--scheduler', 'cosine'])
     with pytest.raises(ConfigError, match='epochs must be an integer'):
         parse_config(EngineConfig, ['--epochs', '2.5'])
@@ -178,11 +214,11 @@ def test_sigma_recorder_continues_after_resume(tmp_path):
 
 
 class Killed(Exception):
-    """ Stands for the process dying (an OOM kill, a pre-empted node). """
+    """Stands for the process dying (an OOM kill, a pre-empted node)."""
 
 
 class CrashAfter(Callback):
-    """ A run killed after ``epochs`` epochs, before that epoch's checkpoint. """
+    """A run killed after ``epochs`` epochs, before that epoch's checkpoint."""
 
     def __init__(self, epochs: int) -> None:
         self.epochs = epochs
@@ -197,10 +233,13 @@ RESUME_SETTINGS = dict(epochs=4, scheduler='one_cycle', weight_decay=1e-3, deter
 
 @pytest.fixture(scope='module')
 def uninterrupted(tmp_path_factory):
-    """ The reference run: its history, final weights and best weights. """
+    """The reference run: its history, final weights and best weights."""
     directory = tmp_path_factory.mktemp('uninterrupted')
     # a module fixture runs before the function-scoped restore_deterministic_mode saves the mode: restore it here
-    enabled, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    enabled, warn_only = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
     trainer = make_trainer(directory, **RESUME_SETTINGS)
     history = trainer.fit()
     torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
@@ -244,6 +283,7 @@ def test_run_killed_mid_save_resumes_from_the_newest_complete_checkpoint(tmp_pat
         saves.append(1)
         if len(saves) == 3:  # Accelerate's part written, the trainer's progress not yet
             raise Killed
+
     monkeypatch.setattr(killed.accelerator, 'save_state', dies_during_the_third_save)
     with pytest.raises(Killed):
         killed.fit()
@@ -271,19 +311,21 @@ def test_run_writes_its_config_and_a_fresh_run_starts_over(tmp_path):
 
 
 class DynamoCounters(Callback):
-    """ Graphs compiled and graph breaks so far, at each epoch end. """
+    """Graphs compiled and graph breaks so far, at each epoch end."""
 
     def __init__(self) -> None:
         self.graphs, self.breaks = [], []
 
     def on_epoch_end(self, trainer, record) -> None:
         from torch._dynamo.utils import counters
+
         self.graphs.append(counters['stats']['unique_graphs'])
         self.breaks.append(sum(counters['graph_break'].values()))
 
 
 def test_compiled_training_matches_eager_without_breaks_or_recompiles(tmp_path, monkeypatch, one_torch_thread):
     from torch._dynamo.utils import counters
+
     # the engine's model.compile() with a backend that builds no C++ (inductor takes minutes on 2 CPU cores)
     monkeypatch.setattr(torch, 'compile', functools.partial(torch.compile, backend='aot_eager'))
     # sigma starts below its bound 1/3: the clamp acts; lr 0.05: at 0.5 sigma's steps (gradients ~40) hit the
@@ -319,7 +361,9 @@ def test_compiled_training_matches_eager_without_breaks_or_recompiles(tmp_path, 
     # compiled, the kernel's gradient comes from autograd through the envelope's formula, eager from its closed
     # form: equal to float rounding per step, which 9 steps grow to ~1e-6
     for name, tensor in state.items():
-        torch.testing.assert_close(tensor, reference[name], rtol=1e-4, atol=1e-5, msg=lambda message: f'{name}: {message}')
+        torch.testing.assert_close(
+            tensor, reference[name], rtol=1e-4, atol=1e-5, msg=lambda message, name=name: f'{name}: {message}'
+        )
     assert float(resumed.unwrapped_model[0].sigma.detach().min()) >= 1 / 3 - 1e-7
 
 
@@ -329,8 +373,11 @@ def test_compile_setting_is_checked():
     with pytest.raises(ConfigError, match="compile must be 'auto', true or false, got 'yes'"):
         EngineConfig(compile='yes')
     assert parse_config(EngineConfig, ['--compile_mode', 'reduce-overhead']).compile_mode == 'reduce-overhead'
-    with pytest.raises(ConfigError, match="compile_mode must be null or one of default, reduce-overhead, "
-                                          "max-autotune, max-autotune-no-cudagraphs, got 'fast'"):
+    with pytest.raises(
+        ConfigError,
+        match='compile_mode must be null or one of default, reduce-overhead, '
+        "max-autotune, max-autotune-no-cudagraphs, got 'fast'",
+    ):
         EngineConfig(compile_mode='fast')
 
 

@@ -1,4 +1,5 @@
-""" The normalized Gaussian envelope against the paper's formulas (section 3.2-3.3). """
+"""The normalized Gaussian envelope against the paper's formulas (section 3.2-3.3)."""
+
 import math
 
 import pytest
@@ -9,7 +10,7 @@ from timm_aconv.layers.envelope import envelope_and_log_derivative, grid_sq_dist
 
 
 def _sigmas(n):
-    """ Apertures spanning the clamp range [1/n, n], log-spaced. """
+    """Apertures spanning the clamp range [1/n, n], log-spaced."""
     return torch.logspace(math.log10(1 / n), math.log10(n), 25, dtype=torch.float64)
 
 
@@ -21,13 +22,14 @@ def test_normalization_sum_of_squares_is_n_squared(n):
 
 
 def test_reference_values_3x3():
-    """ n=3, sigma=0.5: grid (0, .5, 1)², centre (.5, .5) → squared distances 0, .25 (edges), .5 (corners). """
+    """n=3, sigma=0.5: grid (0, .5, 1)², centre (.5, .5) → squared distances 0, .25 (edges), .5 (corners)."""
     envelope = gaussian_envelope(torch.tensor([0.5], dtype=torch.float64), 3)[0]
-    two_var = 2 * 0.5 ** 2 + 1e-8
+    two_var = 2 * 0.5**2 + 1e-8
     centre, edge, corner = 1.0, math.exp(-0.25 / two_var), math.exp(-0.5 / two_var)
-    scale = 3 / math.sqrt(centre ** 2 + 4 * edge ** 2 + 4 * corner ** 2)
+    scale = 3 / math.sqrt(centre**2 + 4 * edge**2 + 4 * corner**2)
     expected = scale * torch.tensor(
-        [[corner, edge, corner], [edge, centre, edge], [corner, edge, corner]], dtype=torch.float64)
+        [[corner, edge, corner], [edge, centre, edge], [corner, edge, corner]], dtype=torch.float64
+    )
     torch.testing.assert_close(envelope, expected, rtol=1e-12, atol=0)
 
 
@@ -45,7 +47,7 @@ def test_peaks_at_centre_and_widens_with_sigma(n):
 
 
 def _analytic_grad(sigma: float, n: int) -> torch.Tensor:
-    """ d U / d sigma through the normalization, by hand.
+    """d U / d sigma through the normalization, by hand.
 
     Unnormalized Gaussian (eq. 11): U0 = exp(-d² / (2σ² + ε)); its derivative (eq. 12 without
     the normalizer) is dU0/dσ = U0 · d² · 4σ / (2σ² + ε)² (= U0 · d² / σ³ for ε = 0).
@@ -54,12 +56,12 @@ def _analytic_grad(sigma: float, n: int) -> torch.Tensor:
     """
     coords = torch.tensor([k / (n - 1) for k in range(n)], dtype=torch.float64)
     sq_distance = (coords[:, None] - 0.5) ** 2 + (coords[None, :] - 0.5) ** 2
-    two_var = 2 * sigma ** 2 + 1e-8
+    two_var = 2 * sigma**2 + 1e-8
     raw = torch.exp(-sq_distance / two_var)
-    raw_grad = raw * sq_distance * 4 * sigma / two_var ** 2
+    raw_grad = raw * sq_distance * 4 * sigma / two_var**2
     energy = raw.square().sum()
     scale = n / energy.sqrt()
-    scale_grad = -n * energy ** -1.5 * (raw * raw_grad).sum()
+    scale_grad = -n * energy**-1.5 * (raw * raw_grad).sum()
     return scale * raw_grad + raw * scale_grad
 
 
@@ -68,14 +70,20 @@ def _analytic_grad(sigma: float, n: int) -> torch.Tensor:
 def test_sigma_derivative_matches_closed_form(n, sigma):
     sigma_param = torch.tensor([sigma], dtype=torch.float64, requires_grad=True)
     envelope = gaussian_envelope(sigma_param, n)[0]
-    autograd_grad = torch.stack([
-        torch.autograd.grad(envelope[k, l], sigma_param, retain_graph=True)[0][0]
-        for k in range(n) for l in range(n)]).reshape(n, n)
+    autograd_grad = torch.stack(
+        [
+            torch.autograd.grad(envelope[row, column], sigma_param, retain_graph=True)[0][0]
+            for row in range(n)
+            for column in range(n)
+        ]
+    ).reshape(n, n)
     torch.testing.assert_close(autograd_grad, _analytic_grad(sigma, n), rtol=1e-9, atol=1e-12)
     # and the closed form against a central finite difference
     step = 1e-6
-    finite = (gaussian_envelope(torch.tensor([sigma + step], dtype=torch.float64), n)[0]
-              - gaussian_envelope(torch.tensor([sigma - step], dtype=torch.float64), n)[0]) / (2 * step)
+    finite = (
+        gaussian_envelope(torch.tensor([sigma + step], dtype=torch.float64), n)[0]
+        - gaussian_envelope(torch.tensor([sigma - step], dtype=torch.float64), n)[0]
+    ) / (2 * step)
     torch.testing.assert_close(finite, _analytic_grad(sigma, n), rtol=1e-5, atol=1e-7)
 
 
@@ -86,7 +94,7 @@ def test_envelope_gradcheck():
 
 @pytest.mark.parametrize('n', [5, 7, 9])
 def test_theorem_3_1_mean_variance_is_preserved(n):
-    """ MVar[W ∘ U] == MVar[W] with the normalized envelope; not without the normalization. """
+    """MVar[W ∘ U] == MVar[W] with the normalized envelope; not without the normalization."""
     generator = torch.Generator().manual_seed(0)
     weight = torch.rand(256, 64, n, n, generator=generator, dtype=torch.float64) * 2 - 1
     mvar_weight = weight.var(dim=(0, 1)).mean()
@@ -126,7 +134,7 @@ def test_centre_energy_fraction_and_effective_size():
 
 @pytest.mark.parametrize('n', [3, 5, 7, 9])
 def test_softmax_envelope_and_its_log_derivative_equal_the_formula(n):
-    """ The layer's envelope (softmax over the grid) and d log U / d sigma against eq. 11/21 and autograd. """
+    """The layer's envelope (softmax over the grid) and d log U / d sigma against eq. 11/21 and autograd."""
     sigma = _sigmas(n)
     sq_distance = grid_sq_distance(n, torch.device('cpu'), torch.float64)
     expected = gaussian_envelope(sigma, n)
@@ -137,5 +145,6 @@ def test_softmax_envelope_and_its_log_derivative_equal_the_formula(n):
     jacobian = torch.func.jacrev(lambda s: gaussian_envelope(s, n))(sigma)  # (filters, n, n, filters)
     derivative = torch.stack([jacobian[q, :, :, q] for q in range(len(sigma))])
     torch.testing.assert_close(envelope * log_derivative, derivative, rtol=1e-9, atol=1e-12)
-    assert torch.autograd.gradcheck(lambda s: softmax_envelope(s, sq_distance), (sigma[::6].clone().requires_grad_(),),
-                                    fast_mode=True)
+    assert torch.autograd.gradcheck(
+        lambda s: softmax_envelope(s, sq_distance), (sigma[::6].clone().requires_grad_(),), fast_mode=True
+    )

@@ -1,4 +1,5 @@
-""" export_learned_sizes / learned_kernel_sizes / plain_model_from_learned through the public API. """
+"""export_learned_sizes / learned_kernel_sizes / plain_model_from_learned through the public API."""
+
 import copy
 import math
 import warnings
@@ -25,19 +26,19 @@ def set_sigmas(model: nn.Module, values=MIXED_SIGMAS) -> nn.Module:
     with torch.no_grad():
         for layer in timm_aconv.adaptive_layers(model):
             layer.sigma_bounds = (0.01, float(layer.grid_size))
-            layer.sigma.copy_(torch.tensor(values).repeat(layer.out_channels)[:layer.out_channels])
+            layer.sigma.copy_(torch.tensor(values).repeat(layer.out_channels)[: layer.out_channels])
     return model
 
 
 def windowed_kernel(layer: AdaptiveConv2d, crop_tol: float):
-    """ The product kernel with each filter zeroed outside its learned window, and the learned sizes. """
+    """The product kernel with each filter zeroed outside its learned window, and the learned sizes."""
     kernel = layer.product_kernel().detach()
     sizes = learned_kernel_sizes(layer, crop_tol)['(model)'].sizes
     mask = torch.zeros_like(kernel)
     grid = kernel.shape[-1]
     for filter_index, size in enumerate(sizes):
         trim = (grid - size) // 2
-        mask[filter_index, :, trim:trim + size, trim:trim + size] = 1
+        mask[filter_index, :, trim : trim + size, trim : trim + size] = 1
     return kernel * mask, sizes
 
 
@@ -105,16 +106,18 @@ def test_sizes_round_up_to_the_allowed_list_and_one_size_is_one_plain_conv():
 
 @pytest.fixture(scope='module')
 def trained_digits_cnn():
-    """ A tiny simple CNN trained 150 steps on digits (8×8) with a size budget: filters of several sizes. """
+    """A tiny simple CNN trained 150 steps on digits (8×8) with a size budget: filters of several sizes."""
     from timm_aconv.experiments.datasets import build_classification_data
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     train_set, val_set, _ = build_classification_data('digits')  # native 8×8
     images = torch.stack([train_set[i][0] for i in range(len(train_set))])
     labels = torch.tensor([train_set[i][1] for i in range(len(train_set))])
     torch.manual_seed(0)
-    model = timm.create_model('aconv_simple_cnn', img_size=8, in_chans=1, num_classes=10, width=8, hidden_size=32,
-                              sigma_bounds=(0.05, 7))
+    model = timm.create_model(
+        'aconv_simple_cnn', img_size=8, in_chans=1, num_classes=10, width=8, hidden_size=32, sigma_bounds=(0.05, 7)
+    )
     optimizer = torch.optim.SGD(timm_aconv.param_groups(model), lr=0.05, momentum=0.9)
     timm_aconv.register_sigma_clamp(optimizer, model)
     generator = torch.Generator().manual_seed(0)
@@ -131,7 +134,7 @@ def trained_digits_cnn():
 
 
 def test_trained_model_exports_within_the_bound(trained_digits_cnn):
-    model, images, labels = trained_digits_cnn
+    model, images, _labels = trained_digits_cnn
     learned = learned_kernel_sizes(model, 1e-3)
     assert all(len(set(row.sizes)) >= 2 for row in learned.values())  # the filters of each layer differ
     with torch.no_grad():
@@ -170,12 +173,14 @@ def test_learned_kernel_sizes_report(trained_digits_cnn):
 def test_folding_the_permutation_matches_gathering_on_cifar_and_timm_resnets():
     torch.manual_seed(0)
     cifar = set_sigmas(timm.create_model('aconv_resnet8', widths=(8, 16, 16), num_classes=3)).eval()
-    resnet = set_sigmas(timm_aconv.convert_convs(
-        timm.create_model('resnet10t', num_classes=3), sizes=[5], preserve=False)).eval()
+    resnet = set_sigmas(
+        timm_aconv.convert_convs(timm.create_model('resnet10t', num_classes=3), sizes=[5], preserve=False)
+    ).eval()
     for model, x, folded_names in (
-            (cifar, torch.randn(2, 3, 16, 16), {f'stages.{i}.0.conv1' for i in range(3)}),
-            # resnet10t's deep stem: conv -> bn -> act -> conv twice
-            (resnet, torch.randn(2, 3, 32, 32), {'conv1.0', 'conv1.3'} | {f'layer{i}.0.conv1' for i in range(1, 5)})):
+        (cifar, torch.randn(2, 3, 16, 16), {f'stages.{i}.0.conv1' for i in range(3)}),
+        # resnet10t's deep stem: conv -> bn -> act -> conv twice
+        (resnet, torch.randn(2, 3, 32, 32), {'conv1.0', 'conv1.3'} | {f'layer{i}.0.conv1' for i in range(1, 5)}),
+    ):
         with torch.no_grad():
             reference = model(x)
             folded = export_learned_sizes(copy.deepcopy(model))
@@ -189,7 +194,7 @@ def test_folding_the_permutation_matches_gathering_on_cifar_and_timm_resnets():
 
 
 class SharedConv(nn.Module):
-    """ One adaptive conv called twice (under two names), each call followed by BN -> ReLU -> conv. """
+    """One adaptive conv called twice (under two names), each call followed by BN -> ReLU -> conv."""
 
     def __init__(self):
         super().__init__()
@@ -218,8 +223,10 @@ def test_feature_outputs_keep_their_channel_order():
     x = torch.randn(2, 1, 8, 8)
     exported = export_learned_sizes(copy.deepcopy(model))
     with torch.no_grad():
-        for before, after in zip(model.forward_intermediates(x, intermediates_only=True),
-                                 exported.forward_intermediates(x, intermediates_only=True)):
+        for before, after in zip(
+            model.forward_intermediates(x, intermediates_only=True),
+            exported.forward_intermediates(x, intermediates_only=True),
+        ):
             assert relative_error(after, before) < 0.01  # conv1 -> act1 is a feature: gathered, not folded
 
 
@@ -238,8 +245,11 @@ def test_auto_picks_the_faster_strategy_per_layer(monkeypatch):
 
     monkeypatch.setattr(export_module, 'round_robin_latency', fake_latency)
     auto = export_learned_sizes(copy.deepcopy(model), strategy='auto', example_inputs=x, timing_rounds=3)
-    layers = [module for name, module in auto.named_modules()
-              if isinstance(module, MixedSizeConv2d) or (isinstance(module, nn.Conv2d) and '.buckets.' not in name)]
+    layers = [
+        module
+        for name, module in auto.named_modules()
+        if isinstance(module, MixedSizeConv2d) or (isinstance(module, nn.Conv2d) and '.buckets.' not in name)
+    ]
     assert len(timed) == len(layers) == 7 and set(timed) == {3}
     assert [isinstance(layer, MixedSizeConv2d) for layer in layers] == [i % 2 == 1 for i in range(7)]
     with torch.no_grad():
@@ -256,10 +266,16 @@ def test_auto_really_times():
 def _exportable_model() -> nn.Module:
     torch.manual_seed(0)
     model = nn.Sequential(
-        AdaptiveConv2d(2, 8, 5, padding=2), nn.BatchNorm2d(8), nn.ReLU(),  # folded into the next conv
-        AdaptiveConv2d(8, 8, 5, padding=2, bias=False), nn.ReLU(),
-        AdaptiveConv2d(8, 8, 5, padding=1, groups=4), nn.ReLU(),  # grouped, trims its input
-        nn.Flatten(), nn.Linear(8 * 6 * 6, 3))
+        AdaptiveConv2d(2, 8, 5, padding=2),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),  # folded into the next conv
+        AdaptiveConv2d(8, 8, 5, padding=2, bias=False),
+        nn.ReLU(),
+        AdaptiveConv2d(8, 8, 5, padding=1, groups=4),
+        nn.ReLU(),  # grouped, trims its input
+        nn.Flatten(),
+        nn.Linear(8 * 6 * 6, 3),
+    )
     return set_sigmas(model, (0.03, 0.1, 0.2, 0.5)).eval()
 
 
@@ -267,7 +283,8 @@ def test_exported_model_scripts_traces_and_compiles():
     model = _exportable_model()
     x = torch.randn(2, 2, 8, 8)
     exported = export_learned_sizes(copy.deepcopy(model))
-    # conv -> BN -> act -> conv and grouped conv -> act -> flatten -> linear: folded; conv -> act -> grouped conv: gathered
+    # conv -> BN -> act -> conv and grouped conv -> act -> flatten -> linear: folded;
+    # conv -> act -> grouped conv: gathered
     assert [exported[index].reorder_output for index in (0, 3, 5)] == [False, True, False]
     with torch.no_grad():
         expected = exported(x)
@@ -284,6 +301,7 @@ def test_exported_model_scripts_traces_and_compiles():
 def test_exported_model_exports_to_onnx(tmp_path):
     onnx = pytest.importorskip('onnx')
     from onnx.reference import ReferenceEvaluator
+
     exported = export_learned_sizes(_exportable_model())
     x = torch.randn(1, 2, 8, 8)
     path = tmp_path / 'exported.onnx'
@@ -317,18 +335,20 @@ def test_bad_input_errors_name_the_argument():
         export_learned_sizes(plain)
     with pytest.raises(ValueError, match='model has no AdaptiveConv2d layer'):
         learned_kernel_sizes(plain)
-    with pytest.raises(ValueError, match="strategy must be one of"):
+    with pytest.raises(ValueError, match='strategy must be one of'):
         export_learned_sizes(copy.deepcopy(layer), strategy='fastest')
 
 
 # ------------------------------------------------------------------------- plain architecture
 def test_plain_cifar_resnet_from_learned_sizes():
     torch.manual_seed(0)
-    adaptive = set_sigmas(timm.create_model('aconv_resnet8', widths=(8, 16, 16), num_classes=3),
-                          (0.03, 0.08, 0.08, 0.13)).eval()
+    adaptive = set_sigmas(
+        timm.create_model('aconv_resnet8', widths=(8, 16, 16), num_classes=3), (0.03, 0.08, 0.08, 0.13)
+    ).eval()
     learned = learned_kernel_sizes(adaptive)
-    plain = timm_aconv.plain_model_from_learned('conv_resnet8', learned, percentile=95, widths=(8, 16, 16),
-                                                num_classes=3)
+    plain = timm_aconv.plain_model_from_learned(
+        'conv_resnet8', learned, percentile=95, widths=(8, 16, 16), num_classes=3
+    )
     convs = {name: module for name, module in plain.named_modules() if isinstance(module, nn.Conv2d)}
     assert not any(isinstance(module, AdaptiveConv2d) for module in plain.modules())
     assert set(convs) == set(learned)
@@ -342,8 +362,10 @@ def test_plain_cifar_resnet_from_learned_sizes():
 
 def test_plain_timm_resnet_from_learned_sizes():
     torch.manual_seed(0)
-    adaptive = set_sigmas(timm_aconv.convert_convs(
-        timm.create_model('resnet10t', num_classes=3), sizes=[7], preserve=False), (0.03, 0.08, 0.13, 0.13))
+    adaptive = set_sigmas(
+        timm_aconv.convert_convs(timm.create_model('resnet10t', num_classes=3), sizes=[7], preserve=False),
+        (0.03, 0.08, 0.13, 0.13),
+    )
     learned = learned_kernel_sizes(adaptive)
     plain = timm_aconv.plain_model_from_learned('resnet10t', learned, num_classes=3)
     resized = {name: module for name, module in plain.named_modules() if name in learned}
@@ -353,11 +375,12 @@ def test_plain_timm_resnet_from_learned_sizes():
         assert type(module) is nn.Conv2d and module.kernel_size == (size, size) and module.padding == (size // 2,) * 2
     assert {module.kernel_size for module in resized.values()} == {(5, 5)}
     x = torch.randn(2, 3, 32, 32)
-    assert [f.shape for f in plain.forward_intermediates(x, intermediates_only=True)] == \
-        [f.shape for f in timm.create_model('resnet10t').forward_intermediates(x, intermediates_only=True)]
+    assert [f.shape for f in plain.forward_intermediates(x, intermediates_only=True)] == [
+        f.shape for f in timm.create_model('resnet10t').forward_intermediates(x, intermediates_only=True)
+    ]
     with pytest.raises(ValueError, match=r"learned names layers that are not nn.Conv2d layers of ResNet: \['nope'\]"):
         timm_aconv.plain_model_from_learned('resnet10t', {'nope': 3})
-    with pytest.raises(ValueError, match="must be an odd kernel size"):
+    with pytest.raises(ValueError, match='must be an odd kernel size'):
         timm_aconv.plain_model_from_learned('resnet10t', {'conv1.0': 4})
 
 
@@ -373,15 +396,19 @@ def test_round_robin_latency_reports_medians_and_same_round_ratios(monkeypatch):
         def work(self, seconds):
             def run():
                 self.now += seconds
+
             return run
 
     clock = FakeClock()
     monkeypatch.setitem(latency_module.CLOCKS, 'fake', clock)
     result = latency_module.round_robin_latency(
-        {'reference': clock.work(0.02), 'slower': clock.work(0.03), 'faster': clock.work(0.01)},
-        rounds=4, clock='fake')
+        {'reference': clock.work(0.02), 'slower': clock.work(0.03), 'faster': clock.work(0.01)}, rounds=4, clock='fake'
+    )
     assert {name: (round(value.ms, 6), round(value.ratio, 6)) for name, value in result.items()} == {
-        'reference': (20.0, 1.0), 'slower': (30.0, 1.5), 'faster': (10.0, 0.5)}
+        'reference': (20.0, 1.0),
+        'slower': (30.0, 1.5),
+        'faster': (10.0, 0.5),
+    }
     assert result['slower'].calls_per_round == 1 and result['slower'].rounds == 4
     with pytest.raises(ValueError, match='clock must be one of'):
         latency_module.round_robin_latency({'a': clock.work(1)}, clock='sundial')

@@ -1,9 +1,10 @@
-""" What each install gives: the core (torch + timm) alone, and clear errors for missing extras and versions
+"""What each install gives: the core (torch + timm) alone, and clear errors for missing extras and versions
 
 The core-only install is simulated in a subprocess by an import blocker (``sys.meta_path``'s path
 finder replaced by one that does not find the libraries of the ``train`` and ``smp`` extras), not by
 uninstalling.
 """
+
 import json
 import subprocess
 import sys
@@ -59,7 +60,8 @@ with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter('always')
     import timm_aconv
 report['old_smp_registered'] = timm_aconv.SMP_REGISTERED
-report['old_smp_warnings'] = [str(warning.message) for warning in caught if 'segmentation-models-pytorch' in str(warning.message)]
+report['old_smp_warnings'] = [
+    str(warning.message) for warning in caught if 'segmentation-models-pytorch' in str(warning.message)]
 report['old_smp_model'] = type(timm.create_model('aconv_simple_cnn')).__name__
 
 # a timm without the private helper the models use
@@ -76,8 +78,9 @@ print(json.dumps(report))
 
 
 def test_core_install_works_and_missing_extras_or_versions_say_what_to_install():
-    completed = subprocess.run([sys.executable, '-c', CHILD, *EXTRAS_ONLY], capture_output=True, text=True,
-                               timeout=240, cwd=ROOT)
+    completed = subprocess.run(
+        [sys.executable, '-c', CHILD, *EXTRAS_ONLY], capture_output=True, text=True, timeout=240, cwd=ROOT
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     report = json.loads(completed.stdout.splitlines()[-1])
     # the plugin: the registered models work with torch + timm alone, and pull in no extra
@@ -85,31 +88,56 @@ def test_core_install_works_and_missing_extras_or_versions_say_what_to_install()
     assert report['smp_registered'] is False
     assert report['imported_extras'] == []
     # the training engine names what is missing and the one command that installs it
-    assert report['train_error'] == ("timm_aconv.engine needs the training libraries, missing here: accelerate, "
-                                     "albumentations, matplotlib, scikit-learn, scipy; pip install 'timm-aconv[train]'")
+    assert report['train_error'] == (
+        'timm_aconv.engine needs the training libraries, missing here: accelerate, '
+        "albumentations, matplotlib, scikit-learn, scipy; pip install 'timm-aconv[train]'"
+    )
     # an SMP without the internals: a warning naming the supported versions, the timm side still works
     assert report['old_smp_registered'] is False and report['old_smp_model'] == 'SimpleCnn'
     assert len(report['old_smp_warnings']) == 1
-    assert ("SMP 9.0.0 does not have; supported: segmentation-models-pytorch>=0.5 (tested 0.5.0 and 0.6.0); "
-            "the SMP encoders and architectures are not registered") in report['old_smp_warnings'][0]
+    assert (
+        'SMP 9.0.0 does not have; supported: segmentation-models-pytorch>=0.5 (tested 0.5.0 and 0.6.0); '
+        'the SMP encoders and architectures are not registered'
+    ) in report['old_smp_warnings'][0]
     assert report['old_timm_error'] == (
         "timm_aconv's models use timm's private timm.models._features.feature_take_indices, which timm 9.0.0 does "
-        "not have; supported: timm>=1.0.16 (tested 1.0.16 and 1.0.31)")
+        'not have; supported: timm>=1.0.16 (tested 1.0.16 and 1.0.31)'
+    )
 
 
-RECIPE_MODULES = ['timm_aconv/recipes/__init__.py', 'timm_aconv/recipes/compare.py', 'timm_aconv/recipes/learn_filters.py',
-                  'timm_aconv/recipes/size_budget.py', 'timm_aconv/recipes/train_classification.py',
-                  'timm_aconv/recipes/train_segmentation.py']
+RECIPE_MODULES = [
+    'timm_aconv/recipes/__init__.py',
+    'timm_aconv/recipes/compare.py',
+    'timm_aconv/recipes/learn_filters.py',
+    'timm_aconv/recipes/size_budget.py',
+    'timm_aconv/recipes/train_classification.py',
+    'timm_aconv/recipes/train_segmentation.py',
+]
 
 
 def test_the_wheel_ships_the_recipes_and_their_configs(tmp_path):
-    """ What `pip install 'timm-aconv[train]'` installs: the recipe modules and every shipped config. """
+    """What `pip install 'timm-aconv[train]'` installs: the recipe modules and every shipped config."""
     import zipfile
+
     build = subprocess.run(
-        [sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '-q', '-w', str(tmp_path), str(ROOT)],
-        capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            '-m',
+            'pip',
+            'wheel',
+            '--no-deps',
+            '--no-build-isolation',
+            '-q',
+            '-w',
+            str(tmp_path),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert build.returncode == 0, build.stderr[-2000:]
-    wheel, = tmp_path.glob('timm_aconv-*.whl')
+    (wheel,) = tmp_path.glob('timm_aconv-*.whl')
     names = set(zipfile.ZipFile(wheel).namelist())
     configs = sorted(path.name for path in (ROOT / 'timm_aconv' / 'recipes' / 'configs').glob('*.yaml'))
     assert configs and {f'timm_aconv/recipes/configs/{name}' for name in configs} <= names
@@ -118,17 +146,48 @@ def test_the_wheel_ships_the_recipes_and_their_configs(tmp_path):
 
 
 def test_recipes_run_as_modules_with_a_shipped_config_by_name(tmp_path):
-    """ `python -m timm_aconv.recipes.<name> --config <shipped name>` from a folder outside the repository. """
+    """`python -m timm_aconv.recipes.<name> --config <shipped name>` from a folder outside the repository."""
     run = subprocess.run(
-        [sys.executable, '-m', 'timm_aconv.recipes.compare', '--config', 'digits', '--kernel_sizes', '3', '--repeats', '2',
-         '--epochs', '1', '--output_dir', 'run', '--num_threads', '1'], cwd=tmp_path, capture_output=True, text=True,
-        timeout=300)
+        [
+            sys.executable,
+            '-m',
+            'timm_aconv.recipes.compare',
+            '--config',
+            'digits',
+            '--kernel_sizes',
+            '3',
+            '--repeats',
+            '2',
+            '--epochs',
+            '1',
+            '--output_dir',
+            'run',
+            '--num_threads',
+            '1',
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     assert '| 3×3 (best) |' in run.stdout and (tmp_path / 'run' / 'comparison.md').is_file()
-    usage = subprocess.run([sys.executable, '-m', 'timm_aconv.recipes.compare', '--config', 'simple_cnn_mnist', '--help'],
-                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    usage = subprocess.run(
+        [sys.executable, '-m', 'timm_aconv.recipes.compare', '--config', 'simple_cnn_mnist', '--help'],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert usage.returncode == 0 and usage.stdout.startswith('usage: python -m timm_aconv.recipes.compare')
-    missing = subprocess.run([sys.executable, '-m', 'timm_aconv.recipes.compare', '--config', 'no_such_config'],
-                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    missing = subprocess.run(
+        [sys.executable, '-m', 'timm_aconv.recipes.compare', '--config', 'no_such_config'],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert missing.returncode == 2
-    assert "error: config file 'no_such_config' does not exist (or the name of a shipped config: digits," in missing.stderr
+    assert (
+        "error: config file 'no_such_config' does not exist (or the name of a shipped config: digits," in missing.stderr
+    )

@@ -1,9 +1,10 @@
-""" Product kernels computed together (timm_aconv.layers.kernel_group): exact, and valid whatever happens
+"""Product kernels computed together (timm_aconv.layers.kernel_group): exact, and valid whatever happens
 between two forwards.
 
 The reference everywhere is the formula with autograd: ``conv2d(x, weight * envelope(sigma))`` per layer
 (:meth:`AdaptiveConv2d.product_kernel`), or the same model with every layer in a group of its own.
 """
+
 import copy
 import io
 import pickle
@@ -23,8 +24,8 @@ from timm_aconv.smp.paper_unet import PaperUNet
 
 
 def _mixed_model(dtype=torch.float32) -> nn.Module:
-    """ Layers of two grid sizes and four weight shapes: stride, dilation, groups, depthwise, every padding mode,
-    bias or not; grouped as a registered model is. """
+    """Layers of two grid sizes and four weight shapes: stride, dilation, groups, depthwise, every padding mode,
+    bias or not; grouped as a registered model is."""
     torch.manual_seed(0)
     layers = [
         AdaptiveConv2d(3, 4, 5, padding=2, bias=True),
@@ -40,10 +41,13 @@ def _mixed_model(dtype=torch.float32) -> nn.Module:
 
 
 def _formula_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """ ``model``'s forward with every adaptive layer convolving with its own autograd formula. """
+    """``model``'s forward with every adaptive layer convolving with its own autograd formula."""
     for module in model:
-        x = module._conv_forward(x, module.product_kernel(), module.bias) if isinstance(module, AdaptiveConv2d) \
+        x = (
+            module._conv_forward(x, module.product_kernel(), module.bias)
+            if isinstance(module, AdaptiveConv2d)
             else module(x)
+        )
     return x
 
 
@@ -100,8 +104,10 @@ def test_one_autograd_node_per_family_and_bits_of_a_layer_alone():
     assert all(layer._kernel_group is None for layer in timm_aconv.adaptive_layers(alone))
     for got, want in zip(_output_and_grads(model, x), _output_and_grads(alone, x), strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
-    assert all(layer._kernel_group is not None and len(layer._kernel_group.layers) == 1
-               for layer in timm_aconv.adaptive_layers(alone))
+    assert all(
+        layer._kernel_group is not None and len(layer._kernel_group.layers) == 1
+        for layer in timm_aconv.adaptive_layers(alone)
+    )
     assert output.shape == (2, 4, 6, 6)
 
 
@@ -154,11 +160,14 @@ def _to_float64(layer):
     layer.to(torch.float64)
 
 
-@pytest.mark.parametrize('change', [_in_place, _sigma_in_place, _swap_parameter, _assign_data, _load_state_dict,
-                                    _to_float64], ids=lambda fn: fn.__name__.lstrip('_'))
+@pytest.mark.parametrize(
+    'change',
+    [_in_place, _sigma_in_place, _swap_parameter, _assign_data, _load_state_dict, _to_float64],
+    ids=lambda fn: fn.__name__.lstrip('_'),
+)
 def test_a_change_between_two_forwards_computes_new_kernels(change):
-    """ A kept kernel is never handed out after its layer changed, even with no backward in between
-    (each layer also runs twice here: the second call computes anew). """
+    """A kept kernel is never handed out after its layer changed, even with no backward in between
+    (each layer also runs twice here: the second call computes anew)."""
     model = _mixed_model()
     x = torch.randn(1, 3, 12, 12)
     model(x)  # kernels computed, handed out and kept
@@ -195,16 +204,26 @@ def test_a_layer_that_did_not_run_never_gets_a_stale_kernel():
 def test_shared_layer_and_activation_checkpointing_match_the_formula():
     torch.manual_seed(0)
     shared = AdaptiveConv2d(4, 4, 5, padding=2)
-    model = nn.Sequential(AdaptiveConv2d(3, 4, 3, padding=1), nn.ReLU(), shared, nn.ReLU(), shared, nn.ReLU(),
-                          AdaptiveConv2d(4, 4, 5, padding=2))
+    model = nn.Sequential(
+        AdaptiveConv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        shared,
+        nn.ReLU(),
+        shared,
+        nn.ReLU(),
+        AdaptiveConv2d(4, 4, 5, padding=2),
+    )
     timm_aconv.group_adaptive_layers(model)
     assert len(_group(model).layers) == 3  # the shared layer once
     x = torch.randn(2, 3, 8, 8)
 
     def formula(inputs):
         for module in model:
-            inputs = module._conv_forward(inputs, module.product_kernel(), module.bias) \
-                if isinstance(module, AdaptiveConv2d) else module(inputs)
+            inputs = (
+                module._conv_forward(inputs, module.product_kernel(), module.bias)
+                if isinstance(module, AdaptiveConv2d)
+                else module(inputs)
+            )
         return inputs
 
     expected = _output_and_grads(model, x, formula)
@@ -213,11 +232,14 @@ def test_shared_layer_and_activation_checkpointing_match_the_formula():
 
     # the middle layers recomputed in the backward, as timm's checkpoint_seq does
     for use_reentrant in (False, True):
+
         def run(inputs, use_reentrant=use_reentrant):
             inputs = model[1](model[0](inputs))
-            inputs = checkpoint(lambda h: model[5](model[4](model[3](model[2](h)))), inputs,
-                                use_reentrant=use_reentrant)
+            inputs = checkpoint(
+                lambda h: model[5](model[4](model[3](model[2](h)))), inputs, use_reentrant=use_reentrant
+            )
             return model[6](inputs)
+
         for got, want in zip(_output_and_grads(model, x.requires_grad_(use_reentrant), run), expected, strict=True):
             torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
 
@@ -244,14 +266,16 @@ def test_copies_and_pickles_carry_their_own_group_and_a_copied_layer_goes_alone(
 
 
 def test_registered_and_converted_models_are_grouped_and_surgery_regroups():
-    for model in (timm.create_model('aconv_resnet20', widths=(2, 4, 8)),
-                  timm.create_model('aconv_resnet18'),
-                  timm.create_model('aconv_simple_cnn'),
-                  timm.create_model('aconv_resnet20', widths=(2, 4, 8), features_only=True),
-                  smp.Unet('aconv_resnet18', encoder_weights=None, encoder_depth=3, decoder_channels=(16, 8, 4)),
-                  smp.create_model('aconv_unet', encoder_name='resnet18', encoder_weights=None),
-                  PaperUNet(),  # its entry convolution alone
-                  _HandBuilt()):
+    for model in (
+        timm.create_model('aconv_resnet20', widths=(2, 4, 8)),
+        timm.create_model('aconv_resnet18'),
+        timm.create_model('aconv_simple_cnn'),
+        timm.create_model('aconv_resnet20', widths=(2, 4, 8), features_only=True),
+        smp.Unet('aconv_resnet18', encoder_weights=None, encoder_depth=3, decoder_channels=(16, 8, 4)),
+        smp.create_model('aconv_unet', encoder_name='resnet18', encoder_weights=None),
+        PaperUNet(),  # its entry convolution alone
+        _HandBuilt(),
+    ):
         layers = list(timm_aconv.adaptive_layers(model))
         groups = {layer._kernel_group for layer in layers}
         assert len(groups) == 1 and None not in groups and groups.pop().layers == layers, type(model).__name__
@@ -269,9 +293,11 @@ def test_converted_timm_resnet18_and_smp_unet_first_conv_match_the_formula():
     torch.manual_seed(0)
     resnet = timm_aconv.convert_convs(timm.create_model('resnet18', num_classes=4), sizes=[5], preserve=False)
     assert len(_group(resnet).layers) == 17  # 1x1 shortcuts skipped
-    unet = timm_aconv.convert_convs(smp.Unet('resnet18', encoder_weights=None, encoder_depth=3,
-                                             decoder_channels=(16, 8, 4), classes=2),
-                                    sizes=[7], include=['encoder.conv1'])
+    unet = timm_aconv.convert_convs(
+        smp.Unet('resnet18', encoder_weights=None, encoder_depth=3, decoder_channels=(16, 8, 4), classes=2),
+        sizes=[7],
+        include=['encoder.conv1'],
+    )
     for model, x in ((resnet, torch.randn(2, 3, 32, 32)), (unet, torch.randn(2, 3, 32, 32))):
         reference = copy.deepcopy(model)
         for layer in timm_aconv.adaptive_layers(reference):
@@ -293,8 +319,8 @@ def test_frozen_sigmas_or_weights_in_a_group():
 
 
 def test_nothing_is_kept_across_a_cuda_graph_capture(monkeypatch):
-    """ While a CUDA stream captures, kernels kept from eager calls are not reused, the kernels computed are
-    not reused after it, and the evaluation cache is bypassed (checked on the CPU with the probe patched). """
+    """While a CUDA stream captures, kernels kept from eager calls are not reused, the kernels computed are
+    not reused after it, and the evaluation cache is bypassed (checked on the CPU with the probe patched)."""
     model = _mixed_model()
     x = torch.randn(1, 3, 12, 12)
     model(x)
@@ -318,6 +344,7 @@ def test_nothing_is_kept_across_a_cuda_graph_capture(monkeypatch):
 
 def test_compiled_group_has_no_graph_breaks_or_recompiles_and_matches_eager():
     from torch._dynamo.utils import counters
+
     model = _mixed_model()
     eager = copy.deepcopy(model)
     x = torch.randn(2, 3, 12, 12)
@@ -326,7 +353,7 @@ def test_compiled_group_has_no_graph_breaks_or_recompiles_and_matches_eager():
     compiled = torch.compile(model, backend='aot_eager')
     optimizers = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (model, eager)]
     for _ in range(3):
-        for forward, m, optimizer in ((compiled, model, optimizers[0]), (eager, eager, optimizers[1])):
+        for forward, optimizer in ((compiled, optimizers[0]), (eager, optimizers[1])):
             optimizer.zero_grad()
             forward(x).square().mean().backward()
             optimizer.step()
@@ -337,7 +364,7 @@ def test_compiled_group_has_no_graph_breaks_or_recompiles_and_matches_eager():
 
 
 def test_group_errors_and_the_deprecated_batched_envelopes():
-    with pytest.raises(TypeError, match='model must be a torch.nn.Module, got object'):
+    with pytest.raises(TypeError, match=r'model must be a torch\.nn\.Module, got object'):
         timm_aconv.group_adaptive_layers(object())
     assert timm_aconv.group_adaptive_layers(nn.Conv2d(1, 1, 3)) is None
     model = _mixed_model()
@@ -369,6 +396,7 @@ def test_torch_func_and_torchscript_take_the_formula():
 
 def _formula_with_sigma(model: nn.Module, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     from timm_aconv.layers.envelope import softmax_envelope
+
     for module in model:
         if isinstance(module, AdaptiveConv2d):
             value = sigma if module is model[10] else module.sigma
@@ -384,14 +412,14 @@ def test_functional_call_with_swapped_parameters_then_the_real_ones():
     x = torch.randn(1, 3, 12, 12)
     sigma = torch.full((4,), 0.3, requires_grad=True)
     output = torch.func.functional_call(model, {'10.sigma': sigma}, (x,))
-    grad, = torch.autograd.grad(output.sum(), sigma)
-    expected, = torch.autograd.grad(_formula_with_sigma(model, x, sigma).sum(), sigma)
+    (grad,) = torch.autograd.grad(output.sum(), sigma)
+    (expected,) = torch.autograd.grad(_formula_with_sigma(model, x, sigma).sum(), sigma)
     torch.testing.assert_close(grad, expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(model(x), _formula_forward(model, x), rtol=1e-6, atol=1e-6)
 
 
 class _HandBuilt(nn.Module):
-    """ A model of bare layers, built the way users write their own. """
+    """A model of bare layers, built the way users write their own."""
 
     def __init__(self):
         super().__init__()
@@ -420,7 +448,10 @@ def test_models_built_from_bare_layers_are_grouped_as_they_are_built():
     model.blocks[1] = nn.Conv2d(4, 4, 3, padding=1)
     assert removed._kernel_group is None and len(_group(model).layers) == 3
     model.blocks.append(AdaptiveConv2d(4, 4, 5, padding=2))
-    assert len(_group(model).layers) == 4 and len({layer._kernel_group for layer in timm_aconv.adaptive_layers(model)}) == 1
+    assert (
+        len(_group(model).layers) == 4
+        and len({layer._kernel_group for layer in timm_aconv.adaptive_layers(model)}) == 1
+    )
     x = torch.randn(2, 3, 8, 8)
     reference = copy.deepcopy(model)
     timm_aconv.ungroup_adaptive_layers(reference)

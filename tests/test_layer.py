@@ -1,4 +1,5 @@
-""" AdaptiveConv2d: construction, every Conv2d option, gradients, serialization, scripting. """
+"""AdaptiveConv2d: construction, every Conv2d option, gradients, serialization, scripting."""
+
 import io
 
 import pytest
@@ -42,13 +43,20 @@ def test_equals_conv2d_with_product_kernel(kwargs, in_channels):
     torch.testing.assert_close(layer(x), reference(x), rtol=1e-12, atol=1e-12)
     # the same with F.conv2d and the exposed product kernel (zeros padding only)
     if kwargs.get('padding_mode', 'zeros') == 'zeros':
-        expected = F.conv2d(x, layer.product_kernel(), layer.bias, layer.stride, layer.padding, layer.dilation,
-                            layer.groups)
+        expected = F.conv2d(
+            x, layer.product_kernel(), layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups
+        )
         torch.testing.assert_close(layer(x), expected, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize('kwargs,in_channels', [p for p in CONV_OPTIONS if p.id in (
-    'default', 'stride2', 'dilation2', 'groups2', 'depthwise-same', 'reflect', 'nobias-same-dilation12')])
+@pytest.mark.parametrize(
+    'kwargs,in_channels',
+    [
+        p
+        for p in CONV_OPTIONS
+        if p.id in ('default', 'stride2', 'dilation2', 'groups2', 'depthwise-same', 'reflect', 'nobias-same-dilation12')
+    ],
+)
 def test_gradcheck_weight_bias_sigma_input(kwargs, in_channels):
     layer = _layer(kernel_size=3, in_channels=in_channels, sigma_init=(0.2, 0.6), **kwargs)
     x = torch.randn(1, in_channels, 6, 5, dtype=torch.float64, requires_grad=True)
@@ -102,10 +110,15 @@ def test_bad_kernel_size(kernel_size):
         AdaptiveConv2d(3, 4, kernel_size)
 
 
-@pytest.mark.parametrize('sigma_init,match', [
-    (0.0, 'sigma_init must be positive'), (-0.1, 'sigma_init must be positive'),
-    ((0.5, 0.1), 'low <= high'), ((0.1, 0.2, 0.3), 'sigma_init must be a positive number or a'),
-])
+@pytest.mark.parametrize(
+    'sigma_init,match',
+    [
+        (0.0, 'sigma_init must be positive'),
+        (-0.1, 'sigma_init must be positive'),
+        ((0.5, 0.1), 'low <= high'),
+        ((0.1, 0.2, 0.3), 'sigma_init must be a positive number or a'),
+    ],
+)
 def test_bad_sigma_init(sigma_init, match):
     with pytest.raises(ValueError, match=match):
         AdaptiveConv2d(3, 4, 5, sigma_init=sigma_init)
@@ -149,9 +162,15 @@ def test_fuse_returns_plain_conv_with_identical_outputs():
 def _small_model():
     torch.manual_seed(0)
     return nn.Sequential(
-        AdaptiveConv2d(3, 8, 5, padding='same'), nn.BatchNorm2d(8), nn.ReLU(),
-        AdaptiveConv2d(8, 8, 3, stride=2, padding=1, groups=8, bias=False), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)).eval()
+        AdaptiveConv2d(3, 8, 5, padding='same'),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        AdaptiveConv2d(8, 8, 3, stride=2, padding=1, groups=8, bias=False),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 3),
+    ).eval()
 
 
 def test_state_dict_round_trip_weights_only():

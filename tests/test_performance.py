@@ -1,8 +1,9 @@
-""" Fast paths of the adaptive layer: the product-kernel cache, compile, autocast, memory format, export.
+"""Fast paths of the adaptive layer: the product-kernel cache, compile, autocast, memory format, export.
 
 No timing here (benchmarks/overhead.py measures speed); these tests check that every fast path
 computes what the plain definition ``conv2d(x, weight * envelope(sigma))`` computes.
 """
+
 import copy
 import io
 
@@ -21,7 +22,7 @@ def _layer(dtype=torch.float32, **kwargs) -> AdaptiveConv2d:
 
 
 def _reference(layer: AdaptiveConv2d, x: torch.Tensor) -> torch.Tensor:
-    """ The layer's output from its product kernel computed now (nothing cached). """
+    """The layer's output from its product kernel computed now (nothing cached)."""
     kernel = layer.product_kernel().detach()
     definition = layer.weight.detach() * gaussian_envelope(layer.sigma.detach(), layer.grid_size)[:, None]
     torch.testing.assert_close(kernel, definition)  # the lean envelope is the paper's to float rounding
@@ -96,9 +97,20 @@ def _set_sigma_parameter(layer):
     layer.sigma = nn.Parameter(torch.full_like(layer.sigma, 0.2))
 
 
-CHANGES = [_sgd_step, _adam_fused_step, _load_state_dict, _load_state_dict_assign, _in_place_weight,
-           _in_place_sigma, _clamp, _assign_data, _assign_transposed_view, _assign_data_twice, _to_float64,
-           _set_sigma_parameter]
+CHANGES = [
+    _sgd_step,
+    _adam_fused_step,
+    _load_state_dict,
+    _load_state_dict_assign,
+    _in_place_weight,
+    _in_place_sigma,
+    _clamp,
+    _assign_data,
+    _assign_transposed_view,
+    _assign_data_twice,
+    _to_float64,
+    _set_sigma_parameter,
+]
 
 
 @pytest.mark.parametrize('change', CHANGES, ids=lambda fn: fn.__name__.lstrip('_'))
@@ -183,9 +195,17 @@ def test_copies_do_not_carry_the_cache():
 def _small_cnn(kernel_size: int = 5) -> nn.Module:
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 8, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
+    )
     return timm_aconv.convert_convs(model, sizes=kernel_size, preserve=False)
 
 
@@ -245,7 +265,7 @@ def test_onnx_export_of_fused_model(tmp_path):
 
 # ------------------------------------------------------------------ the lean training path
 def _definition_kernel(weight: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """ ``W ∘ U(sigma)`` through autograd of the paper's formula (:func:`gaussian_envelope`). """
+    """``W ∘ U(sigma)`` through autograd of the paper's formula (:func:`gaussian_envelope`)."""
     return weight * gaussian_envelope(sigma, weight.shape[-1])[:, None]
 
 
@@ -257,10 +277,13 @@ def _definition_grads(layer: AdaptiveConv2d, x: torch.Tensor, grad_out: torch.Te
 
 
 @pytest.mark.parametrize('dtype,tolerance', [(torch.float64, 1e-10), (torch.float32, 2e-5)], ids=['f64', 'f32'])
-@pytest.mark.parametrize('kwargs', [dict(), dict(groups=3, stride=2), dict(channels_last=True)],
-                         ids=['default', 'groups-stride', 'channels_last'])
+@pytest.mark.parametrize(
+    'kwargs',
+    [dict(), dict(groups=3, stride=2), dict(channels_last=True)],
+    ids=['default', 'groups-stride', 'channels_last'],
+)
 def test_training_outputs_and_gradients_equal_the_formula(dtype, tolerance, kwargs):
-    """ The closed-form backward (W, sigma, bias) and the softmax envelope against autograd of eq. 11/21. """
+    """The closed-form backward (W, sigma, bias) and the softmax envelope against autograd of eq. 11/21."""
     kwargs = dict(kwargs)
     channels_last = kwargs.pop('channels_last', False)
     torch.manual_seed(0)
@@ -280,23 +303,23 @@ def test_training_outputs_and_gradients_equal_the_formula(dtype, tolerance, kwar
 
 
 def test_input_gradient_penalty_works_and_second_sigma_derivative_raises():
-    """ Double backward through the convolution (a penalty on input gradients) reaches W and sigma once;
-    differentiating the sigma gradient itself is refused, not silently wrong. """
+    """Double backward through the convolution (a penalty on input gradients) reaches W and sigma once;
+    differentiating the sigma gradient itself is refused, not silently wrong."""
     torch.manual_seed(0)
     layer = AdaptiveConv2d(2, 3, 5, padding=2, dtype=torch.float64)
     x = torch.randn(1, 2, 6, 6, dtype=torch.float64, requires_grad=True)
-    grad_x, = torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)
+    (grad_x,) = torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)
     grad_x.square().sum().backward()
 
     weight, sigma = layer.weight.detach().requires_grad_(True), layer.sigma.detach().requires_grad_(True)
     x_ref = x.detach().requires_grad_(True)
     output = layer._conv_forward(x_ref, _definition_kernel(weight, sigma), layer.bias.detach())
-    grad_x_ref, = torch.autograd.grad(output.square().sum(), x_ref, create_graph=True)
+    (grad_x_ref,) = torch.autograd.grad(output.square().sum(), x_ref, create_graph=True)
     grad_x_ref.square().sum().backward()
     torch.testing.assert_close(layer.weight.grad, weight.grad)
     torch.testing.assert_close(layer.sigma.grad, sigma.grad)
 
-    grad_sigma, = torch.autograd.grad(layer(x).sum(), layer.sigma, create_graph=True)
+    (grad_sigma,) = torch.autograd.grad(layer(x).sum(), layer.sigma, create_graph=True)
     with pytest.raises(RuntimeError, match='marked with @once_differentiable'):
         grad_sigma.sum().backward()
 
@@ -332,8 +355,9 @@ def test_torch_func_grad_and_vmap_over_sigmas():
 
     sigmas = torch.tensor([[0.2, 0.4, 0.9], [1.5, 0.3, 0.25]], dtype=torch.float64)
     torch.testing.assert_close(torch.func.grad(loss)(sigmas[0]), torch.func.grad(definition_loss)(sigmas[0]))
-    torch.testing.assert_close(torch.func.vmap(torch.func.grad(loss))(sigmas),
-                               torch.func.vmap(torch.func.grad(definition_loss))(sigmas))
+    torch.testing.assert_close(
+        torch.func.vmap(torch.func.grad(loss))(sigmas), torch.func.vmap(torch.func.grad(definition_loss))(sigmas)
+    )
 
 
 @pytest.mark.parametrize('grad_mode', [True, False], ids=['train-grad', 'no-grad'])

@@ -1,4 +1,5 @@
-""" The classification recipe, the comparison protocol and the demo, end to end on offline data """
+"""The classification recipe, the comparison protocol and the demo, end to end on offline data"""
+
 import importlib.util
 import json
 import math
@@ -16,13 +17,25 @@ import yaml
 
 import timm_aconv
 from timm_aconv.engine import Callback, ConfigError
-from timm_aconv.experiments.classification import ClassificationConfig, build_data, create_classifier
-from timm_aconv.experiments.compare import (
-    CompareConfig, best_sizes, best_versus_best, comparison_markdown, run_config, summarize)
-from timm_aconv.experiments.datasets import (
-    ArrayDataset, DataInfo, DatasetNotFoundError, build_classification_data, build_transform, clutter_canvas)
 from timm_aconv.engine.loaders import build_loaders, process_batch_size
 from timm_aconv.engine.statistics import cohens_d, holm_adjust, ttest_peaks
+from timm_aconv.experiments.classification import ClassificationConfig, build_data, create_classifier
+from timm_aconv.experiments.compare import (
+    CompareConfig,
+    best_sizes,
+    best_versus_best,
+    comparison_markdown,
+    run_config,
+    summarize,
+)
+from timm_aconv.experiments.datasets import (
+    ArrayDataset,
+    DataInfo,
+    DatasetNotFoundError,
+    build_classification_data,
+    build_transform,
+    clutter_canvas,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ['--progress', 'false', '--log_with', 'none', '--num_threads', '1']
@@ -40,8 +53,19 @@ def load_recipe(name: str):
 
 def test_train_classification_recipe_on_the_offline_default(tmp_path, capsys):
     recipe = load_recipe('train_classification')
-    recipe.main(['--config', str(ROOT / 'recipes/configs/digits.yaml'), '--epochs', '2', '--img_size', '8',
-                 '--output_dir', str(tmp_path), *FAST])
+    recipe.main(
+        [
+            '--config',
+            str(ROOT / 'recipes/configs/digits.yaml'),
+            '--epochs',
+            '2',
+            '--img_size',
+            '8',
+            '--output_dir',
+            str(tmp_path),
+            *FAST,
+        ]
+    )
     assert 'aconv_simple_cnn on digits: peak validation accuracy' in capsys.readouterr().out
     history = json.loads((tmp_path / 'metrics.json').read_text())
     assert [record['val_samples'] for record in history] == [360, 360]
@@ -55,11 +79,34 @@ def test_train_classification_recipe_on_the_offline_default(tmp_path, capsys):
 
 def test_compare_table_has_real_t_tests(tmp_path, capsys):
     recipe = load_recipe('compare')
-    recipe.main(['--dataset', 'digits', '--img_size', '8', '--kernel_sizes', '3,5', '--repeats', '2',
-                 '--epochs', '1', '--max_steps_per_epoch', '6', '--lr', '0.01', '--save_every', '0',
-                 '--output_dir', str(tmp_path), *FAST])
+    recipe.main(
+        [
+            '--dataset',
+            'digits',
+            '--img_size',
+            '8',
+            '--kernel_sizes',
+            '3,5',
+            '--repeats',
+            '2',
+            '--epochs',
+            '1',
+            '--max_steps_per_epoch',
+            '6',
+            '--lr',
+            '0.01',
+            '--save_every',
+            '0',
+            '--output_dir',
+            str(tmp_path),
+            *FAST,
+        ]
+    )
     output = capsys.readouterr().out
-    assert '| kernel | CONV mean±std (%) | CONV max (%) | ACONV mean±std (%) | ACONV max (%) | t | p | p (Holm) | d |' in output
+    assert (
+        '| kernel | CONV mean±std (%) | CONV max (%) | ACONV mean±std (%) | ACONV max (%) | t | p | p (Holm) | d |'
+        in output
+    )
     result = json.loads((tmp_path / 'comparison.json').read_text())
     assert [row['kernel_size'] for row in result['rows']] == [3, 5]
     for row in result['rows']:
@@ -74,24 +121,64 @@ def test_compare_table_has_real_t_tests(tmp_path, capsys):
     # settings.yaml: every run's resolved settings; digits re-splits per repeat from the repeat's seed
     settings = yaml.safe_load((tmp_path / 'settings.yaml').read_text())
     assert settings['comparison']['kernel_sizes'] == [3, 5] and settings['runs_common']['dataset'] == 'digits'
-    assert sorted(settings['runs']) == sorted(f'{arm}_k{size}/seed{seed}' for arm in ('conv', 'aconv')
-                                              for size in (3, 5) for seed in (0, 1))
-    assert settings['runs']['aconv_k5/seed1']['split_seed'] == 1 and settings['runs']['conv_k3/seed0']['split_seed'] == 0
-    assert settings['runs']['conv_k5/seed1']['model'] == 'conv_simple_cnn' and settings['runs']['conv_k5/seed1']['kernel_size'] == 5
+    assert sorted(settings['runs']) == sorted(
+        f'{arm}_k{size}/seed{seed}' for arm in ('conv', 'aconv') for size in (3, 5) for seed in (0, 1)
+    )
+    assert (
+        settings['runs']['aconv_k5/seed1']['split_seed'] == 1 and settings['runs']['conv_k3/seed0']['split_seed'] == 0
+    )
+    assert (
+        settings['runs']['conv_k5/seed1']['model'] == 'conv_simple_cnn'
+        and settings['runs']['conv_k5/seed1']['kernel_size'] == 5
+    )
     # a run directory per arm, size and seed; --resume reads finished runs back instead of training
     assert (tmp_path / 'aconv_k5' / 'seed1' / 'metrics.json').is_file()
     before = (tmp_path / 'aconv_k5' / 'seed1' / 'metrics.json').stat().st_mtime_ns
-    recipe.main(['--dataset', 'digits', '--img_size', '8', '--kernel_sizes', '3,5', '--repeats', '2',
-                 '--epochs', '1', '--max_steps_per_epoch', '6', '--lr', '0.01', '--save_every', '0', '--resume',
-                 '--output_dir', str(tmp_path), *FAST])
+    recipe.main(
+        [
+            '--dataset',
+            'digits',
+            '--img_size',
+            '8',
+            '--kernel_sizes',
+            '3,5',
+            '--repeats',
+            '2',
+            '--epochs',
+            '1',
+            '--max_steps_per_epoch',
+            '6',
+            '--lr',
+            '0.01',
+            '--save_every',
+            '0',
+            '--resume',
+            '--output_dir',
+            str(tmp_path),
+            *FAST,
+        ]
+    )
     assert (tmp_path / 'aconv_k5' / 'seed1' / 'metrics.json').stat().st_mtime_ns == before
     assert json.loads((tmp_path / 'comparison.json').read_text())['rows'] == result['rows']
 
 
 def test_demo_prints_the_table_and_the_files(tmp_path, capsys):
     from timm_aconv import demo
-    demo.main(['--kernel_sizes', '3', '--epochs', '1', '--max_steps_per_epoch', '4', '--repeats', '2',
-               '--output_dir', str(tmp_path)])
+
+    demo.main(
+        [
+            '--kernel_sizes',
+            '3',
+            '--epochs',
+            '1',
+            '--max_steps_per_epoch',
+            '4',
+            '--repeats',
+            '2',
+            '--output_dir',
+            str(tmp_path),
+        ]
+    )
     output = capsys.readouterr().out
     assert 'CONV vs ACONV on scikit-learn digits: kernel sizes [3], 2 repeats, 1 epochs each (4 runs)' in output
     assert '| 3×3 (best) |' in output and str(tmp_path / 'comparison_curves.png') in output
@@ -102,10 +189,34 @@ def test_two_processes_keep_sigma_in_sync_count_validation_once_and_take_the_glo
         probe.bind(('127.0.0.1', 0))
         port = probe.getsockname()[1]
     torchrun = Path(sys.executable).with_name('torchrun')
-    command = [str(torchrun), '--standalone', '--nproc_per_node', '2', f'--master_port={port}',
-               str(ROOT / 'tests' / 'ddp_probe.py'), '--dataset', 'digits', '--img_size', '8', '--kernel_size', '5',
-               '--epochs', '2', '--batch_size', '128', '--val_batch_size', '14',
-               '--lr', '0.05', '--sigma_init', '0.05,0.5', '--cpu', '--output_dir', str(tmp_path), *FAST]
+    command = [
+        str(torchrun),
+        '--standalone',
+        '--nproc_per_node',
+        '2',
+        f'--master_port={port}',
+        str(ROOT / 'tests' / 'ddp_probe.py'),
+        '--dataset',
+        'digits',
+        '--img_size',
+        '8',
+        '--kernel_size',
+        '5',
+        '--epochs',
+        '2',
+        '--batch_size',
+        '128',
+        '--val_batch_size',
+        '14',
+        '--lr',
+        '0.05',
+        '--sigma_init',
+        '0.05,0.5',
+        '--cpu',
+        '--output_dir',
+        str(tmp_path),
+        *FAST,
+    ]
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(ROOT))
     completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240, cwd=ROOT)
     assert completed.returncode == 0, completed.stderr[-3000:]
@@ -124,6 +235,7 @@ def test_two_processes_keep_sigma_in_sync_count_validation_once_and_take_the_glo
     assert [record['val_samples'] for record in history] == [360, 360]  # 52 batches of 7 over 2 ranks, no repeats
     # the gathered accuracy is the single-process accuracy of the saved model on the whole validation set
     from safetensors.torch import load_file
+
     info = DataInfo('digits', 10, 1, (8, 8))
     model = create_classifier(ClassificationConfig(kernel_size=5, img_size=8), info)
     model.load_state_dict(load_file(tmp_path / 'model.safetensors'))
@@ -146,11 +258,13 @@ def test_missing_dataset_error_names_dataset_path_and_remedy(tmp_path):
 
 def test_a_failed_download_leaves_no_empty_folders(tmp_path, monkeypatch):
     import urllib.error
+
     import torchvision.datasets
 
     def download_fails(root, train, download):  # as torchvision does offline: folders first, then the URL
         (Path(root) / 'cifar-10-batches-py' / 'tmp').mkdir(parents=True)
         raise urllib.error.URLError('no network')
+
     monkeypatch.setattr(torchvision.datasets, 'CIFAR10', download_fails)
     (tmp_path / 'data' / 'mnist').mkdir(parents=True)  # a dataset already there stays
     with pytest.raises(DatasetNotFoundError, match='URLError: <urlopen error no network>'):
@@ -197,15 +311,22 @@ def test_augmentation_repeats_under_the_same_torch_seed():
     assert first.shape == (1, 16, 16)
 
 
-PAPER_SHAPES = dict(mnist=(1, 28, 28, 10), fashion_mnist=(1, 28, 28, 10), cifar10=(3, 32, 32, 10),
-                    mnist_cluttered=(1, 60, 60, 10), lfw=(1, 62, 47, 62))
+PAPER_SHAPES = dict(
+    mnist=(1, 28, 28, 10),
+    fashion_mnist=(1, 28, 28, 10),
+    cifar10=(3, 32, 32, 10),
+    mnist_cluttered=(1, 60, 60, 10),
+    lfw=(1, 62, 47, 62),
+)
 PAPER_CONFIGS = sorted(
-    path.name for pattern in ('simple_cnn_*.yaml', 'resnet_*.yaml') for path in (ROOT / 'recipes/configs').glob(pattern))
+    path.name for pattern in ('simple_cnn_*.yaml', 'resnet_*.yaml') for path in (ROOT / 'recipes/configs').glob(pattern)
+)
 
 
 @pytest.mark.parametrize('config_file', PAPER_CONFIGS)
 def test_paper_configs_load_in_both_recipes_and_build_their_model(config_file):
     from timm_aconv.engine import parse_config
+
     path = str(ROOT / 'recipes/configs' / config_file)
     config = parse_config(ClassificationConfig, ['--config', path])
     compare = parse_config(CompareConfig, ['--config', path])
@@ -215,7 +336,9 @@ def test_paper_configs_load_in_both_recipes_and_build_their_model(config_file):
     assert parse_config(CompareConfig, ['--config', path, '--kernel_sizes', '3,5,7,9']).kernel_sizes == [3, 5, 7, 9]
     assert compare.baseline_model == config.model.replace('aconv_', 'conv_')
     # the authors' preprocessing and augmentation
-    assert config.input_norm == ('none' if config.dataset == 'mnist_cluttered' else 'pixel_mean' if simple else 'standardize')
+    assert config.input_norm == (
+        'none' if config.dataset == 'mnist_cluttered' else 'pixel_mean' if simple else 'standardize'
+    )
     assert config.augment_shift == (0.1 if config_file == 'simple_cnn_lfw.yaml' else 0.2)
     assert config.split_seed is None  # a new split per repeat where there is no official one
     channels, height, width, classes = PAPER_SHAPES[config.dataset]
@@ -231,7 +354,7 @@ def test_paper_configs_load_in_both_recipes_and_build_their_model(config_file):
 def test_every_config_opens_with_its_departures_from_the_paper(config_file):
     lines = (ROOT / 'recipes/configs' / config_file).read_text().splitlines()
     assert lines[0].startswith('# paper vs this config')
-    block = lines[1:lines.index('#')]
+    block = lines[1 : lines.index('#')]
     assert block and all(line.startswith(('# - ', '#   ')) for line in block)
     if config_file != 'learn_filters.yaml':  # the one recipe without batches
         assert any('global batch' in line for line in block)
@@ -243,9 +366,10 @@ def _stack(dataset):
 
 @pytest.fixture(scope='module')
 def lfw_data_dir(tmp_path_factory):
-    """ A tiny offline LFW as scikit-learn stores it: lfw_home/lfw_funneled/<person>/*.jpg (250×250 RGB)
-    plus the three pairs files it checks for; 3 people with >= 20 images, one with 5 (left out). """
+    """A tiny offline LFW as scikit-learn stores it: lfw_home/lfw_funneled/<person>/*.jpg (250×250 RGB)
+    plus the three pairs files it checks for; 3 people with >= 20 images, one with 5 (left out)."""
     from PIL import Image
+
     root = tmp_path_factory.mktemp('lfw')
     home = root / 'lfw_home'
     rng = np.random.default_rng(0)
@@ -267,7 +391,7 @@ def test_lfw_pixels_are_scaled_to_unit_range_once(lfw_data_dir):
     images = _stack(train)
     assert images.shape[1:] == (1, 62, 47)
     # the white squares reach 1 (divided by 255 twice, as before, they stayed below 0.004)
-    assert 0.0 <= float(images.min()) and float(images.max()) <= 1.0
+    assert float(images.min()) >= 0.0 and float(images.max()) <= 1.0
     assert float(images.max()) > 0.95 and 0.1 < float(images.mean()) < 0.9
 
 
@@ -279,9 +403,13 @@ def test_each_repeat_draws_its_own_split_shared_by_both_arms(dataset, lfw_data_d
         return build_data(run_config(compare, arm, 3, repeat))[1].indices
 
     first = val_indices(config, 'ACONV', 0)
-    assert np.array_equal(first, val_indices(config, 'ACONV', 0)) and np.array_equal(first, val_indices(config, 'CONV', 0))
+    assert np.array_equal(first, val_indices(config, 'ACONV', 0)) and np.array_equal(
+        first, val_indices(config, 'CONV', 0)
+    )
     assert not np.array_equal(np.sort(first), np.sort(val_indices(config, 'ACONV', 1)))
-    fixed = CompareConfig(dataset=dataset, data_dir=lfw_data_dir, download=False, kernel_sizes=[3], repeats=2, split_seed=4)
+    fixed = CompareConfig(
+        dataset=dataset, data_dir=lfw_data_dir, download=False, kernel_sizes=[3], repeats=2, split_seed=4
+    )
     assert np.array_equal(val_indices(fixed, 'ACONV', 0), val_indices(fixed, 'CONV', 1))
 
 
@@ -322,8 +450,14 @@ def test_global_batch_must_divide_by_the_processes():
         process_batch_size(10, 4)
 
 
-@pytest.mark.parametrize('recipe_name, config_name', [
-    ('train_classification', 'ClassificationConfig'), ('compare', 'CompareConfig'), ('train_segmentation', 'SegmentationConfig')])
+@pytest.mark.parametrize(
+    'recipe_name, config_name',
+    [
+        ('train_classification', 'ClassificationConfig'),
+        ('compare', 'CompareConfig'),
+        ('train_segmentation', 'SegmentationConfig'),
+    ],
+)
 def test_help_says_batch_size_is_global(recipe_name, config_name, capsys):
     with pytest.raises(SystemExit):
         load_recipe(recipe_name).main(['--help'])
@@ -345,6 +479,7 @@ def test_simple_cnn_takes_the_authors_keras_constants_on_request():
 
 def test_paper_simple_cnn_arms_get_the_authors_initializers():
     from timm_aconv.engine import parse_config
+
     config = parse_config(CompareConfig, ['--config', str(ROOT / 'recipes/configs/simple_cnn_mnist.yaml')])
     info = DataInfo('mnist', 10, 1, (28, 28))
     conv, aconv = (create_classifier(run_config(config, arm, 9, 0), info) for arm in ('CONV', 'ACONV'))
@@ -356,8 +491,10 @@ def test_paper_simple_cnn_arms_get_the_authors_initializers():
 
 
 def test_best_size_is_the_highest_peak_over_both_arms():
-    peaks = {'CONV': {3: [0.95, 0.96, 0.97], 7: [0.90, 0.91, 0.92]},
-             'ACONV': {3: [0.93, 0.94, 0.95], 7: [0.94, 0.95, 0.96]}}
+    peaks = {
+        'CONV': {3: [0.95, 0.96, 0.97], 7: [0.90, 0.91, 0.92]},
+        'ACONV': {3: [0.93, 0.94, 0.95], 7: [0.94, 0.95, 0.96]},
+    }
     assert best_sizes(peaks) == dict(CONV=3, ACONV=7, both=3)  # the old rule, ACONV's highest peak, chose 7
     rows, best = summarize(peaks), best_versus_best(peaks)
     assert (best['conv_size'], best['aconv_size']) == (3, 7)
@@ -370,7 +507,7 @@ def test_best_size_is_the_highest_peak_over_both_arms():
 
 
 class KeepEpochWeights(Callback):
-    """ The trained model after every epoch, and the trainer. """
+    """The trained model after every epoch, and the trainer."""
 
     def __init__(self) -> None:
         self.weights, self.trainer = [], None
@@ -383,13 +520,42 @@ class KeepEpochWeights(Callback):
 def test_trained_models_reload_with_timm_and_the_config_reruns_the_run(tmp_path, monkeypatch):
     recipe = load_recipe('train_classification')
     pushed = {}
-    monkeypatch.setattr(timm.models, 'push_to_hf_hub', lambda model, repo_id, **kwargs: pushed.update(
-        repo_id=repo_id, weights={name: tensor.clone() for name, tensor in model.state_dict().items()}, **kwargs))
+    monkeypatch.setattr(
+        timm.models,
+        'push_to_hf_hub',
+        lambda model, repo_id, **kwargs: pushed.update(
+            repo_id=repo_id, weights={name: tensor.clone() for name, tensor in model.state_dict().items()}, **kwargs
+        ),
+    )
     epochs = KeepEpochWeights()
-    recipe.main(['--config', str(ROOT / 'recipes/configs/digits.yaml'), '--epochs', '3', '--max_steps_per_epoch', '4',
-                 '--img_size', '8', '--kernel_size', '5', '--lr', '0.05', '--plots', 'false', '--save_every', '0',
-                 '--val_batch_size', '360', '--push_to_hub', 'me/digits',
-                 '--output_dir', str(tmp_path / 'run'), *FAST], callbacks=[epochs])
+    recipe.main(
+        [
+            '--config',
+            str(ROOT / 'recipes/configs/digits.yaml'),
+            '--epochs',
+            '3',
+            '--max_steps_per_epoch',
+            '4',
+            '--img_size',
+            '8',
+            '--kernel_size',
+            '5',
+            '--lr',
+            '0.05',
+            '--plots',
+            'false',
+            '--save_every',
+            '0',
+            '--val_batch_size',
+            '360',
+            '--push_to_hub',
+            'me/digits',
+            '--output_dir',
+            str(tmp_path / 'run'),
+            *FAST,
+        ],
+        callbacks=[epochs],
+    )
     history = json.loads((tmp_path / 'run' / 'metrics.json').read_text())
     best_epoch = json.loads((tmp_path / 'run' / 'best' / 'best.json').read_text())['epoch']
     assert best_epoch == min(history, key=lambda record: record['val_loss'])['epoch']
@@ -414,17 +580,41 @@ def test_trained_models_reload_with_timm_and_the_config_reruns_the_run(tmp_path,
 def test_converted_model_reloads_with_timms_loader_in_one_line(tmp_path):
     recipe = load_recipe('train_classification')
     epochs = KeepEpochWeights()
-    recipe.main(['--model', 'resnet10t', '--convert', '--kernel_size', '5', '--dataset', 'synthetic', '--epochs', '1',
-                 '--max_steps_per_epoch', '2', '--batch_size', '16', '--val_batch_size', '240', '--save_every', '0',
-                 '--plots', 'false', '--output_dir', str(tmp_path),
-                 *FAST], callbacks=[epochs])
+    recipe.main(
+        [
+            '--model',
+            'resnet10t',
+            '--convert',
+            '--kernel_size',
+            '5',
+            '--dataset',
+            'synthetic',
+            '--epochs',
+            '1',
+            '--max_steps_per_epoch',
+            '2',
+            '--batch_size',
+            '16',
+            '--val_batch_size',
+            '240',
+            '--save_every',
+            '0',
+            '--plots',
+            'false',
+            '--output_dir',
+            str(tmp_path),
+            *FAST,
+        ],
+        callbacks=[epochs],
+    )
     saved = json.loads((tmp_path / 'best' / 'config.json').read_text())
     assert saved['architecture'] == 'aconv_converted'
     assert saved['model_args']['base'] == 'resnet10t' and saved['model_args']['convert'] == {'sizes': [5]}
     model = timm.create_model(f'local-dir:{tmp_path / "best"}', pretrained=True)
     trained = epochs.trainer.unwrapped_model
-    assert [layer.kernel_size for layer in timm_aconv.adaptive_layers(model)] == \
-        [layer.kernel_size for layer in timm_aconv.adaptive_layers(trained)]
+    assert [layer.kernel_size for layer in timm_aconv.adaptive_layers(model)] == [
+        layer.kernel_size for layer in timm_aconv.adaptive_layers(trained)
+    ]
     images = torch.rand(3, 1, 8, 8)
     with torch.no_grad():
         assert torch.equal(model.eval()(images), trained.eval()(images))
@@ -432,5 +622,6 @@ def test_converted_model_reloads_with_timms_loader_in_one_line(tmp_path):
 
 def test_compare_does_not_push_its_runs():
     from timm_aconv.experiments.compare import CompareConfig
+
     with pytest.raises(ValueError, match='push_to_hub pushes the model of one training run'):
         CompareConfig(push_to_hub='me/models')

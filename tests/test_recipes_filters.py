@@ -1,4 +1,5 @@
-""" The learn-filters recipe (paper section 4.1) and the kernel/envelope figures """
+"""The learn-filters recipe (paper section 4.1) and the kernel/envelope figures"""
+
 import json
 import runpy
 from pathlib import Path
@@ -10,9 +11,22 @@ import torch.nn as nn
 import timm_aconv
 from timm_aconv.engine import ConfigError, parse_config
 from timm_aconv.experiments.filters import (
-    FILTER_NAMES, LAPLACE_3x3, SOBEL_H, LearnFiltersConfig, build_filter_layer, filter_targets, fit_filters,
-    load_sample_gray, run_learn_filters)
-from timm_aconv.experiments.kernel_plots import layer_kernel_rows, new_figure, plot_layer_kernels, plot_sigma_trajectories
+    FILTER_NAMES,
+    SOBEL_H,
+    LAPLACE_3x3,
+    LearnFiltersConfig,
+    build_filter_layer,
+    filter_targets,
+    fit_filters,
+    load_sample_gray,
+    run_learn_filters,
+)
+from timm_aconv.experiments.kernel_plots import (
+    layer_kernel_rows,
+    new_figure,
+    plot_layer_kernels,
+    plot_sigma_trajectories,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,7 +56,7 @@ def test_targets_of_an_impulse_are_the_filter_kernels():
 
 
 def test_a_conv_holding_the_laplace_kernel_reproduces_its_target_exactly():
-    """ Targets use zero borders, the convention the layer's zero padding can learn. """
+    """Targets use zero borders, the convention the layer's zero padding can learn."""
     image = load_sample_gray('china.jpg', 24)
     layer = nn.Conv2d(1, 1, 9, padding='same', bias=False)
     with torch.no_grad():
@@ -56,7 +70,7 @@ def test_load_sample_gray_range_shape_and_errors():
     image = load_sample_gray('flower.jpg', 16)
     assert image.shape == (16, 16) and image.dtype == torch.float32
     assert 0.0 <= float(image.min()) < float(image.max()) <= 1.0
-    with pytest.raises(ValueError, match="image must be a scikit-learn sample image.*'lena.png'"):
+    with pytest.raises(ValueError, match=r"image must be a scikit-learn sample image.*'lena\.png'"):
         load_sample_gray('lena.png')
     with pytest.raises(ValueError, match='2-d'):
         filter_targets(torch.zeros(1, 8, 8))
@@ -102,13 +116,16 @@ def test_both_layers_start_from_the_same_seed():
     assert agreement > 0.9
 
 
-@pytest.mark.parametrize('argv, message', [
-    (['--iterations', '0'], 'iterations must be >= 1'),
-    (['--kernel_size', '8'], 'kernel_size must be an odd integer'),
-    (['--image', 'lena.png'], "image must be one of \\['china.jpg', 'flower.jpg'\\]"),
-    (['--conv_weight_init', 'orthogonal'], 'conv_weight_init must be one of'),
-    (['--clip_value', '-1'], 'clip_value must be > 0 or null'),
-])
+@pytest.mark.parametrize(
+    'argv, message',
+    [
+        (['--iterations', '0'], 'iterations must be >= 1'),
+        (['--kernel_size', '8'], 'kernel_size must be an odd integer'),
+        (['--image', 'lena.png'], "image must be one of \\['china.jpg', 'flower.jpg'\\]"),
+        (['--conv_weight_init', 'orthogonal'], 'conv_weight_init must be one of'),
+        (['--clip_value', '-1'], 'clip_value must be > 0 or null'),
+    ],
+)
 def test_config_errors_name_the_key(argv, message):
     with pytest.raises(ConfigError, match=message):
         parse_config(LearnFiltersConfig, ['--config', CONFIG, *argv])
@@ -116,8 +133,9 @@ def test_config_errors_name_the_key(argv, message):
 
 def test_recipe_runs_end_to_end(tmp_path, capsys):
     recipe = runpy.run_path(str(ROOT / 'recipes' / 'learn_filters.py'))
-    summary = recipe['main'](['--config', CONFIG, '--iterations', '15', '--image_size', '16',
-                              '--output_dir', str(tmp_path)])
+    summary = recipe['main'](
+        ['--config', CONFIG, '--iterations', '15', '--image_size', '16', '--output_dir', str(tmp_path)]
+    )
     printed = capsys.readouterr().out
     assert 'ACONV final MSE' in printed and 'CONV  final MSE' in printed
     results = json.loads((tmp_path / 'results.json').read_text())
@@ -140,7 +158,7 @@ def test_layer_kernel_rows_match_the_layer():
     assert list(conv_rows) == ['W'] and conv_rows['W'].shape == (2, 3, 3)
     with pytest.raises(ValueError, match=r'in_channel must be in \[0, 2\]'):
         layer_kernel_rows(layer, in_channel=3)
-    with pytest.raises(TypeError, match='nn.Conv2d or AdaptiveConv2d'):
+    with pytest.raises(TypeError, match=r'nn\.Conv2d or AdaptiveConv2d'):
         layer_kernel_rows(nn.Linear(2, 2))
 
 

@@ -1,4 +1,5 @@
-""" The segmentation recipe (paper section 4.4): data, metric, models, figures, end-to-end run """
+"""The segmentation recipe (paper section 4.4): data, metric, models, figures, end-to-end run"""
+
 import dataclasses
 import json
 import runpy
@@ -12,13 +13,18 @@ import torch.nn as nn
 
 import timm_aconv
 from timm_aconv.engine import Callback, ConfigError, parse_config
-from timm_aconv.experiments.datasets import DatasetNotFoundError
 from timm_aconv.engine.metrics import SegmentationMetric
+from timm_aconv.experiments.datasets import DatasetNotFoundError
 from timm_aconv.experiments.figures import plot_segmentation_examples
 from timm_aconv.experiments.segmentation import SegmentationConfig, create_segmentation_model, parse_variant
 from timm_aconv.experiments.segmentation_data import (
-    TRIMAP_CLASSES, SegmentationDataset, authors_validation_set, build_segmentation_data, build_segmentation_transform,
-    shapes_sample)
+    TRIMAP_CLASSES,
+    SegmentationDataset,
+    authors_validation_set,
+    build_segmentation_data,
+    build_segmentation_transform,
+    shapes_sample,
+)
 
 pytestmark = pytest.mark.usefixtures('one_torch_thread')
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,8 +59,8 @@ def test_metric_counts_pixels_and_ious_exactly():
 
 
 def _confusion_matrix_reference(logits, targets, num_classes):
-    """ The metric as it was computed before it used smp.metrics: a per-image confusion matrix (true ×
-    predicted) without the fractional-label pixels, which count as errors in the pixel accuracy. """
+    """The metric as it was computed before it used smp.metrics: a per-image confusion matrix (true ×
+    predicted) without the fractional-label pixels, which count as errors in the pixel accuracy."""
     labels = targets.long()
     whole = (targets == labels).flatten(1)
     index = (labels * num_classes + logits.argmax(1)).flatten(1)
@@ -64,8 +70,11 @@ def _confusion_matrix_reference(logits, targets, num_classes):
     true_positive = confusion.diag()
     iou = true_positive / (confusion.sum(0) + confusion.sum(1) - true_positive).clamp(min=1)
     pixels = float(confusion.sum()) + float((~whole).sum())
-    return dict(pixel_accuracy=float(true_positive.sum()) / pixels, miou=float(iou.mean()),
-                **{f'iou_class{index}': float(value) for index, value in enumerate(iou)})
+    return dict(
+        pixel_accuracy=float(true_positive.sum()) / pixels,
+        miou=float(iou.mean()),
+        **{f'iou_class{index}': float(value) for index, value in enumerate(iou)},
+    )
 
 
 @pytest.mark.parametrize('fractional', [False, True])
@@ -94,8 +103,11 @@ def test_metric_equals_the_confusion_matrix_numbers(fractional):
 
 def test_metric_without_smp_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, 'segmentation_models_pytorch.metrics', None)  # as if SMP were not installed
-    with pytest.raises(ImportError, match=r"SegmentationMetric computes with segmentation-models-pytorch's metrics .*"
-                                          r"pip install 'timm-aconv\[smp\]'"):
+    with pytest.raises(
+        ImportError,
+        match=r"SegmentationMetric computes with segmentation-models-pytorch's metrics .*"
+        r"pip install 'timm-aconv\[smp\]'",
+    ):
         SegmentationMetric(3)
 
 
@@ -109,7 +121,7 @@ def test_shapes_are_deterministic_trimaps():
 
 
 class _HalfImage:
-    """ A left-right asymmetric image whose mask is its bright half. """
+    """A left-right asymmetric image whose mask is its bright half."""
 
     def __len__(self):
         return 8
@@ -135,14 +147,17 @@ def test_transform_scales_to_plus_minus_two_and_moves_image_and_mask_together():
     assert 0 < flipped < len(augmented)  # the flip happens with probability 0.5
 
 
-@pytest.mark.parametrize('argv, message', [
-    (['--variants', 'aconv8'], "'aconv<n>' or 'conv<n>' with an odd kernel size"),
-    (['--variants', 'pool3'], "got 'pool3'"),
-    (['--variants', 'conv3,conv3'], 'must not repeat'),
-    (['--img_size', '100'], 'img_size must be a multiple of 16'),
-    (['--dataset', 'voc'], "dataset must be one of \\['shapes', 'oxford_pets'\\]"),
-    (['--repeats', '0'], 'repeats must be >= 1'),
-])
+@pytest.mark.parametrize(
+    'argv, message',
+    [
+        (['--variants', 'aconv8'], "'aconv<n>' or 'conv<n>' with an odd kernel size"),
+        (['--variants', 'pool3'], "got 'pool3'"),
+        (['--variants', 'conv3,conv3'], 'must not repeat'),
+        (['--img_size', '100'], 'img_size must be a multiple of 16'),
+        (['--dataset', 'voc'], "dataset must be one of \\['shapes', 'oxford_pets'\\]"),
+        (['--repeats', '0'], 'repeats must be >= 1'),
+    ],
+)
 def test_config_errors_name_the_key(argv, message):
     with pytest.raises(ConfigError, match=message):
         parse_config(SegmentationConfig, ['--config', CONFIG, *argv])
@@ -151,7 +166,12 @@ def test_config_errors_name_the_key(argv, message):
 def test_paper_config_holds_the_paper_settings():
     config = parse_config(SegmentationConfig, ['--config', PETS_CONFIG])
     assert (config.dataset, config.img_size, config.batch_size, config.epochs, config.repeats) == (
-        'oxford_pets', 128, 64, 75, 5)
+        'oxford_pets',
+        128,
+        64,
+        75,
+        5,
+    )
     assert (config.optimizer, config.lr, config.clip_value, config.plateau_factor) == ('adam', 0.01, 1.0, 0.2)
     assert config.variants == ['aconv7', 'conv7', 'conv3'] and parse_variant('conv3') == (False, 3)
 
@@ -188,7 +208,7 @@ def test_examples_figure_checks_shapes():
     images, masks = torch.zeros(2, 3, 8, 8), torch.zeros(2, 8, 8, dtype=torch.long)
     figure = plot_segmentation_examples(images, masks, {'ACONV7': masks, 'CONV3': masks})
     assert [axis.get_title() for axis in figure.axes[:4]] == ['input', 'true mask', 'ACONV7', 'CONV3']
-    key, = figure.legends  # the colour key of the mask classes
+    (key,) = figure.legends  # the colour key of the mask classes
     assert [text.get_text() for text in key.get_texts()] == ['pet', 'background', 'border']
     with pytest.raises(ValueError, match="predictions\\['CONV3'\\] must have the masks' shape"):
         plot_segmentation_examples(images, masks, {'CONV3': masks[:1]})
@@ -196,9 +216,28 @@ def test_examples_figure_checks_shapes():
 
 def test_recipe_runs_end_to_end_and_resumes(tmp_path, capsys):
     recipe = runpy.run_path(str(ROOT / 'recipes' / 'train_segmentation.py'))
-    argv = ['--config', CONFIG, '--output_dir', str(tmp_path), '--img_size', '16', '--epochs', '1',
-            '--shapes_train_size', '8', '--shapes_val_size', '4', '--batch_size', '4',
-            '--variants', 'aconv7,conv3', '--repeats', '2', '--examples', '2']
+    argv = [
+        '--config',
+        CONFIG,
+        '--output_dir',
+        str(tmp_path),
+        '--img_size',
+        '16',
+        '--epochs',
+        '1',
+        '--shapes_train_size',
+        '8',
+        '--shapes_val_size',
+        '4',
+        '--batch_size',
+        '4',
+        '--variants',
+        'aconv7,conv3',
+        '--repeats',
+        '2',
+        '--examples',
+        '2',
+    ]
     result = recipe['main'](argv)
     printed = capsys.readouterr().out
     assert '| ACONV 7×7 | 2 |' in printed and '| CONV 3×3 | 2 |' in printed
@@ -218,21 +257,30 @@ def test_recipe_runs_end_to_end_and_resumes(tmp_path, capsys):
     assert '| p (Holm) | d |' in printed and 'std with ddof=1' in printed
     assert json.loads((tmp_path / 'comparison.json').read_text())['rows'][1]['p'] == pytest.approx(conv_row['p'])
     import yaml
+
     settings = yaml.safe_load((tmp_path / 'settings.yaml').read_text())
     assert sorted(settings['runs']) == ['aconv7/seed0', 'aconv7/seed1', 'conv3/seed0', 'conv3/seed1']
-    assert settings['runs']['conv3/seed1'] == dict(seed=1, output_dir=str(tmp_path / 'conv3' / 'seed1'), variants=['conv3'])
-    for name in ('comparison.md', 'comparison.json', 'comparison_curves.png', 'examples.png',
-                 'aconv7_first_conv_kernels.png', 'conv3_first_conv_kernels.png'):
+    assert settings['runs']['conv3/seed1'] == dict(
+        seed=1, output_dir=str(tmp_path / 'conv3' / 'seed1'), variants=['conv3']
+    )
+    for name in (
+        'comparison.md',
+        'comparison.json',
+        'comparison_curves.png',
+        'examples.png',
+        'aconv7_first_conv_kernels.png',
+        'conv3_first_conv_kernels.png',
+    ):
         assert (tmp_path / name).stat().st_size > 0, name
     # finished runs are read back, not trained again
     (tmp_path / 'examples.png').unlink()
-    resumed = recipe['main'](argv + ['--resume'])
+    resumed = recipe['main']([*argv, '--resume'])
     assert resumed.peak_accuracy == result.peak_accuracy
     assert (tmp_path / 'examples.png').is_file()
 
 
 class _HalfAndHalf:
-    """ ``length`` 8×8 samples whose left half is class 0 (pet) and right half class 2 (border). """
+    """``length`` 8×8 samples whose left half is class 0 (pet) and right half class 2 (border)."""
 
     def __init__(self, length: int) -> None:
         self.length = length
@@ -277,7 +325,7 @@ def test_validation_protocol_defaults_to_the_full_split():
 
 
 class KeepRunWeights(Callback):
-    """ Per run (output_dir): the trained weights after every epoch, and the trained model. """
+    """Per run (output_dir): the trained weights after every epoch, and the trained model."""
 
     def __init__(self) -> None:
         self.weights, self.models = {}, {}
@@ -290,16 +338,51 @@ class KeepRunWeights(Callback):
         self.models[Path(trainer.config.output_dir)] = trainer.unwrapped_model
 
 
-SMOKE = ['--img_size', '32', '--shapes_train_size', '4', '--shapes_val_size', '2', '--batch_size', '2',
-         '--plots', 'false', '--save_every', '0', '--progress', 'false', '--log_with', 'none', '--num_threads', '1']
+SMOKE = [
+    '--img_size',
+    '32',
+    '--shapes_train_size',
+    '4',
+    '--shapes_val_size',
+    '2',
+    '--batch_size',
+    '2',
+    '--plots',
+    'false',
+    '--save_every',
+    '0',
+    '--progress',
+    'false',
+    '--log_with',
+    'none',
+    '--num_threads',
+    '1',
+]
 
 
 def test_smp_unet_runs_reload_with_smp_from_pretrained(tmp_path):
     import segmentation_models_pytorch as smp
+
     recipe = runpy.run_path(str(ROOT / 'recipes' / 'train_segmentation.py'))
     runs = KeepRunWeights()
-    recipe['main'](['--arch', 'smp_unet', '--encoder_name', 'resnet18', '--variants', 'aconv7,conv3', '--epochs', '1',
-                    '--max_steps_per_epoch', '1', '--output_dir', str(tmp_path), *SMOKE], callbacks=[runs])
+    recipe['main'](
+        [
+            '--arch',
+            'smp_unet',
+            '--encoder_name',
+            'resnet18',
+            '--variants',
+            'aconv7,conv3',
+            '--epochs',
+            '1',
+            '--max_steps_per_epoch',
+            '1',
+            '--output_dir',
+            str(tmp_path),
+            *SMOKE,
+        ],
+        callbacks=[runs],
+    )
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     for variant in ('aconv7', 'conv3'):
         run = tmp_path / variant / 'seed0'
@@ -321,26 +404,34 @@ def test_smp_unet_runs_reload_with_smp_from_pretrained(tmp_path):
 
 def test_push_to_hub_sends_the_best_run_and_config_yaml_reruns_the_comparison(tmp_path, monkeypatch):
     import segmentation_models_pytorch as smp
+
     pushed = []
 
     def push_to_hub(model, repo_id, **kwargs):
-        pushed.append(dict(repo_id=repo_id, weights={name: tensor.clone() for name, tensor in model.state_dict().items()},
-                           **kwargs))
+        pushed.append(
+            dict(
+                repo_id=repo_id, weights={name: tensor.clone() for name, tensor in model.state_dict().items()}, **kwargs
+            )
+        )
+
     monkeypatch.setattr(smp.base.SegmentationModel, 'push_to_hub', push_to_hub)
     recipe = runpy.run_path(str(ROOT / 'recipes' / 'train_segmentation.py'))
     runs = KeepRunWeights()
     argv = ['--config', CONFIG, '--variants', 'aconv7', '--epochs', '3', '--push_to_hub', 'me/unet', *SMOKE]
-    result = recipe['main'](argv + ['--output_dir', str(tmp_path / 'first')], callbacks=[runs])
+    result = recipe['main']([*argv, '--output_dir', str(tmp_path / 'first')], callbacks=[runs])
     run = tmp_path / 'first' / 'aconv7' / 'seed0'
     best = json.loads((run / 'best' / 'best.json').read_text())
     assert [push['repo_id'] for push in pushed] == ['me/unet']
-    assert all(torch.equal(tensor, runs.weights[run][best['epoch'] - 1][name])
-               for name, tensor in pushed[0]['weights'].items())
+    assert all(
+        torch.equal(tensor, runs.weights[run][best['epoch'] - 1][name]) for name, tensor in pushed[0]['weights'].items()
+    )
     card = pushed[0]['model_card_kwargs']
     assert card['metrics']['epoch'] == best['epoch'] and card['metrics']['val_loss'] == best['value']
     assert card['dataset'].startswith('shapes')
     # the comparison's config.yaml reruns it exactly
-    rerun = recipe['main'](['--config', str(tmp_path / 'first' / 'config.yaml'), '--output_dir', str(tmp_path / 'again')])
+    rerun = recipe['main'](
+        ['--config', str(tmp_path / 'first' / 'config.yaml'), '--output_dir', str(tmp_path / 'again')]
+    )
     assert rerun.histories == result.histories and len(pushed) == 2
     with pytest.raises(ConfigError, match=r'push_to_hub pushes the model of one training run.* are 2 runs'):
         parse_config(SegmentationConfig, ['--config', CONFIG, '--variants', 'aconv7,conv3', '--push_to_hub', 'me/unet'])

@@ -1,4 +1,5 @@
-""" Sigma clamp after optimizer steps, and the sigma parameter group. """
+"""Sigma clamp after optimizer steps, and the sigma parameter group."""
+
 import pytest
 import torch
 import torch.nn as nn
@@ -11,8 +12,13 @@ from timm_aconv import AdaptiveConv2d
 def _model():
     torch.manual_seed(0)
     return nn.Sequential(
-        AdaptiveConv2d(1, 4, 5, padding=2), nn.BatchNorm2d(4), nn.ReLU(),
-        AdaptiveConv2d(4, 4, 3, padding=1, sigma_bounds=(0.25, 1.0)), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+        AdaptiveConv2d(1, 4, 5, padding=2),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        AdaptiveConv2d(4, 4, 3, padding=1, sigma_bounds=(0.25, 1.0)),
+        nn.Flatten(),
+        nn.Linear(4 * 6 * 6, 2),
+    )
 
 
 def _push_sigmas_out_of_bounds(model):
@@ -24,7 +30,8 @@ def _push_sigmas_out_of_bounds(model):
 def _in_bounds(model):
     return all(
         bool(((layer.sigma >= layer.sigma_bounds[0]) & (layer.sigma <= layer.sigma_bounds[1])).all())
-        for layer in timm_aconv.adaptive_layers(model))
+        for layer in timm_aconv.adaptive_layers(model)
+    )
 
 
 def _loss(model):
@@ -80,7 +87,7 @@ def test_hook_does_not_clamp_on_skipped_accumulation_steps():
 
 
 def test_hook_rejects_non_optimizer():
-    with pytest.raises(TypeError, match='optimizer must be a torch.optim.Optimizer'):
+    with pytest.raises(TypeError, match=r'optimizer must be a torch\.optim\.Optimizer'):
         timm_aconv.register_sigma_clamp(object(), _model())
 
 
@@ -92,7 +99,11 @@ def test_param_groups_sigma_without_weight_decay_and_own_lr(no_auto_clamp):
     assert {id(p) for p in by_name['sigma']['params']} == {id(model[0].sigma), id(model[3].sigma)}
     assert by_name['sigma']['weight_decay'] == 0.0 and by_name['sigma']['lr'] == pytest.approx(0.02)
     assert by_name['decay']['weight_decay'] == 5e-4 and by_name['decay']['lr'] == 0.1
-    assert {id(p) for p in by_name['decay']['params']} == {id(model[0].weight), id(model[3].weight), id(model[5].weight)}
+    assert {id(p) for p in by_name['decay']['params']} == {
+        id(model[0].weight),
+        id(model[3].weight),
+        id(model[5].weight),
+    }
     assert id(model[0].bias) in {id(p) for p in by_name['no_decay']['params']}
     assert sum(len(g['params']) for g in groups) == len(list(model.parameters()))
     optimizer = torch.optim.SGD(groups, lr=0.1, momentum=0.9)
@@ -116,8 +127,10 @@ def test_param_groups_frozen_and_errors():
 
 def test_clamp_is_one_foreach_call_per_bound_for_all_layers():
     torch.manual_seed(0)
-    model = nn.Sequential(*[AdaptiveConv2d(2, 2, 3 + 2 * (index % 3), padding='same') for index in range(6)],
-                          AdaptiveConv2d(2, 2, 3, dtype=torch.float64))  # another dtype: its own group
+    model = nn.Sequential(
+        *[AdaptiveConv2d(2, 2, 3 + 2 * (index % 3), padding='same') for index in range(6)],
+        AdaptiveConv2d(2, 2, 3, dtype=torch.float64),
+    )  # another dtype: its own group
     _push_sigmas_out_of_bounds(model)
     with torch.profiler.profile() as prof:
         assert timm_aconv.clamp_sigmas_(model) == 7
@@ -129,21 +142,23 @@ def test_clamp_is_one_foreach_call_per_bound_for_all_layers():
 
 # ------------------------------------------------------------- the clamp after every optimizer step
 def _count_clamps(monkeypatch):
-    """ The sigmas each clamp call received (as a list per call). """
+    """The sigmas each clamp call received (as a list per call)."""
     import timm_aconv.layers.sigma as sigma_module
+
     calls = []
     original = sigma_module._clamp
 
     def counting(pairs):
         calls.append([sigma for sigma, _ in pairs])
         return original(pairs)
+
     monkeypatch.setattr(sigma_module, '_clamp', counting)
     return calls
 
 
 def test_a_loop_written_like_timms_train_py_keeps_sigma_in_bounds():
-    """ timm's train.py: create_optimizer_v2, optimizer.step(), nothing of ours. At lr 2.0 plain SGD pushes
-    sigma far out (the issue measured [-51.6, 78.0] after 2 epochs); the clamp after each step keeps it in. """
+    """timm's train.py: create_optimizer_v2, optimizer.step(), nothing of ours. At lr 2.0 plain SGD pushes
+    sigma far out (the issue measured [-51.6, 78.0] after 2 epochs); the clamp after each step keeps it in."""
     import timm
     from timm.optim import create_optimizer_v2
 
@@ -170,7 +185,7 @@ def test_clamp_after_step_skips_what_grad_scaler_skips_and_clamps_once_with_a_ho
     calls = _count_clamps(monkeypatch)
     model = _model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    scaler = torch.amp.GradScaler('cpu', init_scale=2.0 ** 4)
+    scaler = torch.amp.GradScaler('cpu', init_scale=2.0**4)
     _push_sigmas_out_of_bounds(model)
     optimizer.zero_grad()
     scaler.scale(_loss(model) * float('inf')).backward()  # an overflow: the step is skipped
@@ -226,8 +241,8 @@ def test_auto_clamp_switch_rejects_non_booleans():
 
 
 def test_lightning_training_keeps_sigma_in_bounds_without_any_call_of_ours():
-    """ A LightningModule that knows nothing of sigma: its optimizer's steps (with Lightning's closure,
-    and gradient accumulation) clamp it. Lightning is a dev extra; the test is skipped without it. """
+    """A LightningModule that knows nothing of sigma: its optimizer's steps (with Lightning's closure,
+    and gradient accumulation) clamp it. Lightning is a dev extra; the test is skipped without it."""
     lightning = pytest.importorskip('lightning')
     import timm
 
@@ -248,8 +263,15 @@ def test_lightning_training_keeps_sigma_in_bounds_without_any_call_of_ours():
         module = Classifier()
         data = torch.utils.data.TensorDataset(torch.randn(16, 3, 8, 8), torch.randint(0, 3, (16,)))
         trainer = lightning.Trainer(
-            max_epochs=2, accelerator='cpu', devices=1, accumulate_grad_batches=2, logger=False,
-            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+            max_epochs=2,
+            accelerator='cpu',
+            devices=1,
+            accumulate_grad_batches=2,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
         previous = timm_aconv.set_auto_sigma_clamp(auto)
         try:
             trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=4))

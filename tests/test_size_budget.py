@@ -1,4 +1,5 @@
-""" The kernel-size budget: the differentiable FLOPs estimate, size_penalty, and the engine's size_budget. """
+"""The kernel-size budget: the differentiable FLOPs estimate, size_penalty, and the engine's size_budget."""
+
 import json
 import math
 
@@ -9,8 +10,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import timm_aconv
 from timm_aconv import AdaptiveConv2d, estimated_kernel_flops, size_penalty, soft_kernel_size
-from timm_aconv.layers import OutputPixelTracker, energy_outside_windows
 from timm_aconv.engine import ClassificationMetric, ConfigError, EngineConfig, Trainer, set_seed
+from timm_aconv.layers import OutputPixelTracker, energy_outside_windows
 
 pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
@@ -62,7 +63,8 @@ def test_estimated_kernel_flops_weights_layers_by_their_multiply_adds():
     assert pixels == {narrow: 64, wide: 16}
     weighted = estimated_kernel_flops(model, temperature=1e-3, output_pixels=pixels).detach()
     assert float(weighted) == pytest.approx(
-        (64 * 2 * 6 * 1 + 16 * 6 * 4 * 49) / (64 * 2 * 6 * 49 + 16 * 6 * 4 * 49), rel=1e-4)
+        (64 * 2 * 6 * 1 + 16 * 6 * 4 * 49) / (64 * 2 * 6 * 49 + 16 * 6 * 4 * 49), rel=1e-4
+    )
     by_name = estimated_kernel_flops(model, temperature=1e-3, output_pixels={'0': 64, '1': 16}).detach()
     assert float(by_name) == pytest.approx(float(weighted))
     pixels.remove()
@@ -103,21 +105,31 @@ def test_budget_errors_name_the_argument():
 
 # ---------------------------------------------------------------------------------- engine
 def tiny_model() -> nn.Module:
-    return nn.Sequential(AdaptiveConv2d(1, 8, 7, padding=3, bias=False, sigma_bounds=(0.05, 7)), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(8 * 4, 3))
+    return nn.Sequential(
+        AdaptiveConv2d(1, 8, 7, padding=3, bias=False, sigma_bounds=(0.05, 7)),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(8 * 4, 3),
+    )
 
 
 def train(tmp_path, **overrides):
-    settings = dict(output_dir=str(tmp_path), epochs=3, lr=0.05, progress=False, log_with='none', seed=0,
-                    save_every=0)
+    settings = dict(output_dir=str(tmp_path), epochs=3, lr=0.05, progress=False, log_with='none', seed=0, save_every=0)
     settings.update(overrides)
     config = EngineConfig(**settings)
     set_seed(config.seed)
     generator = torch.Generator().manual_seed(0)
     inputs, labels = torch.randn(64, 1, 8, 8, generator=generator), torch.randint(0, 3, (64,), generator=generator)
     loader = DataLoader(TensorDataset(inputs, labels), batch_size=16, shuffle=True)
-    trainer = Trainer(tiny_model(), loader, DataLoader(TensorDataset(inputs, labels), batch_size=32), config,
-                      nn.CrossEntropyLoss(), ClassificationMetric())
+    trainer = Trainer(
+        tiny_model(),
+        loader,
+        DataLoader(TensorDataset(inputs, labels), batch_size=32),
+        config,
+        nn.CrossEntropyLoss(),
+        ClassificationMetric(),
+    )
     trainer.fit()
     return trainer
 
@@ -128,8 +140,10 @@ def test_training_with_a_budget_shrinks_the_kernels(tmp_path):
     free_flops = float(estimated_kernel_flops(free.unwrapped_model).detach())
     budget_flops = float(estimated_kernel_flops(budget.unwrapped_model).detach())
     assert budget_flops < 0.5 * free_flops
-    assert timm_aconv.learned_kernel_sizes(budget.unwrapped_model).kernel_flops() < \
-        timm_aconv.learned_kernel_sizes(free.unwrapped_model).kernel_flops()
+    assert (
+        timm_aconv.learned_kernel_sizes(budget.unwrapped_model).kernel_flops()
+        < timm_aconv.learned_kernel_sizes(free.unwrapped_model).kernel_flops()
+    )
     sigma = budget.unwrapped_model[0].sigma.detach()
     assert float(sigma.min()) >= 0.05  # still clamped after every step
     assert budget.output_pixels == {budget.unwrapped_model[0]: 64}
@@ -144,30 +158,60 @@ def test_budget_config_errors(tmp_path):
     with pytest.raises(ConfigError, match='size_budget_weight must be > 0'):
         EngineConfig(size_budget=0.5, size_budget_weight=0)
     loader = DataLoader(TensorDataset(torch.randn(4, 1, 8, 8), torch.zeros(4, dtype=torch.long)), batch_size=2)
-    with pytest.raises(ConfigError, match='size_budget=0.5 needs a model with adaptive layers'):
-        Trainer(nn.Sequential(nn.Conv2d(1, 3, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()), loader, loader,
-                EngineConfig(output_dir=str(tmp_path), size_budget=0.5, log_with='none'),
-                nn.CrossEntropyLoss(), ClassificationMetric())
+    with pytest.raises(ConfigError, match=r'size_budget=0\.5 needs a model with adaptive layers'):
+        Trainer(
+            nn.Sequential(nn.Conv2d(1, 3, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()),
+            loader,
+            loader,
+            EngineConfig(output_dir=str(tmp_path), size_budget=0.5, log_with='none'),
+            nn.CrossEntropyLoss(),
+            ClassificationMetric(),
+        )
 
 
 # ----------------------------------------------------------------------------------- sweep
 def test_size_budget_sweep_recipe_end_to_end(tmp_path, capsys):
     import importlib.util
     from pathlib import Path
+
     root = Path(__file__).resolve().parents[1]
     spec = importlib.util.spec_from_file_location('size_budget', root / 'recipes' / 'size_budget.py')
     recipe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(recipe)
-    argv = ['--config', str(root / 'recipes/configs/size_budget_digits.yaml'), '--img_size', 'null', '--epochs', '1',
-            '--max_steps_per_epoch', '3', '--repeats', '1', '--budgets', '0.3', '--conv_kernel_sizes', '3',
-            '--latency_batch', '4', '--latency_rounds', '2', '--output_dir', str(tmp_path), '--progress', 'false',
-            '--log_with', 'none', '--export_strategy', 'bucketed']  # auto would re-time: a choice may differ
+    argv = [
+        '--config',
+        str(root / 'recipes/configs/size_budget_digits.yaml'),
+        '--img_size',
+        'null',
+        '--epochs',
+        '1',
+        '--max_steps_per_epoch',
+        '3',
+        '--repeats',
+        '1',
+        '--budgets',
+        '0.3',
+        '--conv_kernel_sizes',
+        '3',
+        '--latency_batch',
+        '4',
+        '--latency_rounds',
+        '2',
+        '--output_dir',
+        str(tmp_path),
+        '--progress',
+        'false',
+        '--log_with',
+        'none',
+        '--export_strategy',
+        'bucketed',
+    ]  # auto would re-time: a choice may differ
     recipe.main(argv)
     output = capsys.readouterr().out
     assert '| arm | runs | val. accuracy deployed (%) |' in output and '| ACONV ≤ 0.3 | 1 |' in output
     result = json.loads((tmp_path / 'size_budget.json').read_text())
     assert [arm['arm'] for arm in result['arms']] == ['CONV 3×3', 'ACONV', 'ACONV ≤ 0.3']
-    conv, aconv, budget = result['runs']
+    conv, _aconv, budget = result['runs']
     assert conv['kernel_flops'] == pytest.approx(9 / 49)  # both convolutions at 3x3 vs the 7x7 grid
     assert 0 < budget['kernel_flops'] <= 1 and 0 < budget['estimated_kernel_flops'] <= 1
     assert 'estimated_kernel_flops' not in conv and 0 <= budget['export_error'] < 0.1
@@ -177,7 +221,7 @@ def test_size_budget_sweep_recipe_end_to_end(tmp_path, capsys):
     # --resume reads the finished runs (history and model.safetensors) back: no training, same accuracies
     metrics = tmp_path / 'aconv_budget0.3' / 'seed0' / 'metrics.json'
     before = metrics.stat().st_mtime_ns
-    recipe.main(argv + ['--resume'])
+    recipe.main([*argv, '--resume'])
     assert metrics.stat().st_mtime_ns == before
     again = json.loads((tmp_path / 'size_budget.json').read_text())['runs']
     assert [run['deployed_val_accuracy'] for run in again] == [run['deployed_val_accuracy'] for run in result['runs']]

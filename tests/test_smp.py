@@ -1,4 +1,4 @@
-""" segmentation-models-pytorch registrations: encoders, aconv_unet, the paper's U-Net
+"""segmentation-models-pytorch registrations: encoders, aconv_unet, the paper's U-Net
 
 Mirrors the checks of SMP's ``tests/encoders/base.py`` (forward/backward, in_channels, depth,
 dilation, compile, torch.export, torchscript) and ``tests/models/base.py`` (create_model, in
@@ -6,6 +6,7 @@ channels/depth/classes, classification head, any resolution, save/load with the 
 Pretrained weights cannot be downloaded here: 'imagenet' is tested by serving a local ordinary
 ResNet checkpoint through SMP's own loading path.
 """
+
 import json
 import warnings
 
@@ -37,7 +38,7 @@ def _adaptive_names(model: nn.Module) -> list:
 
 @pytest.fixture
 def local_imagenet(tmp_path, monkeypatch):
-    """ Serve a random ordinary ``resnet`` encoder checkpoint where SMP downloads ImageNet weights.
+    """Serve a random ordinary ``resnet`` encoder checkpoint where SMP downloads ImageNet weights.
 
     Returns ``save(name) -> ordinary encoder``: the encoder whose state dict SMP will load.
     """
@@ -64,6 +65,7 @@ def local_imagenet(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------- encoders (SMP encoders/base.py)
+
 
 def test_encoders_registered_with_adaptive_spatial_convs_only():
     assert set(ENCODERS) <= set(smp.encoders.get_encoder_names())
@@ -94,8 +96,8 @@ def test_encoder_depth(depth):
     with torch.inference_mode():
         features = encoder(sample)
     assert len(features) == len(encoder.out_channels) == depth + 1
-    assert _strides(sample, features) == [1, 2, 4, 8, 16, 32][:depth + 1]
-    assert encoder.output_stride == 2 ** depth
+    assert _strides(sample, features) == [1, 2, 4, 8, 16, 32][: depth + 1]
+    assert encoder.output_stride == 2**depth
 
 
 @pytest.mark.parametrize('output_stride', [8, 16])
@@ -117,6 +119,7 @@ def test_invalid_encoder_depth():
 
 # ---------------------------------------------------------------- pretrained 'imagenet' weights
 
+
 @pytest.mark.parametrize('ordinary_name, in_channels, output_stride', [('resnet18', 1, 16), ('resnet50', 4, 8)])
 def test_imagenet_weights_are_the_ordinary_resnet_converted(local_imagenet, ordinary_name, in_channels, output_stride):
     local_imagenet(ordinary_name)
@@ -132,7 +135,7 @@ def test_imagenet_weights_are_the_ordinary_resnet_converted(local_imagenet, ordi
 
 
 def test_imagenet_weights_unknown_name_lists_the_available_ones():
-    with pytest.raises(KeyError, match=r"Wrong pretrained weights `instagram` for encoder `aconv_resnet34`.*imagenet"):
+    with pytest.raises(KeyError, match=r'Wrong pretrained weights `instagram` for encoder `aconv_resnet34`.*imagenet'):
         smp.encoders.get_encoder('aconv_resnet34', weights='instagram')
 
 
@@ -148,6 +151,7 @@ def test_ordinary_unet_checkpoint_loads_into_adaptive_unet():
 
 # ---------------------------------------------------------------- encoders in SMP architectures
 
+
 @pytest.mark.parametrize('arch', ['Unet', 'FPN'])
 @pytest.mark.parametrize('encoder_name', ENCODERS)
 def test_encoder_in_architecture_forward_backward(arch, encoder_name):
@@ -159,10 +163,13 @@ def test_encoder_in_architecture_forward_backward(arch, encoder_name):
     assert stem.sigma.grad is not None and stem.sigma.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize('arch, kwargs', [
-    ('deeplabv3plus', dict(encoder_output_stride=16, in_channels=1)),
-    ('unetplusplus', dict(encoder_depth=3, decoder_channels=(64, 32, 16), in_channels=4)),
-])
+@pytest.mark.parametrize(
+    'arch, kwargs',
+    [
+        ('deeplabv3plus', dict(encoder_output_stride=16, in_channels=1)),
+        ('unetplusplus', dict(encoder_depth=3, decoder_channels=(64, 32, 16), in_channels=4)),
+    ],
+)
 def test_encoder_in_other_architectures(arch, kwargs):
     model = smp.create_model(arch, encoder_name='aconv_resnet18', encoder_weights=None, classes=3, **kwargs).eval()
     with torch.inference_mode():
@@ -170,10 +177,13 @@ def test_encoder_in_other_architectures(arch, kwargs):
     assert output.shape == (1, 3, 64, 64)
 
 
-@pytest.mark.parametrize('build', [
-    lambda: smp.Unet('aconv_resnet35', encoder_weights=None),
-    lambda: smp.create_model('aconv_unet', encoder_name='aconv_resnet35', encoder_weights=None),
-])
+@pytest.mark.parametrize(
+    'build',
+    [
+        lambda: smp.Unet('aconv_resnet35', encoder_weights=None),
+        lambda: smp.create_model('aconv_unet', encoder_name='aconv_resnet35', encoder_weights=None),
+    ],
+)
 def test_unknown_encoder_name_lists_ours(build):
     with pytest.raises(KeyError, match=r"Wrong encoder name `aconv_resnet35`, supported encoders: .*'aconv_resnet34'"):
         build()
@@ -190,6 +200,7 @@ def test_timm_universal_encoder():
 
 
 # ---------------------------------------------------------------- aconv_unet (SMP models/base.py)
+
 
 def test_aconv_unet_default_is_one_adaptive_7x7_stem():
     model = smp.create_model('aconv_unet', encoder_name='resnet18', encoder_weights=None)
@@ -211,11 +222,16 @@ def test_aconv_unet_layer_choices():
     assert len(names) == 1 + 16 and all(name.startswith('encoder.') for name in names)
     assert {layer.kernel_size for _, layer in named_adaptive_layers(encoder_wide)} == {(5, 5)}
 
-    patterned = AconvUnet('resnet18', encoder_weights=None, adaptive=['encoder.layer1.*', 'segmentation_head.*'],
-                          adaptive_kernel_size=3)
+    patterned = AconvUnet(
+        'resnet18', encoder_weights=None, adaptive=['encoder.layer1.*', 'segmentation_head.*'], adaptive_kernel_size=3
+    )
     assert _adaptive_names(patterned) == [
-        'encoder.layer1.0.conv1', 'encoder.layer1.0.conv2', 'encoder.layer1.1.conv1', 'encoder.layer1.1.conv2',
-        'segmentation_head.0']
+        'encoder.layer1.0.conv1',
+        'encoder.layer1.0.conv2',
+        'encoder.layer1.1.conv1',
+        'encoder.layer1.1.conv2',
+        'segmentation_head.0',
+    ]
 
 
 def test_aconv_unet_bad_layer_choice():
@@ -229,12 +245,14 @@ def test_aconv_unet_ordinary_baselines_resize_the_first_conv_and_reload(tmp_path
     torch.manual_seed(0)
     unet = smp.Unet('resnet18', encoder_weights=None, classes=3)
     torch.manual_seed(0)
-    conv7 = smp.create_model('aconv_unet', encoder_name='resnet18', encoder_weights=None, classes=3, adaptive=None,
-                             first_conv_kernel_size=7)
+    conv7 = smp.create_model(
+        'aconv_unet', encoder_name='resnet18', encoder_weights=None, classes=3, adaptive=None, first_conv_kernel_size=7
+    )
     assert _adaptive_names(conv7) == [] and conv7.name == 'conv-u-resnet18'
     assert all(torch.equal(tensor, conv7.state_dict()[name]) for name, tensor in unet.state_dict().items())
-    conv3 = smp.create_model('aconv_unet', encoder_name='resnet18', encoder_weights=None, classes=3, adaptive=None,
-                             first_conv_kernel_size=3).eval()
+    conv3 = smp.create_model(
+        'aconv_unet', encoder_name='resnet18', encoder_weights=None, classes=3, adaptive=None, first_conv_kernel_size=3
+    ).eval()
     stem = conv3.encoder.conv1
     assert type(stem) is nn.Conv2d and (stem.kernel_size, stem.stride, stem.padding) == ((3, 3), (2, 2), (1, 1))
     assert stem.bias is None and _adaptive_names(conv3) == []
@@ -244,15 +262,22 @@ def test_aconv_unet_ordinary_baselines_resize_the_first_conv_and_reload(tmp_path
     sample = _sample(size=32)
     with torch.inference_mode():
         assert torch.equal(restored(sample), conv3(sample))
-    with pytest.raises(ValueError, match='first_conv_kernel_size must be an odd positive integer .* got 4'):
+    with pytest.raises(ValueError, match=r'first_conv_kernel_size must be an odd positive integer .* got 4'):
         AconvUnet('resnet18', encoder_weights=None, adaptive=None, first_conv_kernel_size=4)
-    with pytest.raises(ValueError, match='but encoder.conv1 of encoder AconvResNetEncoder is adaptive'):
+    with pytest.raises(ValueError, match=r'but encoder\.conv1 of encoder AconvResNetEncoder is adaptive'):
         AconvUnet('aconv_resnet18', encoder_weights=None, adaptive=None, first_conv_kernel_size=3)
 
 
 def test_aconv_unet_in_channels_depth_classes_and_any_resolution():
-    model = smp.create_model('aconv_unet', encoder_name='resnet18', encoder_weights=None, encoder_depth=3,
-                             decoder_channels=(64, 32, 16), in_channels=1, classes=7).eval()
+    model = smp.create_model(
+        'aconv_unet',
+        encoder_name='resnet18',
+        encoder_weights=None,
+        encoder_depth=3,
+        decoder_channels=(64, 32, 16),
+        in_channels=1,
+        classes=7,
+    ).eval()
     assert model.encoder.conv1.weight.shape == (64, 1, 7, 7)
     with torch.inference_mode():
         assert model(_sample(1)).shape == (1, 7, 64, 64)
@@ -260,8 +285,12 @@ def test_aconv_unet_in_channels_depth_classes_and_any_resolution():
 
 
 def test_aconv_unet_classification_head():
-    model = smp.create_model('aconv_unet', encoder_name='resnet18', encoder_weights=None,
-                             aux_params=dict(pooling='avg', classes=10, dropout=0.5, activation='sigmoid')).eval()
+    model = smp.create_model(
+        'aconv_unet',
+        encoder_name='resnet18',
+        encoder_weights=None,
+        aux_params=dict(pooling='avg', classes=10, dropout=0.5, activation='sigmoid'),
+    ).eval()
     with torch.inference_mode():
         masks, labels = model(_sample())
     assert masks.shape == (1, 1, 64, 64) and labels.shape == (1, 10)
@@ -282,8 +311,14 @@ def test_aconv_unet_pretrained_keeps_the_ordinary_unet_function(local_imagenet):
 
 @pytest.mark.parametrize('encoder_name', ['resnet18', 'aconv_resnet18'])
 def test_aconv_unet_save_load_round_trip(tmp_path, encoder_name):
-    model = smp.create_model('aconv_unet', encoder_name=encoder_name, encoder_weights=None, classes=2,
-                             adaptive=['encoder.conv1', 'encoder.layer1.0.*'], adaptive_kernel_size=9).eval()
+    model = smp.create_model(
+        'aconv_unet',
+        encoder_name=encoder_name,
+        encoder_weights=None,
+        classes=2,
+        adaptive=['encoder.conv1', 'encoder.layer1.0.*'],
+        adaptive_kernel_size=9,
+    ).eval()
     kernel_sizes = {name: layer.kernel_size for name, layer in named_adaptive_layers(model)}
     with torch.no_grad():  # trained-looking apertures, so a sigma that is not saved would show
         for _, layer in named_adaptive_layers(model):
@@ -299,9 +334,14 @@ def test_aconv_unet_save_load_round_trip(tmp_path, encoder_name):
 
 
 def test_torchscript_export_and_compile_match_eager():
-    """ SMP's compile / torch.export / torchscript checks, for our encoder inside aconv_unet at once. """
-    model = smp.create_model('aconv_unet', encoder_name='aconv_resnet18', encoder_weights=None, encoder_depth=3,
-                             decoder_channels=(64, 32, 16)).eval()
+    """SMP's compile / torch.export / torchscript checks, for our encoder inside aconv_unet at once."""
+    model = smp.create_model(
+        'aconv_unet',
+        encoder_name='aconv_resnet18',
+        encoder_weights=None,
+        encoder_depth=3,
+        decoder_channels=(64, 32, 16),
+    ).eval()
     assert len(_adaptive_names(model)) == 1 + 16  # stem + two 3×3 per basic block (SMP keeps unused stages)
     sample = _sample()
     with torch.inference_mode():
@@ -318,6 +358,7 @@ def test_torchscript_export_and_compile_match_eager():
 
 
 # ---------------------------------------------------------------- the paper's U-Net
+
 
 def test_paper_unet_shape_one_adaptive_layer_backward():
     model = PaperUNet()
@@ -336,8 +377,9 @@ def test_paper_unet_shape_one_adaptive_layer_backward():
 def test_paper_unet_ordinary_baselines_and_keras_widths():
     conv3 = PaperUNet(adaptive=False, entry_kernel_size=3)
     assert _adaptive_names(conv3) == [] and conv3.encoder.entry[0].kernel_size == (3, 3)
-    keras = PaperUNet(adaptive=False, entry_kernel_size=3, encoder_channels=(32, 64, 128, 256),
-                      decoder_channels=(256, 128, 64, 32))
+    keras = PaperUNet(
+        adaptive=False, entry_kernel_size=3, encoder_channels=(32, 64, 128, 256), decoder_channels=(256, 128, 64, 32)
+    )
     assert sum(p.numel() for p in keras.parameters()) == 2055171  # the Keras example's network
     with pytest.raises(ValueError, match='must have the same length'):
         PaperUNet(decoder_channels=(96, 64, 48))
@@ -363,8 +405,8 @@ def test_paper_unet_by_name_rejects_encoder_choices():
 
 
 def test_a_converted_smp_model_reloads_in_one_line(tmp_path):
-    """ SMP's save_pretrained records the constructor, not the conversion: timm_aconv.smp.from_pretrained
-    rebuilds the plain model, converts what the checkpoint holds as adaptive, loads strictly. """
+    """SMP's save_pretrained records the constructor, not the conversion: timm_aconv.smp.from_pretrained
+    rebuilds the plain model, converts what the checkpoint holds as adaptive, loads strictly."""
     torch.manual_seed(0)
     model = smp.Unet('resnet18', encoder_weights=None, encoder_depth=3, decoder_channels=(16, 8, 4), classes=2)
     timm_aconv.convert_convs(model, sizes=[7], include=['encoder.conv1'])
@@ -379,10 +421,13 @@ def test_a_converted_smp_model_reloads_in_one_line(tmp_path):
         warnings.simplefilter('error')  # and no "you should TRAIN the model" warning about the converted layers
         restored = timm_aconv.smp.from_pretrained(str(tmp_path))
     assert {name: layer.kernel_size for name, layer in timm_aconv.named_adaptive_layers(restored)} == {
-        'encoder.conv1': (7, 7), 'encoder.layer1.0.conv1': (5, 5), 'encoder.layer1.0.conv2': (5, 5)}
+        'encoder.conv1': (7, 7),
+        'encoder.layer1.0.conv1': (5, 5),
+        'encoder.layer1.0.conv2': (5, 5),
+    }
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(restored.eval()(x), model.eval()(x))
     (tmp_path / 'empty').mkdir()
-    with pytest.raises(FileNotFoundError, match='no model.safetensors in'):
+    with pytest.raises(FileNotFoundError, match=r'no model\.safetensors in'):
         timm_aconv.smp.from_pretrained(str(tmp_path / 'empty'))

@@ -1,4 +1,5 @@
-""" The tables' statistics: peak summaries, the two-tailed Student t-test, Holm, Cohen's d, plot bands. """
+"""The tables' statistics: peak summaries, the two-tailed Student t-test, Holm, Cohen's d, plot bands."""
+
 import math
 
 import numpy as np
@@ -9,7 +10,8 @@ from timm_aconv.engine.statistics import STD_DDOF, cohens_d, describe_peaks, hol
 
 def test_describe_peaks():
     assert describe_peaks([0.9, 0.92, 0.94]) == dict(
-        mean=pytest.approx(0.92), std=pytest.approx(0.02), max=0.94, repeats=3)
+        mean=pytest.approx(0.92), std=pytest.approx(0.02), max=0.94, repeats=3
+    )
     assert describe_peaks([0.5]) == dict(mean=0.5, std=0.0, max=0.5, repeats=1)
 
 
@@ -43,13 +45,18 @@ def test_cohens_d_uses_the_pooled_sample_std():
 
 def test_plot_bands_use_the_tables_std(tmp_path, monkeypatch):
     import matplotlib.axes
+
     from timm_aconv.engine.plots import plot_mean_curves
+
     bands = []
-    monkeypatch.setattr(matplotlib.axes.Axes, 'fill_between',
-                        lambda self, x, low, high, **kwargs: bands.append((np.asarray(low), np.asarray(high))))
+    monkeypatch.setattr(
+        matplotlib.axes.Axes,
+        'fill_between',
+        lambda self, x, low, high, **kwargs: bands.append((np.asarray(low), np.asarray(high))),
+    )
     curves = np.array([[0.5, 0.7], [0.7, 0.9], [0.9, 0.8]])
     plot_mean_curves({'ACONV 3×3': curves}, str(tmp_path / 'curves.png'))
-    (low, high), = bands
+    ((low, high),) = bands
     std = np.array([describe_peaks(column)['std'] for column in curves.T])  # ddof=1, as in the tables
     assert STD_DDOF == 1 and std[0] == pytest.approx(0.2)
     np.testing.assert_allclose(high - low, 2 * std)

@@ -1,4 +1,5 @@
-""" convert_convs / fuse_convs / summary through the public API, the way users call them. """
+"""convert_convs / fuse_convs / summary through the public API, the way users call them."""
+
 import warnings
 
 import pytest
@@ -12,7 +13,7 @@ from timm_aconv import AdaptiveConv2d, convert_convs, fuse_convs
 
 
 class TwoPaths(nn.Module):
-    """ A small model with a stem, a shared conv (two names), a pointwise and a dilated conv. """
+    """A small model with a stem, a shared conv (two names), a pointwise and a dilated conv."""
 
     def __init__(self):
         super().__init__()
@@ -64,15 +65,18 @@ def test_preserve_keeps_smp_unet_outputs_first_conv_only():
     torch.testing.assert_close(after, before, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize('conv_kwargs,size', [
-    (dict(kernel_size=3, padding=1), 5),
-    (dict(kernel_size=3, padding=2, dilation=2, stride=2), 7),
-    (dict(kernel_size=3, padding='same', dilation=(1, 2)), 9),
-    (dict(kernel_size=5, padding='valid'), 7),
-    (dict(kernel_size=(1, 3), padding=(0, 1)), 5),
-    (dict(kernel_size=3, padding=1, groups=4, padding_mode='reflect'), 5),
-    (dict(kernel_size=7, padding=3, stride=2, bias=False), 7),
-])
+@pytest.mark.parametrize(
+    'conv_kwargs,size',
+    [
+        (dict(kernel_size=3, padding=1), 5),
+        (dict(kernel_size=3, padding=2, dilation=2, stride=2), 7),
+        (dict(kernel_size=3, padding='same', dilation=(1, 2)), 9),
+        (dict(kernel_size=5, padding='valid'), 7),
+        (dict(kernel_size=(1, 3), padding=(0, 1)), 5),
+        (dict(kernel_size=3, padding=1, groups=4, padding_mode='reflect'), 5),
+        (dict(kernel_size=7, padding=3, stride=2, bias=False), 7),
+    ],
+)
 def test_preserve_single_layer_exact(conv_kwargs, size):
     torch.manual_seed(0)
     conv = nn.Conv2d(4, 8, dtype=torch.float64, **conv_kwargs)
@@ -119,9 +123,9 @@ def test_shared_module_replaced_under_every_name():
 
 def test_second_call_is_a_no_op():
     model = convert_convs(_twopaths(), sizes=5)
-    layers = {name: module for name, module in model.named_modules()}
+    layers = dict(model.named_modules())
     assert convert_convs(model, sizes=5) is model
-    assert {name: module for name, module in model.named_modules()} == layers
+    assert dict(model.named_modules()) == layers
 
 
 def test_keeps_dtype_requires_grad_and_mode():
@@ -156,7 +160,7 @@ def test_error_messages():
         convert_convs(_twopaths(), include=['encoder.*'])
     with pytest.raises(ValueError, match=r"sizes has 2 values but 3 layers.*\['stem', 'shared', 'dilated'\]"):
         convert_convs(_twopaths(), sizes=[5, 7])
-    with pytest.raises(ValueError, match=r"sizes must be an odd integer >= 3.*got 4"):
+    with pytest.raises(ValueError, match=r'sizes must be an odd integer >= 3.*got 4'):
         convert_convs(_twopaths(), sizes=4)
     with pytest.raises(ValueError, match=r"layer 'conv1' has a 7x7 kernel; preserve=True needs sizes >= 7, got 5"):
         convert_convs(timm.create_model('resnet18'), sizes=5, include=['conv1'])
@@ -199,7 +203,7 @@ def test_fuse_with_crop_tol_bounds_the_error():
             assert 0 <= float(kernel_error) <= crop_tol
             out = cropped(x)
             assert out.shape == full.shape
-            assert float((out - full).norm() / full.norm()) <= 2 * crop_tol ** 0.5
+            assert float((out - full).norm() / full.norm()) <= 2 * crop_tol**0.5
         # no crop at all with zero tolerance and wide envelopes
         assert fuse_convs(AdaptiveConv2d(4, 4, 7, padding=3, sigma_init=2.0), crop_tol=0.0).kernel_size == (7, 7)
     with pytest.raises(ValueError, match=r'crop_tol must be None or in \[0, 1\)'):

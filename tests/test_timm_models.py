@@ -1,5 +1,6 @@
-""" timm registrations: the model contract of timm's own tests/test_models.py, the CONV/ACONV twins,
-the pretrained conversion of timm's ResNet weights, and clear errors. """
+"""timm registrations: the model contract of timm's own tests/test_models.py, the CONV/ACONV twins,
+the pretrained conversion of timm's ResNet weights, and clear errors."""
+
 import copy
 import functools
 import json
@@ -54,9 +55,9 @@ def _param_count(model: nn.Module) -> int:
 
 # ---- registry ---------------------------------------------------------------------------------
 
+
 def test_every_model_is_listed_in_its_own_module():
-    assert set(timm.list_models('aconv_*')) == {
-        *(n for n in ALL_MODELS if n.startswith('aconv_')), 'aconv_converted'}
+    assert set(timm.list_models('aconv_*')) == {*(n for n in ALL_MODELS if n.startswith('aconv_')), 'aconv_converted'}
     assert timm.list_models(module='converted') == ['aconv_converted']
     assert set(timm.list_models('conv_*')) == {n for n in ALL_MODELS if n.startswith('conv_')}
     assert set(timm.list_models(module='cifar_resnet')) == set(CIFAR_MODELS)
@@ -77,8 +78,9 @@ def test_every_model_builds_on_meta_device(model_name):
 
 # ---- CIFAR ResNets --------------------------------------------------------------------------
 
+
 def _cifar_param_count(depth: int, k: int, adaptive: bool, in_chans: int = 3, num_classes: int = 10) -> int:
-    """ He et al.'s CIFAR ResNet counted by hand: convs, BN affine, linear head (+ one sigma per filter). """
+    """He et al.'s CIFAR ResNet counted by hand: convs, BN affine, linear head (+ one sigma per filter)."""
     n, widths = (depth - 2) // 6, (16, 32, 64)
     convs = [(in_chans, 16)]
     in_chs = 16
@@ -162,11 +164,14 @@ def test_drop_rate_follows_each_stage_and_the_pooling():
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(dropped.eval()(x), plain(x))
-        assert not torch.equal(dropped.train().forward_head(plain.forward_features(x), pre_logits=True),
-                               plain.forward_head(plain.forward_features(x), pre_logits=True))
+        assert not torch.equal(
+            dropped.train().forward_head(plain.forward_features(x), pre_logits=True),
+            plain.forward_head(plain.forward_features(x), pre_logits=True),
+        )
 
 
 # ---- the timm model contract (mirrors timm's tests/test_models.py) ------------------------
+
 
 def test_cifar_pretrained_cfg():
     cfg = timm.create_model('aconv_resnet20').pretrained_cfg
@@ -176,14 +181,14 @@ def test_cifar_pretrained_cfg():
     assert timm.get_pretrained_cfg('conv_resnet110').to_dict()['pool_size'] == (8, 8)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _pristine(model_name: str) -> nn.Module:
     torch.manual_seed(0)
     return timm.create_model(model_name).eval()
 
 
 def _model(model_name: str) -> nn.Module:
-    """ A fresh copy of the default model (the ImageNet ResNets take seconds to build on CPU). """
+    """A fresh copy of the default model (the ImageNet ResNets take seconds to build on CPU)."""
     return copy.deepcopy(_pristine(model_name))
 
 
@@ -205,7 +210,7 @@ def test_default_cfg_heads_and_classifier_reset(model_name):
         assert model(x).shape == features.shape
         model.reset_classifier(7, 'avg')
         assert model(x).shape == (1, 7) and model.get_classifier().out_features == 7
-    assert f"{cfg['classifier']}.weight" in state_dict and f"{cfg['first_conv']}.weight" in state_dict
+    assert f'{cfg["classifier"]}.weight' in state_dict and f'{cfg["first_conv"]}.weight' in state_dict
 
 
 @pytest.mark.parametrize('model_name', ['aconv_resnet20', 'conv_resnet20'])
@@ -249,8 +254,9 @@ def test_features_only_and_forward_intermediates(model_name):
         final, intermediates = model.forward_intermediates(x)
         assert torch.equal(final, model.forward_features(x))
         last_two = model.forward_intermediates(x, indices=2, intermediates_only=True, stop_early=True)
-    assert [m.shape for m in maps] == [(1, c, math.ceil(size / r), math.ceil(size / r))
-                                      for c, r in zip(channels, reductions)]
+    assert [m.shape for m in maps] == [
+        (1, c, math.ceil(size / r), math.ceil(size / r)) for c, r in zip(channels, reductions)
+    ]
     assert all(torch.equal(a, b) for a, b in zip(maps, intermediates))
     assert all(torch.equal(a, b) for a, b in zip(last_two, intermediates[-2:]))
 
@@ -288,7 +294,8 @@ def _fx_model(model: nn.Module) -> nn.Module:
     tracer_kwargs = dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions())
     train_nodes, eval_nodes = get_graph_node_names(model, tracer_kwargs=tracer_kwargs)
     return create_feature_extractor(
-        model, train_return_nodes=[train_nodes[-1]], eval_return_nodes=[eval_nodes[-1]], tracer_kwargs=tracer_kwargs)
+        model, train_return_nodes=[train_nodes[-1]], eval_return_nodes=[eval_nodes[-1]], tracer_kwargs=tracer_kwargs
+    )
 
 
 @pytest.mark.parametrize('model_name', ['aconv_resnet20', 'aconv_resnet18', 'aconv_simple_cnn'])
@@ -319,6 +326,7 @@ def test_grad_checkpointing_gives_the_same_outputs_and_gradients(model_name):
 
 
 # ---- the paper's simple CNN ---------------------------------------------------------------
+
 
 def _simple_cnn_param_count(k: int, size: int, in_chans: int = 1, num_classes: int = 10, adaptive: bool = True):
     convs = in_chans * 32 * k * k + 32 * 32 * k * k + 2 * 2 * 32 + (2 * 32 if adaptive else 0)
@@ -356,7 +364,7 @@ def test_simple_cnn_defaults_and_head():
         assert torch.equal(model(x), features)
         with pytest.raises(ValueError, match="global_pool='' keeps the unpooled feature map"):
             model.reset_classifier(5, '')
-        with pytest.raises(ValueError, match="global_pool must be one of"):
+        with pytest.raises(ValueError, match='global_pool must be one of'):
             model.reset_classifier(5, 'avg')
         model.reset_classifier(5, 'flatten')
         assert model(x).shape == (3, 5)
@@ -394,6 +402,7 @@ def test_fx_features_only_scripts(model_name):
 
 # ---- adaptive ImageNet ResNets ------------------------------------------------------------
 
+
 def test_imagenet_resnet_layers_and_kwargs():
     with torch.device('meta'):
         model = timm.create_model('aconv_resnet34')
@@ -411,15 +420,19 @@ def test_imagenet_resnet_layers_and_kwargs():
 def test_imagenet_pretrained_cfgs_point_at_timms_weights():
     for arch in ('resnet18', 'resnet34', 'resnet50'):
         ours, theirs = timm.get_pretrained_cfg(f'aconv_{arch}'), timm.get_pretrained_cfg(arch)
-        assert (ours.hf_hub_id, ours.url, ours.input_size, ours.mean) == \
-            (theirs.hf_hub_id, theirs.url, theirs.input_size, theirs.mean)
+        assert (ours.hf_hub_id, ours.url, ours.input_size, ours.mean) == (
+            theirs.hf_hub_id,
+            theirs.url,
+            theirs.input_size,
+            theirs.mean,
+        )
         assert timm.list_pretrained(f'aconv_{arch}.*') == [f'aconv_{n}' for n in timm.list_pretrained(f'{arch}.*')]
     assert timm.get_pretrained_cfg('aconv_resnet34').hf_hub_id == 'timm/resnet34.a1_in1k'
 
 
 @pytest.fixture(scope='module')
 def resnet18_file(tmp_path_factory):
-    """ A randomly initialised timm resnet18 (with non-trivial BN statistics), saved as timm would load it. """
+    """A randomly initialised timm resnet18 (with non-trivial BN statistics), saved as timm would load it."""
     torch.manual_seed(1)
     model = timm.create_model('resnet18').eval()
     for module in model.modules():
@@ -448,8 +461,12 @@ def test_pretrained_features_and_in_chans(resnet18_file):
     reference, path = resnet18_file
     overlay = dict(file=path)
     features = timm.create_model('aconv_resnet18', pretrained=True, features_only=True, pretrained_cfg_overlay=overlay)
-    gray = timm.create_model('aconv_resnet18', pretrained=True, in_chans=1, num_classes=0, pretrained_cfg_overlay=overlay)
-    gray_reference = timm.create_model('resnet18', pretrained=True, in_chans=1, num_classes=0, pretrained_cfg_overlay=overlay)
+    gray = timm.create_model(
+        'aconv_resnet18', pretrained=True, in_chans=1, num_classes=0, pretrained_cfg_overlay=overlay
+    )
+    gray_reference = timm.create_model(
+        'resnet18', pretrained=True, in_chans=1, num_classes=0, pretrained_cfg_overlay=overlay
+    )
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         maps = features.eval()(x)
@@ -472,8 +489,7 @@ def test_pretrained_adaptive_checkpoint_loads_unchanged(tmp_path):
 def test_pretrained_needs_grids_at_least_as_large_as_the_kernels(resnet18_file):
     _, path = resnet18_file
     with pytest.raises(ValueError, match=r"layer 'conv1' has a 7x7 kernel; preserve=True needs sizes >= 7"):
-        timm.create_model('aconv_resnet18', pretrained=True, stem_kernel_size=5,
-                          pretrained_cfg_overlay=dict(file=path))
+        timm.create_model('aconv_resnet18', pretrained=True, stem_kernel_size=5, pretrained_cfg_overlay=dict(file=path))
 
 
 def test_smp_timm_universal_encoder():
@@ -486,13 +502,17 @@ def test_smp_timm_universal_encoder():
 
 # ---- errors -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize('model_name,kwargs,arg', [
-    ('aconv_resnet20', dict(kernel_size=2), 'kernel_size'),
-    ('conv_resnet20', dict(kernel_size=2), 'kernel_size'),
-    ('aconv_simple_cnn', dict(kernel_size=4), 'kernel_size'),
-    ('aconv_resnet18', dict(kernel_size=2), 'kernel_size'),
-    ('aconv_resnet18', dict(stem_kernel_size=6), 'stem_kernel_size'),
-])
+
+@pytest.mark.parametrize(
+    'model_name,kwargs,arg',
+    [
+        ('aconv_resnet20', dict(kernel_size=2), 'kernel_size'),
+        ('conv_resnet20', dict(kernel_size=2), 'kernel_size'),
+        ('aconv_simple_cnn', dict(kernel_size=4), 'kernel_size'),
+        ('aconv_resnet18', dict(kernel_size=2), 'kernel_size'),
+        ('aconv_resnet18', dict(stem_kernel_size=6), 'stem_kernel_size'),
+    ],
+)
 def test_even_kernel_sizes_fail_clearly(model_name, kwargs, arg):
     with torch.device('meta'), pytest.raises(ValueError, match=rf'^{arg} must be an odd integer >= 3 \(3, 5, 7, 9'):
         timm.create_model(model_name, **kwargs)
@@ -503,7 +523,7 @@ def test_bad_cifar_arguments_fail_clearly():
         timm.create_model('aconv_resnet20', shortcut='C')
     with pytest.raises(ValueError, match=r'depth must be 6n \+ 2'):
         CifarResNet(depth=21)
-    with pytest.raises(ValueError, match='out channels .* must be a multiple of in channels'):
+    with pytest.raises(ValueError, match=r'out channels .* must be a multiple of in channels'):
         ChannelRepeatShortcut(16, 24, stride=2)
     with pytest.raises(ValueError, match=r'img_size must be an int or \(height, width\)'):
         timm.create_model('conv_simple_cnn', img_size=(28,))
@@ -514,13 +534,13 @@ def test_package_import_registers_the_models():
     assert timm.is_model('aconv_resnet20') and timm.is_model('aconv_simple_cnn')
 
 
-
 def test_converted_architecture_rebuilds_a_saved_conversion_in_one_line(tmp_path):
-    """ aconv_converted: timm's base model and the recorded convert_convs arguments, so that timm's loader
-    (local-dir:, hf-hub:) rebuilds a converted model from its config.json, with equal logits. """
+    """aconv_converted: timm's base model and the recorded convert_convs arguments, so that timm's loader
+    (local-dir:, hf-hub:) rebuilds a converted model from its config.json, with equal logits."""
     torch.manual_seed(0)
-    model = timm.create_model('aconv_converted', base='resnet10t', convert=dict(sizes=[5], exclude=['stem.*']),
-                              num_classes=4, in_chans=1)
+    model = timm.create_model(
+        'aconv_converted', base='resnet10t', convert=dict(sizes=[5], exclude=['stem.*']), num_classes=4, in_chans=1
+    )
     assert {layer.kernel_size for layer in timm_aconv.adaptive_layers(model)} == {(5, 5)}
     assert not any(name.startswith('stem') for name, _ in timm_aconv.named_adaptive_layers(model))
     timm.models.save_for_hf(model, str(tmp_path), safe_serialization=True)

@@ -14,18 +14,38 @@ The same run through the recipe:
     python recipes/compare.py --config recipes/configs/digits.yaml --kernel_sizes 3,7 --repeats 3 \
         --epochs 6 --img_size 8 --save_every 0 --output_dir runs/demo
 """
+
 import time
 from typing import List, Optional
 
-from .experiments.compare import CompareConfig, run_comparison
 from .engine.config import config_from_dict, parse_values, run_cli
+from .experiments.compare import CompareConfig, run_comparison
 
 DEMO_SETTINGS = dict(
-    model='aconv_simple_cnn', baseline_model='conv_simple_cnn', kernel_sizes=[3, 7], repeats=3,
-    sigma_init=[0.1, 0.5], dataset='digits', img_size=8, batch_size=32, epochs=6,
-    optimizer='sgd', lr=0.01, momentum=0.9, clip_value=1.0,  # 0.1·η with η = 0.1, the paper's clipvalue
-    scheduler='plateau', plateau_factor=0.9, plateau_patience=10, plateau_cooldown=10, min_lr=1e-5,
-    save_every=0, num_threads=1, progress=False, print_epochs=False, output_dir='runs/demo', overwrite=True,
+    model='aconv_simple_cnn',
+    baseline_model='conv_simple_cnn',
+    kernel_sizes=[3, 7],
+    repeats=3,
+    sigma_init=[0.1, 0.5],
+    dataset='digits',
+    img_size=8,
+    batch_size=32,
+    epochs=6,
+    optimizer='sgd',
+    lr=0.01,
+    momentum=0.9,
+    clip_value=1.0,  # 0.1·η with η = 0.1, the paper's clipvalue
+    scheduler='plateau',
+    plateau_factor=0.9,
+    plateau_patience=10,
+    plateau_cooldown=10,
+    min_lr=1e-5,
+    save_every=0,
+    num_threads=1,
+    progress=False,
+    print_epochs=False,
+    output_dir='runs/demo',
+    overwrite=True,
 )
 PROG = 'python -m timm_aconv.demo'
 
@@ -33,8 +53,11 @@ PROG = 'python -m timm_aconv.demo'
 def main(argv: Optional[List[str]] = None) -> None:
     values, source = parse_values(CompareConfig, argv, description=__doc__, prog=PROG, defaults=DEMO_SETTINGS)
     config = config_from_dict(CompareConfig, values, f'the demo settings + {source}')
-    print(f'CONV vs ACONV on scikit-learn digits: kernel sizes {config.kernel_sizes}, {config.repeats} repeats, '
-          f'{config.epochs} epochs each ({2 * len(config.kernel_sizes) * config.repeats} runs)', flush=True)
+    print(
+        f'CONV vs ACONV on scikit-learn digits: kernel sizes {config.kernel_sizes}, {config.repeats} repeats, '
+        f'{config.epochs} epochs each ({2 * len(config.kernel_sizes) * config.repeats} runs)',
+        flush=True,
+    )
     start = time.time()
     result = run_comparison(config)
     print()

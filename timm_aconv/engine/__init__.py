@@ -1,4 +1,4 @@
-""" The training engine: one Accelerate loop shared by every recipe, with its configs, metrics and figures
+"""The training engine: one Accelerate loop shared by every recipe, with its configs, metrics and figures
 
 Task-agnostic: nothing here knows a dataset or a paper experiment (those are :mod:`timm_aconv.experiments`).
 
@@ -19,11 +19,12 @@ Task-agnostic: nothing here knows a dataset or a paper experiment (those are :mo
 
 Needs the ``train`` extra (``pip install 'timm-aconv[train]'``); importing it without names what is missing.
 """
+
 import importlib.util
 
 
 def _missing_training_libraries():
-    """ The pip packages of the modules below that cannot be imported here. """
+    """The pip packages of the modules below that cannot be imported here."""
     missing = []
     for module, package in _TRAINING_LIBRARIES.items():
         try:
@@ -37,48 +38,67 @@ def _missing_training_libraries():
 
 # the modules timm_aconv.engine and timm_aconv.experiments import (module -> its pip package), all in the `train` extra
 _TRAINING_LIBRARIES = {
-    'accelerate': 'accelerate', 'albumentations': 'albumentations', 'matplotlib': 'matplotlib', 'numpy': 'numpy',
-    'PIL': 'pillow', 'yaml': 'pyyaml', 'safetensors': 'safetensors', 'sklearn': 'scikit-learn', 'scipy': 'scipy',
-    'torchvision': 'torchvision', 'tqdm': 'tqdm'}
+    'accelerate': 'accelerate',
+    'albumentations': 'albumentations',
+    'matplotlib': 'matplotlib',
+    'numpy': 'numpy',
+    'PIL': 'pillow',
+    'yaml': 'pyyaml',
+    'safetensors': 'safetensors',
+    'sklearn': 'scikit-learn',
+    'scipy': 'scipy',
+    'torchvision': 'torchvision',
+    'tqdm': 'tqdm',
+}
 _MISSING = _missing_training_libraries()
 if _MISSING:
-    raise ImportError(f"timm_aconv.engine needs the training libraries, missing here: {', '.join(_MISSING)}; "
-                      f"pip install 'timm-aconv[train]'")
+    raise ImportError(
+        f'timm_aconv.engine needs the training libraries, missing here: {", ".join(_MISSING)}; '
+        f"pip install 'timm-aconv[train]'"
+    )
 
 from .callbacks import Callback, SigmaRecorder  # noqa: E402
 from .config import (  # noqa: E402
-    ConfigError, config_from_dict, config_to_dict, load_config, parse_config, parse_values, run_cli, save_config)
+    ConfigError,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    parse_config,
+    parse_values,
+    run_cli,
+    save_config,
+)
 from .engine_config import EngineConfig, create_optimizer  # noqa: E402
-from .launch import process_state  # noqa: E402
-from .output_dir import check_output_dir, latest_checkpoint  # noqa: E402
-from .trainer import Trainer, set_seed  # noqa: E402
 from .history import read_history, write_history  # noqa: E402
+from .launch import process_state  # noqa: E402
 from .metrics import ClassificationMetric, Metric, SegmentationMetric  # noqa: E402
+from .output_dir import check_output_dir, latest_checkpoint  # noqa: E402
 from .schedulers import GaussianOneCycleLR, create_scheduler  # noqa: E402
+from .trainer import Trainer, set_seed  # noqa: E402
 
 __all__ = [
     'Callback',
-    'SigmaRecorder',
+    'ClassificationMetric',
     'ConfigError',
+    'EngineConfig',
+    'GaussianOneCycleLR',
+    'Metric',
+    'SegmentationMetric',
+    'SigmaRecorder',
+    'Trainer',
+    'check_output_dir',
     'config_from_dict',
     'config_to_dict',
+    'create_optimizer',
+    'create_scheduler',
+    'latest_checkpoint',
     'load_config',
     'parse_config',
     'parse_values',
+    'process_state',
+    'read_history',
     'run_cli',
     'save_config',
-    'EngineConfig',
-    'create_optimizer',
-    'process_state',
-    'check_output_dir',
-    'latest_checkpoint',
-    'Trainer',
     'set_seed',
-    'read_history',
     'write_history',
-    'ClassificationMetric',
-    'Metric',
-    'SegmentationMetric',
-    'GaussianOneCycleLR',
-    'create_scheduler',
 ]

@@ -1,4 +1,4 @@
-""" Typed recipe configs: dataclass defaults < YAML file < command line
+"""Typed recipe configs: dataclass defaults < YAML file < command line
 
 A recipe declares its settings as a dataclass (fields typed with ``int``, ``float``, ``str``,
 ``bool``, ``Optional[...]``, ``Literal[...]`` choices, ``Tuple``/``List`` of numbers).
@@ -11,6 +11,7 @@ type or outside the allowed choices are :class:`ConfigError` naming the key:
 Lists are given as YAML (``--kernel_sizes "[3, 7]"``) or comma separated (``--kernel_sizes 3,7``);
 a bare boolean flag (``--resume``) means true.
 """
+
 import argparse
 import dataclasses
 import difflib
@@ -26,14 +27,24 @@ import yaml
 from ..layers.adaptive_conv import resolve_kernel_size, resolve_sigma_bounds, resolve_sigma_init
 from .cli_help import GROUPS, field_help
 
-__all__ = ['ConfigError', 'parse_config', 'parse_values', 'build_parser', 'plain_text', 'run_cli', 'load_config',
-           'config_from_dict', 'config_to_dict', 'save_config']
+__all__ = [
+    'ConfigError',
+    'build_parser',
+    'config_from_dict',
+    'config_to_dict',
+    'load_config',
+    'parse_config',
+    'parse_values',
+    'plain_text',
+    'run_cli',
+    'save_config',
+]
 
 ConfigT = TypeVar('ConfigT')
 
 
 class ConfigError(ValueError):
-    """ A config key that does not exist or a value that does not fit its field. """
+    """A config key that does not exist or a value that does not fit its field."""
 
 
 def _unknown_key_message(key: str, known: Sequence[str], source: str) -> str:
@@ -43,13 +54,13 @@ def _unknown_key_message(key: str, known: Sequence[str], source: str) -> str:
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
-    """ ``value`` converted to the field type ``annotation`` or a ConfigError naming ``key``. """
+    """``value`` converted to the field type ``annotation`` or a ConfigError naming ``key``."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin is typing.Union:
-        if value is None or (isinstance(value, str) and value.lower() in ('none', 'null')):
-            if type(None) in args:
-                return None
+        is_null = value is None or (isinstance(value, str) and value.lower() in ('none', 'null'))
+        if is_null and type(None) in args:
+            return None
         errors = []
         for option in (arg for arg in args if arg is not type(None)):
             try:
@@ -111,7 +122,7 @@ def _field_types(config_cls: Type) -> Dict[str, Any]:
 
 
 def config_from_dict(config_cls: Type[ConfigT], values: Dict[str, Any], source: str = 'config') -> ConfigT:
-    """ ``config_cls`` from a mapping; unknown keys and bad values raise :class:`ConfigError`. """
+    """``config_cls`` from a mapping; unknown keys and bad values raise :class:`ConfigError`."""
     types = _field_types(config_cls)
     kwargs = {}
     for key, value in values.items():
@@ -136,9 +147,9 @@ _LAYER_ARGUMENT_CHECKS: Dict[str, Callable[[Any], Any]] = dict(
 
 
 def _check_layer_arguments(values: Dict[str, Any]) -> None:
-    """ A bad ``kernel_size`` / ``sigma_init`` / ``sigma_bounds`` among the given ``values`` is a config
+    """A bad ``kernel_size`` / ``sigma_init`` / ``sigma_bounds`` among the given ``values`` is a config
     error naming the key, before any model is built (the layer's own ValueError would come with a
-    traceback). """
+    traceback)."""
     for key, check in _LAYER_ARGUMENT_CHECKS.items():
         value = values.get(key)
         if value is not None:
@@ -149,17 +160,19 @@ def _check_layer_arguments(values: Dict[str, Any]) -> None:
 
 
 def config_to_dict(config: Any) -> Dict[str, Any]:
-    """ A config as plain YAML/JSON-friendly values (tuples become lists, also inside mappings). """
+    """A config as plain YAML/JSON-friendly values (tuples become lists, also inside mappings)."""
+
     def plain(value):
         if isinstance(value, dict):
             return {key: plain(item) for key, item in value.items()}
         return [plain(item) for item in value] if isinstance(value, (tuple, list)) else value
+
     return {key: plain(value) for key, value in dataclasses.asdict(config).items()}
 
 
 def save_config(config: Any, output_dir: str, filename: str = 'config.yaml') -> Path:
-    """ Writes ``config`` as YAML to ``output_dir/filename``, every field resolved; ``--config`` on that
-    file reruns the run (``resume`` is written as false: the file describes the run from its start). """
+    """Writes ``config`` as YAML to ``output_dir/filename``, every field resolved; ``--config`` on that
+    file reruns the run (``resume`` is written as false: the file describes the run from its start)."""
     values = config_to_dict(config)
     if 'resume' in values:
         values['resume'] = False
@@ -175,14 +188,14 @@ CONFIG_DIRS: List[Path] = []
 
 
 def register_config_dir(directory: Path) -> None:
-    """ Let ``--config NAME`` find ``directory/NAME.yaml`` (a path that exists is always taken first). """
+    """Let ``--config NAME`` find ``directory/NAME.yaml`` (a path that exists is always taken first)."""
     if Path(directory) not in CONFIG_DIRS:
         CONFIG_DIRS.append(Path(directory))
 
 
 def resolve_config_path(path: str) -> Path:
-    """ ``path`` itself when it is a file, else a registered config of that name (``digits`` or ``digits.yaml``),
-    else a ConfigError naming the file and the configs that exist. """
+    """``path`` itself when it is a file, else a registered config of that name (``digits`` or ``digits.yaml``),
+    else a ConfigError naming the file and the configs that exist."""
     file = Path(path)
     if file.is_file():
         return file
@@ -197,8 +210,8 @@ def resolve_config_path(path: str) -> Path:
 
 
 def load_config(path: str) -> Dict[str, Any]:
-    """ The mapping in a YAML config file (a path, or the name of a registered config), or a ConfigError
-    naming the file. """
+    """The mapping in a YAML config file (a path, or the name of a registered config), or a ConfigError
+    naming the file."""
     file = resolve_config_path(path)
     values = yaml.safe_load(file.read_text()) or {}
     if not isinstance(values, dict):
@@ -207,14 +220,14 @@ def load_config(path: str) -> Dict[str, Any]:
 
 
 class _ArgumentParser(argparse.ArgumentParser):
-    """ argparse, its usage errors raised as :class:`ConfigError` (one ``error: ...`` line via :func:`run_cli`). """
+    """argparse, its usage errors raised as :class:`ConfigError` (one ``error: ...`` line via :func:`run_cli`)."""
 
     def error(self, message: str) -> None:
         raise ConfigError(message)
 
 
 def plain_text(docstring: Optional[str]) -> str:
-    """ A docstring as plain terminal text: reST roles, double backquotes and ``::`` removed. """
+    """A docstring as plain terminal text: reST roles, double backquotes and ``::`` removed."""
     text = inspect.cleandoc(docstring or '')
     text = re.sub(r':(?:mod|func|class|meth|attr|data):`~?([^`]+)`', r'\1', text)
     text = text.replace('``', '')
@@ -222,7 +235,7 @@ def plain_text(docstring: Optional[str]) -> str:
 
 
 def _type_label(annotation: Any) -> str:
-    """ How a value of ``annotation`` is written on the command line, e.g. ``INT|null``, ``{sgd,adam}``. """
+    """How a value of ``annotation`` is written on the command line, e.g. ``INT|null``, ``{sgd,adam}``."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is typing.Union:
         labels = [_type_label(arg) for arg in args if arg is not type(None)]
@@ -240,7 +253,7 @@ def _type_label(annotation: Any) -> str:
 
 
 def _value_label(value: Any) -> str:
-    """ A default as it would be typed: null, true/false, 3,7 for lists. """
+    """A default as it would be typed: null, true/false, 3,7 for lists."""
     if value is None:
         return 'null'
     if isinstance(value, bool):
@@ -263,8 +276,8 @@ def _field_defaults(config_cls: Type) -> Dict[str, Any]:
 
 
 def _default_prog() -> Optional[str]:
-    """ The command as typed: ``python -m timm_aconv.recipes.x`` for a module run with ``-m``,
-    ``python recipes/x.py`` for a script; argparse's default otherwise. """
+    """The command as typed: ``python -m timm_aconv.recipes.x`` for a module run with ``-m``,
+    ``python recipes/x.py`` for a script; argparse's default otherwise."""
     main_spec = getattr(sys.modules.get('__main__'), '__spec__', None)
     if main_spec is not None and main_spec.name.startswith('timm_aconv.'):
         return f'python -m {main_spec.name}'
@@ -273,7 +286,7 @@ def _default_prog() -> Optional[str]:
 
 
 def _config_file_in(argv: Optional[List[str]]) -> Optional[str]:
-    """ The value of ``--config`` in ``argv`` (to show its values as the defaults in ``--help``). """
+    """The value of ``--config`` in ``argv`` (to show its values as the defaults in ``--help``)."""
     finder = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     finder.add_argument('--config')
     try:
@@ -283,22 +296,25 @@ def _config_file_in(argv: Optional[List[str]]) -> Optional[str]:
 
 
 def build_parser(
-        config_cls: Type,
-        description: Optional[str] = None,
-        prog: Optional[str] = None,
-        defaults: Optional[Mapping[str, Any]] = None,
+    config_cls: Type,
+    description: Optional[str] = None,
+    prog: Optional[str] = None,
+    defaults: Optional[Mapping[str, Any]] = None,
 ) -> argparse.ArgumentParser:
-    """ The argparse parser of a recipe: ``--config`` plus one ``--key`` per field of ``config_cls``,
+    """The argparse parser of a recipe: ``--config`` plus one ``--key`` per field of ``config_cls``,
     grouped, each with its type, allowed values, default (``defaults`` over the dataclass's) and
-    one line of help (:mod:`timm_aconv.engine.cli_help`). Every option defaults to "not given". """
+    one line of help (:mod:`timm_aconv.engine.cli_help`). Every option defaults to "not given"."""
     types = _field_types(config_cls)
     shown = {**_field_defaults(config_cls), **(defaults or {})}
     parser = _ArgumentParser(
-        prog=prog or _default_prog(), description=plain_text(description or config_cls.__doc__),
-        usage='%(prog)s [--config FILE] [--KEY VALUE ...]', allow_abbrev=False,
+        prog=prog or _default_prog(),
+        description=plain_text(description or config_cls.__doc__),
+        usage='%(prog)s [--config FILE] [--KEY VALUE ...]',
+        allow_abbrev=False,
         formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, max_help_position=34),
         epilog='Settings: the defaults shown, then --config FILE, then --KEY VALUE (the command line wins).\n'
-               'Lists: 3,7 or "[3, 7]"; a boolean flag alone means true; null means none.')
+        'Lists: 3,7 or "[3, 7]"; a boolean flag alone means true; null means none.',
+    )
     parser.add_argument('--config', metavar='FILE', help='YAML file with any of the keys below')
     grouped: Dict[str, List[Tuple[str, Any, str]]] = {}
     for field in dataclasses.fields(config_cls):
@@ -309,19 +325,24 @@ def build_parser(
         arguments = parser.add_argument_group(group)
         for key, annotation, text in grouped[group]:
             flag_options = dict(nargs='?', const='true') if annotation is bool else {}
-            arguments.add_argument(f'--{key}', default=argparse.SUPPRESS, metavar=_type_label(annotation),
-                                   help=text.replace('%', '%%'), **flag_options)
+            arguments.add_argument(
+                f'--{key}',
+                default=argparse.SUPPRESS,
+                metavar=_type_label(annotation),
+                help=text.replace('%', '%%'),
+                **flag_options,
+            )
     return parser
 
 
 def parse_values(
-        config_cls: Type,
-        argv: Optional[List[str]] = None,
-        description: Optional[str] = None,
-        prog: Optional[str] = None,
-        defaults: Optional[Mapping[str, Any]] = None,
+    config_cls: Type,
+    argv: Optional[List[str]] = None,
+    description: Optional[str] = None,
+    prog: Optional[str] = None,
+    defaults: Optional[Mapping[str, Any]] = None,
 ) -> Tuple[Dict[str, Any], str]:
-    """ The raw settings given by ``defaults``, ``--config file.yaml`` and ``--key value`` in ``argv``
+    """The raw settings given by ``defaults``, ``--config file.yaml`` and ``--key value`` in ``argv``
     (later wins), and their source.
 
     Only keys actually given appear; the dataclass defaults are not filled in. Unknown keys and
@@ -347,25 +368,27 @@ def parse_values(
     for key, value in vars(args).items():
         if key != 'config':
             # a YAML list or mapping on the command line ("[3, 7]", "{drop_rate: 0.2}") is read the YAML way
-            values[key] = yaml.safe_load(value) if types[key] is not str and value.strip().startswith(('[', '{')) else value
+            values[key] = (
+                yaml.safe_load(value) if types[key] is not str and value.strip().startswith(('[', '{')) else value
+            )
     return values, source
 
 
 def parse_config(
-        config_cls: Type[ConfigT],
-        argv: Optional[List[str]] = None,
-        description: Optional[str] = None,
-        prog: Optional[str] = None,
-        defaults: Optional[Mapping[str, Any]] = None,
+    config_cls: Type[ConfigT],
+    argv: Optional[List[str]] = None,
+    description: Optional[str] = None,
+    prog: Optional[str] = None,
+    defaults: Optional[Mapping[str, Any]] = None,
 ) -> ConfigT:
-    """ ``config_cls`` from ``defaults``, ``--config file.yaml`` and ``--key value`` overrides in ``argv``. """
+    """``config_cls`` from ``defaults``, ``--config file.yaml`` and ``--key value`` overrides in ``argv``."""
     values, source = parse_values(config_cls, argv, description, prog, defaults)
     return config_from_dict(config_cls, values, source)
 
 
 def run_cli(main: Callable[[], Any]) -> Any:
-    """ Runs a recipe's ``main``; a bad setting or a missing file/dataset ends the program with one
-    ``error: ...`` line on stderr and exit status 2 (argparse's convention), no traceback. """
+    """Runs a recipe's ``main``; a bad setting or a missing file/dataset ends the program with one
+    ``error: ...`` line on stderr and exit status 2 (argparse's convention), no traceback."""
     try:
         return main()
     except (ConfigError, FileNotFoundError) as error:

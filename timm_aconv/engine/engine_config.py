@@ -1,8 +1,9 @@
-""" :class:`EngineConfig`: the training loop's settings (validated), and the optimizer they describe
+""":class:`EngineConfig`: the training loop's settings (validated), and the optimizer they describe
 
 Recipes subclass :class:`EngineConfig` with their model and data fields; every field is a YAML key
 and a command-line flag (:mod:`timm_aconv.engine.config`, help text in :mod:`~timm_aconv.engine.cli_help`).
 """
+
 from dataclasses import dataclass
 from typing import Literal, Optional, Union
 
@@ -20,7 +21,8 @@ COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-
 
 @dataclass
 class EngineConfig:
-    """ Training-loop settings (recipes subclass this with their model and data fields). """
+    """Training-loop settings (recipes subclass this with their model and data fields)."""
+
     output_dir: str = 'runs/default'
     epochs: int = 10
     optimizer: Literal['sgd', 'adam', 'adamw'] = 'sgd'
@@ -49,7 +51,9 @@ class EngineConfig:
     save_every: int = 1
     keep_checkpoints: int = 2
     save_best: bool = True
-    log_with: Literal['auto', 'none', 'tensorboard', 'wandb', 'mlflow', 'comet_ml', 'aim', 'clearml', 'dvclive'] = 'auto'
+    log_with: Literal['auto', 'none', 'tensorboard', 'wandb', 'mlflow', 'comet_ml', 'aim', 'clearml', 'dvclive'] = (
+        'auto'
+    )
     progress: bool = True
     print_epochs: bool = True
     num_threads: Optional[int] = None
@@ -66,8 +70,15 @@ class EngineConfig:
         for name in ('lr', 'sigma_lr_scale', 'plateau_factor'):
             if getattr(self, name) <= 0:
                 raise ConfigError(f'{name} must be > 0, got {getattr(self, name)}')
-        for name in ('weight_decay', 'momentum', 'min_lr', 'one_cycle_floor_lr', 'plateau_patience',
-                     'plateau_cooldown', 'save_every'):
+        for name in (
+            'weight_decay',
+            'momentum',
+            'min_lr',
+            'one_cycle_floor_lr',
+            'plateau_patience',
+            'plateau_cooldown',
+            'save_every',
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f'{name} must be >= 0, got {getattr(self, name)}')
         for name in ('clip_value', 'clip_norm'):
@@ -76,28 +87,36 @@ class EngineConfig:
         if self.num_threads is not None and self.num_threads < 1:
             raise ConfigError(f'num_threads must be >= 1 or null (torch default), got {self.num_threads}')
         if self.max_steps_per_epoch is not None and (
-                self.max_steps_per_epoch < 1 or self.max_steps_per_epoch % self.grad_accum_steps):
+            self.max_steps_per_epoch < 1 or self.max_steps_per_epoch % self.grad_accum_steps
+        ):
             raise ConfigError(
                 f'max_steps_per_epoch must be a positive multiple of grad_accum_steps={self.grad_accum_steps} '
-                f'(it counts batches), got {self.max_steps_per_epoch}')
+                f'(it counts batches), got {self.max_steps_per_epoch}'
+            )
         if self.plateau_factor >= 1:
             raise ConfigError(f'plateau_factor must be in (0, 1), got {self.plateau_factor}')
         if self.keep_checkpoints < 2:
-            raise ConfigError(f'keep_checkpoints must be >= 2 (Accelerate deletes the oldest checkpoint before it writes '
-                              f'the next, so with 1 an interrupted save leaves none), got {self.keep_checkpoints}')
+            raise ConfigError(
+                f'keep_checkpoints must be >= 2 (Accelerate deletes the oldest checkpoint before it writes '
+                f'the next, so with 1 an interrupted save leaves none), got {self.keep_checkpoints}'
+            )
         if not (isinstance(self.compile, bool) or self.compile == 'auto'):
             raise ConfigError(f"compile must be 'auto', true or false, got {self.compile!r}")
         if self.compile_mode is not None and self.compile_mode not in COMPILE_MODES:
-            raise ConfigError(f'compile_mode must be null or one of {", ".join(COMPILE_MODES)}, got {self.compile_mode!r}')
+            raise ConfigError(
+                f'compile_mode must be null or one of {", ".join(COMPILE_MODES)}, got {self.compile_mode!r}'
+            )
         if self.size_budget is not None and not 0 < self.size_budget <= 1:
-            raise ConfigError(f'size_budget must be in (0, 1] (kernel FLOPs relative to the full grids) or null, '
-                              f'got {self.size_budget}')
+            raise ConfigError(
+                f'size_budget must be in (0, 1] (kernel FLOPs relative to the full grids) or null, '
+                f'got {self.size_budget}'
+            )
         if self.size_budget_weight <= 0:
             raise ConfigError(f'size_budget_weight must be > 0, got {self.size_budget_weight}')
 
 
 def create_optimizer(model: nn.Module, config: EngineConfig) -> torch.optim.Optimizer:
-    """ SGD / Adam / AdamW over :func:`timm_aconv.param_groups` (sigma: no weight decay, own lr scale). """
+    """SGD / Adam / AdamW over :func:`timm_aconv.param_groups` (sigma: no weight decay, own lr scale)."""
     groups = param_groups(model, weight_decay=config.weight_decay, lr=config.lr, sigma_lr_scale=config.sigma_lr_scale)
     if config.optimizer == 'sgd':
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)

@@ -1,4 +1,5 @@
-""" Per-epoch metrics: written as ``metrics.csv`` and ``metrics.json`` (one row per epoch), printed as one line """
+"""Per-epoch metrics: written as ``metrics.csv`` and ``metrics.json`` (one row per epoch), printed as one line"""
+
 import csv
 import json
 from pathlib import Path
@@ -9,13 +10,13 @@ import torch.nn as nn
 
 from ..layers import adaptive_layers
 
-__all__ = ['write_history', 'read_history', 'epoch_line']
+__all__ = ['epoch_line', 'read_history', 'write_history']
 
 History = List[Dict[str, float]]
 
 
 def write_history(history: History, output_dir: str) -> None:
-    """ Rewrites ``output_dir/metrics.csv`` and ``output_dir/metrics.json`` with every epoch so far. """
+    """Rewrites ``output_dir/metrics.csv`` and ``output_dir/metrics.json`` with every epoch so far."""
     directory = Path(output_dir)
     directory.mkdir(parents=True, exist_ok=True)
     columns = list(dict.fromkeys(key for record in history for key in record))
@@ -27,23 +28,29 @@ def write_history(history: History, output_dir: str) -> None:
 
 
 def read_history(output_dir: str) -> History:
-    """ The epochs recorded in ``output_dir/metrics.json``. """
+    """The epochs recorded in ``output_dir/metrics.json``."""
     return json.loads((Path(output_dir) / 'metrics.json').read_text())
 
 
 def epoch_line(record: Dict[str, float], epochs: int, monitor: str, model: Optional[nn.Module] = None) -> str:
-    """ The one line printed per epoch: epoch, train loss, the monitored metric (and its best), the
+    """The one line printed per epoch: epoch, train loss, the monitored metric (and its best), the
     first other validation metric, the learning rates and the range of sigma over ``model``'s
     adaptive layers, e.g. (``recipes/configs/digits.yaml``) ``epoch 1/15  train_loss 1.1168
-    val_loss 0.2461 (best 0.2461)  val_accuracy 0.9361  lr 0.01  sigma [0.143, 0.534]``. """
+    val_loss 0.2461 (best 0.2461)  val_accuracy 0.9361  lr 0.01  sigma [0.143, 0.534]``."""
     parts = [f'epoch {record["epoch"]}/{epochs}', f'train_loss {record["train_loss"]:.4f}']
     if monitor in record:
         parts.append(f'{monitor} {record[monitor]:.4f} (best {record.get(f"best_{monitor}", record[monitor]):.4f})')
-    other = next((key for key in record if key.startswith('val_') and key != monitor and key != 'val_samples'
-                  and isinstance(record[key], float)), None)
+    other = next(
+        (
+            key
+            for key in record
+            if key.startswith('val_') and key != monitor and key != 'val_samples' and isinstance(record[key], float)
+        ),
+        None,
+    )
     if other is not None:
         parts.append(f'{other} {record[other]:.4f}')
-    rates = {key[len('lr_'):]: value for key, value in record.items() if key.startswith('lr_')}
+    rates = {key[len('lr_') :]: value for key, value in record.items() if key.startswith('lr_')}
     if len(set(rates.values())) == 1:
         parts.append(f'lr {next(iter(rates.values())):.3g}')
     elif rates:

@@ -1,4 +1,4 @@
-""" Evaluation metrics that stay exact under data-parallel evaluation
+"""Evaluation metrics that stay exact under data-parallel evaluation
 
 The engine evaluates every batch on every process, turns it into *per-sample* values with
 :meth:`Metric.per_sample` (the batch axis first), collects them from all processes with
@@ -6,28 +6,31 @@ The engine evaluates every batch on every process, turns it into *per-sample* va
 even out the last batch, so each validation sample counts exactly once — and hands the
 gathered tensors to :meth:`Metric.update`. Every process therefore computes the same numbers.
 """
+
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ['Metric', 'ClassificationMetric', 'SegmentationMetric']
+__all__ = ['ClassificationMetric', 'Metric', 'SegmentationMetric']
 
 _FRACTIONAL = -1  # the label get_stats ignores: pixels whose (bilinearly resized) label is fractional
 
 
 def _smp_metrics():
-    """ ``segmentation_models_pytorch.metrics``, or an ImportError naming the extra that installs it. """
+    """``segmentation_models_pytorch.metrics``, or an ImportError naming the extra that installs it."""
     try:
         import segmentation_models_pytorch.metrics as smp_metrics
     except ImportError as error:
-        raise ImportError(f"SegmentationMetric computes with segmentation-models-pytorch's metrics ({error}); "
-                          f"pip install 'timm-aconv[smp]'") from error
+        raise ImportError(
+            f"SegmentationMetric computes with segmentation-models-pytorch's metrics ({error}); "
+            f"pip install 'timm-aconv[smp]'"
+        ) from error
     return smp_metrics
 
 
 class Metric:
-    """ The contract between a task and the engine's evaluation loop.
+    """The contract between a task and the engine's evaluation loop.
 
     Subclasses implement:
 
@@ -54,7 +57,7 @@ class Metric:
 
 
 class ClassificationMetric(Metric):
-    """ Top-1 accuracy and mean cross-entropy over the validation set, and the sample count. """
+    """Top-1 accuracy and mean cross-entropy over the validation set, and the sample count."""
 
     def __init__(self) -> None:
         self.reset()
@@ -79,7 +82,7 @@ class ClassificationMetric(Metric):
 
 
 class SegmentationMetric(Metric):
-    """ Pixel accuracy, mean IoU over classes, per-class IoU and mean cross-entropy per image.
+    """Pixel accuracy, mean IoU over classes, per-class IoU and mean cross-entropy per image.
 
     Computed with SMP's metrics (:mod:`segmentation_models_pytorch.metrics`): ``per_sample``
     returns each image's true/false positive/negative pixel counts per class
@@ -104,20 +107,28 @@ class SegmentationMetric(Metric):
         self.reset()
 
     def per_sample(self, outputs: torch.Tensor, targets: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        """ ``(tp, fp, fn, tn, loss, fractional)`` per image: pixel counts per class, the mean
-        cross-entropy and the number of pixels with a fractional label. """
+        """``(tp, fp, fn, tn, loss, fractional)`` per image: pixel counts per class, the mean
+        cross-entropy and the number of pixels with a fractional label."""
         labels = targets.long()  # truncation: the labels Keras' sparse cross-entropy used for float masks
         whole = targets == labels  # False where a bilinear resize left a fractional label
         scored = torch.where(whole, labels, _FRACTIONAL)
-        stats = _smp_metrics().get_stats(outputs.argmax(1), scored, mode='multiclass', num_classes=self.num_classes,
-                                      ignore_index=_FRACTIONAL)
+        stats = _smp_metrics().get_stats(
+            outputs.argmax(1), scored, mode='multiclass', num_classes=self.num_classes, ignore_index=_FRACTIONAL
+        )
         loss = F.cross_entropy(outputs.float(), labels, reduction='none').flatten(1).mean(1)
         fractional = (~whole).flatten(1).sum(1)
         # get_stats returns CPU tensors; the gather needs them where the process computes (NCCL: the GPU)
         return (*(counts.to(outputs.device) for counts in stats), loss, fractional)
 
-    def update(self, tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor, tn: torch.Tensor, loss: torch.Tensor,
-               fractional: torch.Tensor) -> None:
+    def update(
+        self,
+        tp: torch.Tensor,
+        fp: torch.Tensor,
+        fn: torch.Tensor,
+        tn: torch.Tensor,
+        loss: torch.Tensor,
+        fractional: torch.Tensor,
+    ) -> None:
         for total, counts in zip(self.stats, (tp, fp, fn, tn)):
             total += counts.sum(0).cpu()
         self.fractional += int(fractional.sum())
@@ -133,8 +144,12 @@ class SegmentationMetric(Metric):
         # fractional pixels: one more column that is never predicted right
         no_class = torch.tensor([[0.0]], dtype=torch.float64)
         pixel_accuracy = smp_metrics.recall(
-            torch.cat([tp, no_class], 1), torch.cat([fp, no_class], 1),
-            torch.cat([fn, no_class + self.fractional], 1), torch.cat([tn, no_class], 1), reduction='micro')
+            torch.cat([tp, no_class], 1),
+            torch.cat([fp, no_class], 1),
+            torch.cat([fn, no_class + self.fractional], 1),
+            torch.cat([tn, no_class], 1),
+            reduction='micro',
+        )
         values = dict(pixel_accuracy=float(pixel_accuracy), miou=float(iou.mean()), loss=self.loss_sum / self.images)
         values.update({f'iou_{name}': float(value) for name, value in zip(self.class_names, iou)})
         return values

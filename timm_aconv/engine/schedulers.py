@@ -1,4 +1,4 @@
-""" Learning-rate schedules of the paper's recipes
+"""Learning-rate schedules of the paper's recipes
 
 - ``constant``: the optimizer's learning rate throughout.
 - ``plateau``: :class:`torch.optim.lr_scheduler.ReduceLROnPlateau` on a validation metric,
@@ -8,13 +8,14 @@
   ``lr(t) = floor_lr + peak_lr · exp(-((t - c) / (0.5 c))²)`` with ``c`` half the optimizer
   steps, stepped after every real optimizer step (:class:`GaussianOneCycleLR`).
 """
+
 import math
 from typing import Optional, Union
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, ReduceLROnPlateau
 
-__all__ = ['GaussianOneCycle', 'GaussianOneCycleLR', 'create_scheduler', 'SCHEDULERS']
+__all__ = ['SCHEDULERS', 'GaussianOneCycle', 'GaussianOneCycleLR', 'create_scheduler']
 
 SCHEDULERS = ('constant', 'plateau', 'one_cycle')
 
@@ -22,7 +23,7 @@ Scheduler = Union[LRScheduler, ReduceLROnPlateau]
 
 
 class GaussianOneCycle:
-    """ Picklable LR factor of the Gaussian one-cycle schedule (a ``LambdaLR`` ``lr_lambda``).
+    """Picklable LR factor of the Gaussian one-cycle schedule (a ``LambdaLR`` ``lr_lambda``).
 
     The factor multiplies each group's initial learning rate, which the recipe sets to the peak:
     ``factor(t) = floor_lr / peak_lr + exp(-((t - c) / (0.5 c))²)``, ``c = total_steps / 2``.
@@ -38,33 +39,38 @@ class GaussianOneCycle:
 
     def __call__(self, step: int) -> float:
         width = 0.5 * self.centre
-        return self.floor_ratio + math.exp(-((step - self.centre) / width) ** 2)
+        return self.floor_ratio + math.exp(-(((step - self.centre) / width) ** 2))
 
 
 def GaussianOneCycleLR(optimizer: torch.optim.Optimizer, total_steps: int, floor_lr: float = 1e-4) -> LambdaLR:
-    """ The paper's one-cycle schedule; the optimizer's (first group's) lr is the peak ``0.5·η``. """
+    """The paper's one-cycle schedule; the optimizer's (first group's) lr is the peak ``0.5·η``."""
     peak_lr = optimizer.param_groups[0]['lr']
     return LambdaLR(optimizer, GaussianOneCycle(total_steps, peak_lr, floor_lr))
 
 
 def create_scheduler(
-        name: str,
-        optimizer: torch.optim.Optimizer,
-        total_steps: int = 0,
-        floor_lr: float = 1e-4,
-        plateau_mode: str = 'min',
-        plateau_factor: float = 0.9,
-        plateau_patience: int = 10,
-        plateau_cooldown: int = 10,
-        min_lr: float = 1e-5,
+    name: str,
+    optimizer: torch.optim.Optimizer,
+    total_steps: int = 0,
+    floor_lr: float = 1e-4,
+    plateau_mode: str = 'min',
+    plateau_factor: float = 0.9,
+    plateau_patience: int = 10,
+    plateau_cooldown: int = 10,
+    min_lr: float = 1e-5,
 ) -> Optional[Scheduler]:
-    """ A scheduler by name (``constant`` gives None: nothing to step). """
+    """A scheduler by name (``constant`` gives None: nothing to step)."""
     if name == 'constant':
         return None
     if name == 'plateau':
         return ReduceLROnPlateau(
-            optimizer, mode=plateau_mode, factor=plateau_factor, patience=plateau_patience,
-            cooldown=plateau_cooldown, min_lr=min_lr)
+            optimizer,
+            mode=plateau_mode,
+            factor=plateau_factor,
+            patience=plateau_patience,
+            cooldown=plateau_cooldown,
+            min_lr=min_lr,
+        )
     if name == 'one_cycle':
         return GaussianOneCycleLR(optimizer, total_steps=total_steps, floor_lr=floor_lr)
     raise ValueError(f'scheduler must be one of {SCHEDULERS}, got {name!r}')

@@ -1,4 +1,4 @@
-""" The training loop shared by every recipe: :class:`Trainer` (Accelerate)
+"""The training loop shared by every recipe: :class:`Trainer` (Accelerate)
 
 One loop for any task whose batches are ``(inputs, targets)`` (or a ``forward_fn``): Accelerate
 prepares model, optimizer and loaders (CPU, one or many GPUs, ``accelerate launch`` or ``torchrun``;
@@ -16,6 +16,7 @@ compiles the model in place on CUDA devices (``compile_mode``: torch.compile's m
 (:func:`timm_aconv.group_adaptive_layers`), so that a training step computes their product kernels
 together, eager or compiled. Its settings: :class:`~timm_aconv.engine.engine_config.EngineConfig`.
 """
+
 import json
 import math
 import shutil
@@ -55,12 +56,13 @@ def _resolve_trackers(log_with: str) -> Optional[List[str]]:
         return None
     if log_with == 'auto':
         from accelerate.utils import is_tensorboard_available
+
         return ['tensorboard'] if is_tensorboard_available() else None
     return [log_with]
 
 
 class Trainer:
-    """ Trains ``model`` on ``train_loader``, evaluating on ``val_loader`` after every epoch.
+    """Trains ``model`` on ``train_loader``, evaluating on ``val_loader`` after every epoch.
 
     Args:
         model: any module; adaptive layers in it get the sigma clamp and sigma param group.
@@ -82,18 +84,18 @@ class Trainer:
     """
 
     def __init__(
-            self,
-            model: nn.Module,
-            train_loader: torch.utils.data.DataLoader,
-            val_loader: torch.utils.data.DataLoader,
-            config: EngineConfig,
-            loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-            metric: Metric,
-            callbacks: Sequence[Callback] = (),
-            forward_fn: ForwardFn = _default_forward,
-            optimizer: Optional[torch.optim.Optimizer] = None,
-            accelerator: Optional[Accelerator] = None,
-            save_model_fn: Optional[SaveModelFn] = None,
+        self,
+        model: nn.Module,
+        train_loader: torch.utils.data.DataLoader,
+        val_loader: torch.utils.data.DataLoader,
+        config: EngineConfig,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        metric: Metric,
+        callbacks: Sequence[Callback] = (),
+        forward_fn: ForwardFn = _default_forward,
+        optimizer: Optional[torch.optim.Optimizer] = None,
+        accelerator: Optional[Accelerator] = None,
+        save_model_fn: Optional[SaveModelFn] = None,
     ) -> None:
         self.config = config
         self.loss_fn = loss_fn
@@ -129,17 +131,26 @@ class Trainer:
         self.output_pixels = None  # per adaptive layer, for the size budget's FLOPs weights
         if config.size_budget is not None:
             if next(adaptive_layers(model), None) is None:
-                raise ConfigError(f'size_budget={config.size_budget} needs a model with adaptive layers, and '
-                                  f'{type(model).__name__} has none')
+                raise ConfigError(
+                    f'size_budget={config.size_budget} needs a model with adaptive layers, and '
+                    f'{type(model).__name__} has none'
+                )
             self.output_pixels = OutputPixelTracker(model)
         self.model, self.optimizer, self.train_loader, self.val_loader = self.accelerator.prepare(
-            model, optimizer, train_loader, val_loader)
+            model, optimizer, train_loader, val_loader
+        )
         self.steps_per_epoch = self._optimizer_steps_per_epoch()
         self.scheduler = create_scheduler(
-            config.scheduler, self.optimizer.optimizer, total_steps=self.steps_per_epoch * config.epochs,
-            floor_lr=config.one_cycle_floor_lr, plateau_mode=config.monitor_mode,
-            plateau_factor=config.plateau_factor, plateau_patience=config.plateau_patience,
-            plateau_cooldown=config.plateau_cooldown, min_lr=config.min_lr)
+            config.scheduler,
+            self.optimizer.optimizer,
+            total_steps=self.steps_per_epoch * config.epochs,
+            floor_lr=config.one_cycle_floor_lr,
+            plateau_mode=config.monitor_mode,
+            plateau_factor=config.plateau_factor,
+            plateau_patience=config.plateau_patience,
+            plateau_cooldown=config.plateau_cooldown,
+            min_lr=config.min_lr,
+        )
         self.epoch = 0  # epochs completed
         self.global_step = 0  # real optimizer steps taken
         self.history: List[Dict[str, float]] = []
@@ -156,12 +167,12 @@ class Trainer:
 
     @property
     def checkpoints_dir(self) -> Path:
-        """ Where ``checkpoint_<n>`` folders go (Accelerate's automatic checkpoint naming). """
+        """Where ``checkpoint_<n>`` folders go (Accelerate's automatic checkpoint naming)."""
         return Path(self.accelerator.project_dir) / 'checkpoints'
 
     @property
     def best_dir(self) -> Path:
-        """ The best model by ``monitor`` so far (``save_best``). """
+        """The best model by ``monitor`` so far (``save_best``)."""
         return Path(self.config.output_dir) / 'best'
 
     def _should_compile(self) -> bool:
@@ -179,7 +190,7 @@ class Trainer:
 
     # ---- the loop
     def fit(self, end_training: bool = True) -> List[Dict[str, float]]:
-        """ Trains for ``config.epochs`` epochs (continuing a checkpoint when ``config.resume``).
+        """Trains for ``config.epochs`` epochs (continuing a checkpoint when ``config.resume``).
 
         ``end_training=False`` finishes the trackers but keeps the distributed process group, so
         that further Trainers in the same process (several runs in one script) can still train
@@ -200,8 +211,12 @@ class Trainer:
             train_loss = self.train_one_epoch()
             record = dict(epoch=self.epoch + 1, step=self.global_step, train_loss=train_loss)
             record.update(self.evaluate())
-            record.update({f'lr_{group.get("name", index)}': group['lr']
-                           for index, group in enumerate(self.optimizer.param_groups)})
+            record.update(
+                {
+                    f'lr_{group.get("name", index)}': group['lr']
+                    for index, group in enumerate(self.optimizer.param_groups)
+                }
+            )
             if isinstance(self.scheduler, ReduceLROnPlateau):
                 self.scheduler.step(record[self._monitor_key(record)])
             self._record(record)
@@ -212,8 +227,9 @@ class Trainer:
             self.epoch += 1
             for callback in self.callbacks:
                 callback.on_epoch_end(self, record)
-            if config.save_every and (self.epoch % config.save_every == 0 or self.epoch == config.epochs
-                                      or self.should_stop):
+            if config.save_every and (
+                self.epoch % config.save_every == 0 or self.epoch == config.epochs or self.should_stop
+            ):
                 self.save_checkpoint()
         self.accelerator.wait_for_everyone()
         if self.is_main_process:
@@ -228,18 +244,26 @@ class Trainer:
         return self.history
 
     def train_one_epoch(self) -> float:
-        """ One pass over the training set; returns the mean training loss over all processes. """
+        """One pass over the training set; returns the mean training loss over all processes."""
         accelerator, config = self.accelerator, self.config
         self.model.train()
         self.train_loader.set_epoch(self.epoch)
         loss_sum = torch.zeros((), device=accelerator.device)
         samples = torch.zeros((), device=accelerator.device)
-        total = len(self.train_loader) if config.max_steps_per_epoch is None else min(
-            len(self.train_loader), config.max_steps_per_epoch)
+        total = (
+            len(self.train_loader)
+            if config.max_steps_per_epoch is None
+            else min(len(self.train_loader), config.max_steps_per_epoch)
+        )
         # disable=None: no bar when stderr is not a terminal (piped logs keep the per-epoch line only)
-        progress = tqdm(self.train_loader, total=total, desc=f'epoch {self.epoch + 1}/{config.epochs}',
-                        disable=None if config.progress and accelerator.is_local_main_process else True,
-                        leave=False, mininterval=1.0)
+        progress = tqdm(
+            self.train_loader,
+            total=total,
+            desc=f'epoch {self.epoch + 1}/{config.epochs}',
+            disable=None if config.progress and accelerator.is_local_main_process else True,
+            leave=False,
+            mininterval=1.0,
+        )
         for batch_index, batch in enumerate(progress):
             with accelerator.accumulate(self.model):
                 outputs, targets = self.forward_fn(self.model, batch)
@@ -270,13 +294,14 @@ class Trainer:
         return float(loss_sum / samples.clamp(min=1))
 
     def budget_penalty(self) -> torch.Tensor:
-        """ The weighted kernel-size budget term of the training loss (``size_budget`` set). """
+        """The weighted kernel-size budget term of the training loss (``size_budget`` set)."""
         return self.config.size_budget_weight * size_penalty(
-            self.unwrapped_model, self.config.size_budget, output_pixels=self.output_pixels)
+            self.unwrapped_model, self.config.size_budget, output_pixels=self.output_pixels
+        )
 
     @torch.no_grad()
     def evaluate(self) -> Dict[str, float]:
-        """ The metric over the whole validation set (every sample once), keys prefixed ``val_``. """
+        """The metric over the whole validation set (every sample once), keys prefixed ``val_``."""
         self.model.eval()
         self.metric.reset()
         for batch in self.val_loader:
@@ -288,8 +313,10 @@ class Trainer:
 
     def _monitor_key(self, record: Dict[str, float]) -> str:
         if self.config.monitor not in record:
-            raise ConfigError(f'monitor={self.config.monitor!r} is not a metric of this task; '
-                              f'available: {sorted(key for key in record if key.startswith(("val_", "train_")))}')
+            raise ConfigError(
+                f'monitor={self.config.monitor!r} is not a metric of this task; '
+                f'available: {sorted(key for key in record if key.startswith(("val_", "train_")))}'
+            )
         return self.config.monitor
 
     def _record(self, record: Dict[str, float]) -> None:
@@ -306,7 +333,7 @@ class Trainer:
         self.accelerator.save_model(model, str(directory))  # model.safetensors
 
     def _improved(self) -> bool:
-        """ Whether the last recorded epoch beats every earlier one on ``monitor`` (the first of equals wins). """
+        """Whether the last recorded epoch beats every earlier one on ``monitor`` (the first of equals wins)."""
         values = [row[self.config.monitor] for row in self.history]
         if len(values) == 1:
             return True
@@ -314,13 +341,15 @@ class Trainer:
         return values[-1] > max(earlier) if self.config.monitor_mode == 'max' else values[-1] < min(earlier)
 
     def _save_best(self, record: Dict[str, float]) -> None:
-        """ The model into ``best_dir``, replaced whole: written beside it, then swapped in. """
+        """The model into ``best_dir``, replaced whole: written beside it, then swapped in."""
         if self.is_main_process:
             staging = self.best_dir.with_name('best.partial')
             shutil.rmtree(staging, ignore_errors=True)
             self.save_model_fn(self.unwrapped_model, staging)
             monitor = self.config.monitor
-            (staging / 'best.json').write_text(json.dumps(dict(epoch=record['epoch'], monitor=monitor, value=record[monitor])))
+            (staging / 'best.json').write_text(
+                json.dumps(dict(epoch=record['epoch'], monitor=monitor, value=record[monitor]))
+            )
             previous = self.best_dir.with_name('best.previous')
             shutil.rmtree(previous, ignore_errors=True)
             if self.best_dir.exists():
@@ -330,7 +359,7 @@ class Trainer:
 
     # ---- checkpoints
     def save_checkpoint(self) -> None:
-        """ Model, optimizer, RNG and sampler states (Accelerate), scheduler, and last the progress. """
+        """Model, optimizer, RNG and sampler states (Accelerate), scheduler, and last the progress."""
         directory = self.checkpoints_dir / f'checkpoint_{self.accelerator.project_configuration.iteration}'
         self.accelerator.save_state()  # into `directory`; deletes the oldest beyond keep_checkpoints first
         self.accelerator.wait_for_everyone()  # every process wrote its part before the folder is marked complete
@@ -342,13 +371,16 @@ class Trainer:
         self.accelerator.wait_for_everyone()
 
     def load_checkpoint(self) -> None:
-        """ Continues from the newest complete checkpoint; a clear error when there is none. """
+        """Continues from the newest complete checkpoint; a clear error when there is none."""
         checkpoint = latest_checkpoint(str(self.accelerator.project_dir))
         if checkpoint is None:
             raise FileNotFoundError(
                 f'resume=True but there is no complete checkpoint in {str(self.checkpoints_dir)!r}: train without '
-                f'--resume first (checkpoints are written every save_every={self.config.save_every} epochs)')
-        if self.is_main_process:  # saves that did not finish (a crash mid-save): never resumed from, in the way of new ones
+                f'--resume first (checkpoints are written every save_every={self.config.save_every} epochs)'
+            )
+        if (
+            self.is_main_process
+        ):  # saves that did not finish (a crash mid-save): never resumed from, in the way of new ones
             for _, folder in checkpoint_folders(self.checkpoints_dir):
                 if not (folder / TRAINER_STATE).is_file():
                     shutil.rmtree(folder)
@@ -361,7 +393,7 @@ class Trainer:
             self.scheduler.load_state_dict(torch.load(checkpoint / 'scheduler.pt', weights_only=True))
 
     def _discard_earlier_run(self) -> None:
-        """ A run that starts over deletes the checkpoints and best model of an earlier run in its folders. """
+        """A run that starts over deletes the checkpoints and best model of an earlier run in its folders."""
         if self.is_main_process:
             for directory in (self.checkpoints_dir, self.best_dir):
                 shutil.rmtree(directory, ignore_errors=True)
@@ -369,6 +401,8 @@ class Trainer:
 
 
 def _tracker_config(config: EngineConfig) -> Dict[str, Any]:
-    """ Trackers (TensorBoard hparams) accept only scalars and strings. """
-    return {key: value if isinstance(value, (int, float, str, bool)) else str(value)
-            for key, value in config_to_dict(config).items()}
+    """Trackers (TensorBoard hparams) accept only scalars and strings."""
+    return {
+        key: value if isinstance(value, (int, float, str, bool)) else str(value)
+        for key, value in config_to_dict(config).items()
+    }

@@ -1,4 +1,4 @@
-""" The paper's experiments, built on :mod:`timm_aconv.engine`: datasets, tasks, comparisons, figures
+"""The paper's experiments, built on :mod:`timm_aconv.engine`: datasets, tasks, comparisons, figures
 
 Each recipe in :mod:`timm_aconv.recipes` is a thin command line over one module here.
 
@@ -13,4 +13,5 @@ Each recipe in :mod:`timm_aconv.recipes` is a thin command line over one module 
 
 Needs the ``train`` extra (``pip install 'timm-aconv[train]'``), like :mod:`timm_aconv.engine`.
 """
+
 from .. import engine  # noqa: F401  (names the missing training libraries before any experiment imports them)

@@ -1,4 +1,4 @@
-""" The image-classification recipe: config, model, data, training, plots
+"""The image-classification recipe: config, model, data, training, plots
 
 ``recipes/train_classification.py`` only parses a :class:`ClassificationConfig` and calls
 :func:`train_classification`; the same function runs each repeat of the paper's comparison
@@ -8,8 +8,9 @@ Models are any timm name: ``aconv_simple_cnn`` / ``conv_simple_cnn`` (the paper'
 ``kernel_size`` kwarg, its dense layer sized from the data's ``img_size``),
 ``aconv_resnet20`` / ``conv_resnet20`` (…110), or any other timm model; ``convert=True`` turns
 that model's convolutions into adaptive ones with :func:`timm_aconv.convert_convs`
-(``sizes=[kernel_size or 7]``, ``include=convert_include``, ``exclude=convert_exclude``). ``model_kwargs`` reach ``timm.create_model`` (the paper configs
-set the Keras constants of the authors' networks there).
+(``sizes=[kernel_size or 7]``, ``include=convert_include``, ``exclude=convert_exclude``).
+``model_kwargs`` reach ``timm.create_model`` (the paper configs set the Keras constants of the
+authors' networks there).
 
 ``batch_size`` is the global batch over all processes (:mod:`~timm_aconv.engine.loaders`).
 Datasets without an official split draw theirs from ``split_seed``, by default the run's seed
@@ -25,6 +26,7 @@ A setting the model cannot take (``kernel_size`` for a model without that argume
 ``convert_convs`` cannot convert) is a :class:`~timm_aconv.engine.config.ConfigError` saying which
 key to change.
 """
+
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,23 +36,30 @@ import timm
 import torch.nn as nn
 from safetensors.torch import load_file
 
-from ..models import converted_model_args
-from ..surgery import convert_convs
 from ..engine.callbacks import Callback, SigmaRecorder
 from ..engine.config import ConfigError
-from .datasets import INPUT_NORMS, RESPLIT_DATASETS, ArrayDataset, DataInfo, build_classification_data
 from ..engine.engine_config import EngineConfig
-from ..engine.trainer import Trainer, set_seed
 from ..engine.loaders import build_loaders
 from ..engine.metrics import ClassificationMetric
+from ..engine.trainer import Trainer, set_seed
+from ..models import converted_model_args
+from ..surgery import convert_convs
+from .datasets import INPUT_NORMS, RESPLIT_DATASETS, ArrayDataset, DataInfo, build_classification_data
 
-__all__ = ['ClassificationConfig', 'classifier_kwargs', 'create_classifier', 'data_split_seed', 'build_data',
-           'timm_model_saver', 'train_classification']
+__all__ = [
+    'ClassificationConfig',
+    'build_data',
+    'classifier_kwargs',
+    'create_classifier',
+    'data_split_seed',
+    'timm_model_saver',
+    'train_classification',
+]
 
 
 @dataclass
 class ClassificationConfig(EngineConfig):
-    """ Train a timm image classifier (plain, adaptive, or converted) with the paper's protocol.
+    """Train a timm image classifier (plain, adaptive, or converted) with the paper's protocol.
 
     batch_size / val_batch_size: the GLOBAL batch over all processes (with N GPUs each process
     loads batch_size / N; N must divide it). split_seed: the train/validation split of digits,
@@ -58,6 +67,7 @@ class ClassificationConfig(EngineConfig):
     (minus the training split's per-pixel mean) or standardize. augment_shift: largest shift of
     the augmentation (fraction of the side; borders replicate the edge, as Keras' 'nearest').
     """
+
     model: str = 'aconv_simple_cnn'
     kernel_size: Optional[int] = None
     sigma_init: Optional[Tuple[float, float]] = None
@@ -85,21 +95,25 @@ class ClassificationConfig(EngineConfig):
         if not isinstance(self.model_kwargs, dict):
             raise ConfigError(f'model_kwargs must be a mapping of keyword arguments, got {self.model_kwargs!r}')
         if self.model not in timm.list_models():
-            raise ConfigError(f'model {self.model!r} is not a timm model; e.g. aconv_simple_cnn, conv_simple_cnn, '
-                              f'aconv_resnet20, conv_resnet20, or any name of timm.list_models()')
+            raise ConfigError(
+                f'model {self.model!r} is not a timm model; e.g. aconv_simple_cnn, conv_simple_cnn, '
+                f'aconv_resnet20, conv_resnet20, or any name of timm.list_models()'
+            )
         for name in ('batch_size', 'val_batch_size'):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f'{name} must be >= 1, got {getattr(self, name)}')
         if self.img_size is not None and self.img_size < 4:
             raise ConfigError(f'img_size must be >= 4 pixels or null (native size), got {self.img_size}')
         if not 0.0 <= self.augment_shift < 1.0:
-            raise ConfigError(f'augment_shift must be in [0, 1) (a fraction of the image side), got {self.augment_shift}')
+            raise ConfigError(
+                f'augment_shift must be in [0, 1) (a fraction of the image side), got {self.augment_shift}'
+            )
         if self.input_norm not in INPUT_NORMS:
             raise ConfigError(f'input_norm must be one of {list(INPUT_NORMS)}, got {self.input_norm!r}')
 
 
 def classifier_kwargs(config: ClassificationConfig, info: DataInfo) -> Dict[str, Any]:
-    """ The ``timm.create_model`` keyword arguments of ``config.model`` for the dataset ``info`` describes. """
+    """The ``timm.create_model`` keyword arguments of ``config.model`` for the dataset ``info`` describes."""
     kwargs: Dict[str, Any] = dict(num_classes=info.num_classes, in_chans=info.in_chans)
     if 'simple_cnn' in config.model:  # its dense layer depends on the input size
         kwargs['img_size'] = info.img_size
@@ -114,7 +128,7 @@ def classifier_kwargs(config: ClassificationConfig, info: DataInfo) -> Dict[str,
 
 
 def create_classifier(config: ClassificationConfig, info: DataInfo) -> nn.Module:
-    """ The timm model of ``config`` for the dataset described by ``info``.
+    """The timm model of ``config`` for the dataset described by ``info``.
 
     Its ``pretrained_cfg`` describes the recipe's input (``info``'s size and channels, pixels in
     [0, 1]: mean 0, std 1), which :func:`timm.models.save_for_hf` writes to ``config.json``.
@@ -126,12 +140,22 @@ def create_classifier(config: ClassificationConfig, info: DataInfo) -> nn.Module
         raise _unexpected_argument_error(config, kwargs, error) from error
     if config.convert:
         try:
-            convert_convs(model, sizes=[config.kernel_size or 7], include=config.convert_include,
-                          exclude=config.convert_exclude, sigma_init=config.sigma_init)
+            convert_convs(
+                model,
+                sizes=[config.kernel_size or 7],
+                include=config.convert_include,
+                exclude=config.convert_exclude,
+                sigma_init=config.sigma_init,
+            )
         except ValueError as error:
             raise _conversion_error(config, error) from error
-    preprocessing = dict(input_size=(info.in_chans, *info.img_size), mean=(0.0,) * info.in_chans,
-                         std=(1.0,) * info.in_chans, crop_pct=1.0, interpolation='bilinear')
+    preprocessing = dict(
+        input_size=(info.in_chans, *info.img_size),
+        mean=(0.0,) * info.in_chans,
+        std=(1.0,) * info.in_chans,
+        crop_pct=1.0,
+        interpolation='bilinear',
+    )
     if tuple(model.pretrained_cfg.get('input_size', ())) != preprocessing['input_size']:
         preprocessing['pool_size'] = None  # the default cfg's feature-map size is for its own input size
     model.pretrained_cfg = model.default_cfg = {**model.pretrained_cfg, **preprocessing}
@@ -139,8 +163,8 @@ def create_classifier(config: ClassificationConfig, info: DataInfo) -> nn.Module
 
 
 def _unexpected_argument_error(config: ClassificationConfig, kwargs: Dict[str, Any], error: TypeError) -> Exception:
-    """ A ConfigError naming the config key whose value the model does not accept (``error`` itself
-    when it is not about an unexpected keyword argument). """
+    """A ConfigError naming the config key whose value the model does not accept (``error`` itself
+    when it is not about an unexpected keyword argument)."""
     match = re.search(r"unexpected keyword argument '(\w+)'", str(error))
     if match is None or match.group(1) not in kwargs:
         return error
@@ -150,70 +174,93 @@ def _unexpected_argument_error(config: ClassificationConfig, kwargs: Dict[str, A
     if key == 'img_size':  # set for the simple CNNs only
         return error
     advice = ' or add --convert to make its convolutions adaptive' if key in ('kernel_size', 'sigma_init') else ''
-    return ConfigError(f'model {config.model!r} does not take {key}={getattr(config, key)!r}: drop {key} from the '
-                       f'config (--{key} null on the command line){advice}')
+    return ConfigError(
+        f'model {config.model!r} does not take {key}={getattr(config, key)!r}: drop {key} from the '
+        f'config (--{key} null on the command line){advice}'
+    )
 
 
 def _conversion_error(config: ClassificationConfig, error: ValueError) -> ConfigError:
-    """ convert_convs' error with its Python advice (``exclude=['stem.0']``) as the recipe's options. """
+    """convert_convs' error with its Python advice (``exclude=['stem.0']``) as the recipe's options."""
     message = str(error).replace('convert_convs: ', '')
     message = re.sub(r"\s*\(?exclude=\['([^']+)'\]\)?", r' with --convert_exclude \1', message)
-    message = message.replace('got sizes value', 'got kernel_size').replace('preserve=True needs sizes', 'needs kernel_size')
+    message = message.replace('got sizes value', 'got kernel_size').replace(
+        'preserve=True needs sizes', 'needs kernel_size'
+    )
     layer = re.search(r"layer '([^']+)'", message)
     if layer is not None:
-        message = message.replace(' (or pass preserve=False)', f', or keep it ordinary with --convert_exclude {layer.group(1)}')
-    return ConfigError(f'--convert of {config.model!r}: {message} (--convert_include / --convert_exclude take '
-                       f'comma-separated module-name patterns, e.g. --convert_exclude "stem.*,head.*")')
+        message = message.replace(
+            ' (or pass preserve=False)', f', or keep it ordinary with --convert_exclude {layer.group(1)}'
+        )
+    return ConfigError(
+        f'--convert of {config.model!r}: {message} (--convert_include / --convert_exclude take '
+        f'comma-separated module-name patterns, e.g. --convert_exclude "stem.*,head.*")'
+    )
 
 
 def data_split_seed(config: ClassificationConfig) -> int:
-    """ The seed that draws the train/validation split of a dataset without an official one
+    """The seed that draws the train/validation split of a dataset without an official one
     (:data:`~timm_aconv.experiments.datasets.RESPLIT_DATASETS`): ``split_seed``, or the run's ``seed``
     when it is null, so that each repeat of Algorithm 1 gets its own split, as in the authors'
-    code. Official splits ignore it (0). """
+    code. Official splits ignore it (0)."""
     if config.dataset not in RESPLIT_DATASETS:
         return 0
     return config.seed if config.split_seed is None else config.split_seed
 
 
 def build_data(config: ClassificationConfig) -> Tuple[ArrayDataset, ArrayDataset, DataInfo]:
-    """ ``(train, validation, info)`` of ``config``'s dataset with its split seed, normalization and augmentation. """
+    """``(train, validation, info)`` of ``config``'s dataset with its split seed, normalization and augmentation."""
     return build_classification_data(
-        config.dataset, config.data_dir, config.download, config.img_size, config.augment,
-        split_seed=data_split_seed(config), input_norm=config.input_norm, augment_shift=config.augment_shift)
+        config.dataset,
+        config.data_dir,
+        config.download,
+        config.img_size,
+        config.augment,
+        split_seed=data_split_seed(config),
+        input_norm=config.input_norm,
+        augment_shift=config.augment_shift,
+    )
 
 
 def _export_metadata(config: ClassificationConfig, info: DataInfo) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-    """ ``model_args`` (what ``create_model`` needs to rebuild the architecture; dropout left out, as timm
-    does) and the extra ``config.json`` fields (``timm_aconv_convert`` for a converted model). """
+    """``model_args`` (what ``create_model`` needs to rebuild the architecture; dropout left out, as timm
+    does) and the extra ``config.json`` fields (``timm_aconv_convert`` for a converted model)."""
     model_args = {name: value for name, value in classifier_kwargs(config, info).items() if name != 'drop_rate'}
     model_config: Dict[str, Any] = {}
     if config.convert:
         # timm's loader rebuilds it as aconv_converted: the base model, then the same conversion
-        model_args.update(converted_model_args(
-            config.model, [config.kernel_size or 7], include=config.convert_include, exclude=config.convert_exclude,
-            sigma_init=None if config.sigma_init is None else list(config.sigma_init)))
+        model_args.update(
+            converted_model_args(
+                config.model,
+                [config.kernel_size or 7],
+                include=config.convert_include,
+                exclude=config.convert_exclude,
+                sigma_init=None if config.sigma_init is None else list(config.sigma_init),
+            )
+        )
         model_config['pretrained_cfg'] = dict(architecture='aconv_converted')
     return model_args, model_config
 
 
 def timm_model_saver(config: ClassificationConfig, info: DataInfo) -> Callable[[nn.Module, Path], None]:
-    """ ``save(model, directory)``: ``model`` in timm's ``save_for_hf`` layout, rebuildable with
-    ``timm.create_model('local-dir:<directory>', pretrained=True)``. """
+    """``save(model, directory)``: ``model`` in timm's ``save_for_hf`` layout, rebuildable with
+    ``timm.create_model('local-dir:<directory>', pretrained=True)``."""
     model_args, model_config = _export_metadata(config, info)
 
     def save(model: nn.Module, directory: Path) -> None:
-        timm.models.save_for_hf(model, str(directory), model_config=dict(model_config), model_args=dict(model_args),
-                                safe_serialization=True)
+        timm.models.save_for_hf(
+            model, str(directory), model_config=dict(model_config), model_args=dict(model_args), safe_serialization=True
+        )
+
     return save
 
 
 def train_classification(
-        config: ClassificationConfig,
-        callbacks: Sequence[Callback] = (),
-        end_training: bool = True,
+    config: ClassificationConfig,
+    callbacks: Sequence[Callback] = (),
+    end_training: bool = True,
 ) -> List[Dict[str, float]]:
-    """ Trains ``config.model`` on ``config.dataset``; returns the per-epoch history.
+    """Trains ``config.model`` on ``config.dataset``; returns the per-epoch history.
 
     ``end_training=False`` keeps the distributed process group for further runs in the same
     process (see :meth:`~timm_aconv.engine.trainer.Trainer.fit`).
@@ -227,17 +274,26 @@ def train_classification(
     set_seed(config.seed)
     train_set, val_set, info = build_data(config)
     model = create_classifier(config, info)
-    train_loader, val_loader = build_loaders(train_set, val_set, config.batch_size, config.val_batch_size,
-                                             config.num_workers, config.cpu)
+    train_loader, val_loader = build_loaders(
+        train_set, val_set, config.batch_size, config.val_batch_size, config.num_workers, config.cpu
+    )
     recorder = SigmaRecorder()
-    trainer = Trainer(model, train_loader, val_loader, config, loss_fn=nn.CrossEntropyLoss(),
-                      metric=ClassificationMetric(), callbacks=[recorder, *callbacks],
-                      save_model_fn=timm_model_saver(config, info))
+    trainer = Trainer(
+        model,
+        train_loader,
+        val_loader,
+        config,
+        loss_fn=nn.CrossEntropyLoss(),
+        metric=ClassificationMetric(),
+        callbacks=[recorder, *callbacks],
+        save_model_fn=timm_model_saver(config, info),
+    )
     history = trainer.fit(end_training=end_training)
     if config.push_to_hub and trainer.is_main_process:
         _push_best(trainer, config, info)
     if config.plots and trainer.is_main_process:
         from ..engine.plots import plot_learning_curves, plot_sigma_histograms
+
         plot_learning_curves(history, config.output_dir)
         if recorder.epochs:
             plot_sigma_histograms(recorder.epochs, config.output_dir)
@@ -245,11 +301,16 @@ def train_classification(
 
 
 def _push_best(trainer: Trainer, config: ClassificationConfig, info: DataInfo) -> None:
-    """ The best model (the final one without ``save_best``) to the Hub, with timm's own push function. """
+    """The best model (the final one without ``save_best``) to the Hub, with timm's own push function."""
     model = trainer.unwrapped_model
     if config.save_best:
         model.load_state_dict(load_file(str(trainer.best_dir / 'model.safetensors')))
     model_args, model_config = _export_metadata(config, info)
-    timm.models.push_to_hf_hub(model, config.push_to_hub, model_config=model_config, model_args=model_args,
-                               safe_serialization=True,
-                               commit_message=f'{config.model} trained on {config.dataset} with timm-aconv')
+    timm.models.push_to_hf_hub(
+        model,
+        config.push_to_hub,
+        model_config=model_config,
+        model_args=model_args,
+        safe_serialization=True,
+        commit_message=f'{config.model} trained on {config.dataset} with timm-aconv',
+    )

@@ -1,4 +1,4 @@
-""" The paper's comparison protocol (Algorithm 1): CONV vs ACONV over kernel sizes and repeats
+"""The paper's comparison protocol (Algorithm 1): CONV vs ACONV over kernel sizes and repeats
 
 For each kernel size n and each arm (CONV: ``baseline_model``; ACONV: ``model``, converted
 with :func:`timm_aconv.convert_convs` when ``convert=True``), train ``repeats`` times with seeds
@@ -19,6 +19,7 @@ Outputs in ``output_dir``: ``comparison.md`` / ``.csv`` / ``.json``, ``compariso
 resolved settings: ``--config`` on it reruns the comparison). Each run keeps its own directory
 ``<arm>_k<n>/seed<seed>``; with ``resume=True`` finished runs are read back, not re-run.
 """
+
 import csv
 import dataclasses
 import json
@@ -29,27 +30,52 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 from accelerate import PartialState
 
-from .classification import ClassificationConfig, data_split_seed, train_classification
 from ..engine.config import ConfigError, save_config
-from ..engine.launch import process_state
 from ..engine.history import read_history
+from ..engine.launch import process_state
 from ..engine.settings import write_settings
 from ..engine.statistics import STD_DDOF, cohens_d, describe_peaks, holm_adjust, ttest_peaks
+from .classification import ClassificationConfig, data_split_seed, train_classification
 
-__all__ = ['CompareConfig', 'ComparisonResult', 'run_comparison', 'run_config', 'summarize', 'best_sizes',
-           'best_versus_best', 'comparison_markdown', 'ARMS', 'PAPER_KERNEL_SIZES', 'CIFAR_RESNET_KERNEL_SIZES']
+__all__ = [
+    'ARMS',
+    'CIFAR_RESNET_KERNEL_SIZES',
+    'PAPER_KERNEL_SIZES',
+    'CompareConfig',
+    'ComparisonResult',
+    'best_sizes',
+    'best_versus_best',
+    'comparison_markdown',
+    'run_comparison',
+    'run_config',
+    'summarize',
+]
 
 ARMS = ('CONV', 'ACONV')
 PAPER_KERNEL_SIZES = [3, 5, 7, 9]  # the paper's simple-CNN comparisons (Table 2)
 CIFAR_RESNET_KERNEL_SIZES = [3, 5, 7]  # what the authors' ResNet scripts ran (Table 3 has no 9×9)
 # comparison.csv: one line per size, then the best-vs-best line (conv_size, aconv_size instead of kernel_size)
-CSV_COLUMNS = ['kernel_size', 'conv_size', 'aconv_size', 'conv_mean', 'conv_std', 'conv_max', 'aconv_mean', 'aconv_std',
-               'aconv_max', 't', 'p', 'p_holm', 'd', 'repeats']
+CSV_COLUMNS = [
+    'kernel_size',
+    'conv_size',
+    'aconv_size',
+    'conv_mean',
+    'conv_std',
+    'conv_max',
+    'aconv_mean',
+    'aconv_std',
+    'aconv_max',
+    't',
+    'p',
+    'p_holm',
+    'd',
+    'repeats',
+]
 
 
 @dataclass
 class CompareConfig(ClassificationConfig):
-    """ Algorithm 1: CONV (``baseline_model``) vs ACONV (``model``) per kernel size, ``repeats`` seeds each.
+    """Algorithm 1: CONV (``baseline_model``) vs ACONV (``model``) per kernel size, ``repeats`` seeds each.
 
     ``baseline_model`` defaults to the ordinary twin of ``model`` (``aconv_resnet20`` →
     ``conv_resnet20``), or to ``model`` itself with ``convert=True`` (only the ACONV arm is
@@ -59,6 +85,7 @@ class CompareConfig(ClassificationConfig):
     batch_size / N; N must divide it). split_seed: null (default) draws a new train/validation
     split per repeat for digits, synthetic and lfw, from the repeat's seed.
     """
+
     baseline_model: Optional[str] = None
     kernel_sizes: Optional[List[int]] = None
     repeats: int = 5
@@ -69,16 +96,20 @@ class CompareConfig(ClassificationConfig):
             if self.convert:
                 self.baseline_model = self.model
             elif self.model.startswith('aconv_'):
-                self.baseline_model = 'conv_' + self.model[len('aconv_'):]
+                self.baseline_model = 'conv_' + self.model[len('aconv_') :]
             else:
-                raise ConfigError(f'baseline_model is needed: {self.model!r} has no conv_ twin; set baseline_model, '
-                                  'or convert=True to compare the model with its converted self')
+                raise ConfigError(
+                    f'baseline_model is needed: {self.model!r} has no conv_ twin; set baseline_model, '
+                    'or convert=True to compare the model with its converted self'
+                )
         if self.kernel_sizes is None:
             cifar_resnet = self.model.startswith(('aconv_resnet', 'conv_resnet')) and not self.convert
             self.kernel_sizes = list(CIFAR_RESNET_KERNEL_SIZES if cifar_resnet else PAPER_KERNEL_SIZES)
         if self.push_to_hub is not None:
-            raise ConfigError('push_to_hub pushes the model of one training run (recipes/train_classification.py); '
-                              'a comparison trains many')
+            raise ConfigError(
+                'push_to_hub pushes the model of one training run (recipes/train_classification.py); '
+                'a comparison trains many'
+            )
         if self.repeats < 2:
             raise ConfigError(f'repeats must be >= 2 for a t-test, got {self.repeats}')
         if not self.kernel_sizes:
@@ -92,7 +123,8 @@ class CompareConfig(ClassificationConfig):
 
 @dataclass
 class ComparisonResult:
-    """ Peak accuracies ``peaks[arm][size]`` (one per repeat), curves, the table's rows and best sizes. """
+    """Peak accuracies ``peaks[arm][size]`` (one per repeat), curves, the table's rows and best sizes."""
+
     peaks: Dict[str, Dict[int, List[float]]]
     curves: Dict[str, Dict[int, List[List[float]]]]
     rows: List[Dict[str, Any]]
@@ -103,17 +135,23 @@ class ComparisonResult:
 
 
 def run_config(config: CompareConfig, arm: str, size: int, repeat: int) -> ClassificationConfig:
-    """ The resolved settings of one run: ``arm`` ('CONV' or 'ACONV'), kernel ``size``, repeat
-    ``repeat`` (seed ``seed + repeat``; the split seed resolved as :func:`data_split_seed` does). """
+    """The resolved settings of one run: ``arm`` ('CONV' or 'ACONV'), kernel ``size``, repeat
+    ``repeat`` (seed ``seed + repeat``; the split seed resolved as :func:`data_split_seed` does)."""
     if arm not in ARMS:
         raise ValueError(f'arm must be one of {ARMS}, got {arm!r}')
     values = {field_.name: getattr(config, field_.name) for field_ in dataclasses.fields(ClassificationConfig)}
     adaptive = arm == 'ACONV'
     seed = config.seed + repeat
     values.update(
-        model=config.model if adaptive else config.baseline_model, convert=config.convert and adaptive,
-        kernel_size=size, seed=seed, output_dir=str(Path(config.output_dir) / f'{arm.lower()}_k{size}' / f'seed{seed}'),
-        plots=False, resume=False, push_to_hub=None)
+        model=config.model if adaptive else config.baseline_model,
+        convert=config.convert and adaptive,
+        kernel_size=size,
+        seed=seed,
+        output_dir=str(Path(config.output_dir) / f'{arm.lower()}_k{size}' / f'seed{seed}'),
+        plots=False,
+        resume=False,
+        push_to_hub=None,
+    )
     run = ClassificationConfig(**values)
     run.split_seed = data_split_seed(run)
     return run
@@ -130,14 +168,23 @@ def _finished_history(run: ClassificationConfig) -> Optional[List[Dict[str, floa
 def _test_row(conv_peaks: List[float], aconv_peaks: List[float]) -> Dict[str, Any]:
     conv, aconv = describe_peaks(conv_peaks), describe_peaks(aconv_peaks)
     t_stat, p_value = ttest_peaks(aconv_peaks, conv_peaks)
-    return dict(conv_mean=conv['mean'], conv_std=conv['std'], conv_max=conv['max'],
-                aconv_mean=aconv['mean'], aconv_std=aconv['std'], aconv_max=aconv['max'],
-                t=t_stat, p=p_value, d=cohens_d(aconv_peaks, conv_peaks), repeats=aconv['repeats'])
+    return dict(
+        conv_mean=conv['mean'],
+        conv_std=conv['std'],
+        conv_max=conv['max'],
+        aconv_mean=aconv['mean'],
+        aconv_std=aconv['std'],
+        aconv_max=aconv['max'],
+        t=t_stat,
+        p=p_value,
+        d=cohens_d(aconv_peaks, conv_peaks),
+        repeats=aconv['repeats'],
+    )
 
 
 def best_sizes(peaks: Dict[str, Dict[int, List[float]]]) -> Dict[str, int]:
-    """ The size of the highest peak of each arm ('CONV', 'ACONV') and over both arms ('both'); a tie
-    goes to the size listed first. """
+    """The size of the highest peak of each arm ('CONV', 'ACONV') and over both arms ('both'); a tie
+    goes to the size listed first."""
     sizes = list(peaks['ACONV'])
     best = {arm: max(sizes, key=lambda size: max(peaks[arm][size])) for arm in ARMS}
     best['both'] = max(sizes, key=lambda size: max(max(peaks['CONV'][size]), max(peaks['ACONV'][size])))
@@ -145,20 +192,22 @@ def best_sizes(peaks: Dict[str, Dict[int, List[float]]]) -> Dict[str, int]:
 
 
 def summarize(peaks: Dict[str, Dict[int, List[float]]]) -> List[Dict[str, Any]]:
-    """ One row per kernel size: mean, std (ddof=1), max per arm; t, two-tailed p, Cohen's d (ACONV
-    vs CONV); ``p_holm``: p Holm-corrected over the sizes (one test per size). """
-    rows = [dict(kernel_size=size, **_test_row(peaks['CONV'][size], peaks['ACONV'][size]))
-            for size in peaks['ACONV']]
+    """One row per kernel size: mean, std (ddof=1), max per arm; t, two-tailed p, Cohen's d (ACONV
+    vs CONV); ``p_holm``: p Holm-corrected over the sizes (one test per size)."""
+    rows = [dict(kernel_size=size, **_test_row(peaks['CONV'][size], peaks['ACONV'][size])) for size in peaks['ACONV']]
     for row, adjusted in zip(rows, holm_adjust([row['p'] for row in rows])):
         row['p_holm'] = adjusted
     return rows
 
 
 def best_versus_best(peaks: Dict[str, Dict[int, List[float]]]) -> Dict[str, Any]:
-    """ The row comparing the best CONV size's peaks with the best ACONV size's (its own t-test). """
+    """The row comparing the best CONV size's peaks with the best ACONV size's (its own t-test)."""
     best = best_sizes(peaks)
-    return dict(conv_size=best['CONV'], aconv_size=best['ACONV'],
-                **_test_row(peaks['CONV'][best['CONV']], peaks['ACONV'][best['ACONV']]))
+    return dict(
+        conv_size=best['CONV'],
+        aconv_size=best['ACONV'],
+        **_test_row(peaks['CONV'][best['CONV']], peaks['ACONV'][best['ACONV']]),
+    )
 
 
 def _number(value: Optional[float], spec: str) -> str:
@@ -168,35 +217,44 @@ def _number(value: Optional[float], spec: str) -> str:
 def _cells(row: Dict[str, Any], holm: bool) -> str:
     star = '*' if row['p'] is not None and row['p'] < 0.05 else ''
     holm_cell = _number(row.get('p_holm'), '.3g') if holm else '–'
-    return (f"| {100 * row['conv_mean']:.2f}±{100 * row['conv_std']:.2f} | {100 * row['conv_max']:.2f} "
-            f"| {100 * row['aconv_mean']:.2f}±{100 * row['aconv_std']:.2f} | {100 * row['aconv_max']:.2f} "
-            f"| {_number(row['t'], '.2f')} | {_number(row['p'], '.3g')}{star} | {holm_cell} "
-            f"| {_number(row['d'], '.2f')} |")
+    return (
+        f'| {100 * row["conv_mean"]:.2f}±{100 * row["conv_std"]:.2f} | {100 * row["conv_max"]:.2f} '
+        f'| {100 * row["aconv_mean"]:.2f}±{100 * row["aconv_std"]:.2f} | {100 * row["aconv_max"]:.2f} '
+        f'| {_number(row["t"], ".2f")} | {_number(row["p"], ".3g")}{star} | {holm_cell} '
+        f'| {_number(row["d"], ".2f")} |'
+    )
 
 
 def comparison_markdown(rows: List[Dict[str, Any]], best_row: Dict[str, Any], best_size: int, title: str) -> str:
-    """ The table of :func:`summarize`'s ``rows`` and :func:`best_versus_best`'s ``best_row``, with its
-    footnote. """
-    lines = [f'### {title}', '',
-             '| kernel | CONV mean±std (%) | CONV max (%) | ACONV mean±std (%) | ACONV max (%) | t | p | p (Holm) | d |',
-             '|---|---|---|---|---|---|---|---|---|']
+    """The table of :func:`summarize`'s ``rows`` and :func:`best_versus_best`'s ``best_row``, with its
+    footnote."""
+    lines = [
+        f'### {title}',
+        '',
+        '| kernel | CONV mean±std (%) | CONV max (%) | ACONV mean±std (%) | ACONV max (%) | t | p | p (Holm) | d |',
+        '|---|---|---|---|---|---|---|---|---|',
+    ]
     for row in rows:
         best = ' (best)' if row['kernel_size'] == best_size else ''
-        lines.append(f"| {row['kernel_size']}×{row['kernel_size']}{best} {_cells(row, holm=True)}")
+        lines.append(f'| {row["kernel_size"]}×{row["kernel_size"]}{best} {_cells(row, holm=True)}')
     conv_size, aconv_size = best_row['conv_size'], best_row['aconv_size']
-    lines.append(f'| best CONV {conv_size}×{conv_size} vs best ACONV {aconv_size}×{aconv_size} '
-                 f'{_cells(best_row, holm=False)}')
-    lines += ['', f'Peak validation accuracy over epochs, {rows[0]["repeats"]} repeats per cell, '
-              f'std with ddof={STD_DDOF}. '
-              't, p: two-tailed Student t-test of ACONV vs CONV (* p < 0.05), the paper\'s test; p (Holm): corrected '
-              f'for the {len(rows)} sizes tested; d: Cohen\'s d (pooled std). Best size = the highest peak over both '
-              f'arms (the paper\'s rule, section 4.3): {best_size}×{best_size}. The last row compares the sizes with '
-              'the highest peak of each arm; choosing them after seeing the results makes its p optimistic.']
+    lines.append(
+        f'| best CONV {conv_size}×{conv_size} vs best ACONV {aconv_size}×{aconv_size} {_cells(best_row, holm=False)}'
+    )
+    lines += [
+        '',
+        f'Peak validation accuracy over epochs, {rows[0]["repeats"]} repeats per cell, '
+        f'std with ddof={STD_DDOF}. '
+        "t, p: two-tailed Student t-test of ACONV vs CONV (* p < 0.05), the paper's test; p (Holm): corrected "
+        f"for the {len(rows)} sizes tested; d: Cohen's d (pooled std). Best size = the highest peak over both "
+        f"arms (the paper's rule, section 4.3): {best_size}×{best_size}. The last row compares the sizes with "
+        'the highest peak of each arm; choosing them after seeing the results makes its p optimistic.',
+    ]
     return '\n'.join(lines)
 
 
 def run_comparison(config: CompareConfig) -> ComparisonResult:
-    """ Runs (or, with ``resume``, reads back) every repeat and writes the table, curves and settings. """
+    """Runs (or, with ``resume``, reads back) every repeat and writes the table, curves and settings."""
     if process_state(config.cpu).is_main_process:
         save_config(config, config.output_dir)
     peaks: Dict[str, Dict[int, List[float]]] = {arm: {} for arm in ARMS}
@@ -213,20 +271,23 @@ def run_comparison(config: CompareConfig) -> ComparisonResult:
                 accuracy = [record['val_accuracy'] for record in history]
                 peaks[arm].setdefault(size, []).append(max(accuracy))
                 curves[arm].setdefault(size, []).append(accuracy)
-                PartialState().print(f'{arm:5s} k={size} seed={run.seed}: peak validation accuracy '
-                                     f'{max(accuracy):.4f}', flush=True)
+                PartialState().print(
+                    f'{arm:5s} k={size} seed={run.seed}: peak validation accuracy {max(accuracy):.4f}', flush=True
+                )
     PartialState().destroy_process_group()
     rows, best_row, best_size = summarize(peaks), best_versus_best(peaks), best_sizes(peaks)['both']
     title = f'{config.baseline_model} (CONV) vs {config.model} (ACONV) on {config.dataset}'
     markdown = comparison_markdown(rows, best_row, best_size, title)
-    files = _write_outputs(config, runs, rows, best_row, best_size, markdown, peaks, curves, title,
-                           PartialState().is_main_process)
+    files = _write_outputs(
+        config, runs, rows, best_row, best_size, markdown, peaks, curves, title, PartialState().is_main_process
+    )
     return ComparisonResult(peaks, curves, rows, best_row, best_size, markdown, files)
 
 
 def _write_outputs(config, runs, rows, best_row, best_size, markdown, peaks, curves, title, write: bool) -> List[Path]:
-    """ The table as Markdown, CSV and JSON, the mean curves and the settings; written only when ``write``. """
+    """The table as Markdown, CSV and JSON, the mean curves and the settings; written only when ``write``."""
     from ..engine.plots import plot_mean_curves
+
     directory = Path(config.output_dir)
     names = ('comparison.md', 'comparison.csv', 'comparison.json', 'comparison_curves.png', 'settings.yaml')
     markdown_path, csv_path, json_path, plot_path, settings_path = (directory / name for name in names)
@@ -240,12 +301,19 @@ def _write_outputs(config, runs, rows, best_row, best_size, markdown, peaks, cur
         writer.writeheader()
         writer.writerows(rows)
         writer.writerow(best_row)
-    json_path.write_text(json.dumps(dict(
-        rows=rows, best_versus_best=best_row, best_size=best_size, std_ddof=STD_DDOF,
-        peaks={arm: {str(size): values for size, values in by_size.items()} for arm, by_size in peaks.items()}),
-        indent=1))
-    labelled = {f'{arm} {size}×{size}': np.asarray(curves[arm][size])
-                for size in config.kernel_sizes for arm in ARMS}
+    json_path.write_text(
+        json.dumps(
+            dict(
+                rows=rows,
+                best_versus_best=best_row,
+                best_size=best_size,
+                std_ddof=STD_DDOF,
+                peaks={arm: {str(size): values for size, values in by_size.items()} for arm, by_size in peaks.items()},
+            ),
+            indent=1,
+        )
+    )
+    labelled = {f'{arm} {size}×{size}': np.asarray(curves[arm][size]) for size in config.kernel_sizes for arm in ARMS}
     plot_mean_curves(labelled, str(plot_path), title=title)
     write_settings(settings_path, config, runs)
     return files

@@ -1,4 +1,4 @@
-""" Learning image filters with one adaptive layer (the paper's autoencoder experiment)
+"""Learning image filters with one adaptive layer (the paper's autoencoder experiment)
 
 Paper section 4.1 and Figure 4: a single linear convolution layer with 9 filters of 9×9 takes
 one grayscale image and learns to output 9 filtered versions of it — 3×3 Laplace, horizontal
@@ -14,6 +14,7 @@ The targets follow the authors' ``test_filters.py`` (scikit-image's ``laplace(ks
 ``sobel_h``/``sobel_v`` with their 1/4 normalization, ``gaussian``), computed with
 scipy.ndimage and zero borders, which is what the layer's zero padding can reproduce.
 """
+
 import json
 import math
 from dataclasses import dataclass, field
@@ -25,24 +26,44 @@ import torch
 import torch.nn as nn
 from scipy import ndimage
 
+from ..engine.config import ConfigError, config_to_dict, save_config
 from ..layers.adaptive_conv import AdaptiveConv2d, resolve_kernel_size
 from ..layers.sigma import param_groups, register_sigma_clamp
-from ..engine.config import ConfigError, config_to_dict, save_config
 from .kernel_plots import layer_kernel_rows, new_figure, plot_kernel_row, plot_sigma_trajectories
 
 __all__ = [
-    'FILTER_NAMES', 'LAYER_KINDS', 'WEIGHT_INITS', 'SAMPLE_IMAGES', 'LearnFiltersConfig', 'FilterFit', 'LearnFiltersResult',
-    'load_sample_gray', 'filter_targets', 'build_filter_layer', 'fit_filters', 'run_learn_filters',
-    'plot_learned_filters', 'save_learn_filters']
+    'FILTER_NAMES',
+    'LAYER_KINDS',
+    'SAMPLE_IMAGES',
+    'WEIGHT_INITS',
+    'FilterFit',
+    'LearnFiltersConfig',
+    'LearnFiltersResult',
+    'build_filter_layer',
+    'filter_targets',
+    'fit_filters',
+    'load_sample_gray',
+    'plot_learned_filters',
+    'run_learn_filters',
+    'save_learn_filters',
+]
 
-LAPLACE_3x3 = np.array([[0., -1., 0.], [-1., 4., -1.], [0., -1., 0.]])
-SOBEL_H = np.array([[1., 2., 1.], [0., 0., 0.], [-1., -2., -1.]]) / 4.0  # responds to horizontal edges
+LAPLACE_3x3 = np.array([[0.0, -1.0, 0.0], [-1.0, 4.0, -1.0], [0.0, -1.0, 0.0]])
+SOBEL_H = np.array([[1.0, 2.0, 1.0], [0.0, 0.0, 0.0], [-1.0, -2.0, -1.0]]) / 4.0  # responds to horizontal edges
 SOBEL_V = SOBEL_H.T
 GAUSS_SIGMAS = (0.25, 1.0, 2.0)  # in pixels; the last one is smoothed further by Laplace / Sobel
 
 FILTER_NAMES = (
-    'Laplace 3×3', 'Sobel h', 'Sobel v', 'Gauss σ=0.25', 'Gauss σ=1', 'Gauss σ=2',
-    'Laplace∘Gauss σ=2', 'Sobel h∘Gauss σ=2', 'Sobel v∘Gauss σ=2')
+    'Laplace 3×3',
+    'Sobel h',
+    'Sobel v',
+    'Gauss σ=0.25',
+    'Gauss σ=1',
+    'Gauss σ=2',
+    'Laplace∘Gauss σ=2',
+    'Sobel h∘Gauss σ=2',
+    'Sobel v∘Gauss σ=2',
+)
 LAYER_KINDS = ('aconv', 'conv')
 WEIGHT_INITS = ('he_uniform', 'glorot_uniform', 'torch')
 SAMPLE_IMAGES = ('china.jpg', 'flower.jpg')
@@ -50,10 +71,11 @@ SAMPLE_IMAGES = ('china.jpg', 'flower.jpg')
 
 @dataclass
 class LearnFiltersConfig:
-    """ Learn 9 image filters with one 9×9 adaptive layer and one ordinary 9×9 layer (paper section 4.1).
+    """Learn 9 image filters with one 9×9 adaptive layer and one ordinary 9×9 layer (paper section 4.1).
 
     Defaults are the authors' code; ``recipes/configs/learn_filters.yaml`` says where the paper differs.
     """
+
     output_dir: str = 'runs/learn_filters'
     image: Literal['china.jpg', 'flower.jpg'] = 'china.jpg'
     image_size: int = 96
@@ -94,7 +116,8 @@ class LearnFiltersConfig:
 
 @dataclass
 class FilterFit:
-    """ One fitted layer: the MSE before every update, sigma after every update, the result. """
+    """One fitted layer: the MSE before every update, sigma after every update, the result."""
+
     kind: str
     layer: nn.Conv2d
     mse_history: List[float]
@@ -104,8 +127,8 @@ class FilterFit:
 
     @property
     def best_mse(self) -> float:
-        """ The lowest MSE seen before any update (the curve can spike when a sigma hits its bound). """
-        return min(self.mse_history + [self.final_mse])
+        """The lowest MSE seen before any update (the curve can spike when a sigma hits its bound)."""
+        return min([*self.mse_history, self.final_mse])
 
 
 @dataclass
@@ -116,9 +139,10 @@ class LearnFiltersResult:
 
 
 def load_sample_gray(name: str = 'china.jpg', size: int = 128) -> torch.Tensor:
-    """ A scikit-learn sample image as grayscale in [0, 1], centre square crop resized to size×size. """
+    """A scikit-learn sample image as grayscale in [0, 1], centre square crop resized to size×size."""
     from PIL import Image
     from sklearn.datasets import load_sample_image
+
     if name not in SAMPLE_IMAGES:
         raise ValueError(f'image must be a scikit-learn sample image, one of {SAMPLE_IMAGES}, got {name!r}')
     if size < 1:
@@ -127,13 +151,13 @@ def load_sample_gray(name: str = 'china.jpg', size: int = 128) -> torch.Tensor:
     height, width = pixels.shape[:2]
     side = min(height, width)
     top, left = (height - side) // 2, (width - side) // 2
-    square = Image.fromarray(pixels[top:top + side, left:left + side]).convert('L')
+    square = Image.fromarray(pixels[top : top + side, left : left + side]).convert('L')
     resized = square.resize((size, size), Image.Resampling.BILINEAR)
     return torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0)
 
 
 def filter_targets(image: torch.Tensor) -> torch.Tensor:
-    """ The 9 filtered versions of a (H, W) image, shape (9, H, W), in :data:`FILTER_NAMES` order. """
+    """The 9 filtered versions of a (H, W) image, shape (9, H, W), in :data:`FILTER_NAMES` order."""
     if image.ndim != 2:
         raise ValueError(f'image must be a 2-d (H, W) tensor, got shape {tuple(image.shape)}')
     pixels = image.double().numpy()
@@ -146,9 +170,13 @@ def filter_targets(image: torch.Tensor) -> torch.Tensor:
 
     widest = gauss(pixels, GAUSS_SIGMAS[-1])
     targets = [
-        correlate(pixels, LAPLACE_3x3), correlate(pixels, SOBEL_H), correlate(pixels, SOBEL_V),
+        correlate(pixels, LAPLACE_3x3),
+        correlate(pixels, SOBEL_H),
+        correlate(pixels, SOBEL_V),
         *(gauss(pixels, sigma) for sigma in GAUSS_SIGMAS),
-        correlate(widest, LAPLACE_3x3), correlate(widest, SOBEL_H), correlate(widest, SOBEL_V),
+        correlate(widest, LAPLACE_3x3),
+        correlate(widest, SOBEL_H),
+        correlate(widest, SOBEL_V),
     ]
     return torch.from_numpy(np.stack(targets)).float()
 
@@ -167,13 +195,14 @@ def _init_weight_(weight: torch.Tensor, init: str) -> None:
 
 
 def build_filter_layer(kind: str, filters: int, config: LearnFiltersConfig) -> nn.Conv2d:
-    """ The one-layer linear autoencoder: 1 input channel → ``filters`` maps, n×n, 'same' padding, no bias. """
+    """The one-layer linear autoencoder: 1 input channel → ``filters`` maps, n×n, 'same' padding, no bias."""
     if kind not in LAYER_KINDS:
         raise ValueError(f'kind must be one of {LAYER_KINDS}, got {kind!r}')
     common = dict(padding='same', bias=False)
     if kind == 'aconv':
         layer = AdaptiveConv2d(
-            1, filters, config.kernel_size, sigma_init=config.sigma_init, sigma_bounds=config.sigma_bounds, **common)
+            1, filters, config.kernel_size, sigma_init=config.sigma_init, sigma_bounds=config.sigma_bounds, **common
+        )
     else:
         layer = nn.Conv2d(1, filters, config.kernel_size, **common)
     _init_weight_(layer.weight, config.aconv_weight_init if kind == 'aconv' else config.conv_weight_init)
@@ -181,7 +210,7 @@ def build_filter_layer(kind: str, filters: int, config: LearnFiltersConfig) -> n
 
 
 def fit_filters(layer: nn.Conv2d, image: torch.Tensor, targets: torch.Tensor, config: LearnFiltersConfig) -> FilterFit:
-    """ Fit ``layer`` so that ``layer(image) ≈ targets`` by full-batch SGD on the MSE.
+    """Fit ``layer`` so that ``layer(image) ≈ targets`` by full-batch SGD on the MSE.
 
     The L2 penalty of the authors' Keras code (``l2(λ)`` on W) is SGD weight decay ``2λ`` on W
     only (:func:`timm_aconv.param_groups`); sigma is clamped into its bounds after every step
@@ -189,8 +218,7 @@ def fit_filters(layer: nn.Conv2d, image: torch.Tensor, targets: torch.Tensor, co
     """
     kind = 'aconv' if isinstance(layer, AdaptiveConv2d) else 'conv'
     inputs, targets = image[None, None], targets[None]
-    optimizer = torch.optim.SGD(
-        param_groups(layer, weight_decay=2 * config.l2), lr=config.lr, momentum=config.momentum)
+    optimizer = torch.optim.SGD(param_groups(layer, weight_decay=2 * config.l2), lr=config.lr, momentum=config.momentum)
     register_sigma_clamp(optimizer, layer)
     sigma_history = [layer.sigma.detach().clone()] if kind == 'aconv' else None
     mse_history = []
@@ -208,14 +236,18 @@ def fit_filters(layer: nn.Conv2d, image: torch.Tensor, targets: torch.Tensor, co
         prediction = layer(inputs)[0]
         final_mse = float(nn.functional.mse_loss(prediction, targets[0]))
     return FilterFit(
-        kind=kind, layer=layer, mse_history=mse_history,
+        kind=kind,
+        layer=layer,
+        mse_history=mse_history,
         sigma_history=torch.stack(sigma_history) if sigma_history is not None else None,
-        prediction=prediction, final_mse=final_mse)
+        prediction=prediction,
+        final_mse=final_mse,
+    )
 
 
 def run_learn_filters(config: LearnFiltersConfig, kinds: Tuple[str, ...] = LAYER_KINDS) -> LearnFiltersResult:
-    """ Fit ACONV and CONV layers (same seed, same image and targets) and return both fits
-    (with ``config.num_threads`` torch threads when set). """
+    """Fit ACONV and CONV layers (same seed, same image and targets) and return both fits
+    (with ``config.num_threads`` torch threads when set)."""
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
     image = load_sample_gray(config.image, config.image_size)
@@ -229,7 +261,7 @@ def run_learn_filters(config: LearnFiltersConfig, kinds: Tuple[str, ...] = LAYER
 
 
 def plot_learned_filters(result: LearnFiltersResult, max_iterations_shown: Optional[int] = None):
-    """ The paper's Figure 4 in one figure.
+    """The paper's Figure 4 in one figure.
 
     Rows: input and targets; the predictions of each fit; for ACONV its envelopes U and product
     kernels W ∘ U; the CONV kernels; then the MSE curves of both fits and ACONV's sigma
@@ -238,7 +270,8 @@ def plot_learned_filters(result: LearnFiltersResult, max_iterations_shown: Optio
     filters = result.targets.shape[0]
     aconv, conv = result.fits.get('aconv'), result.fits.get('conv')
     image_rows = [('target', result.targets)] + [
-        (f'{fit.kind.upper()} output', fit.prediction) for fit in result.fits.values()]
+        (f'{fit.kind.upper()} output', fit.prediction) for fit in result.fits.values()
+    ]
     kernel_rows = []
     if aconv is not None:
         rows = layer_kernel_rows(aconv.layer)
@@ -262,7 +295,7 @@ def plot_learned_filters(result: LearnFiltersResult, max_iterations_shown: Optio
     gridspec = axes[curve_row, 0].get_gridspec()
     for axis in axes[curve_row:].flat:
         axis.remove()
-    loss_axis = figure.add_subplot(gridspec[curve_row:, :(filters + 1) // 2])
+    loss_axis = figure.add_subplot(gridspec[curve_row:, : (filters + 1) // 2])
     for fit in result.fits.values():
         history = fit.mse_history[:max_iterations_shown]
         loss_axis.semilogy(history, label=f'{fit.kind.upper()} (final {fit.final_mse:.2e})')
@@ -271,17 +304,17 @@ def plot_learned_filters(result: LearnFiltersResult, max_iterations_shown: Optio
     loss_axis.grid(True, alpha=0.3)
     loss_axis.legend(fontsize=7)
     if aconv is not None:
-        sigma_axis = figure.add_subplot(gridspec[curve_row:, (filters + 1) // 2 + 1:])
-        history = aconv.sigma_history[:None if max_iterations_shown is None else max_iterations_shown + 1]
+        sigma_axis = figure.add_subplot(gridspec[curve_row:, (filters + 1) // 2 + 1 :])
+        history = aconv.sigma_history[: None if max_iterations_shown is None else max_iterations_shown + 1]
         plot_sigma_trajectories(sigma_axis, history, FILTER_NAMES)
     figure.tight_layout()
     return figure
 
 
 def save_learn_filters(result: LearnFiltersResult, config: LearnFiltersConfig) -> Dict[str, Dict[str, object]]:
-    """ Writes ``results.json`` (MSE of each fit, final sigmas, the config), ``config.yaml`` (rerun with
+    """Writes ``results.json`` (MSE of each fit, final sigmas, the config), ``config.yaml`` (rerun with
     ``--config``) and, with ``config.plots``, the figure ``learn_filters.png`` to ``config.output_dir``;
-    returns the results. """
+    returns the results."""
     directory = Path(config.output_dir)
     directory.mkdir(parents=True, exist_ok=True)
     summary = {}

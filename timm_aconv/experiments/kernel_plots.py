@@ -1,4 +1,4 @@
-""" Figures of what adaptive layers learned: weights, envelopes, product kernels, sigma
+"""Figures of what adaptive layers learned: weights, envelopes, product kernels, sigma
 
 The paper shows the weight kernel W, the envelope U and the product kernel W ∘ U of a layer side
 by side (Figure 2, Figure 4f-i, Figure 5f) and the apertures over training (Figure 4c).
@@ -10,6 +10,7 @@ The figures are :class:`matplotlib.figure.Figure` objects made without pyplot: t
 headless training machines and leave the global backend (a notebook's inline plots) and pyplot's
 figure list alone. Show one in a notebook by making it the cell's last expression, or save it.
 """
+
 from typing import Optional, Sequence
 
 import torch
@@ -17,19 +18,20 @@ import torch.nn as nn
 
 from ..layers.adaptive_conv import AdaptiveConv2d
 
-__all__ = ['new_figure', 'layer_kernel_rows', 'plot_kernel_row', 'plot_layer_kernels', 'plot_sigma_trajectories']
+__all__ = ['layer_kernel_rows', 'new_figure', 'plot_kernel_row', 'plot_layer_kernels', 'plot_sigma_trajectories']
 
 
 def new_figure(rows: int, columns: int, cell_size: float = 1.4, squeeze: bool = False):
-    """ A matplotlib (figure, axes) grid, made without pyplot; axes is 2-d unless ``squeeze``. """
+    """A matplotlib (figure, axes) grid, made without pyplot; axes is 2-d unless ``squeeze``."""
     from matplotlib.figure import Figure
+
     figure = Figure(figsize=(cell_size * columns + 0.6, cell_size * rows + 0.4))
     axes = figure.subplots(rows, columns, squeeze=squeeze)
     return figure, axes
 
 
 def layer_kernel_rows(layer: nn.Conv2d, in_channel: int = 0, max_filters: Optional[int] = None) -> dict:
-    """ The kernels of ``layer`` to draw, as {row label: tensor (filters, n, n)}.
+    """The kernels of ``layer`` to draw, as {row label: tensor (filters, n, n)}.
 
     An :class:`AdaptiveConv2d` gives the rows ``W``, ``U`` and ``W ∘ U``; a plain
     :class:`torch.nn.Conv2d` gives its weight only. ``in_channel`` picks the input channel of W.
@@ -48,9 +50,14 @@ def layer_kernel_rows(layer: nn.Conv2d, in_channel: int = 0, max_filters: Option
         return {'W': weight, 'U': envelope, 'W ∘ U': weight * envelope}
 
 
-def plot_kernel_row(axes: Sequence, kernels: torch.Tensor, label: Optional[str] = None,
-                    titles: Optional[Sequence[str]] = None, cmap: str = 'bone') -> None:
-    """ Draw kernels (k, n, n) into the first k of ``axes``; hides the ticks, labels the row. """
+def plot_kernel_row(
+    axes: Sequence,
+    kernels: torch.Tensor,
+    label: Optional[str] = None,
+    titles: Optional[Sequence[str]] = None,
+    cmap: str = 'bone',
+) -> None:
+    """Draw kernels (k, n, n) into the first k of ``axes``; hides the ticks, labels the row."""
     kernels = kernels.detach().float().cpu()
     for index, axis in enumerate(axes):
         axis.set_xticks([])
@@ -66,7 +73,7 @@ def plot_kernel_row(axes: Sequence, kernels: torch.Tensor, label: Optional[str] 
 
 
 def plot_layer_kernels(layer: nn.Conv2d, in_channel: int = 0, max_filters: int = 12, sigma_titles: bool = True):
-    """ Weights, envelopes and product kernels of one layer, one column per filter.
+    """Weights, envelopes and product kernels of one layer, one column per filter.
 
     Args:
         layer: an :class:`AdaptiveConv2d` (rows W, U, W ∘ U) or an ``nn.Conv2d`` (row W).
@@ -89,9 +96,10 @@ def plot_layer_kernels(layer: nn.Conv2d, in_channel: int = 0, max_filters: int =
     return figure
 
 
-def plot_sigma_trajectories(axis, sigma_history: torch.Tensor, labels: Optional[Sequence[str]] = None,
-                            xlabel: str = 'iteration') -> None:
-    """ One line per filter of sigma over training; ``sigma_history`` is (steps, filters). """
+def plot_sigma_trajectories(
+    axis, sigma_history: torch.Tensor, labels: Optional[Sequence[str]] = None, xlabel: str = 'iteration'
+) -> None:
+    """One line per filter of sigma over training; ``sigma_history`` is (steps, filters)."""
     history = torch.as_tensor(sigma_history).detach().float().cpu()
     if history.ndim != 2:
         raise ValueError(f'sigma_history must be (steps, filters), got shape {tuple(history.shape)}')

@@ -1,4 +1,4 @@
-""" The segmentation recipe's task: config, U-Net variants, one training run (paper section 4.4)
+"""The segmentation recipe's task: config, U-Net variants, one training run (paper section 4.4)
 
 The paper replaced the first convolution of a U-Net by a 7×7 adaptive layer and compared it with
 ordinary 7×7 and 3×3 first convolutions on the Oxford-IIIT Pet trimaps (128×128; pet, background,
@@ -21,6 +21,7 @@ card ``README.md`` with the saved epoch's validation metrics and the dataset), s
 ``push_to_hub`` (one run only) the best model then goes to that Hub repository with SMP's own
 ``push_to_hub``.
 """
+
 import dataclasses
 import json
 import re
@@ -34,21 +35,27 @@ from accelerate import PartialState
 from ..engine.callbacks import Callback, SigmaRecorder
 from ..engine.config import ConfigError
 from ..engine.engine_config import EngineConfig
-from ..engine.trainer import Trainer, set_seed
 from ..engine.history import read_history
 from ..engine.loaders import build_loaders
 from ..engine.metrics import SegmentationMetric
+from ..engine.trainer import Trainer, set_seed
 from .segmentation_data import TRIMAP_CLASSES
 
-__all__ = ['SegmentationConfig', 'parse_variant', 'create_segmentation_model', 'variant_config', 'SmpModelSaver',
-           'train_variant']
+__all__ = [
+    'SegmentationConfig',
+    'SmpModelSaver',
+    'create_segmentation_model',
+    'parse_variant',
+    'train_variant',
+    'variant_config',
+]
 
 VARIANT_PATTERN = re.compile(r'^(aconv|conv)([1-9][0-9]*)$')
 
 
 @dataclass
 class SegmentationConfig(EngineConfig):
-    """ Train U-Nets with adaptive / ordinary first convolutions on trimap segmentation (paper 4.4).
+    """Train U-Nets with adaptive / ordinary first convolutions on trimap segmentation (paper 4.4).
 
     Defaults are the paper's (Adam 0.01, batch 64, 75 epochs, reduce-on-plateau ×0.2 / 10 epochs,
     gradient clip by value 1.0) on the offline ``shapes`` data; ``recipes/configs/`` has the runs.
@@ -58,6 +65,7 @@ class SegmentationConfig(EngineConfig):
     86.21% / 85.54% were measured). push_to_hub: a Hugging Face Hub repo id; the best model of the
     (single) run goes there after training.
     """
+
     output_dir: str = 'runs/segmentation'
     arch: Literal['paper_unet', 'smp_unet'] = 'paper_unet'
     encoder_name: str = 'resnet18'
@@ -110,21 +118,24 @@ class SegmentationConfig(EngineConfig):
             raise ConfigError(
                 f'push_to_hub pushes the model of one training run (a Hub repository holds one model), but '
                 f'variants={self.variants} x repeats={self.repeats} are {len(self.variants) * self.repeats} runs: '
-                f'set one variant and repeats 1, or push a run yourself with smp.from_pretrained(<run>/best).push_to_hub')
+                f'set one variant and repeats 1, or push a run yourself with '
+                f'smp.from_pretrained(<run>/best).push_to_hub'
+            )
 
 
 def parse_variant(variant: str) -> Tuple[bool, int]:
-    """ ``'aconv7'`` → (adaptive, 7); ``'conv3'`` → (ordinary, 3); a ConfigError otherwise. """
+    """``'aconv7'`` → (adaptive, 7); ``'conv3'`` → (ordinary, 3); a ConfigError otherwise."""
     match = VARIANT_PATTERN.match(str(variant))
     if match is None or int(match.group(2)) % 2 == 0:
         raise ConfigError(
             f"variants entries must be 'aconv<n>' or 'conv<n>' with an odd kernel size n (e.g. aconv7, conv7, conv3), "
-            f"got {variant!r}")
+            f'got {variant!r}'
+        )
     return match.group(1) == 'aconv', int(match.group(2))
 
 
 def first_conv(model: nn.Module) -> Tuple[str, nn.Conv2d]:
-    """ The first ``nn.Conv2d`` (adaptive ones included) of ``model`` and its name. """
+    """The first ``nn.Conv2d`` (adaptive ones included) of ``model`` and its name."""
     for name, module in model.named_modules():
         if isinstance(module, nn.Conv2d):
             return name, module
@@ -132,14 +143,21 @@ def first_conv(model: nn.Module) -> Tuple[str, nn.Conv2d]:
 
 
 def create_segmentation_model(config: SegmentationConfig, variant: str) -> nn.Module:
-    """ The U-Net of ``config.arch`` with the first convolution ``variant`` (e.g. 'aconv7', 'conv3'). """
+    """The U-Net of ``config.arch`` with the first convolution ``variant`` (e.g. 'aconv7', 'conv3')."""
     import segmentation_models_pytorch as smp
+
     adaptive, size = parse_variant(variant)
     classes = len(TRIMAP_CLASSES)
     sigma = dict(sigma_init=tuple(config.sigma_init), sigma_bounds=tuple(config.sigma_bounds))
     if config.arch == 'paper_unet':
-        return smp.create_model('aconv_paper_unet', encoder_weights=None, classes=classes, entry_kernel_size=size,
-                                adaptive=adaptive, **sigma)
+        return smp.create_model(
+            'aconv_paper_unet',
+            encoder_weights=None,
+            classes=classes,
+            entry_kernel_size=size,
+            adaptive=adaptive,
+            **sigma,
+        )
     common = dict(encoder_name=config.encoder_name, encoder_weights=None, classes=classes)
     if adaptive:
         return smp.create_model('aconv_unet', adaptive_kernel_size=size, adaptive='first', **common, **sigma)
@@ -148,10 +166,11 @@ def create_segmentation_model(config: SegmentationConfig, variant: str) -> nn.Mo
 
 
 def variant_config(config: SegmentationConfig, variant: str, repeat: int) -> SegmentationConfig:
-    """ The settings of one run: ``variant`` alone, seed ``seed + repeat``, its own ``output_dir``. """
+    """The settings of one run: ``variant`` alone, seed ``seed + repeat``, its own ``output_dir``."""
     seed = config.seed + repeat
     return dataclasses.replace(
-        config, seed=seed, output_dir=str(Path(config.output_dir) / variant / f'seed{seed}'), variants=[variant])
+        config, seed=seed, output_dir=str(Path(config.output_dir) / variant / f'seed{seed}'), variants=[variant]
+    )
 
 
 def _finished(run: SegmentationConfig) -> Optional[List[Dict[str, float]]]:
@@ -165,20 +184,23 @@ def _finished(run: SegmentationConfig) -> Optional[List[Dict[str, float]]]:
 
 def _load_weights(model: nn.Module, directory: str) -> nn.Module:
     from safetensors.torch import load_file
+
     model.load_state_dict(load_file(str(Path(directory) / 'model.safetensors')))
     return model
 
 
 def _model_card(run: SegmentationConfig, record: Dict[str, float]) -> Dict[str, Any]:
-    """ SMP's model card fields: the validation metrics of the epoch in ``record`` and the dataset. """
+    """SMP's model card fields: the validation metrics of the epoch in ``record`` and the dataset."""
     metrics = {key: value for key, value in record.items() if key == 'epoch' or key.startswith('val_')}
-    dataset = (f"{run.dataset} (trimaps: {', '.join(TRIMAP_CLASSES)}; {run.img_size}×{run.img_size}; "
-               f"validation protocol {run.val_protocol!r})")
+    dataset = (
+        f'{run.dataset} (trimaps: {", ".join(TRIMAP_CLASSES)}; {run.img_size}×{run.img_size}; '
+        f'validation protocol {run.val_protocol!r})'
+    )
     return dict(metrics=metrics, dataset=dataset)
 
 
 class SmpModelSaver(Callback):
-    """ The :class:`~timm_aconv.engine.trainer.Trainer`'s ``save_model_fn`` for SMP models.
+    """The :class:`~timm_aconv.engine.trainer.Trainer`'s ``save_model_fn`` for SMP models.
 
     ``saver(model, directory)`` writes ``model.save_pretrained(directory, metrics=..., dataset=...)``
     with the validation metrics of the epoch being saved (the trainer's last record: the final
@@ -194,27 +216,33 @@ class SmpModelSaver(Callback):
 
     def __call__(self, model: nn.Module, directory: Path) -> None:
         if self.trainer is None:
-            raise RuntimeError('SmpModelSaver saves with the metrics of the trainer it was given as a callback: '
-                               'pass it both as save_model_fn and in callbacks')
+            raise RuntimeError(
+                'SmpModelSaver saves with the metrics of the trainer it was given as a callback: '
+                'pass it both as save_model_fn and in callbacks'
+            )
         model.save_pretrained(str(directory), **_model_card(self.run, self.trainer.history[-1]))
 
 
 def _push_best(run: SegmentationConfig, history: List[Dict[str, float]]) -> None:
-    """ The run's best model (its final one without ``save_best``) to ``push_to_hub``, reloaded the way users
-    reload it and pushed with SMP's own ``push_to_hub`` (model card included). """
+    """The run's best model (its final one without ``save_best``) to ``push_to_hub``, reloaded the way users
+    reload it and pushed with SMP's own ``push_to_hub`` (model card included)."""
     import segmentation_models_pytorch as smp
+
     directory = Path(run.output_dir)
     record = history[-1]
     if run.save_best:
         epoch = json.loads((directory / 'best' / 'best.json').read_text())['epoch']
         directory, record = directory / 'best', history[epoch - 1]
     model = smp.from_pretrained(str(directory))
-    model.push_to_hub(run.push_to_hub, model_card_kwargs=_model_card(run, record),
-                      commit_message=f'{type(model).__name__} ({run.variants[0]}) trained on {run.dataset} with timm-aconv')
+    model.push_to_hub(
+        run.push_to_hub,
+        model_card_kwargs=_model_card(run, record),
+        commit_message=f'{type(model).__name__} ({run.variants[0]}) trained on {run.dataset} with timm-aconv',
+    )
 
 
 def train_variant(run: SegmentationConfig, variant: str, train_set, val_set, callbacks: Sequence[Callback]):
-    """ One training run (or, with ``resume``, a finished one read back): (history, trained model).
+    """One training run (or, with ``resume``, a finished one read back): (history, trained model).
 
     With ``run.push_to_hub`` the best model is pushed afterwards (from the main process).
     """
@@ -224,12 +252,20 @@ def train_variant(run: SegmentationConfig, variant: str, train_set, val_set, cal
     if history is not None:
         model = _load_weights(model, run.output_dir)
     else:
-        train_loader, val_loader = build_loaders(train_set, val_set, run.batch_size, run.val_batch_size,
-                                                 run.num_workers, run.cpu)
+        train_loader, val_loader = build_loaders(
+            train_set, val_set, run.batch_size, run.val_batch_size, run.num_workers, run.cpu
+        )
         saver = SmpModelSaver(run)
-        trainer = Trainer(model, train_loader, val_loader, run, loss_fn=nn.CrossEntropyLoss(),
-                          metric=SegmentationMetric(len(TRIMAP_CLASSES), TRIMAP_CLASSES),
-                          callbacks=[SigmaRecorder(), saver, *callbacks], save_model_fn=saver)
+        trainer = Trainer(
+            model,
+            train_loader,
+            val_loader,
+            run,
+            loss_fn=nn.CrossEntropyLoss(),
+            metric=SegmentationMetric(len(TRIMAP_CLASSES), TRIMAP_CLASSES),
+            callbacks=[SigmaRecorder(), saver, *callbacks],
+            save_model_fn=saver,
+        )
         history = trainer.fit(end_training=False)  # keep the process group for the next run
         model = trainer.unwrapped_model
     if run.push_to_hub and PartialState().is_main_process:

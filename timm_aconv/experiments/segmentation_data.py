@@ -1,4 +1,4 @@
-""" Trimap segmentation data of the paper's U-Net experiment (section 4.4)
+"""Trimap segmentation data of the paper's U-Net experiment (section 4.4)
 
 - ``oxford_pets``: torchvision's ``OxfordIIITPet`` (trainval 3680 / test 3669 images), trimap
   labels 1/2/3 → 0/1/2 (pet, background, border); validation = the test split.
@@ -17,6 +17,7 @@ interpolated label is fractional (along class borders) can never equal a predict
 as errors, as in Keras' sparse accuracy (:class:`~timm_aconv.engine.metrics.SegmentationMetric`
 takes such float masks).
 """
+
 from pathlib import Path
 from typing import TYPE_CHECKING, Tuple
 
@@ -32,9 +33,18 @@ from .datasets import dataset_not_found, removing_empty_folders_on_failure
 if TYPE_CHECKING:
     from .segmentation import SegmentationConfig
 
-__all__ = ['SEGMENTATION_DATASETS', 'TRIMAP_CLASSES', 'IMAGE_MEAN', 'IMAGE_STD', 'AUTHORS_VAL_IMAGES',
-           'SegmentationDataset', 'shapes_sample', 'build_segmentation_transform', 'build_segmentation_data',
-           'authors_validation_set']
+__all__ = [
+    'AUTHORS_VAL_IMAGES',
+    'IMAGE_MEAN',
+    'IMAGE_STD',
+    'SEGMENTATION_DATASETS',
+    'TRIMAP_CLASSES',
+    'SegmentationDataset',
+    'authors_validation_set',
+    'build_segmentation_data',
+    'build_segmentation_transform',
+    'shapes_sample',
+]
 
 SEGMENTATION_DATASETS = ('shapes', 'oxford_pets')
 AUTHORS_VAL_IMAGES = 22 * 32  # the authors' VALIDATION_STEPS (3669 // 32 // 5) batches of 32
@@ -44,7 +54,7 @@ IMAGE_MEAN, IMAGE_STD = 0.5, 0.25
 
 
 def shapes_sample(index: int, size: int = 128, seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
-    """ One offline trimap sample: (image (size, size, 3) uint8, labels (size, size) uint8 in 0..2).
+    """One offline trimap sample: (image (size, size, 3) uint8, labels (size, size) uint8 in 0..2).
 
     An ellipse "pet" (class 0, striped texture) with a border band (class 2, like the trimaps'
     uncertain region) on a colour-gradient background (class 1) that holds a distractor
@@ -90,7 +100,7 @@ class _ShapesSource:
 
 
 class _PetTrimapSource:
-    """ torchvision's OxfordIIITPet as (RGB uint8, trimap labels 0..2) numpy pairs. """
+    """torchvision's OxfordIIITPet as (RGB uint8, trimap labels 0..2) numpy pairs."""
 
     def __init__(self, pets) -> None:
         self.pets = pets
@@ -104,7 +114,7 @@ class _PetTrimapSource:
 
 
 class _FirstItems:
-    """ The first ``length`` items of a source. """
+    """The first ``length`` items of a source."""
 
     def __init__(self, source, length: int) -> None:
         self.source, self.length = source, length
@@ -119,7 +129,7 @@ class _FirstItems:
 
 
 class SegmentationDataset(Dataset):
-    """ (image, labels) numpy pairs → (float (3, H, W) in [-2, 2], labels (H, W)) with a joint transform.
+    """(image, labels) numpy pairs → (float (3, H, W) in [-2, 2], labels (H, W)) with a joint transform.
 
     Labels are long, or float32 with ``float_masks=True`` (masks resized bilinearly keep their
     fractional values).
@@ -136,14 +146,14 @@ class SegmentationDataset(Dataset):
         if self.float_masks:
             labels = labels.astype(np.float32)
         # torch's RNG (seeded per run and per worker, saved in checkpoints) drives the augmentation
-        self.transform.set_random_seed(int(torch.randint(2 ** 31 - 1, ())))
+        self.transform.set_random_seed(int(torch.randint(2**31 - 1, ())))
         result = self.transform(image=image, mask=labels)
         image = torch.from_numpy(np.ascontiguousarray(result['image'].transpose(2, 0, 1)))
         return image, torch.from_numpy(result['mask'].astype(np.float32 if self.float_masks else np.int64))
 
 
 def build_segmentation_transform(img_size: int, augment: bool, bilinear_masks: bool = False) -> A.Compose:
-    """ Resize (masks nearest, or bilinear with ``bilinear_masks``), the authors' augmentation,
+    """Resize (masks nearest, or bilinear with ``bilinear_masks``), the authors' augmentation,
     scaling to [-2, 2].
 
     The authors' augmentation (one coin for both): with probability 0.5 flip left-right and
@@ -152,39 +162,50 @@ def build_segmentation_transform(img_size: int, augment: bool, bilinear_masks: b
     mask_interpolation = cv2.INTER_LINEAR if bilinear_masks else cv2.INTER_NEAREST
     steps = [A.Resize(img_size, img_size, mask_interpolation=mask_interpolation)]
     if augment:
-        steps.append(A.Sequential([
-            A.HorizontalFlip(p=1.0),
-            A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.0, p=1.0)], p=0.5))
+        steps.append(
+            A.Sequential(
+                [A.HorizontalFlip(p=1.0), A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.0, p=1.0)],
+                p=0.5,
+            )
+        )
     steps.append(A.Normalize(mean=IMAGE_MEAN, std=IMAGE_STD, max_pixel_value=255.0))
     return A.Compose(steps, seed=0)
 
 
 def authors_validation_set(source, img_size: int) -> SegmentationDataset:
-    """ The authors' validation: the first 704 images of ``source`` with bilinearly resized masks. """
+    """The authors' validation: the first 704 images of ``source`` with bilinearly resized masks."""
     if len(source) < AUTHORS_VAL_IMAGES:
-        raise ConfigError(f"val_protocol='authors' scores the first {AUTHORS_VAL_IMAGES} test images, but the "
-                          f'validation split has only {len(source)}')
-    return SegmentationDataset(_FirstItems(source, AUTHORS_VAL_IMAGES),
-                               build_segmentation_transform(img_size, False, bilinear_masks=True), float_masks=True)
+        raise ConfigError(
+            f"val_protocol='authors' scores the first {AUTHORS_VAL_IMAGES} test images, but the "
+            f'validation split has only {len(source)}'
+        )
+    return SegmentationDataset(
+        _FirstItems(source, AUTHORS_VAL_IMAGES),
+        build_segmentation_transform(img_size, False, bilinear_masks=True),
+        float_masks=True,
+    )
 
 
 def _oxford_pets(root: Path, split: str, download: bool) -> _PetTrimapSource:
     from torchvision.datasets import OxfordIIITPet
+
     try:
         with removing_empty_folders_on_failure(root):
             pets = OxfordIIITPet(str(root), split=split, target_types='segmentation', download=download)
     except Exception as error:  # RuntimeError when missing, URLError / OSError when the download fails
-        how = ('Download images.tar.gz and annotations.tar.gz from https://www.robots.ox.ac.uk/~vgg/data/pets/ '
-               f'and extract both into {str(root / "oxford-iiit-pet")!r} (it must hold images/ and '
-               'annotations/trimaps/), or run torchvision.datasets.OxfordIIITPet(root, download=True) where there '
-               'is internet and copy the folder.')
+        how = (
+            'Download images.tar.gz and annotations.tar.gz from https://www.robots.ox.ac.uk/~vgg/data/pets/ '
+            f'and extract both into {str(root / "oxford-iiit-pet")!r} (it must hold images/ and '
+            'annotations/trimaps/), or run torchvision.datasets.OxfordIIITPet(root, download=True) where there '
+            'is internet and copy the folder.'
+        )
         raise dataset_not_found('oxford_pets', root, how, error) from error
     return _PetTrimapSource(pets)
 
 
 def build_segmentation_data(config: 'SegmentationConfig') -> Tuple[SegmentationDataset, SegmentationDataset]:
-    """ Training and validation sets of ``config.dataset`` (validation: the paper's test split,
-    whole or as ``config.val_protocol`` says). """
+    """Training and validation sets of ``config.dataset`` (validation: the paper's test split,
+    whole or as ``config.val_protocol`` says)."""
     train_transform = build_segmentation_transform(config.img_size, config.augment)
     val_transform = build_segmentation_transform(config.img_size, False)
     if config.dataset == 'shapes':

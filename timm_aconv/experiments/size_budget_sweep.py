@@ -1,4 +1,4 @@
-""" The kernel-size budget's trade-off: validation accuracy against deployed latency and kernel FLOPs
+"""The kernel-size budget's trade-off: validation accuracy against deployed latency and kernel FLOPs
 
 Arms, each trained ``repeats`` times (seeds ``seed, seed + 1, …``):
 
@@ -17,6 +17,7 @@ the same rounds (:func:`timm_aconv.utils.round_robin_latency`) on one validation
 finished runs are read back (history and ``model.safetensors``) instead of trained, so a rerun
 on a quiet machine re-measures only the latencies.
 """
+
 import copy
 import csv
 import dataclasses
@@ -30,21 +31,22 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
+from ..engine.callbacks import Callback
+from ..engine.config import ConfigError
+from ..engine.history import read_history
+from ..engine.launch import process_state
 from ..layers import OutputPixelTracker, estimated_kernel_flops
 from ..surgery import export_learned_sizes, fuse_convs
 from ..utils import round_robin_latency
-from ..engine.callbacks import Callback
 from .classification import ClassificationConfig, build_data, create_classifier, train_classification
-from ..engine.config import ConfigError
-from ..engine.launch import process_state
-from ..engine.history import read_history
 
-__all__ = ['SizeBudgetConfig', 'SweepResult', 'run_size_budget_sweep', 'conv_macs']
+__all__ = ['SizeBudgetConfig', 'SweepResult', 'conv_macs', 'run_size_budget_sweep']
 
 
 @dataclass
 class SizeBudgetConfig(ClassificationConfig):
-    """ A sweep of kernel-size budgets against the unconstrained ACONV model and ordinary CONV models. """
+    """A sweep of kernel-size budgets against the unconstrained ACONV model and ordinary CONV models."""
+
     budgets: List[float] = field(default_factory=lambda: [0.5, 0.25, 0.1])
     repeats: int = 3
     conv_kernel_sizes: List[int] = field(default_factory=lambda: [7, 3])
@@ -57,7 +59,7 @@ class SizeBudgetConfig(ClassificationConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.model.startswith('aconv_'):
-            raise ConfigError(f"model must be an adaptive timm model with a conv_ twin (aconv_*), got {self.model!r}")
+            raise ConfigError(f'model must be an adaptive timm model with a conv_ twin (aconv_*), got {self.model!r}')
         if self.size_budget is not None:
             raise ConfigError('size_budget is set per arm by the sweep: give budgets instead')
         for budget in self.budgets:
@@ -87,8 +89,8 @@ class Arm:
 
 
 def sweep_arms(config: SizeBudgetConfig) -> List[Arm]:
-    """ CONV k×k for each of ``conv_kernel_sizes``, ACONV, then ACONV ≤ b for each budget. """
-    twin = 'conv_' + config.model[len('aconv_'):]
+    """CONV k×k for each of ``conv_kernel_sizes``, ACONV, then ACONV ≤ b for each budget."""
+    twin = 'conv_' + config.model[len('aconv_') :]
     arms = [Arm(f'CONV {k}×{k}', f'conv_k{k}', twin, k, None) for k in config.conv_kernel_sizes]
     arms.append(Arm('ACONV', 'aconv', config.model, config.kernel_size, None))
     arms += [Arm(f'ACONV ≤ {b:g}', f'aconv_budget{b:g}', config.model, config.kernel_size, b) for b in config.budgets]
@@ -97,7 +99,8 @@ def sweep_arms(config: SizeBudgetConfig) -> List[Arm]:
 
 @dataclass
 class SweepResult:
-    """ One row per run and one per arm (means ± std over the seeds), the table, the files. """
+    """One row per run and one per arm (means ± std over the seeds), the table, the files."""
+
     runs: List[Dict]
     arms: List[Dict]
     markdown: str
@@ -105,14 +108,14 @@ class SweepResult:
 
 
 class _KeepModel(Callback):
-    """ Keeps a CPU copy of the trained model. """
+    """Keeps a CPU copy of the trained model."""
 
     def on_fit_end(self, trainer) -> None:
         self.model = copy.deepcopy(trainer.unwrapped_model).cpu().eval()
 
 
 def conv_macs(model: nn.Module, images: torch.Tensor) -> float:
-    """ Multiply-adds per image of every ``nn.Conv2d`` of ``model`` in one forward pass of ``images``. """
+    """Multiply-adds per image of every ``nn.Conv2d`` of ``model`` in one forward pass of ``images``."""
     total = [0.0]
 
     def count(module, _inputs, output):
@@ -131,20 +134,27 @@ def conv_macs(model: nn.Module, images: torch.Tensor) -> float:
 
 def _run_config(config: SizeBudgetConfig, arm: Arm, seed: int) -> ClassificationConfig:
     values = {field_.name: getattr(config, field_.name) for field_ in dataclasses.fields(ClassificationConfig)}
-    values.update(model=arm.model, kernel_size=arm.kernel_size, size_budget=arm.budget, seed=seed, plots=False,
-                  resume=False, output_dir=str(Path(config.output_dir) / arm.slug / f'seed{seed}'))
+    values.update(
+        model=arm.model,
+        kernel_size=arm.kernel_size,
+        size_budget=arm.budget,
+        seed=seed,
+        plots=False,
+        resume=False,
+        output_dir=str(Path(config.output_dir) / arm.slug / f'seed{seed}'),
+    )
     return ClassificationConfig(**values)
 
 
 def _validation_set(run: ClassificationConfig):
-    """ The run's validation set as its training evaluated it (its split seed and input normalization),
-    and the dataset's info. """
+    """The run's validation set as its training evaluated it (its split seed and input normalization),
+    and the dataset's info."""
     _, val_set, info = build_data(run)
     return val_set, info
 
 
 def _read_back(run: ClassificationConfig, info) -> Optional[Tuple[List[Dict], nn.Module]]:
-    """ A finished run's history and model, or None. """
+    """A finished run's history and model, or None."""
     weights = Path(run.output_dir) / 'model.safetensors'
     try:
         history = read_history(run.output_dir)
@@ -153,6 +163,7 @@ def _read_back(run: ClassificationConfig, info) -> Optional[Tuple[List[Dict], nn
     if len(history) != run.epochs or not weights.is_file():
         return None
     from safetensors.torch import load_file
+
     model = create_classifier(run, info)
     model.load_state_dict(load_file(str(weights)))
     return history, model.eval()
@@ -172,7 +183,7 @@ def _mean_std(values: List[float]) -> Tuple[float, float]:
 
 
 def run_size_budget_sweep(config: SizeBudgetConfig) -> SweepResult:
-    """ Trains (or reads back) every run, exports the ACONV models, measures them, writes table and plot. """
+    """Trains (or reads back) every run, exports the ACONV models, measures them, writes table and plot."""
     state = process_state(config.cpu)
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)  # the Trainer does it too, but resumed runs build none
@@ -192,35 +203,46 @@ def run_size_budget_sweep(config: SizeBudgetConfig) -> SweepResult:
                 history = train_classification(run, callbacks=[keep], end_training=False)
                 finished = history, keep.model
             history, model = finished
-            row = dict(arm=arm.label, budget=arm.budget, seed=run.seed,
-                       peak_val_accuracy=max(record['val_accuracy'] for record in history),
-                       final_val_accuracy=history[-1]['val_accuracy'])
+            row = dict(
+                arm=arm.label,
+                budget=arm.budget,
+                seed=run.seed,
+                peak_val_accuracy=max(record['val_accuracy'] for record in history),
+                final_val_accuracy=history[-1]['val_accuracy'],
+            )
             if arm.adaptive:
                 if reference_macs is None:
                     reference_macs = conv_macs(fuse_convs(copy.deepcopy(model)), latency_images)
                 pixels = OutputPixelTracker(model)
                 with torch.no_grad():
                     model(latency_images[:1])
-                row['estimated_kernel_flops'] = float(estimated_kernel_flops(
-                    model, config.crop_tol, output_pixels=pixels).detach())
+                row['estimated_kernel_flops'] = float(
+                    estimated_kernel_flops(model, config.crop_tol, output_pixels=pixels).detach()
+                )
                 pixels.remove()
                 with torch.no_grad():
                     logits = model(latency_images)
-                model = export_learned_sizes(model, config.crop_tol, strategy=config.export_strategy,
-                                             example_inputs=latency_images)
+                model = export_learned_sizes(
+                    model, config.crop_tol, strategy=config.export_strategy, example_inputs=latency_images
+                )
                 with torch.no_grad():
                     row['export_error'] = float((model(latency_images) - logits).norm() / logits.norm())
             row['deployed_val_accuracy'] = _accuracy(model, val_loader)
             row['macs'] = conv_macs(model, latency_images)
             deployed[f'{arm.label} seed {run.seed}'] = model
             runs.append(row)
-            state.print(f"{arm.label:12s} seed={run.seed}: deployed validation accuracy "
-                                 f"{row['deployed_val_accuracy']:.4f}", flush=True)
+            state.print(
+                f'{arm.label:12s} seed={run.seed}: deployed validation accuracy {row["deployed_val_accuracy"]:.4f}',
+                flush=True,
+            )
     state.destroy_process_group()
     for row in runs:
         row['kernel_flops'] = row['macs'] / reference_macs
-    latency = round_robin_latency({name: _forward(model, latency_images) for name, model in deployed.items()},
-                                  rounds=config.latency_rounds, clock=config.latency_clock)
+    latency = round_robin_latency(
+        {name: _forward(model, latency_images) for name, model in deployed.items()},
+        rounds=config.latency_rounds,
+        clock=config.latency_clock,
+    )
     for row, name in zip(runs, deployed):
         row['latency_ms'], row['latency_ratio'] = latency[name].ms, latency[name].ratio
     arms = _summarize(runs)
@@ -233,6 +255,7 @@ def _forward(model: nn.Module, images: torch.Tensor):
     def run():
         with torch.no_grad():
             return model(images)
+
     return run
 
 
@@ -241,8 +264,14 @@ def _summarize(runs: List[Dict]) -> List[Dict]:
     for label in dict.fromkeys(row['arm'] for row in runs):
         rows = [row for row in runs if row['arm'] == label]
         summary = dict(arm=label, budget=rows[0]['budget'], runs=len(rows))
-        for key in ('deployed_val_accuracy', 'final_val_accuracy', 'peak_val_accuracy', 'kernel_flops', 'latency_ms',
-                    'latency_ratio'):
+        for key in (
+            'deployed_val_accuracy',
+            'final_val_accuracy',
+            'peak_val_accuracy',
+            'kernel_flops',
+            'latency_ms',
+            'latency_ratio',
+        ):
             summary[key], summary[f'{key}_std'] = _mean_std([row[key] for row in rows])
         if 'estimated_kernel_flops' in rows[0]:
             summary['estimated_kernel_flops'] = statistics.fmean(row['estimated_kernel_flops'] for row in rows)
@@ -253,28 +282,35 @@ def _summarize(runs: List[Dict]) -> List[Dict]:
 
 def _markdown(config: SizeBudgetConfig, arms: List[Dict]) -> str:
     reference = arms[0]['arm']
-    lines = [f'### Kernel-size budgets: {config.model} on {config.dataset}', '',
-             '| arm | runs | val. accuracy deployed (%) | before export (%) | kernel FLOPs measured / from σ | '
-             f'latency (ms) | latency / {reference} | export error (max) |',
-             '|---|---|---|---|---|---|---|---|']
+    lines = [
+        f'### Kernel-size budgets: {config.model} on {config.dataset}',
+        '',
+        '| arm | runs | val. accuracy deployed (%) | before export (%) | kernel FLOPs measured / from σ | '
+        f'latency (ms) | latency / {reference} | export error (max) |',
+        '|---|---|---|---|---|---|---|---|',
+    ]
     for arm in arms:
         adaptive = 'estimated_kernel_flops' in arm
-        estimate = f" / {arm['estimated_kernel_flops']:.3f}" if adaptive else ''
-        error = f"{arm['max_export_error']:.1e}" if adaptive else '–'
+        estimate = f' / {arm["estimated_kernel_flops"]:.3f}' if adaptive else ''
+        error = f'{arm["max_export_error"]:.1e}' if adaptive else '–'
         lines.append(
-            f"| {arm['arm']} | {arm['runs']} | {100 * arm['deployed_val_accuracy']:.2f}±"
-            f"{100 * arm['deployed_val_accuracy_std']:.2f} | {100 * arm['final_val_accuracy']:.2f}±"
-            f"{100 * arm['final_val_accuracy_std']:.2f} | {arm['kernel_flops']:.3f}{estimate} | "
-            f"{arm['latency_ms']:.2f}±{arm['latency_ms_std']:.2f} | {arm['latency_ratio']:.3f} | {error} |")
-    lines += ['', f'{config.epochs} epochs per run, seeds {config.seed}..{config.seed + config.repeats - 1} '
-              f'(mean±std over seeds); accuracy on the whole validation set after the last epoch, of the deployed '
-              f'model and of the trained model before export; ACONV arms deployed with '
-              f"export_learned_sizes(crop_tol={config.crop_tol:g}, strategy='{config.export_strategy}'); kernel "
-              f'FLOPs = convolution multiply-adds relative to the full {config.kernel_size or "default"}-grid '
-              f'model, measured on the deployed model and estimated from sigma before export; export error = '
-              f'relative L2 error of the logits, exported vs adaptive; latency = median forward time of a batch of '
-              f'{config.latency_batch} validation images, every model timed in the same {config.latency_rounds} '
-              f'rounds ({config.latency_clock} clock), {torch.get_num_threads()} torch thread(s).']
+            f'| {arm["arm"]} | {arm["runs"]} | {100 * arm["deployed_val_accuracy"]:.2f}±'
+            f'{100 * arm["deployed_val_accuracy_std"]:.2f} | {100 * arm["final_val_accuracy"]:.2f}±'
+            f'{100 * arm["final_val_accuracy_std"]:.2f} | {arm["kernel_flops"]:.3f}{estimate} | '
+            f'{arm["latency_ms"]:.2f}±{arm["latency_ms_std"]:.2f} | {arm["latency_ratio"]:.3f} | {error} |'
+        )
+    lines += [
+        '',
+        f'{config.epochs} epochs per run, seeds {config.seed}..{config.seed + config.repeats - 1} '
+        f'(mean±std over seeds); accuracy on the whole validation set after the last epoch, of the deployed '
+        f'model and of the trained model before export; ACONV arms deployed with '
+        f"export_learned_sizes(crop_tol={config.crop_tol:g}, strategy='{config.export_strategy}'); kernel "
+        f'FLOPs = convolution multiply-adds relative to the full {config.kernel_size or "default"}-grid '
+        f'model, measured on the deployed model and estimated from sigma before export; export error = '
+        f'relative L2 error of the logits, exported vs adaptive; latency = median forward time of a batch of '
+        f'{config.latency_batch} validation images, every model timed in the same {config.latency_rounds} '
+        f'rounds ({config.latency_clock} clock), {torch.get_num_threads()} torch thread(s).',
+    ]
     return '\n'.join(lines)
 
 
@@ -292,5 +328,6 @@ def _write_outputs(config, runs, arms, markdown, write: bool) -> List[Path]:
         writer.writerows(runs)
     json_path.write_text(json.dumps(dict(runs=runs, arms=arms, threads=torch.get_num_threads()), indent=1))
     from .figures import plot_size_budget_tradeoff
+
     plot_size_budget_tradeoff(runs, arms, str(plot_path), title=markdown.splitlines()[0].lstrip('# '))
     return paths

@@ -1,4 +1,4 @@
-""" Adaptive-size convolution (ACONV)
+"""Adaptive-size convolution (ACONV)
 
 Paper: `Adaptive Convolution Kernel for Artificial Neural Networks` (F. Boray Tek et al.)
 
@@ -19,6 +19,7 @@ Example::
     >>> conv.envelope().shape, conv.product_kernel().shape
     (torch.Size([16, 7, 7]), torch.Size([16, 3, 7, 7]))
 """
+
 import numbers
 import weakref
 from typing import Optional, Sequence, Tuple, Union
@@ -30,8 +31,14 @@ from torch.utils.weak import WeakIdKeyDictionary
 from .envelope import grid_sq_distance, softmax_envelope
 from .kernel_group import KernelGroup, OptimizerSteps, stream_capturing
 
-__all__ = ['AdaptiveConv2d', 'SigmaInit', 'resolve_kernel_size', 'resolve_sigma_init', 'resolve_sigma_bounds',
-           'SIGMA_OWNERS']
+__all__ = [
+    'SIGMA_OWNERS',
+    'AdaptiveConv2d',
+    'SigmaInit',
+    'resolve_kernel_size',
+    'resolve_sigma_bounds',
+    'resolve_sigma_init',
+]
 
 SigmaInit = Union[float, Tuple[float, float]]
 _is_exporting = getattr(torch.compiler, 'is_exporting', lambda: False)  # torch >= 2.4
@@ -41,7 +48,7 @@ SIGMA_OWNERS: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 
 def resolve_kernel_size(kernel_size: Union[int, Sequence[int]], name: str = 'kernel_size') -> int:
-    """ The base-grid size n of a square adaptive kernel; odd and >= 3 or a ValueError. """
+    """The base-grid size n of a square adaptive kernel; odd and >= 3 or a ValueError."""
     if isinstance(kernel_size, (tuple, list)):
         if len(kernel_size) != 2 or kernel_size[0] != kernel_size[1]:
             raise ValueError(f'{name} must be square (an int or (n, n)), got {tuple(kernel_size)}')
@@ -54,7 +61,7 @@ def resolve_kernel_size(kernel_size: Union[int, Sequence[int]], name: str = 'ker
 
 
 def resolve_sigma_init(sigma_init: SigmaInit) -> Tuple[float, float]:
-    """ ``sigma_init`` as a (low, high) range; a single value v becomes (v, v). """
+    """``sigma_init`` as a (low, high) range; a single value v becomes (v, v)."""
     if isinstance(sigma_init, (tuple, list)):
         if len(sigma_init) != 2:
             raise ValueError(f'sigma_init must be a positive number or a (low, high) pair, got {sigma_init!r}')
@@ -69,7 +76,7 @@ def resolve_sigma_init(sigma_init: SigmaInit) -> Tuple[float, float]:
 
 
 def resolve_sigma_bounds(sigma_bounds: Optional[Tuple[float, float]], kernel_size: int) -> Tuple[float, float]:
-    """ ``sigma_bounds`` as (low, high) with 0 < low < high; None is the paper's (1/n, n). """
+    """``sigma_bounds`` as (low, high) with 0 < low < high; None is the paper's (1/n, n)."""
     if sigma_bounds is None:
         return 1.0 / kernel_size, float(kernel_size)
     if not isinstance(sigma_bounds, (tuple, list)) or len(sigma_bounds) != 2:
@@ -81,7 +88,7 @@ def resolve_sigma_bounds(sigma_bounds: Optional[Tuple[float, float]], kernel_siz
 
 
 class AdaptiveConv2d(nn.Conv2d):
-    """ 2D convolution whose filters learn their own kernel size.
+    """2D convolution whose filters learn their own kernel size.
 
     Takes every :class:`torch.nn.Conv2d` argument, plus:
 
@@ -101,42 +108,54 @@ class AdaptiveConv2d(nn.Conv2d):
     the product kernel is cached until ``weight`` or ``sigma`` change (optimizer steps, in-place
     edits, ``load_state_dict``, ``.to()``, ``param.data = ...``).
     """
-    __jit_ignored_attributes__ = ['_kernel_cache', '_kernel_group']
+
+    __jit_ignored_attributes__ = ('_kernel_cache', '_kernel_group')
     _kernel_group: Optional[KernelGroup] = None  # set by KernelGroup.attach
     _group_index: int = 0
 
     def __init__(
-            self,
-            in_channels: int,
-            out_channels: int,
-            kernel_size: Union[int, Tuple[int, int]],
-            stride: Union[int, Tuple[int, int]] = 1,
-            padding: Union[str, int, Tuple[int, int]] = 0,
-            dilation: Union[int, Tuple[int, int]] = 1,
-            groups: int = 1,
-            bias: bool = True,
-            padding_mode: str = 'zeros',
-            device=None,
-            dtype=None,
-            sigma_init: SigmaInit = (0.1, 0.5),
-            sigma_bounds: Optional[Tuple[float, float]] = None,
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: Union[int, Tuple[int, int]],
+        stride: Union[int, Tuple[int, int]] = 1,
+        padding: Union[str, int, Tuple[int, int]] = 0,
+        dilation: Union[int, Tuple[int, int]] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = 'zeros',
+        device=None,
+        dtype=None,
+        sigma_init: SigmaInit = (0.1, 0.5),
+        sigma_bounds: Optional[Tuple[float, float]] = None,
     ):
         size = resolve_kernel_size(kernel_size)
         self.sigma_init = resolve_sigma_init(sigma_init)
         self.sigma_bounds = resolve_sigma_bounds(sigma_bounds, size)
         super().__init__(
-            in_channels, out_channels, size, stride=stride, padding=padding, dilation=dilation,
-            groups=groups, bias=bias, padding_mode=padding_mode, device=device, dtype=dtype)
+            in_channels,
+            out_channels,
+            size,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            bias=bias,
+            padding_mode=padding_mode,
+            device=device,
+            dtype=dtype,
+        )
         self.sigma = nn.Parameter(torch.empty(out_channels, device=device, dtype=dtype))
-        self.register_buffer('sq_distance', torch.empty(size, size, device=device, dtype=self.weight.dtype),
-                             persistent=False)
+        self.register_buffer(
+            'sq_distance', torch.empty(size, size, device=device, dtype=self.weight.dtype), persistent=False
+        )
         self._kernel_cache = None
         self.init_non_persistent_buffers()
         self.reset_sigma()
 
     @property
     def grid_size(self) -> int:
-        """ The base-grid size n (the kernel is n×n). """
+        """The base-grid size n (the kernel is n×n)."""
         return self.kernel_size[0]
 
     def reset_parameters(self) -> None:
@@ -145,35 +164,35 @@ class AdaptiveConv2d(nn.Conv2d):
             self.reset_sigma()
 
     def init_non_persistent_buffers(self) -> None:
-        """ Fill ``sq_distance`` (also after ``to_empty()``; timm's ``reinit_non_persistent_buffers``). """
+        """Fill ``sq_distance`` (also after ``to_empty()``; timm's ``reinit_non_persistent_buffers``)."""
         with torch.no_grad():
             self.sq_distance.copy_(grid_sq_distance(self.grid_size, self.sq_distance.device, self.sq_distance.dtype))
 
     def reset_sigma(self) -> None:
-        """ Spread sigma linearly over the filters across ``sigma_init``. """
+        """Spread sigma linearly over the filters across ``sigma_init``."""
         low, high = self.sigma_init
         with torch.no_grad():
             self.sigma.copy_(torch.linspace(low, high, self.out_channels, dtype=self.sigma.dtype))
 
     def clamp_sigma_(self) -> 'AdaptiveConv2d':
-        """ Clip sigma in place into ``sigma_bounds`` (the paper does it after every update). """
+        """Clip sigma in place into ``sigma_bounds`` (the paper does it after every update)."""
         with torch.no_grad():
             self.sigma.clamp_(*self.sigma_bounds)
         return self
 
     def envelope(self) -> torch.Tensor:
-        """ The normalized envelopes U, shape (out_channels, n, n), differentiable in sigma. """
+        """The normalized envelopes U, shape (out_channels, n, n), differentiable in sigma."""
         return softmax_envelope(self.sigma, self.sq_distance.to(self.sigma.dtype))
 
     def product_kernel(self) -> torch.Tensor:
-        """ The effective kernel ``W ∘ U`` the layer convolves with, shape of ``weight``, differentiable
-        with autograd (this layer alone; the training forward computes its model's kernels together). """
+        """The effective kernel ``W ∘ U`` the layer convolves with, shape of ``weight``, differentiable
+        with autograd (this layer alone; the training forward computes its model's kernels together)."""
         dtype = self.weight.dtype
         return self.weight * softmax_envelope(self.sigma.to(dtype), self.sq_distance.to(dtype)).unsqueeze(1)
 
     @torch.jit.unused
     def _training_kernel(self) -> torch.Tensor:
-        """ :meth:`product_kernel` for a forward that records gradients: taken from the layer's group. """
+        """:meth:`product_kernel` for a forward that records gradients: taken from the layer's group."""
         if torch.compiler.is_compiling():
             if _is_exporting():
                 return self.product_kernel()
@@ -190,7 +209,7 @@ class AdaptiveConv2d(nn.Conv2d):
 
     @torch.jit.unused
     def _cached_product_kernel(self) -> torch.Tensor:
-        """ :meth:`product_kernel` without autograd, recomputed only when weight or sigma changed.
+        """:meth:`product_kernel` without autograd, recomputed only when weight or sigma changed.
 
         The key holds what identifies the parameters' contents: storage address, version counter
         (bumped by every in-place change: optimizer steps, ``mul_``, ``copy_``, ``load_state_dict``),
@@ -203,9 +222,14 @@ class AdaptiveConv2d(nn.Conv2d):
         """
         weight, sigma = self.weight, self.sigma
         try:
-            key = tuple(
-                (tensor.data_ptr(), tensor._version, tensor.dtype, tensor.device, tensor.shape, tensor.stride())
-                for tensor in (weight, sigma)) + (torch.is_inference_mode_enabled(), OptimizerSteps.count)
+            key = (
+                *tuple(
+                    (tensor.data_ptr(), tensor._version, tensor.dtype, tensor.device, tensor.shape, tensor.stride())
+                    for tensor in (weight, sigma)
+                ),
+                torch.is_inference_mode_enabled(),
+                OptimizerSteps.count,
+            )
         except RuntimeError:
             # no storage (torch.func.vmap over parameters) or no version counter (inference tensors)
             return self.product_kernel().detach()
@@ -241,8 +265,11 @@ class AdaptiveConv2d(nn.Conv2d):
         group = state.pop('_kernel_group', None)  # a copied group starts empty: each copied member joins it
         super().__setstate__(state)
         if 'sq_distance' not in self._buffers:  # a layer pickled before the buffer existed
-            self.register_buffer('sq_distance', torch.empty(
-                self.kernel_size, device=self.weight.device, dtype=self.weight.dtype), persistent=False)
+            self.register_buffer(
+                'sq_distance',
+                torch.empty(self.kernel_size, device=self.weight.device, dtype=self.weight.dtype),
+                persistent=False,
+            )
             self.init_non_persistent_buffers()
         if group is not None:
             group.add([self])
@@ -270,14 +297,23 @@ class AdaptiveConv2d(nn.Conv2d):
         return self._conv_forward(x, kernel, self.bias)
 
     def fuse(self) -> nn.Conv2d:
-        """ A plain :class:`torch.nn.Conv2d` holding the product kernel (same outputs).
+        """A plain :class:`torch.nn.Conv2d` holding the product kernel (same outputs).
 
         Named ``fuse`` so that ``timm.utils.reparameterize_model`` fuses adaptive layers.
         """
         conv = nn.Conv2d(
-            self.in_channels, self.out_channels, self.kernel_size, stride=self.stride,
-            padding=self.padding, dilation=self.dilation, groups=self.groups, bias=self.bias is not None,
-            padding_mode=self.padding_mode, device=self.weight.device, dtype=self.weight.dtype)
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            groups=self.groups,
+            bias=self.bias is not None,
+            padding_mode=self.padding_mode,
+            device=self.weight.device,
+            dtype=self.weight.dtype,
+        )
         with torch.no_grad():
             conv.weight.copy_(self.product_kernel())
             if self.bias is not None:

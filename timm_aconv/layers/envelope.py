@@ -1,4 +1,4 @@
-""" Normalized Gaussian envelope of adaptive convolution kernels
+"""Normalized Gaussian envelope of adaptive convolution kernels
 
 Paper: `Adaptive Convolution Kernel for Artificial Neural Networks` (F. Boray Tek et al.),
 section 3.2 (the circular Gaussian envelope, eq. 11) and section 3.3 (its normalization,
@@ -19,25 +19,33 @@ the layer uses, and :func:`envelope_and_log_derivative` computes it without auto
 with its closed-form derivative in sigma (the formula the training path's backward uses,
 :mod:`timm_aconv.layers.kernel_group`).
 """
+
 from typing import List, Optional, Tuple
 
 import torch
 
-__all__ = ['grid_sq_distance', 'gaussian_envelope', 'softmax_weights', 'softmax_envelope', 'envelope_and_log_derivative',
-           'centre_energy_fraction', 'effective_kernel_size']
+__all__ = [
+    'centre_energy_fraction',
+    'effective_kernel_size',
+    'envelope_and_log_derivative',
+    'gaussian_envelope',
+    'grid_sq_distance',
+    'softmax_envelope',
+    'softmax_weights',
+]
 
 # the authors' guard against a division by zero for sigma -> 0
 SIGMA_EPS = 1e-8
 
 
 def grid_sq_distance(kernel_size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """ Squared distance of each point of the normalized n×n grid to its centre, shape (n, n). """
+    """Squared distance of each point of the normalized n×n grid to its centre, shape (n, n)."""
     coords = torch.linspace(-0.5, 0.5, kernel_size, device=device, dtype=dtype)
     return coords.unsqueeze(1).square() + coords.unsqueeze(0).square()
 
 
 def gaussian_envelope(sigma: torch.Tensor, kernel_size: int, eps: float = SIGMA_EPS) -> torch.Tensor:
-    """ Normalized circular Gaussian envelopes, one per aperture.
+    """Normalized circular Gaussian envelopes, one per aperture.
 
     Args:
         sigma: apertures in normalized grid units, shape (filters,).
@@ -55,8 +63,10 @@ def gaussian_envelope(sigma: torch.Tensor, kernel_size: int, eps: float = SIGMA_
     return raw * scale
 
 
-def softmax_weights(sigma: torch.Tensor, sq_distance: torch.Tensor, eps: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """ ``(U² / n², z, -t)`` flattened over the grid: the softmax of ``z = -d² / t``, ``t = sigma² + eps / 2``.
+def softmax_weights(
+    sigma: torch.Tensor, sq_distance: torch.Tensor, eps: float
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(U² / n², z, -t)`` flattened over the grid: the softmax of ``z = -d² / t``, ``t = sigma² + eps / 2``.
 
     ``sq_distance`` is the grid's (n, n) squared distances, or the same flattened to (1, n²).
     """
@@ -66,7 +76,7 @@ def softmax_weights(sigma: torch.Tensor, sq_distance: torch.Tensor, eps: float) 
 
 
 def softmax_envelope(sigma: torch.Tensor, sq_distance: torch.Tensor, eps: float = SIGMA_EPS) -> torch.Tensor:
-    """ :func:`gaussian_envelope` as ``U = n * sqrt(softmax(z))`` over the grid, differentiable in sigma.
+    """:func:`gaussian_envelope` as ``U = n * sqrt(softmax(z))`` over the grid, differentiable in sigma.
 
     Args:
         sigma: apertures, shape (filters,).
@@ -82,12 +92,12 @@ def softmax_envelope(sigma: torch.Tensor, sq_distance: torch.Tensor, eps: float 
 
 
 def envelope_and_log_derivative(
-        sigma: torch.Tensor,
-        sq_distance: torch.Tensor,
-        with_log_derivative: bool = True,
-        eps: float = SIGMA_EPS,
+    sigma: torch.Tensor,
+    sq_distance: torch.Tensor,
+    with_log_derivative: bool = True,
+    eps: float = SIGMA_EPS,
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """ The envelopes U of :func:`softmax_envelope` and ``d log U / d sigma``, without autograd.
+    """The envelopes U of :func:`softmax_envelope` and ``d log U / d sigma``, without autograd.
 
     With ``t = sigma² + eps / 2`` and ``z = -d² / t`` the normalized envelope is
     ``U = n * sqrt(softmax(z))`` (``U² / n²`` are the softmax weights). Its logarithmic derivative
@@ -116,7 +126,7 @@ def envelope_and_log_derivative(
 
 
 def centre_energy_fraction(kernel: torch.Tensor) -> List[float]:
-    """ Fraction of a kernel's energy (sum of squares) inside each odd centred window.
+    """Fraction of a kernel's energy (sum of squares) inside each odd centred window.
 
     Args:
         kernel: (..., n, n) tensor with odd n; energy is summed over every leading dim.
@@ -130,13 +140,13 @@ def centre_energy_fraction(kernel: torch.Tensor) -> List[float]:
     centre = n // 2
     fractions = []
     for radius in range(centre + 1):
-        window = energy[centre - radius:centre + radius + 1, centre - radius:centre + radius + 1]
+        window = energy[centre - radius : centre + radius + 1, centre - radius : centre + radius + 1]
         fractions.append(float(window.sum()) / total if total > 0 else 1.0)
     return fractions
 
 
 def effective_kernel_size(kernel: torch.Tensor, energy: float = 0.95) -> int:
-    """ Smallest odd centred window of ``kernel`` (..., n, n) that holds ``energy`` of its energy. """
+    """Smallest odd centred window of ``kernel`` (..., n, n) that holds ``energy`` of its energy."""
     if not 0.0 < energy <= 1.0:
         raise ValueError(f'energy must be in (0, 1], got {energy}')
     for radius, fraction in enumerate(centre_energy_fraction(kernel)):

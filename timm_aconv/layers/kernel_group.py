@@ -1,4 +1,4 @@
-""" Product kernels of many adaptive layers computed together
+"""Product kernels of many adaptive layers computed together
 
 An adaptive layer trains through its product kernel ``W ∘ U(sigma)``. Computed layer by layer,
 each kernel costs a dozen small operations and as many again in the backward: on a GPU, where a
@@ -30,6 +30,7 @@ model built from :class:`~timm_aconv.AdaptiveConv2d` layers ends in one group; s
 :func:`ungroup_adaptive_layers`) forms a group of its own, which is exact but computes one layer at
 a time.
 """
+
 import operator
 import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -42,16 +43,24 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from .envelope import envelope_and_log_derivative, softmax_envelope
 
-__all__ = ['KernelGroup', 'group_adaptive_layers', 'ungroup_adaptive_layers', 'group_on_registration',
-           'register_batched_envelopes', 'OptimizerSteps', 'stream_capturing']
+__all__ = [
+    'KernelGroup',
+    'OptimizerSteps',
+    'group_adaptive_layers',
+    'group_on_registration',
+    'register_batched_envelopes',
+    'stream_capturing',
+    'ungroup_adaptive_layers',
+]
 
 # marks a module under which adaptive layers were registered (the registration hook walks only those)
 HOLDS_LAYERS = '_aconv_holds_layers'
 
 
 class OptimizerSteps:
-    """ Counts ``step()`` calls of every torch optimizer: fused optimizers (``fused=True``) update
-    parameters without bumping their version counters, so kept kernels also key on this count. """
+    """Counts ``step()`` calls of every torch optimizer: fused optimizers (``fused=True``) update
+    parameters without bumping their version counters, so kept kernels also key on this count."""
+
     count = 0
 
     @classmethod
@@ -63,15 +72,15 @@ register_optimizer_step_post_hook(OptimizerSteps.hook)
 
 
 def stream_capturing(tensor: torch.Tensor) -> bool:
-    """ Whether ``tensor``'s CUDA stream is capturing a CUDA graph: kernels kept from outside a capture
-    must not be reused inside it, nor kernels made inside it outside (a replay rewrites them). """
+    """Whether ``tensor``'s CUDA stream is capturing a CUDA graph: kernels kept from outside a capture
+    must not be reused inside it, nor kernels made inside it outside (a replay rewrites them)."""
     return tensor.is_cuda and torch.cuda.is_current_stream_capturing()
 
 
 class _Family:
-    """ Layers of one group with the same grid size, weight dtype and device, ordered in stacks of equal
+    """Layers of one group with the same grid size, weight dtype and device, ordered in stacks of equal
     weight shape: ``stacks`` holds the (first, end) positions of each stack in ``order``,
-    ``stack_channels`` its filters (its share of the family's concatenated sigmas). """
+    ``stack_channels`` its filters (its share of the family's concatenated sigmas)."""
 
     def __init__(self, order: List[int], layers: Sequence[nn.Module], weights: Sequence[torch.Tensor]):
         self.order = order
@@ -79,15 +88,17 @@ class _Family:
         self.grid_size = layers[order[0]].grid_size
         self.dtype, self.device = weights[order[0]].dtype, weights[order[0]].device
         shapes = [weights[index].shape[1:] for index in order]
-        starts = [position for position in range(len(order)) if position == 0 or shapes[position] != shapes[position - 1]]
-        self.stacks = list(zip(starts, starts[1:] + [len(order)]))
+        starts = [
+            position for position in range(len(order)) if position == 0 or shapes[position] != shapes[position - 1]
+        ]
+        self.stacks = list(zip(starts, [*starts[1:], len(order)]))
         self.stack_shapes = [tuple(shapes[first]) for first, _end in self.stacks]
         self.stack_channels = [sum(self.out_channels[first:end]) for first, end in self.stacks]
         self.sq_distance = layers[order[0]].sq_distance.to(self.dtype)
 
 
 class _FamilyProductKernels(torch.autograd.Function):
-    """ The product kernels ``W_i * U(sigma_i)`` of a family of layers: one autograd node.
+    """The product kernels ``W_i * U(sigma_i)`` of a family of layers: one autograd node.
 
     Inputs: the family, then its weights and its sigmas in the family's order. Forward: one
     envelope computation over all filters (with ``V = d log U / d sigma`` when a sigma needs a
@@ -105,8 +116,10 @@ class _FamilyProductKernels(torch.autograd.Function):
         sigma = torch.cat(sigmas) if count > 1 else sigmas[0]
         if sigma.dtype != dtype:
             sigma = sigma.to(dtype)
-        needs_sigma = any(ctx.needs_input_grad[2 + count:]) if hasattr(ctx, 'needs_input_grad') else False
-        envelope, log_derivative = envelope_and_log_derivative(sigma, family.sq_distance, with_log_derivative=needs_sigma)
+        needs_sigma = any(ctx.needs_input_grad[2 + count :]) if hasattr(ctx, 'needs_input_grad') else False
+        envelope, log_derivative = envelope_and_log_derivative(
+            sigma, family.sq_distance, with_log_derivative=needs_sigma
+        )
         envelope = envelope.unsqueeze(1)
         several = len(family.stacks) > 1
         envelopes = envelope.split_with_sizes(family.stack_channels) if several else (envelope,)
@@ -138,35 +151,42 @@ class _FamilyProductKernels(torch.autograd.Function):
         stacks = len(family.stacks)
         envelopes, sigma_derivatives = saved[:stacks], saved[stacks:]
         count = len(family.order)
-        needs_weight = any(ctx.needs_input_grad[2:2 + count])
-        needs_sigma = any(ctx.needs_input_grad[2 + count:])
+        needs_weight = any(ctx.needs_input_grad[2 : 2 + count])
+        needs_sigma = any(ctx.needs_input_grad[2 + count :])
         grad_weights: List[Optional[torch.Tensor]] = []
         grad_sigmas: List[torch.Tensor] = []
         for index, ((first, end), stack_envelope) in enumerate(zip(family.stacks, envelopes)):
             channels = family.out_channels[first:end]
             # a kernel no layer used gets no gradient (None): zeros in its place
-            grads = [torch.zeros(size, *family.stack_shapes[index], dtype=stack_envelope.dtype,
-                                 device=stack_envelope.device) if grad is None else grad
-                     for grad, size in zip(grad_kernels[first:end], channels)]
+            grads = [
+                torch.zeros(size, *family.stack_shapes[index], dtype=stack_envelope.dtype, device=stack_envelope.device)
+                if grad is None
+                else grad
+                for grad, size in zip(grad_kernels[first:end], channels)
+            ]
             grad = torch.cat(grads) if end - first > 1 else grads[0]
             if needs_weight:
                 grad_weight = grad * stack_envelope
                 grad_weights.extend(grad_weight.split_with_sizes(channels) if end - first > 1 else (grad_weight,))
             if needs_sigma:
                 grad_sigmas.append(_batched_dot(grad, sigma_derivatives[index]))
-        weight_grads = [grad if needed else None for grad, needed in
-                        zip(grad_weights if needs_weight else [None] * count, ctx.needs_input_grad[2:])]
+        weight_grads = [
+            grad if needed else None
+            for grad, needed in zip(grad_weights if needs_weight else [None] * count, ctx.needs_input_grad[2:])
+        ]
         if needs_sigma:
             grad_sigma = torch.cat(grad_sigmas) if stacks > 1 else grad_sigmas[0]
             sigma_grads = list(grad_sigma.split_with_sizes(family.out_channels) if count > 1 else (grad_sigma,))
-            sigma_grads = [grad if needed else None for grad, needed in zip(sigma_grads, ctx.needs_input_grad[2 + count:])]
+            sigma_grads = [
+                grad if needed else None for grad, needed in zip(sigma_grads, ctx.needs_input_grad[2 + count :])
+            ]
         else:
             sigma_grads = [None] * count
         return (None, None, *weight_grads, *sigma_grads)
 
 
 def _batched_dot(grad_kernel: torch.Tensor, sigma_derivative: torch.Tensor) -> torch.Tensor:
-    """ ``(grad_kernel * sigma_derivative).sum(dim=(1, 2, 3))`` in one operation where it can. """
+    """``(grad_kernel * sigma_derivative).sum(dim=(1, 2, 3))`` in one operation where it can."""
     device_type = grad_kernel.device.type
     # bmm would run in low precision inside an autocast region (a backward called under autocast)
     autocast = torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
@@ -177,7 +197,7 @@ def _batched_dot(grad_kernel: torch.Tensor, sigma_derivative: torch.Tensor) -> t
 
 
 class KernelGroup:
-    """ The adaptive layers of one model (or one layer alone), whose product kernels are computed together.
+    """The adaptive layers of one model (or one layer alone), whose product kernels are computed together.
 
     Built by :func:`group_adaptive_layers`; each member holds the group and its index in it. Not a
     module: it holds no state of its own that a state dict would need, only the kernels of the last
@@ -191,27 +211,30 @@ class KernelGroup:
         self._entries_steps = -1
         self._taken: List[bool] = []
         self._entries_capturing = False
-        self._planned: Tuple[List[torch.Tensor], List[torch.Tensor]] = ([], [])  # the tensors the families were planned for
+        self._planned: Tuple[List[torch.Tensor], List[torch.Tensor]] = (
+            [],
+            [],
+        )  # the tensors the families were planned for
         self._traced: List[Optional[torch.Tensor]] = [None] * len(self.layers)  # under torch.compile
         self.attach()
         self._plan()
 
     def attach(self) -> None:
-        """ Make every member point at this group (leaving the group it was in before). """
+        """Make every member point at this group (leaving the group it was in before)."""
         _leave_groups(self.layers, keep=self)
         for index, layer in enumerate(self.layers):
             layer.__dict__['_kernel_group'] = self
             layer.__dict__['_group_index'] = index
 
     def add(self, layers: Sequence[nn.Module]) -> None:
-        """ Take ``layers`` into the group (out of the groups they were in). """
+        """Take ``layers`` into the group (out of the groups they were in)."""
         members = {id(layer) for layer in self.layers}
         self.layers += [layer for layer in layers if id(layer) not in members]
         self.attach()
         self.reset()
 
     def remove(self, layers: Sequence[nn.Module]) -> None:
-        """ Take ``layers`` out of the group (each then computes its own kernel until grouped again). """
+        """Take ``layers`` out of the group (each then computes its own kernel until grouped again)."""
         gone = {id(layer) for layer in layers}
         for layer in self.layers:
             if id(layer) in gone:
@@ -223,19 +246,21 @@ class KernelGroup:
         self.reset()
 
     def invalidate(self) -> None:
-        """ Drop the kept kernels (the graph they belong to was backpropagated, or a member changed). """
+        """Drop the kept kernels (the graph they belong to was backpropagated, or a member changed)."""
         self._entries = None
 
     def reset(self) -> None:
-        """ Plan the families again (a member moved to another device or dtype). """
+        """Plan the families again (a member moved to another device or dtype)."""
         self._entries = None
         self._plan()
         self._traced = [None] * len(self.layers)
 
     def _plan(self) -> None:
         # planned ahead, not on a first call: a compiled forward then traces no planning (no recompile after it)
-        self._families = self._family_plan([_parameter(layer, 'weight') for layer in self.layers],
-                                           [_parameter(layer, 'sigma') for layer in self.layers])
+        self._families = self._family_plan(
+            [_parameter(layer, 'weight') for layer in self.layers],
+            [_parameter(layer, 'sigma') for layer in self.layers],
+        )
 
     def __reduce__(self):
         # a copy (deepcopy, pickle) starts empty: the copied members join it as their state is restored
@@ -244,7 +269,7 @@ class KernelGroup:
 
     # ------------------------------------------------------------------------------ eager
     def kernel(self, layer: nn.Module, index: int) -> torch.Tensor:
-        """ The product kernel of ``layer`` (member ``index``) for a training forward.
+        """The product kernel of ``layer`` (member ``index``) for a training forward.
 
         Each kernel the group computes is handed out once while it is valid; any other request computes
         the group's kernels anew. Where saved tensors go through hooks (``torch.utils.checkpoint``: a
@@ -256,9 +281,13 @@ class KernelGroup:
         if entries is not None and self._entries_steps == OptimizerSteps.count:
             kernel, weight, weight_version, sigma, sigma_version = entries[index]
             params = layer._parameters
-            if params.get('weight') is weight and params.get('sigma') is sigma and \
-                    weight._version == weight_version and sigma._version == sigma_version and \
-                    self._entries_capturing == stream_capturing(weight):
+            if (
+                params.get('weight') is weight
+                and params.get('sigma') is sigma
+                and weight._version == weight_version
+                and sigma._version == sigma_version
+                and self._entries_capturing == stream_capturing(weight)
+            ):
                 if _saving_through_hooks():
                     return kernel
                 taken = self._taken
@@ -288,8 +317,9 @@ class KernelGroup:
         weights = [_parameter(layer, 'weight') for layer in layers]
         sigmas = [_parameter(layer, 'sigma') for layer in layers]
         planned_weights, planned_sigmas = self._planned
-        if self._families is None or not (all(map(operator.is_, weights, planned_weights)) and
-                                          all(map(operator.is_, sigmas, planned_sigmas))):
+        if self._families is None or not (
+            all(map(operator.is_, weights, planned_weights)) and all(map(operator.is_, sigmas, planned_sigmas))
+        ):
             # new parameter tensors (first call, swapped parameters): shapes, dtypes and devices may differ
             self._families = self._family_plan(weights, sigmas)
         kernels: List[Optional[torch.Tensor]] = [None] * len(layers)
@@ -298,8 +328,10 @@ class KernelGroup:
             inputs = [weights[index] for index in order] + [sigmas[index] for index in order]
             for index, kernel in zip(order, _family_kernels(self, family, inputs)):
                 kernels[index] = kernel
-        entries = [(kernel, weight, weight._version, sigma, sigma._version)
-                   for kernel, weight, sigma in zip(kernels, weights, sigmas)]
+        entries = [
+            (kernel, weight, weight._version, sigma, sigma._version)
+            for kernel, weight, sigma in zip(kernels, weights, sigmas)
+        ]
         self._entries, self._entries_steps = entries, OptimizerSteps.count
         self._taken = [False] * len(entries)
         self._entries_capturing = stream_capturing(weights[0])
@@ -307,8 +339,8 @@ class KernelGroup:
 
     # ------------------------------------------------------------------------------ traced
     def traced_kernel(self, index: int) -> torch.Tensor:
-        """ :meth:`kernel` under ``torch.compile``: the first member to run computes the group's kernels
-        with autograd (the compiler fuses them); each member takes its own once. """
+        """:meth:`kernel` under ``torch.compile``: the first member to run computes the group's kernels
+        with autograd (the compiler fuses them); each member takes its own once."""
         kernel = self._traced[index]
         if kernel is None:
             self._traced = self._formula_kernels()
@@ -332,17 +364,19 @@ class KernelGroup:
         envelope = softmax_envelope(sigma.to(dtype), layers[0].sq_distance.to(dtype)).unsqueeze(1)
         if len(layers) == 1:
             return (layers[0].weight * envelope,)
-        return (torch.cat([layer.weight for layer in layers]) * envelope).split([layer.out_channels for layer in layers])
+        return (torch.cat([layer.weight for layer in layers]) * envelope).split(
+            [layer.out_channels for layer in layers]
+        )
 
 
 def _saving_through_hooks() -> bool:
-    """ Whether saved tensors go through hooks now (``torch.utils.checkpoint`` installs them). """
+    """Whether saved tensors go through hooks now (``torch.utils.checkpoint`` installs them)."""
     top_hooks = getattr(torch._C._autograd, '_top_saved_tensors_default_hooks', None)
     return top_hooks is not None and top_hooks(False) is not None
 
 
 def _parameter(layer: nn.Module, name: str) -> torch.Tensor:
-    """ ``getattr(layer, name)`` without ``nn.Module.__getattr__`` where the tensor is a registered parameter. """
+    """``getattr(layer, name)`` without ``nn.Module.__getattr__`` where the tensor is a registered parameter."""
     tensor = layer._parameters.get(name)
     return getattr(layer, name) if tensor is None else tensor
 
@@ -355,7 +389,7 @@ def _family_kernels(group: KernelGroup, family: _Family, inputs: List[torch.Tens
 
 
 class _NoContext:
-    """ Stands in for the autograd context of a forward no backward will follow. """
+    """Stands in for the autograd context of a forward no backward will follow."""
 
     def set_materialize_grads(self, _value: bool) -> None:
         pass
@@ -365,7 +399,7 @@ class _NoContext:
 
 
 def group_adaptive_layers(model: nn.Module) -> Optional[KernelGroup]:
-    """ Compute the product kernels of all adaptive layers of ``model`` together in training.
+    """Compute the product kernels of all adaptive layers of ``model`` together in training.
 
     Registered models and :func:`~timm_aconv.convert_convs` do it already; call it for a model
     built from bare :class:`~timm_aconv.AdaptiveConv2d` layers, or again after changing which
@@ -389,13 +423,13 @@ def group_adaptive_layers(model: nn.Module) -> Optional[KernelGroup]:
 
 
 def ungroup_adaptive_layers(model: nn.Module) -> None:
-    """ Undo :func:`group_adaptive_layers` on ``model`` and every module inside it: each adaptive
-    layer computes its own kernel again (until its model is grouped again). """
+    """Undo :func:`group_adaptive_layers` on ``model`` and every module inside it: each adaptive
+    layer computes its own kernel again (until its model is grouped again)."""
     _leave_groups([module for module in model.modules() if isinstance(module, _layer_class())])
 
 
 def _leave_groups(layers: Sequence[nn.Module], keep: Optional[KernelGroup] = None) -> None:
-    """ Take each of ``layers`` out of the group it belongs to (other than ``keep``). """
+    """Take each of ``layers`` out of the group it belongs to (other than ``keep``)."""
     by_group: Dict[int, Tuple[KernelGroup, List[nn.Module]]] = {}
     for layer in layers:
         group = layer.__dict__.get('_kernel_group')
@@ -406,7 +440,7 @@ def _leave_groups(layers: Sequence[nn.Module], keep: Optional[KernelGroup] = Non
 
 
 class _UngroupHandle:
-    """ ``remove()`` ungroups the model (the handle :func:`register_batched_envelopes` returns). """
+    """``remove()`` ungroups the model (the handle :func:`register_batched_envelopes` returns)."""
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -416,17 +450,21 @@ class _UngroupHandle:
 
 
 def register_batched_envelopes(model: nn.Module) -> _UngroupHandle:
-    """ Deprecated: :func:`group_adaptive_layers` (the default of every registered and converted model)
+    """Deprecated: :func:`group_adaptive_layers` (the default of every registered and converted model)
     computes envelopes and products of all layers together. Groups ``model``; ``remove()`` on the
-    returned handle ungroups it. """
-    warnings.warn('register_batched_envelopes is deprecated: models are grouped by default '
-                  '(timm_aconv.group_adaptive_layers groups any other model)', DeprecationWarning, stacklevel=2)
+    returned handle ungroups it."""
+    warnings.warn(
+        'register_batched_envelopes is deprecated: models are grouped by default '
+        '(timm_aconv.group_adaptive_layers groups any other model)',
+        DeprecationWarning,
+        stacklevel=2,
+    )
     group_adaptive_layers(model)
     return _UngroupHandle(model)
 
 
 def group_on_registration(parent: nn.Module, name: str, module: Optional[nn.Module]) -> None:
-    """ A module registration hook (``torch.nn.modules.module.register_module_module_registration_hook``)
+    """A module registration hook (``torch.nn.modules.module.register_module_module_registration_hook``)
     that keeps the adaptive layers of a model in one group while it is built or edited:
 
     - the adaptive layers of a module replaced under ``name`` leave their group;
@@ -462,7 +500,7 @@ def _holds_layers(module: nn.Module, layer_class: type) -> bool:
 
 
 def _common_group(layers: Sequence[nn.Module]) -> Optional[KernelGroup]:
-    """ The group all of ``layers`` belong to, or None (none, several, or a layer in no group). """
+    """The group all of ``layers`` belong to, or None (none, several, or a layer in no group)."""
     group = layers[0].__dict__.get('_kernel_group') if layers else None
     if group is None or any(layer.__dict__.get('_kernel_group') is not group for layer in layers):
         return None
@@ -471,6 +509,7 @@ def _common_group(layers: Sequence[nn.Module]) -> Optional[KernelGroup]:
 
 def _layer_class() -> type:
     from .adaptive_conv import AdaptiveConv2d  # the layer module imports this one
+
     return AdaptiveConv2d
 
 

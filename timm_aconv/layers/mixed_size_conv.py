@@ -1,4 +1,4 @@
-""" A convolution whose filters have different kernel sizes, as plain ``nn.Conv2d`` groups
+"""A convolution whose filters have different kernel sizes, as plain ``nn.Conv2d`` groups
 
 :class:`MixedSizeConv2d` holds one ``nn.Conv2d`` per kernel size (a *bucket* of filters),
 runs each on the same input and concatenates their outputs along the channel axis. It is what
@@ -13,6 +13,7 @@ border (a window smaller than the original kernel needs less padding than ``'val
 ``None`` means the concatenated order is the one the following layers expect (identity, or the
 export permuted those layers' input channels instead).
 """
+
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -22,7 +23,7 @@ __all__ = ['MixedSizeConv2d', 'WindowConv2d']
 
 
 class WindowConv2d(nn.Conv2d):
-    """ ``nn.Conv2d`` on ``x[:, input_index, trim_h:H - trim_h, trim_w:W - trim_w]``.
+    """``nn.Conv2d`` on ``x[:, input_index, trim_h:H - trim_h, trim_w:W - trim_w]``.
 
     Args:
         *args, **kwargs: ``nn.Conv2d``'s.
@@ -30,11 +31,14 @@ class WindowConv2d(nn.Conv2d):
         input_trim: rows and columns dropped on each side of the input (0, 0: none).
     """
 
-    def __init__(self, *args, input_index: Optional[torch.Tensor] = None, input_trim: Tuple[int, int] = (0, 0),
-                 **kwargs):
+    def __init__(
+        self, *args, input_index: Optional[torch.Tensor] = None, input_trim: Tuple[int, int] = (0, 0), **kwargs
+    ):
         super().__init__(*args, **kwargs)
         self.select_input = input_index is not None
-        self.register_buffer('input_index', input_index if input_index is not None else torch.zeros(0, dtype=torch.long))
+        self.register_buffer(
+            'input_index', input_index if input_index is not None else torch.zeros(0, dtype=torch.long)
+        )
         self.input_trim: Tuple[int, int] = (int(input_trim[0]), int(input_trim[1]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -42,7 +46,7 @@ class WindowConv2d(nn.Conv2d):
             x = x.index_select(1, self.input_index)
         trim_h, trim_w = self.input_trim
         if trim_h > 0 or trim_w > 0:
-            x = x[:, :, trim_h:x.shape[-2] - trim_h, trim_w:x.shape[-1] - trim_w]
+            x = x[:, :, trim_h : x.shape[-2] - trim_h, trim_w : x.shape[-1] - trim_w]
         return self._conv_forward(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
@@ -55,7 +59,7 @@ class WindowConv2d(nn.Conv2d):
 
 
 class MixedSizeConv2d(nn.Module):
-    """ Buckets of filters with their own kernel sizes; outputs concatenated (and reordered).
+    """Buckets of filters with their own kernel sizes; outputs concatenated (and reordered).
 
     Args:
         buckets: the convolutions, each producing some of the filters.
@@ -68,8 +72,13 @@ class MixedSizeConv2d(nn.Module):
     (the largest bucket's) describe the layer as a whole.
     """
 
-    def __init__(self, buckets: Sequence[nn.Conv2d], output_index: Optional[torch.Tensor] = None,
-                 in_channels: Optional[int] = None, groups: int = 1):
+    def __init__(
+        self,
+        buckets: Sequence[nn.Conv2d],
+        output_index: Optional[torch.Tensor] = None,
+        in_channels: Optional[int] = None,
+        groups: int = 1,
+    ):
         super().__init__()
         if not buckets:
             raise ValueError('MixedSizeConv2d needs at least one bucket')
@@ -83,11 +92,12 @@ class MixedSizeConv2d(nn.Module):
             raise ValueError(f'output_index must be a permutation of range({self.out_channels})')
         self.reorder_output = output_index is not None
         self.register_buffer(
-            'output_index', output_index if output_index is not None else torch.zeros(0, dtype=torch.long))
+            'output_index', output_index if output_index is not None else torch.zeros(0, dtype=torch.long)
+        )
 
     @property
     def bucket_sizes(self) -> List[Tuple[int, int]]:
-        """ (kernel size, filters) of each bucket, in concatenation order. """
+        """(kernel size, filters) of each bucket, in concatenation order."""
         return [(bucket.kernel_size[0], bucket.out_channels) for bucket in self.buckets]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-""" Training helpers for the apertures (sigma) of adaptive layers
+"""Training helpers for the apertures (sigma) of adaptive layers
 
 The paper clips every sigma into [1/n, n] after each optimizer update (section 3.3,
 Algorithm 1) and its code keeps sigma out of the L2 penalty. These helpers give a whole
@@ -11,6 +11,7 @@ Without it the clamp happens anyway: a post-step hook of every torch optimizer (
 import, :func:`set_auto_sigma_clamp` turns it off) clamps the sigmas that optimizer holds after
 each of its steps, unless a :func:`register_sigma_clamp` hook on it does so already.
 """
+
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
@@ -21,23 +22,29 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from .adaptive_conv import SIGMA_OWNERS, AdaptiveConv2d
 
-__all__ = ['adaptive_layers', 'named_adaptive_layers', 'clamp_sigmas_', 'register_sigma_clamp', 'param_groups',
-           'set_auto_sigma_clamp']
+__all__ = [
+    'adaptive_layers',
+    'clamp_sigmas_',
+    'named_adaptive_layers',
+    'param_groups',
+    'register_sigma_clamp',
+    'set_auto_sigma_clamp',
+]
 
 
 def named_adaptive_layers(model: nn.Module) -> Iterator[Tuple[str, AdaptiveConv2d]]:
-    """ (qualified name, layer) of every :class:`AdaptiveConv2d` in ``model``, in module order
-    (a shared module once, under its first name). """
+    """(qualified name, layer) of every :class:`AdaptiveConv2d` in ``model``, in module order
+    (a shared module once, under its first name)."""
     return ((name, module) for name, module in model.named_modules() if isinstance(module, AdaptiveConv2d))
 
 
 def adaptive_layers(model: nn.Module) -> Iterator[AdaptiveConv2d]:
-    """ Every :class:`AdaptiveConv2d` in ``model`` (each shared module once). """
+    """Every :class:`AdaptiveConv2d` in ``model`` (each shared module once)."""
     return (module for _, module in named_adaptive_layers(model))
 
 
 def clamp_sigmas_(model: nn.Module) -> int:
-    """ Clip the sigma of every adaptive layer in ``model`` into its bounds; returns the layer count.
+    """Clip the sigma of every adaptive layer in ``model`` into its bounds; returns the layer count.
 
     One ``torch._foreach_clamp_min_`` and one ``torch._foreach_clamp_max_`` call per device and
     dtype (a single multi-tensor kernel each on a GPU), not one clamp per layer.
@@ -52,7 +59,7 @@ def _clamp_layers(layers: List[AdaptiveConv2d]) -> None:
 
 
 def _clamp(sigmas_and_layers: List[Tuple[torch.Tensor, AdaptiveConv2d]]) -> None:
-    """ Clamp each sigma into its layer's bounds. """
+    """Clamp each sigma into its layer's bounds."""
     groups: Dict[Tuple[torch.device, torch.dtype], Tuple[List[torch.Tensor], List[float], List[float]]] = {}
     for sigma, layer in sigmas_and_layers:
         sigmas, lows, highs = groups.setdefault((sigma.device, sigma.dtype), ([], [], []))
@@ -68,13 +75,13 @@ def _clamp(sigmas_and_layers: List[Tuple[torch.Tensor, AdaptiveConv2d]]) -> None
 
 
 def _param_groups_key(optimizer: torch.optim.Optimizer) -> Tuple:
-    """ What changes when an optimizer's parameters change (``add_param_group``, a new ``params`` list). """
+    """What changes when an optimizer's parameters change (``add_param_group``, a new ``params`` list)."""
     return tuple((id(group['params']), len(group['params'])) for group in optimizer.param_groups)
 
 
 class _SigmaClampHook:
-    """ The post-step hook of :func:`register_sigma_clamp`: its first call clamps every adaptive layer of
-    ``model``, later ones the sigmas the optimizer updates (:func:`_clamp_optimizer_sigmas`). """
+    """The post-step hook of :func:`register_sigma_clamp`: its first call clamps every adaptive layer of
+    ``model``, later ones the sigmas the optimizer updates (:func:`_clamp_optimizer_sigmas`)."""
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -95,7 +102,7 @@ class _SigmaClampHook:
 
 
 def register_sigma_clamp(optimizer: torch.optim.Optimizer, model: nn.Module) -> RemovableHandle:
-    """ Clamp the sigmas of ``model`` after every ``optimizer.step()``.
+    """Clamp the sigmas of ``model`` after every ``optimizer.step()``.
 
     Uses :meth:`torch.optim.Optimizer.register_step_post_hook`, so the clamp runs only when the
     optimizer really steps: a step skipped under gradient accumulation (Accelerate's
@@ -116,13 +123,13 @@ def register_sigma_clamp(optimizer: torch.optim.Optimizer, model: nn.Module) -> 
 
 
 def param_groups(
-        model: nn.Module,
-        weight_decay: float = 0.0,
-        lr: Optional[float] = None,
-        sigma_lr_scale: float = 1.0,
-        no_weight_decay_1d: bool = True,
+    model: nn.Module,
+    weight_decay: float = 0.0,
+    lr: Optional[float] = None,
+    sigma_lr_scale: float = 1.0,
+    no_weight_decay_1d: bool = True,
 ) -> List[Dict]:
-    """ Optimizer parameter groups: decayed weights, undecayed rest, and sigma.
+    """Optimizer parameter groups: decayed weights, undecayed rest, and sigma.
 
     Args:
         model: the model.
@@ -167,8 +174,8 @@ _OPTIMIZER_LAYERS: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 
 def _clamp_optimizer_sigmas(optimizer: torch.optim.Optimizer) -> None:
-    """ Clamp the sigmas ``optimizer`` holds; which layers they belong to is looked up once per set of
-    parameter groups (through :data:`~timm_aconv.layers.adaptive_conv.SIGMA_OWNERS`), not per step. """
+    """Clamp the sigmas ``optimizer`` holds; which layers they belong to is looked up once per set of
+    parameter groups (through :data:`~timm_aconv.layers.adaptive_conv.SIGMA_OWNERS`), not per step."""
     key = _param_groups_key(optimizer)
     cached = _OPTIMIZER_LAYERS.get(optimizer)
     if cached is None or cached[0] != key:
@@ -179,14 +186,16 @@ def _clamp_optimizer_sigmas(optimizer: torch.optim.Optimizer) -> None:
 
 
 class _AutoClamp:
-    """ The post-step hook of every torch optimizer: :func:`_clamp_optimizer_sigmas`, unless turned off
-    or left to a :func:`register_sigma_clamp` hook on the optimizer. """
+    """The post-step hook of every torch optimizer: :func:`_clamp_optimizer_sigmas`, unless turned off
+    or left to a :func:`register_sigma_clamp` hook on the optimizer."""
+
     enabled = True
 
     @classmethod
     def hook(cls, optimizer: torch.optim.Optimizer, _args, _kwargs) -> None:
-        if cls.enabled and not any(isinstance(hook, _SigmaClampHook)
-                                   for hook in getattr(optimizer, '_optimizer_step_post_hooks', {}).values()):
+        if cls.enabled and not any(
+            isinstance(hook, _SigmaClampHook) for hook in getattr(optimizer, '_optimizer_step_post_hooks', {}).values()
+        ):
             _clamp_optimizer_sigmas(optimizer)
 
 
@@ -194,7 +203,7 @@ register_optimizer_step_post_hook(_AutoClamp.hook)
 
 
 def set_auto_sigma_clamp(enabled: bool) -> bool:
-    """ Turn the clamp after every optimizer step (on by default) on or off; returns the previous setting.
+    """Turn the clamp after every optimizer step (on by default) on or off; returns the previous setting.
 
     On, every ``torch.optim.Optimizer`` that holds the sigma of an adaptive layer clamps it into the layer's
     bounds after each step it really takes (not after a step an AMP ``GradScaler`` skips, nor after an

@@ -1,4 +1,4 @@
-""" A differentiable kernel-size budget on the apertures (sigma) of adaptive layers
+"""A differentiable kernel-size budget on the apertures (sigma) of adaptive layers
 
 A filter exported at its learned size (:func:`timm_aconv.export_learned_sizes`) keeps the
 smallest centred odd window that holds all but ``crop_tol`` of its energy, so its cost per
@@ -25,6 +25,7 @@ spread evenly over the grid, as at initialization); the export measures the prod
     >>> pixels = OutputPixelTracker(model)         # layers at different resolutions weigh their FLOPs
     >>> loss = criterion(model(x), y) + 0.1 * size_penalty(model, target=0.5, output_pixels=pixels)
 """
+
 import functools
 import math
 from typing import Dict, Mapping, Optional
@@ -36,8 +37,14 @@ from .adaptive_conv import AdaptiveConv2d
 from .sigma import named_adaptive_layers
 
 __all__ = [
-    'DEFAULT_CROP_TOL', 'OutputPixelTracker', 'check_crop_tol', 'energy_outside_windows', 'soft_kernel_size',
-    'estimated_kernel_flops', 'size_penalty']
+    'DEFAULT_CROP_TOL',
+    'OutputPixelTracker',
+    'check_crop_tol',
+    'energy_outside_windows',
+    'estimated_kernel_flops',
+    'size_penalty',
+    'soft_kernel_size',
+]
 
 # all but 0.1% of each filter's energy: ~3% relative output error per layer on uncorrelated inputs
 DEFAULT_CROP_TOL = 1e-3
@@ -46,22 +53,23 @@ DEFAULT_TEMPERATURE = 1.0
 
 
 def check_crop_tol(crop_tol: float, name: str = 'crop_tol') -> float:
-    """ ``crop_tol`` as a float in (0, 1) or a ValueError naming ``name``. """
+    """``crop_tol`` as a float in (0, 1) or a ValueError naming ``name``."""
     if isinstance(crop_tol, bool) or not isinstance(crop_tol, (int, float)) or not 0.0 < crop_tol < 1.0:
-        raise ValueError(f'{name} must be a number in (0, 1) (the share of each filter\'s energy a crop may drop), '
-                         f'got {crop_tol!r}')
+        raise ValueError(
+            f"{name} must be a number in (0, 1) (the share of each filter's energy a crop may drop), got {crop_tol!r}"
+        )
     return float(crop_tol)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _chebyshev_rings(size: int, device: torch.device) -> torch.Tensor:
-    """ (n*n,) ring of each grid tap (its Chebyshev distance to the centre), row-major. """
+    """(n*n,) ring of each grid tap (its Chebyshev distance to the centre), row-major."""
     coords = (torch.arange(size, device=device) - size // 2).abs()
     return torch.maximum(coords[:, None], coords[None, :]).flatten()
 
 
 def energy_outside_windows(energy: torch.Tensor) -> torch.Tensor:
-    """ Share of the energy outside each centred odd window, differentiably.
+    """Share of the energy outside each centred odd window, differentiably.
 
     Args:
         energy: non-negative per-tap energies of shape (..., n, n), n odd (e.g. ``envelope ** 2`` or
@@ -83,11 +91,11 @@ def energy_outside_windows(energy: torch.Tensor) -> torch.Tensor:
 
 
 def soft_kernel_size(
-        layer: AdaptiveConv2d,
-        crop_tol: float = DEFAULT_CROP_TOL,
-        temperature: float = DEFAULT_TEMPERATURE,
+    layer: AdaptiveConv2d,
+    crop_tol: float = DEFAULT_CROP_TOL,
+    temperature: float = DEFAULT_TEMPERATURE,
 ) -> torch.Tensor:
-    """ A differentiable estimate of each filter's exported kernel side, shape (out_channels,).
+    """A differentiable estimate of each filter's exported kernel side, shape (out_channels,).
 
     Between 1 and n; as ``temperature -> 0`` it is the smallest odd window holding all but
     ``crop_tol`` of the filter's envelope energy. Its gradient with respect to ``layer.sigma`` is
@@ -104,35 +112,39 @@ def soft_kernel_size(
     return soft_count + gaussian_width - gaussian_width.detach()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _window_half_width(crop_tol: float) -> float:
-    """ c with erf(c)² = 1 - crop_tol: a centred square of half-width c * s holds all but ``crop_tol`` of
-    the energy exp(-|x|² / s²) (a Gaussian envelope of aperture s, squared). """
+    """c with erf(c)² = 1 - crop_tol: a centred square of half-width c * s holds all but ``crop_tol`` of
+    the energy exp(-|x|² / s²) (a Gaussian envelope of aperture s, squared)."""
     return float(torch.erfinv(torch.tensor(math.sqrt(1.0 - crop_tol), dtype=torch.float64)))
 
 
 def _layer_weights(model: nn.Module, output_pixels: Optional[Mapping]) -> Dict[str, tuple]:
     layers = dict(named_adaptive_layers(model))
     if not layers:
-        raise ValueError(f'model has no AdaptiveConv2d layer ({type(model).__name__}): nothing to budget; '
-                         'build it adaptive (aconv_* models) or convert_convs it first')
+        raise ValueError(
+            f'model has no AdaptiveConv2d layer ({type(model).__name__}): nothing to budget; '
+            'build it adaptive (aconv_* models) or convert_convs it first'
+        )
     weights = {}
     for name, layer in layers.items():
         pixels = 1 if output_pixels is None else output_pixels.get(layer, output_pixels.get(name))
         if pixels is None:
-            raise ValueError(f'output_pixels has no entry for adaptive layer {name!r}: run a forward pass with the '
-                             'OutputPixelTracker attached, or pass output_pixels=None (per output pixel)')
+            raise ValueError(
+                f'output_pixels has no entry for adaptive layer {name!r}: run a forward pass with the '
+                'OutputPixelTracker attached, or pass output_pixels=None (per output pixel)'
+            )
         weights[name] = (layer, float(pixels) * layer.in_channels // layer.groups)
     return weights
 
 
 def estimated_kernel_flops(
-        model: nn.Module,
-        crop_tol: float = DEFAULT_CROP_TOL,
-        temperature: float = DEFAULT_TEMPERATURE,
-        output_pixels: Optional[Mapping] = None,
+    model: nn.Module,
+    crop_tol: float = DEFAULT_CROP_TOL,
+    temperature: float = DEFAULT_TEMPERATURE,
+    output_pixels: Optional[Mapping] = None,
 ) -> torch.Tensor:
-    """ The adaptive layers' multiply-adds at their :func:`soft_kernel_size`, relative to full grids.
+    """The adaptive layers' multiply-adds at their :func:`soft_kernel_size`, relative to full grids.
 
     A scalar tensor in (0, 1], differentiable in every sigma. Each filter weighs
     ``in_channels / groups * output pixels * size²``; ``output_pixels`` maps layers (modules or
@@ -143,18 +155,18 @@ def estimated_kernel_flops(
     for layer, weight in _layer_weights(model, output_pixels).values():
         sizes = soft_kernel_size(layer, crop_tol, temperature)
         total = total + weight * sizes.square().sum()
-        full += weight * layer.out_channels * layer.grid_size ** 2
+        full += weight * layer.out_channels * layer.grid_size**2
     return total / full
 
 
 def size_penalty(
-        model: nn.Module,
-        target: float = 0.5,
-        crop_tol: float = DEFAULT_CROP_TOL,
-        temperature: float = DEFAULT_TEMPERATURE,
-        output_pixels: Optional[Mapping] = None,
+    model: nn.Module,
+    target: float = 0.5,
+    crop_tol: float = DEFAULT_CROP_TOL,
+    temperature: float = DEFAULT_TEMPERATURE,
+    output_pixels: Optional[Mapping] = None,
 ) -> torch.Tensor:
-    """ ``relu(estimated_kernel_flops - target) / target``: a loss term, zero within the budget.
+    """``relu(estimated_kernel_flops - target) / target``: a loss term, zero within the budget.
 
     Args:
         model: a model with adaptive layers.
@@ -171,7 +183,7 @@ def size_penalty(
 
 
 class OutputPixelTracker(Dict[AdaptiveConv2d, int]):
-    """ Output height × width of every adaptive layer of ``model``, updated by forward hooks.
+    """Output height × width of every adaptive layer of ``model``, updated by forward hooks.
 
     A mapping from layer to pixel count for :func:`estimated_kernel_flops` / :func:`size_penalty`:
     the entries appear with the first forward pass. ``remove()`` detaches the hooks.

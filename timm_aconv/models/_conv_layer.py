@@ -1,10 +1,11 @@
-""" Convolution factory shared by the twin (CONV / ACONV) model families
+"""Convolution factory shared by the twin (CONV / ACONV) model families
 
 The paper compares an ordinary network with the same network whose convolutions are
 adaptive. Both twins are built by one model class that asks :func:`create_conv_layer` for
 its k×k convolutions, so their architectures differ only in the layer type (and the one
 ``sigma`` per adaptive filter).
 """
+
 from functools import partial
 from typing import Callable, Optional, Tuple
 
@@ -19,13 +20,13 @@ ConvLayer = Callable[..., nn.Conv2d]
 
 
 def create_conv_layer(
-        adaptive: bool,
-        kernel_size: int,
-        sigma_init: SigmaInit = (0.1, 0.5),
-        sigma_bounds: Optional[Tuple[float, float]] = None,
-        bias: bool = False,
+    adaptive: bool,
+    kernel_size: int,
+    sigma_init: SigmaInit = (0.1, 0.5),
+    sigma_bounds: Optional[Tuple[float, float]] = None,
+    bias: bool = False,
 ) -> ConvLayer:
-    """ A factory of k×k convolutions: :class:`AdaptiveConv2d` when ``adaptive`` else ``nn.Conv2d``.
+    """A factory of k×k convolutions: :class:`AdaptiveConv2d` when ``adaptive`` else ``nn.Conv2d``.
 
     Args:
         adaptive: build adaptive layers (ACONV) or ordinary ones (CONV).
@@ -41,8 +42,8 @@ def create_conv_layer(
     kernel_size = resolve_kernel_size(kernel_size)
     if adaptive:
         return partial(
-            _conv, AdaptiveConv2d, kernel_size=kernel_size, bias=bias, sigma_init=sigma_init,
-            sigma_bounds=sigma_bounds)
+            _conv, AdaptiveConv2d, kernel_size=kernel_size, bias=bias, sigma_init=sigma_init, sigma_bounds=sigma_bounds
+        )
     return partial(_conv, nn.Conv2d, kernel_size=kernel_size, bias=bias)
 
 

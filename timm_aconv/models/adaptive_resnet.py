@@ -1,4 +1,4 @@
-""" timm's ImageNet ResNets with adaptive spatial convolutions
+"""timm's ImageNet ResNets with adaptive spatial convolutions
 
 Paper: `Adaptive Convolution Kernel for Artificial Neural Networks` (F. Boray Tek et al.).
 
@@ -16,6 +16,7 @@ unchanged::
 
     >>> model = timm.create_model('aconv_resnet34', pretrained=True)   # == resnet34's logits
 """
+
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -33,13 +34,13 @@ STEM = 'conv1'
 
 
 def adaptive_resnet(
-        kernel_size: int = 5,
-        stem_kernel_size: int = 7,
-        sigma_init: Optional[SigmaInit] = None,
-        sigma_bounds: Optional[Tuple[float, float]] = None,
-        **kwargs,
+    kernel_size: int = 5,
+    stem_kernel_size: int = 7,
+    sigma_init: Optional[SigmaInit] = None,
+    sigma_bounds: Optional[Tuple[float, float]] = None,
+    **kwargs,
 ) -> ResNet:
-    """ A timm :class:`~timm.models.ResNet` (built from ``kwargs``) with adaptive spatial convolutions.
+    """A timm :class:`~timm.models.ResNet` (built from ``kwargs``) with adaptive spatial convolutions.
 
     Args:
         kernel_size: base grid n of the block convolutions (3×3 in timm's ResNet), odd >= 3.
@@ -62,7 +63,7 @@ def adaptive_resnet(
 
 
 def convert_pretrained_resnet(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
-    """ timm ResNet weights → the adaptive model's (a ``pretrained_filter_fn``), keeping the function.
+    """timm ResNet weights → the adaptive model's (a ``pretrained_filter_fn``), keeping the function.
 
     Ordinary k×k kernels are converted with each layer's own grid, ``sigma_init`` and
     ``sigma_bounds`` (see :func:`~timm_aconv.surgery.adapt_ordinary_weights`); adaptive checkpoints pass.
@@ -75,45 +76,47 @@ def _create_aconv_resnet(variant: str, pretrained: bool = False, **kwargs) -> Re
         # a wide envelope divides the pretrained kernels mildly (see convert_convs)
         kwargs.setdefault('sigma_init', PRESERVE_SIGMA_INIT)
     return build_model_with_cfg(
-        adaptive_resnet, variant, pretrained, pretrained_filter_fn=convert_pretrained_resnet, **kwargs)
+        adaptive_resnet, variant, pretrained, pretrained_filter_fn=convert_pretrained_resnet, **kwargs
+    )
 
 
 ARCHS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
 # every pretrained tag of timm's ResNet, pointing at timm's weights (hf_hub_id / url unchanged)
-default_cfgs = generate_default_cfgs({
-    f'aconv_{name}': cfg for arch in ARCHS for name, cfg in get_arch_pretrained_cfgs(arch).items()})
+default_cfgs = generate_default_cfgs(
+    {f'aconv_{name}': cfg for arch in ARCHS for name, cfg in get_arch_pretrained_cfgs(arch).items()}
+)
 
 
 @register_model
 def aconv_resnet18(pretrained: bool = False, **kwargs) -> ResNet:
-    """ ResNet-18 with adaptive convolutions (5×5 grids in the blocks, adaptive 7×7 stem) """
+    """ResNet-18 with adaptive convolutions (5×5 grids in the blocks, adaptive 7×7 stem)"""
     model_args = dict(block=BasicBlock, layers=(2, 2, 2, 2))
     return _create_aconv_resnet('aconv_resnet18', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def aconv_resnet34(pretrained: bool = False, **kwargs) -> ResNet:
-    """ ResNet-34 with adaptive convolutions (5×5 grids in the blocks, adaptive 7×7 stem) """
+    """ResNet-34 with adaptive convolutions (5×5 grids in the blocks, adaptive 7×7 stem)"""
     model_args = dict(block=BasicBlock, layers=(3, 4, 6, 3))
     return _create_aconv_resnet('aconv_resnet34', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def aconv_resnet50(pretrained: bool = False, **kwargs) -> ResNet:
-    """ ResNet-50 with adaptive convolutions (5×5 grids in the blocks, adaptive 7×7 stem) """
+    """ResNet-50 with adaptive convolutions (5×5 grids in the blocks, adaptive 7×7 stem)"""
     model_args = dict(block=Bottleneck, layers=(3, 4, 6, 3))
     return _create_aconv_resnet('aconv_resnet50', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def aconv_resnet101(pretrained: bool = False, **kwargs) -> ResNet:
-    """ ResNet-101 with adaptive convolutions (5×5 grids in the blocks, adaptive 7×7 stem) """
+    """ResNet-101 with adaptive convolutions (5×5 grids in the blocks, adaptive 7×7 stem)"""
     model_args = dict(block=Bottleneck, layers=(3, 4, 23, 3))
     return _create_aconv_resnet('aconv_resnet101', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def aconv_resnet152(pretrained: bool = False, **kwargs) -> ResNet:
-    """ ResNet-152 with adaptive convolutions (5×5 grids in the blocks, adaptive 7×7 stem) """
+    """ResNet-152 with adaptive convolutions (5×5 grids in the blocks, adaptive 7×7 stem)"""
     model_args = dict(block=Bottleneck, layers=(3, 8, 36, 3))
     return _create_aconv_resnet('aconv_resnet152', pretrained, **dict(model_args, **kwargs))

@@ -1,4 +1,4 @@
-""" CIFAR ResNets with adaptive (ACONV) or ordinary (CONV) k×k convolutions
+"""CIFAR ResNets with adaptive (ACONV) or ordinary (CONV) k×k convolutions
 
 Papers:
 * `Deep Residual Learning for Image Recognition` (He et al., 2015), section 4.2: the 6n+2-layer
@@ -18,6 +18,7 @@ parameter, sigma, per filter), so a CONV k×k vs ACONV k×k comparison is one mo
     >>> import timm, timm_aconv
     >>> model = timm.create_model('aconv_resnet20', kernel_size=7, num_classes=10)
 """
+
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
@@ -25,12 +26,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import create_classifier
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
-from ._timm_internals import feature_take_indices
 
 from ..layers.adaptive_conv import SigmaInit
 from ._conv_layer import ConvLayer, create_conv_layer
+from ._timm_internals import feature_take_indices
 
-__all__ = ['CifarResNet', 'CifarBasicBlock', 'ChannelRepeatShortcut', 'CIFAR10_MEAN', 'CIFAR10_STD']
+__all__ = ['CIFAR10_MEAN', 'CIFAR10_STD', 'ChannelRepeatShortcut', 'CifarBasicBlock', 'CifarResNet']
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -38,7 +39,7 @@ SHORTCUTS = ('A', 'B')
 
 
 class ChannelRepeatShortcut(nn.Module):
-    """ Parameter-free type-A shortcut of the paper's code: subsample by ``stride``, repeat the channels.
+    """Parameter-free type-A shortcut of the paper's code: subsample by ``stride``, repeat the channels.
 
     He et al.'s option A pads the new channels with zeros; the adaptive-kernel authors' code
     concatenates the subsampled input with itself instead, which this module reproduces.
@@ -49,12 +50,13 @@ class ChannelRepeatShortcut(nn.Module):
         if out_chs % in_chs:
             raise ValueError(
                 f"shortcut='A' repeats the input channels, so out channels ({out_chs}) must be a multiple of "
-                f"in channels ({in_chs}); use shortcut='B' (1x1 projection)")
+                f"in channels ({in_chs}); use shortcut='B' (1x1 projection)"
+            )
         self.stride = stride
         self.repeats = out_chs // in_chs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x[:, :, ::self.stride, ::self.stride]
+        x = x[:, :, :: self.stride, :: self.stride]
         return x.repeat(1, self.repeats, 1, 1)
 
     def extra_repr(self) -> str:
@@ -70,7 +72,7 @@ def _create_shortcut(shortcut: str, in_chs: int, out_chs: int, stride: int) -> n
 
 
 class CifarBasicBlock(nn.Module):
-    """ conv-BN-ReLU-conv-BN plus shortcut, then ReLU (ResNet v1), both convs from ``conv_layer`` """
+    """conv-BN-ReLU-conv-BN plus shortcut, then ReLU (ResNet v1), both convs from ``conv_layer``"""
 
     def __init__(self, in_chs: int, out_chs: int, stride: int, conv_layer: ConvLayer, shortcut: str = 'A'):
         super().__init__()
@@ -90,7 +92,7 @@ class CifarBasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    """ He et al.'s CIFAR ResNet (6n+2 layers) with one k×k size for every convolution.
+    """He et al.'s CIFAR ResNet (6n+2 layers) with one k×k size for every convolution.
 
     Args:
         depth: 6n + 2 layers (8, 14, 20, 32, 44, 56, 110, ...), n blocks per stage.
@@ -109,25 +111,25 @@ class CifarResNet(nn.Module):
     """
 
     def __init__(
-            self,
-            depth: int = 20,
-            num_classes: int = 10,
-            in_chans: int = 3,
-            kernel_size: int = 7,
-            adaptive: bool = True,
-            sigma_init: SigmaInit = 0.15,
-            sigma_bounds: Optional[Tuple[float, float]] = None,
-            shortcut: str = 'A',
-            widths: Tuple[int, ...] = (16, 32, 64),
-            drop_rate: float = 0.,
-            global_pool: str = 'avg',
+        self,
+        depth: int = 20,
+        num_classes: int = 10,
+        in_chans: int = 3,
+        kernel_size: int = 7,
+        adaptive: bool = True,
+        sigma_init: SigmaInit = 0.15,
+        sigma_bounds: Optional[Tuple[float, float]] = None,
+        shortcut: str = 'A',
+        widths: Tuple[int, ...] = (16, 32, 64),
+        drop_rate: float = 0.0,
+        global_pool: str = 'avg',
     ):
         super().__init__()
         if depth < 8 or (depth - 2) % 6:
             raise ValueError(f'depth must be 6n + 2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, ...), got {depth!r}')
         if shortcut not in SHORTCUTS:
             raise ValueError(f'shortcut must be one of {SHORTCUTS}, got {shortcut!r}')
-        if not 0. <= drop_rate < 1.:
+        if not 0.0 <= drop_rate < 1.0:
             raise ValueError(f'drop_rate must be in [0, 1), got {drop_rate!r}')
         conv_layer = create_conv_layer(adaptive, kernel_size, sigma_init=sigma_init, sigma_bounds=sigma_bounds)
         blocks_per_stage = (depth - 2) // 6
@@ -147,7 +149,8 @@ class CifarResNet(nn.Module):
             reduction *= stride
             blocks: List[nn.Module] = [
                 CifarBasicBlock(in_chs if i == 0 else out_chs, out_chs, stride if i == 0 else 1, conv_layer, shortcut)
-                for i in range(blocks_per_stage)]
+                for i in range(blocks_per_stage)
+            ]
             if drop_rate:
                 blocks.append(nn.Dropout(drop_rate))
             stages.append(nn.Sequential(*blocks))
@@ -161,7 +164,7 @@ class CifarResNet(nn.Module):
 
     @torch.jit.ignore
     def init_weights(self) -> None:
-        """ He-normal convolutions and classifier (fan-in, as Keras' he_normal), unit BN, zero biases. """
+        """He-normal convolutions and classifier (fan-in, as Keras' he_normal), unit BN, zero biases."""
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(module.weight, mode='fan_in', nonlinearity='relu')
@@ -190,15 +193,15 @@ class CifarResNet(nn.Module):
         self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
 
     def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
+        self,
+        x: torch.Tensor,
+        indices: Optional[Union[int, List[int]]] = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = 'NCHW',
+        intermediates_only: bool = False,
     ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """ Features of the stem (index 0) and of each stage (1..3), as timm models return them.
+        """Features of the stem (index 0) and of each stage (1..3), as timm models return them.
 
         Args:
             x: input images.
@@ -216,10 +219,7 @@ class CifarResNet(nn.Module):
             intermediates.append(x)
         stages = self.stages[:max_index] if stop_early else self.stages
         for stage_idx, stage in enumerate(stages):
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint_seq(stage, x)
-            else:
-                x = stage(x)
+            x = checkpoint_seq(stage, x) if self.grad_checkpointing and not torch.jit.is_scripting() else stage(x)
             if stage_idx + 1 in take_indices:
                 intermediates.append(x)
         if intermediates_only:
@@ -227,12 +227,12 @@ class CifarResNet(nn.Module):
         return x, intermediates
 
     def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
+        self,
+        indices: Union[int, List[int]] = 1,
+        prune_norm: bool = False,
+        prune_head: bool = True,
     ) -> List[int]:
-        """ Drop the stages after the last feature of ``indices`` (and the head); returns the kept indices. """
+        """Drop the stages after the last feature of ``indices`` (and the head); returns the kept indices."""
         take_indices, max_index = feature_take_indices(len(self.stages) + 1, indices)
         self.stages = self.stages[:max_index]
         if max_index < len(self.feature_info) - 1:
@@ -268,112 +268,121 @@ def _create_cifar_resnet(variant: str, pretrained: bool = False, **kwargs) -> Ci
 
 def _cfg(**kwargs) -> Dict[str, Any]:
     return {
-        'url': '', 'num_classes': 10, 'input_size': (3, 32, 32), 'pool_size': (8, 8),
-        'crop_pct': 1.0, 'interpolation': 'bilinear', 'mean': CIFAR10_MEAN, 'std': CIFAR10_STD,
-        'first_conv': 'conv1', 'classifier': 'fc', 'paper_ids': 'arXiv:1512.03385,arXiv:2009.06385',
+        'url': '',
+        'num_classes': 10,
+        'input_size': (3, 32, 32),
+        'pool_size': (8, 8),
+        'crop_pct': 1.0,
+        'interpolation': 'bilinear',
+        'mean': CIFAR10_MEAN,
+        'std': CIFAR10_STD,
+        'first_conv': 'conv1',
+        'classifier': 'fc',
+        'paper_ids': 'arXiv:1512.03385,arXiv:2009.06385',
         **kwargs,
     }
 
 
 # 8 and 14 layers (1 and 2 blocks per stage): the paper's MNIST / MNIST-cluttered and Fashion / Faces ResNets
 DEPTHS = (8, 14, 20, 32, 44, 56, 110)
-default_cfgs = generate_default_cfgs({
-    f'{prefix}_resnet{depth}': _cfg() for prefix in ('aconv', 'conv') for depth in DEPTHS})
+default_cfgs = generate_default_cfgs(
+    {f'{prefix}_resnet{depth}': _cfg() for prefix in ('aconv', 'conv') for depth in DEPTHS}
+)
 
 
 @register_model
 def aconv_resnet8(pretrained: bool = False, **kwargs) -> CifarResNet:
-    """ ResNet-8 (CIFAR), adaptive k×k convolutions (k = ``kernel_size``, default 7) """
+    """ResNet-8 (CIFAR), adaptive k×k convolutions (k = ``kernel_size``, default 7)"""
     model_args = dict(depth=8, adaptive=True)
     return _create_cifar_resnet('aconv_resnet8', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def aconv_resnet14(pretrained: bool = False, **kwargs) -> CifarResNet:
-    """ ResNet-14 (CIFAR), adaptive k×k convolutions (k = ``kernel_size``, default 7) """
+    """ResNet-14 (CIFAR), adaptive k×k convolutions (k = ``kernel_size``, default 7)"""
     model_args = dict(depth=14, adaptive=True)
     return _create_cifar_resnet('aconv_resnet14', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def aconv_resnet20(pretrained: bool = False, **kwargs) -> CifarResNet:
-    """ ResNet-20 (CIFAR), adaptive k×k convolutions (k = ``kernel_size``, default 7) """
+    """ResNet-20 (CIFAR), adaptive k×k convolutions (k = ``kernel_size``, default 7)"""
     model_args = dict(depth=20, adaptive=True)
     return _create_cifar_resnet('aconv_resnet20', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def aconv_resnet32(pretrained: bool = False, **kwargs) -> CifarResNet:
-    """ ResNet-32 (CIFAR), adaptive k×k convolutions (k = ``kernel_size``, default 7) """
+    """ResNet-32 (CIFAR), adaptive k×k convolutions (k = ``kernel_size``, default 7)"""
     model_args = dict(depth=32, adaptive=True)
     return _create_cifar_resnet('aconv_resnet32', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def aconv_resnet44(pretrained: bool = False, **kwargs) -> CifarResNet:
-    """ ResNet-44 (CIFAR), adaptive k×k convolutions (k = ``kernel_size``, default 7) """
+    """ResNet-44 (CIFAR), adaptive k×k convolutions (k = ``kernel_size``, default 7)"""
     model_args = dict(depth=44, adaptive=True)
     return _create_cifar_resnet('aconv_resnet44', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def aconv_resnet56(pretrained: bool = False, **kwargs) -> CifarResNet:
-    """ ResNet-56 (CIFAR), adaptive k×k convolutions (k = ``kernel_size``, default 7) """
+    """ResNet-56 (CIFAR), adaptive k×k convolutions (k = ``kernel_size``, default 7)"""
     model_args = dict(depth=56, adaptive=True)
     return _create_cifar_resnet('aconv_resnet56', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def aconv_resnet110(pretrained: bool = False, **kwargs) -> CifarResNet:
-    """ ResNet-110 (CIFAR), adaptive k×k convolutions (k = ``kernel_size``, default 7) """
+    """ResNet-110 (CIFAR), adaptive k×k convolutions (k = ``kernel_size``, default 7)"""
     model_args = dict(depth=110, adaptive=True)
     return _create_cifar_resnet('aconv_resnet110', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def conv_resnet8(pretrained: bool = False, **kwargs) -> CifarResNet:
-    """ ResNet-8 (CIFAR), ordinary k×k convolutions (k = ``kernel_size``, default 7) """
+    """ResNet-8 (CIFAR), ordinary k×k convolutions (k = ``kernel_size``, default 7)"""
     model_args = dict(depth=8, adaptive=False)
     return _create_cifar_resnet('conv_resnet8', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def conv_resnet14(pretrained: bool = False, **kwargs) -> CifarResNet:
-    """ ResNet-14 (CIFAR), ordinary k×k convolutions (k = ``kernel_size``, default 7) """
+    """ResNet-14 (CIFAR), ordinary k×k convolutions (k = ``kernel_size``, default 7)"""
     model_args = dict(depth=14, adaptive=False)
     return _create_cifar_resnet('conv_resnet14', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def conv_resnet20(pretrained: bool = False, **kwargs) -> CifarResNet:
-    """ ResNet-20 (CIFAR), ordinary k×k convolutions (k = ``kernel_size``, default 7) """
+    """ResNet-20 (CIFAR), ordinary k×k convolutions (k = ``kernel_size``, default 7)"""
     model_args = dict(depth=20, adaptive=False)
     return _create_cifar_resnet('conv_resnet20', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def conv_resnet32(pretrained: bool = False, **kwargs) -> CifarResNet:
-    """ ResNet-32 (CIFAR), ordinary k×k convolutions (k = ``kernel_size``, default 7) """
+    """ResNet-32 (CIFAR), ordinary k×k convolutions (k = ``kernel_size``, default 7)"""
     model_args = dict(depth=32, adaptive=False)
     return _create_cifar_resnet('conv_resnet32', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def conv_resnet44(pretrained: bool = False, **kwargs) -> CifarResNet:
-    """ ResNet-44 (CIFAR), ordinary k×k convolutions (k = ``kernel_size``, default 7) """
+    """ResNet-44 (CIFAR), ordinary k×k convolutions (k = ``kernel_size``, default 7)"""
     model_args = dict(depth=44, adaptive=False)
     return _create_cifar_resnet('conv_resnet44', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def conv_resnet56(pretrained: bool = False, **kwargs) -> CifarResNet:
-    """ ResNet-56 (CIFAR), ordinary k×k convolutions (k = ``kernel_size``, default 7) """
+    """ResNet-56 (CIFAR), ordinary k×k convolutions (k = ``kernel_size``, default 7)"""
     model_args = dict(depth=56, adaptive=False)
     return _create_cifar_resnet('conv_resnet56', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def conv_resnet110(pretrained: bool = False, **kwargs) -> CifarResNet:
-    """ ResNet-110 (CIFAR), ordinary k×k convolutions (k = ``kernel_size``, default 7) """
+    """ResNet-110 (CIFAR), ordinary k×k convolutions (k = ``kernel_size``, default 7)"""
     model_args = dict(depth=110, adaptive=False)
     return _create_cifar_resnet('conv_resnet110', pretrained, **dict(model_args, **kwargs))

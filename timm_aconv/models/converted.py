@@ -1,4 +1,4 @@
-""" ``aconv_converted``: any timm model with chosen convolutions made adaptive, as a timm architecture
+"""``aconv_converted``: any timm model with chosen convolutions made adaptive, as a timm architecture
 
 A model made adaptive with :func:`~timm_aconv.convert_convs` is timm's ``base`` model plus the
 conversion; this entrypoint builds exactly that from two serializable arguments, so that timm's own
@@ -8,6 +8,7 @@ loader rebuilds a converted model saved with ``save_for_hf`` / ``push_to_hf_hub`
     >>> model = timm.create_model('aconv_converted', base='resnet18', convert=dict(sizes=[5], exclude=['conv1']))
     >>> model = timm.create_model('local-dir:runs/digits_resnet10t/best', pretrained=True)  # as trained
 """
+
 from typing import Any, Dict, Optional
 
 import timm
@@ -20,9 +21,9 @@ __all__ = ['converted_model', 'converted_model_args']
 
 
 def converted_model(base: str = 'resnet18', convert: Optional[Dict[str, Any]] = None, **kwargs: Any) -> nn.Module:
-    """ timm's ``base`` architecture (built with ``kwargs``, no pretrained weights) with
+    """timm's ``base`` architecture (built with ``kwargs``, no pretrained weights) with
     ``convert_convs(model, **convert)`` applied (default: ``convert_convs``' own, every k×k conv to
-    7×7); ``preserve`` defaults to False here (weights follow). """
+    7×7); ``preserve`` defaults to False here (weights follow)."""
     if not isinstance(base, str) or not base:
         raise ValueError(f'base must be the name of a timm model, got {base!r}')
     model = timm.create_model(base, pretrained=False, **kwargs)
@@ -30,20 +31,33 @@ def converted_model(base: str = 'resnet18', convert: Optional[Dict[str, Any]] = 
 
 
 def converted_model_args(base: str, sizes, include=None, exclude=None, sigma_init=None) -> Dict[str, Any]:
-    """ The ``model_args`` that rebuild ``convert_convs(timm.create_model(base), sizes, ...)`` as ``aconv_converted``. """
-    convert = dict(sizes=list(sizes) if isinstance(sizes, (list, tuple)) else [sizes], include=include,
-                   exclude=exclude, sigma_init=sigma_init)
+    """The ``model_args`` that rebuild ``convert_convs(timm.create_model(base), sizes, ...)`` as ``aconv_converted``."""
+    convert = dict(
+        sizes=list(sizes) if isinstance(sizes, (list, tuple)) else [sizes],
+        include=include,
+        exclude=exclude,
+        sigma_init=sigma_init,
+    )
     return dict(base=base, convert={name: value for name, value in convert.items() if value is not None})
 
 
 @register_model
 def aconv_converted(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """ ``base`` (a timm model name) with ``convert_convs(**convert)`` applied; see the module docstring. """
+    """``base`` (a timm model name) with ``convert_convs(**convert)`` applied; see the module docstring."""
     return build_model_with_cfg(converted_model, 'aconv_converted', pretrained, **kwargs)
 
 
-default_cfgs = generate_default_cfgs({
-    # what a saved model's config.json replaces (input size, normalization, classes)
-    'aconv_converted': {'url': '', 'num_classes': 1000, 'input_size': (3, 224, 224), 'crop_pct': 1.0,
-                        'interpolation': 'bilinear', 'mean': (0.485, 0.456, 0.406), 'std': (0.229, 0.224, 0.225)},
-})
+default_cfgs = generate_default_cfgs(
+    {
+        # what a saved model's config.json replaces (input size, normalization, classes)
+        'aconv_converted': {
+            'url': '',
+            'num_classes': 1000,
+            'input_size': (3, 224, 224),
+            'crop_pct': 1.0,
+            'interpolation': 'bilinear',
+            'mean': (0.485, 0.456, 0.406),
+            'std': (0.229, 0.224, 0.225),
+        },
+    }
+)

@@ -1,4 +1,4 @@
-""" The paper's simple CNN, with adaptive (ACONV) or ordinary (CONV) k×k convolutions
+"""The paper's simple CNN, with adaptive (ACONV) or ordinary (CONV) k×k convolutions
 
 Paper: `Adaptive Convolution Kernel for Artificial Neural Networks` (F. Boray Tek et al.),
 section 4.2 and Table 1: two convolutions of 32 filters (k×k, 'same' padding, no bias), each
@@ -16,17 +16,18 @@ was Keras; its constants are kwargs (the paper configs set them)::
 
     >>> timm.create_model('conv_simple_cnn', bn_momentum=0.01, bn_eps=1e-3, weight_init='keras')
 """
+
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from ._timm_internals import feature_take_indices
 
 from ..layers.adaptive_conv import AdaptiveConv2d, SigmaInit
 from ._conv_layer import create_conv_layer
+from ._timm_internals import feature_take_indices
 
-__all__ = ['SimpleCnn', 'MNIST_MEAN', 'MNIST_STD', 'WEIGHT_INITS']
+__all__ = ['MNIST_MEAN', 'MNIST_STD', 'WEIGHT_INITS', 'SimpleCnn']
 
 HEAD_POOLS = ('flatten', '')
 WEIGHT_INITS = ('default', 'keras')
@@ -50,7 +51,7 @@ def _check_global_pool(global_pool: str, num_classes: int) -> str:
 
 
 class SimpleCnn(nn.Module):
-    """ conv-BN-ReLU ×2, max-pool 2, dropout, dense 256-BN-ReLU, dropout, linear.
+    """conv-BN-ReLU ×2, max-pool 2, dropout, dense 256-BN-ReLU, dropout, linear.
 
     Args:
         num_classes: classifier outputs (0: the head ends at the 256 pre-logits).
@@ -73,29 +74,29 @@ class SimpleCnn(nn.Module):
     """
 
     def __init__(
-            self,
-            num_classes: int = 10,
-            in_chans: int = 1,
-            img_size: Union[int, Tuple[int, int]] = 28,
-            kernel_size: int = 7,
-            adaptive: bool = True,
-            sigma_init: SigmaInit = (0.1, 0.5),
-            sigma_bounds: Optional[Tuple[float, float]] = None,
-            width: int = 32,
-            hidden_size: int = 256,
-            drop_rate: float = 0.5,
-            global_pool: str = 'flatten',
-            bn_momentum: float = 0.1,
-            bn_eps: float = 1e-5,
-            weight_init: str = 'default',
+        self,
+        num_classes: int = 10,
+        in_chans: int = 1,
+        img_size: Union[int, Tuple[int, int]] = 28,
+        kernel_size: int = 7,
+        adaptive: bool = True,
+        sigma_init: SigmaInit = (0.1, 0.5),
+        sigma_bounds: Optional[Tuple[float, float]] = None,
+        width: int = 32,
+        hidden_size: int = 256,
+        drop_rate: float = 0.5,
+        global_pool: str = 'flatten',
+        bn_momentum: float = 0.1,
+        bn_eps: float = 1e-5,
+        weight_init: str = 'default',
     ):
         super().__init__()
         height, width_px = _image_size(img_size)
-        if not 0. <= drop_rate < 1.:
+        if not 0.0 <= drop_rate < 1.0:
             raise ValueError(f'drop_rate must be in [0, 1), got {drop_rate!r}')
         if weight_init not in WEIGHT_INITS:
             raise ValueError(f'weight_init must be one of {WEIGHT_INITS}, got {weight_init!r}')
-        if not 0. < bn_momentum <= 1. or bn_eps <= 0.:
+        if not 0.0 < bn_momentum <= 1.0 or bn_eps <= 0.0:
             raise ValueError(f'bn_momentum must be in (0, 1] and bn_eps > 0, got {bn_momentum!r}, {bn_eps!r}')
         norm_kwargs = dict(momentum=bn_momentum, eps=bn_eps)
         conv_layer = create_conv_layer(adaptive, kernel_size, sigma_init=sigma_init, sigma_bounds=sigma_bounds)
@@ -131,9 +132,9 @@ class SimpleCnn(nn.Module):
 
     @torch.jit.ignore
     def init_weights(self) -> None:
-        """ ``weight_init='default'``: He-uniform convolutions, Glorot-uniform dense layers;
+        """``weight_init='default'``: He-uniform convolutions, Glorot-uniform dense layers;
         ``'keras'`` (the authors' code): adaptive convolutions He-uniform, ordinary ones
-        Glorot-uniform, dense layers He-uniform. Biases zero. """
+        Glorot-uniform, dense layers He-uniform. Biases zero."""
         keras = self.weight_init == 'keras'
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
@@ -153,7 +154,7 @@ class SimpleCnn(nn.Module):
         return 'fc' if name_only else self.fc
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        """ A new linear classifier (``num_classes=0``: none).
+        """A new linear classifier (``num_classes=0``: none).
 
         The dense layer is this network's pooling: ``global_pool=''`` removes it as well (with
         ``num_classes=0``), so the model returns the unpooled feature map; 'flatten' restores it.
@@ -162,8 +163,11 @@ class SimpleCnn(nn.Module):
             self.global_pool = _check_global_pool(global_pool, num_classes)
         self.num_classes = num_classes
         weight = self.fc1.weight
-        self.fc = nn.Linear(self.head_hidden_size, num_classes, device=weight.device, dtype=weight.dtype) \
-            if num_classes > 0 else nn.Identity()
+        self.fc = (
+            nn.Linear(self.head_hidden_size, num_classes, device=weight.device, dtype=weight.dtype)
+            if num_classes > 0
+            else nn.Identity()
+        )
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act1(self.bn1(self.conv1(x)))
@@ -171,7 +175,7 @@ class SimpleCnn(nn.Module):
         return self.pool(x)
 
     def _feature_block(self, index: int, x: torch.Tensor) -> torch.Tensor:
-        """ The part of :meth:`forward_features` that produces ``feature_info[index]``. """
+        """The part of :meth:`forward_features` that produces ``feature_info[index]``."""
         if index == 0:
             return self.act1(self.bn1(self.conv1(x)))
         if index == 1:
@@ -179,16 +183,16 @@ class SimpleCnn(nn.Module):
         return self.pool(x)
 
     def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
+        self,
+        x: torch.Tensor,
+        indices: Optional[Union[int, List[int]]] = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = 'NCHW',
+        intermediates_only: bool = False,
     ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """ The features of ``feature_info`` (each conv block, the pooling); arguments as timm's
-        ``forward_intermediates`` (``norm`` is unused: there is no final norm layer). """
+        """The features of ``feature_info`` (each conv block, the pooling); arguments as timm's
+        ``forward_intermediates`` (``norm`` is unused: there is no final norm layer)."""
         assert output_fmt == 'NCHW', 'Output format must be NCHW.'
         take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
         intermediates = []
@@ -221,9 +225,18 @@ def _create_simple_cnn(variant: str, pretrained: bool = False, **kwargs) -> Simp
 
 def _cfg(**kwargs) -> Dict[str, Any]:
     return {
-        'url': '', 'num_classes': 10, 'input_size': (1, 28, 28), 'pool_size': (14, 14), 'fixed_input_size': True,
-        'crop_pct': 1.0, 'interpolation': 'bilinear', 'mean': MNIST_MEAN, 'std': MNIST_STD,
-        'first_conv': 'conv1', 'classifier': 'fc', 'paper_ids': 'arXiv:2009.06385',
+        'url': '',
+        'num_classes': 10,
+        'input_size': (1, 28, 28),
+        'pool_size': (14, 14),
+        'fixed_input_size': True,
+        'crop_pct': 1.0,
+        'interpolation': 'bilinear',
+        'mean': MNIST_MEAN,
+        'std': MNIST_STD,
+        'first_conv': 'conv1',
+        'classifier': 'fc',
+        'paper_ids': 'arXiv:2009.06385',
         **kwargs,
     }
 
@@ -233,13 +246,13 @@ default_cfgs = generate_default_cfgs({'aconv_simple_cnn': _cfg(), 'conv_simple_c
 
 @register_model
 def aconv_simple_cnn(pretrained: bool = False, **kwargs) -> SimpleCnn:
-    """ The paper's simple CNN with adaptive k×k convolutions (k = ``kernel_size``, default 7) """
+    """The paper's simple CNN with adaptive k×k convolutions (k = ``kernel_size``, default 7)"""
     model_args = dict(adaptive=True)
     return _create_simple_cnn('aconv_simple_cnn', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def conv_simple_cnn(pretrained: bool = False, **kwargs) -> SimpleCnn:
-    """ The paper's simple CNN with ordinary k×k convolutions (k = ``kernel_size``, default 7) """
+    """The paper's simple CNN with ordinary k×k convolutions (k = ``kernel_size``, default 7)"""
     model_args = dict(adaptive=False)
     return _create_simple_cnn('conv_simple_cnn', pretrained, **dict(model_args, **kwargs))

@@ -1,4 +1,4 @@
-""" The recipes: the paper's experiments and the training entry points, runnable from an installed package
+"""The recipes: the paper's experiments and the training entry points, runnable from an installed package
 
     python -m timm_aconv.recipes.train_classification --config digits
     python -m timm_aconv.recipes.compare --config simple_cnn_mnist
@@ -9,6 +9,7 @@ Each module is one thin script over the engine and the experiments (:mod:`timm_a
 ``configs/`` (the repository's ``recipes/configs`` links here); ``--config`` takes a path or the name
 of a shipped config (:data:`CONFIG_DIR`). The repository's ``recipes/*.py`` run the same ``main``.
 """
+
 from pathlib import Path
 
 from ..engine.config import register_config_dir

@@ -1,4 +1,4 @@
-""" The paper's Algorithm 1: CONV vs ACONV for each kernel size, N seeds each, t-test table.
+"""The paper's Algorithm 1: CONV vs ACONV for each kernel size, N seeds each, t-test table.
 
     python -m timm_aconv.recipes.compare --config simple_cnn_mnist   # installed: a shipped config by name
     python recipes/compare.py --config recipes/configs/simple_cnn_mnist.yaml
@@ -9,13 +9,14 @@ Writes comparison.md/.csv/.json and comparison_curves.png to --output_dir, one f
 below it; a second comparison into the same output_dir needs --resume (reads finished runs back)
 or --overwrite. The logic lives in timm_aconv.experiments.compare.
 """
+
 from typing import List, Optional
 
 from accelerate import PartialState
 
 from timm_aconv.engine import parse_config, run_cli
-from timm_aconv.experiments.compare import CompareConfig, run_comparison
 from timm_aconv.engine.output_dir import check_output_dir
+from timm_aconv.experiments.compare import CompareConfig, run_comparison
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -1,4 +1,4 @@
-""" Learn 9 image filters with one adaptive 9×9 layer and one ordinary 9×9 layer (paper section 4.1).
+"""Learn 9 image filters with one adaptive 9×9 layer and one ordinary 9×9 layer (paper section 4.1).
 
     python -m timm_aconv.recipes.learn_filters --config learn_filters   # installed: a shipped config by name
     python recipes/learn_filters.py --config recipes/configs/learn_filters.yaml
@@ -9,6 +9,7 @@ of ACONV and CONV and writes results.json and the figure learn_filters.png (targ
 envelopes, product kernels, MSE and sigma curves) to --output_dir; a second run into it needs
 --overwrite. The logic lives in timm_aconv.experiments.filters.
 """
+
 from typing import List, Optional
 
 import torch

@@ -1,4 +1,4 @@
-""" Kernel-size budgets: accuracy vs deployed latency and kernel FLOPs, against ACONV and CONV.
+"""Kernel-size budgets: accuracy vs deployed latency and kernel FLOPs, against ACONV and CONV.
 
     python -m timm_aconv.recipes.size_budget --config size_budget_digits   # installed: a shipped config by name
     python recipes/size_budget.py --config recipes/configs/size_budget_digits.yaml
@@ -9,6 +9,7 @@ Writes size_budget.md/.csv/.json and size_budget.png to --output_dir. A second r
 output_dir that holds one needs --resume (finished runs are read back and re-timed) or --overwrite.
 The logic lives in timm_aconv.experiments.size_budget_sweep.
 """
+
 from typing import List, Optional
 
 from accelerate import PartialState

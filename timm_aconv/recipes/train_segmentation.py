@@ -13,6 +13,7 @@ one needs --resume (finished runs are read back) or --overwrite. The logic lives
 timm_aconv.experiments.segmentation (task) and timm_aconv.experiments.segmentation_compare (repeats, table,
 figures); the training loop is the shared Accelerate engine.
 """
+
 from typing import List, Optional, Sequence
 
 from accelerate import PartialState

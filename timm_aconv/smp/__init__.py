@@ -1,4 +1,4 @@
-""" segmentation-models-pytorch registrations (imported by ``timm_aconv`` when SMP is installed)
+"""segmentation-models-pytorch registrations (imported by ``timm_aconv`` when SMP is installed)
 
 - encoders ``aconv_resnet18/34/50`` (:mod:`.encoders`): SMP ResNet encoders with adaptive
   spatial convolutions; ``encoder_weights='imagenet'`` loads the ordinary ResNet's weights
@@ -11,9 +11,10 @@ Both architectures save and reload with SMP's ``save_pretrained`` / ``smp.from_p
 ``import timm_aconv``, which their model card's loading example says, :mod:`.model_card`). Any other
 SMP model converted with ``convert_convs`` reloads with :func:`.from_pretrained` (:mod:`.pretrained`).
 """
+
+from ..surgery import adapt_ordinary_weights
 from .aconv_unet import PAPER_UNET_SIGMA_BOUNDS, PAPER_UNET_SIGMA_INIT, AconvUnet
 from .encoders import AconvResNetEncoder, aconv_resnet_encoders
-from ..surgery import adapt_ordinary_weights
 from .paper_unet import PaperUNet
 from .pretrained import from_pretrained
 from .registry import create_paper_unet, register_smp
@@ -21,13 +22,13 @@ from .registry import create_paper_unet, register_smp
 __all__ = [
     'PAPER_UNET_SIGMA_BOUNDS',
     'PAPER_UNET_SIGMA_INIT',
-    'AconvUnet',
     'AconvResNetEncoder',
+    'AconvUnet',
+    'PaperUNet',
     'aconv_resnet_encoders',
     'adapt_ordinary_weights',
-    'PaperUNet',
-    'from_pretrained',
     'create_paper_unet',
+    'from_pretrained',
     'register_smp',
 ]
 

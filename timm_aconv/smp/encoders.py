@@ -1,4 +1,4 @@
-""" SMP encoders ``aconv_resnet18/34/50``: ResNet encoders with adaptive spatial convolutions
+"""SMP encoders ``aconv_resnet18/34/50``: ResNet encoders with adaptive spatial convolutions
 
 SMP's own ResNet encoders (``segmentation_models_pytorch.encoders.resnet``) with every spatial
 convolution adaptive: the 7×7 stem becomes an adaptive 7×7 layer and each 3×3 convolution an
@@ -17,6 +17,7 @@ Pretrained weights are the ordinary ResNet's (the same ``pretrained_settings`` a
 with the function-preserving conversion (:func:`adapt_ordinary_weights`), so
 ``encoder_weights='imagenet'`` starts from exactly the ImageNet ResNet's features.
 """
+
 import copy
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -35,7 +36,7 @@ def _adapt_ordinary_weights_hook(module: nn.Module, state_dict: Dict, prefix: st
 
 
 class AconvResNetEncoder(ResNetEncoder):
-    """ SMP's :class:`ResNetEncoder` with adaptive spatial convolutions.
+    """SMP's :class:`ResNetEncoder` with adaptive spatial convolutions.
 
     Args:
         out_channels, depth, output_stride, **kwargs: as :class:`ResNetEncoder` (torchvision
@@ -47,15 +48,15 @@ class AconvResNetEncoder(ResNetEncoder):
     """
 
     def __init__(
-            self,
-            out_channels: List[int],
-            depth: int = 5,
-            output_stride: int = 32,
-            stem_kernel_size: int = 7,
-            kernel_size: int = 5,
-            sigma_init: SigmaInit = (0.1, 0.3),
-            sigma_bounds: Optional[Tuple[float, float]] = None,
-            **kwargs: Any,
+        self,
+        out_channels: List[int],
+        depth: int = 5,
+        output_stride: int = 32,
+        stem_kernel_size: int = 7,
+        kernel_size: int = 5,
+        sigma_init: SigmaInit = (0.1, 0.3),
+        sigma_bounds: Optional[Tuple[float, float]] = None,
+        **kwargs: Any,
     ):
         super().__init__(out_channels, depth=depth, output_stride=output_stride, **kwargs)
         adaptive_args = dict(preserve=False, sigma_init=sigma_init, sigma_bounds=sigma_bounds)
@@ -65,7 +66,7 @@ class AconvResNetEncoder(ResNetEncoder):
 
 
 def _aconv_encoder_entry(ordinary_name: str) -> Dict[str, Any]:
-    """ The SMP registry entry of ``aconv_<ordinary_name>``: same stages, same pretrained sources. """
+    """The SMP registry entry of ``aconv_<ordinary_name>``: same stages, same pretrained sources."""
     ordinary = resnet_encoders[ordinary_name]
     return {
         'encoder': AconvResNetEncoder,

@@ -1,4 +1,4 @@
-""" SMP's model card for the architectures registered here: its loading example imports timm_aconv
+"""SMP's model card for the architectures registered here: its loading example imports timm_aconv
 
 ``save_pretrained`` / ``push_to_hub`` write SMP's model card (``README.md``), whose "Load trained
 model" example calls ``smp.from_pretrained`` right after importing SMP. For ``AconvUnet`` and
@@ -6,6 +6,7 @@ model" example calls ``smp.from_pretrained`` right after importing SMP. For ``Ac
 ``import timm_aconv`` puts it there), so :class:`TimmAconvModelCard` adds that import to the
 example and the ``timm-aconv`` tag to the card's metadata.
 """
+
 from typing import Any
 
 __all__ = ['TimmAconvModelCard']
@@ -15,7 +16,7 @@ TIMM_ACONV_IMPORT = 'import timm_aconv  # registers this architecture with SMP; 
 
 
 class TimmAconvModelCard:
-    """ Mixin for SMP models (put it before the SMP base class): SMP's card, loadable as it says. """
+    """Mixin for SMP models (put it before the SMP base class): SMP's card, loadable as it says."""
 
     def generate_model_card(self, *args: Any, **kwargs: Any):
         card = super().generate_model_card(*args, **kwargs)

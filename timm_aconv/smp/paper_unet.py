@@ -1,4 +1,4 @@
-""" The paper's segmentation network: the Keras example's Xception-style U-Net
+"""The paper's segmentation network: the Keras example's Xception-style U-Net
 
 The paper's U-Net experiment (section 4.4) used the small U-Net of the Keras segmentation
 example (F. Chollet, "Image segmentation with a U-Net-like architecture") with its first, ordinary
@@ -20,6 +20,7 @@ pixel of stride-2 layers at the bottom/right); shapes are identical.
 Inputs must be divisible by 16. :class:`PaperUNet` is an SMP ``SegmentationModel`` (``encoder``,
 ``decoder``, ``segmentation_head``), so ``save_pretrained`` / ``smp.from_pretrained`` work.
 """
+
 from typing import List, Sequence, Tuple
 
 import torch
@@ -31,7 +32,7 @@ from ..layers.adaptive_conv import SigmaInit
 from .aconv_unet import PAPER_UNET_SIGMA_BOUNDS, PAPER_UNET_SIGMA_INIT
 from .model_card import TimmAconvModelCard
 
-__all__ = ['PaperUNet', 'PaperUNetEncoder', 'PaperUNetDecoder', 'SeparableConv2d']
+__all__ = ['PaperUNet', 'PaperUNetDecoder', 'PaperUNetEncoder', 'SeparableConv2d']
 
 
 def _batch_norm(channels: int) -> nn.BatchNorm2d:
@@ -39,7 +40,7 @@ def _batch_norm(channels: int) -> nn.BatchNorm2d:
 
 
 class SeparableConv2d(nn.Sequential):
-    """ Keras ``SeparableConv2D``: depthwise k×k (no bias) then pointwise 1×1 (with bias). """
+    """Keras ``SeparableConv2D``: depthwise k×k (no bias) then pointwise 1×1 (with bias)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3):
         super().__init__(
@@ -49,13 +50,17 @@ class SeparableConv2d(nn.Sequential):
 
 
 class _DownBlock(nn.Module):
-    """ [ELU → separable 3×3 → BN]×2 → max-pool 3/2, plus a 1×1 stride-2 conv of the input. """
+    """[ELU → separable 3×3 → BN]×2 → max-pool 3/2, plus a 1×1 stride-2 conv of the input."""
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
         self.body = nn.Sequential(
-            nn.ELU(), SeparableConv2d(in_channels, out_channels), _batch_norm(out_channels),
-            nn.ELU(), SeparableConv2d(out_channels, out_channels), _batch_norm(out_channels),
+            nn.ELU(),
+            SeparableConv2d(in_channels, out_channels),
+            _batch_norm(out_channels),
+            nn.ELU(),
+            SeparableConv2d(out_channels, out_channels),
+            _batch_norm(out_channels),
             nn.MaxPool2d(3, stride=2, padding=1),
         )
         self.shortcut = nn.Conv2d(in_channels, out_channels, 1, stride=2)
@@ -65,13 +70,17 @@ class _DownBlock(nn.Module):
 
 
 class _UpBlock(nn.Module):
-    """ [ELU → transposed 3×3 → BN]×2 → upsample ×2, plus the input upsampled ×2 through a 1×1 conv. """
+    """[ELU → transposed 3×3 → BN]×2 → upsample ×2, plus the input upsampled ×2 through a 1×1 conv."""
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
         self.body = nn.Sequential(
-            nn.ELU(), nn.ConvTranspose2d(in_channels, out_channels, 3, padding=1), _batch_norm(out_channels),
-            nn.ELU(), nn.ConvTranspose2d(out_channels, out_channels, 3, padding=1), _batch_norm(out_channels),
+            nn.ELU(),
+            nn.ConvTranspose2d(in_channels, out_channels, 3, padding=1),
+            _batch_norm(out_channels),
+            nn.ELU(),
+            nn.ConvTranspose2d(out_channels, out_channels, 3, padding=1),
+            _batch_norm(out_channels),
             nn.Upsample(scale_factor=2.0),
         )
         self.shortcut = nn.Sequential(nn.Upsample(scale_factor=2.0), nn.Conv2d(in_channels, out_channels, 1))
@@ -81,23 +90,29 @@ class _UpBlock(nn.Module):
 
 
 class PaperUNetEncoder(nn.Module):
-    """ Entry conv (adaptive or ordinary) → BN → ELU, then the down blocks; returns every stage. """
+    """Entry conv (adaptive or ordinary) → BN → ELU, then the down blocks; returns every stage."""
 
     def __init__(
-            self,
-            in_channels: int = 3,
-            entry_channels: int = 32,
-            block_channels: Sequence[int] = (48, 64, 96),
-            entry_kernel_size: int = 7,
-            adaptive: bool = True,
-            sigma_init: SigmaInit = PAPER_UNET_SIGMA_INIT,
-            sigma_bounds: Tuple[float, float] = PAPER_UNET_SIGMA_BOUNDS,
+        self,
+        in_channels: int = 3,
+        entry_channels: int = 32,
+        block_channels: Sequence[int] = (48, 64, 96),
+        entry_kernel_size: int = 7,
+        adaptive: bool = True,
+        sigma_init: SigmaInit = PAPER_UNET_SIGMA_INIT,
+        sigma_bounds: Tuple[float, float] = PAPER_UNET_SIGMA_BOUNDS,
     ):
         super().__init__()
         conv_args = dict(stride=2, padding=entry_kernel_size // 2, bias=False)
         if adaptive:
-            entry = AdaptiveConv2d(in_channels, entry_channels, entry_kernel_size, sigma_init=sigma_init,
-                                   sigma_bounds=sigma_bounds, **conv_args)
+            entry = AdaptiveConv2d(
+                in_channels,
+                entry_channels,
+                entry_kernel_size,
+                sigma_init=sigma_init,
+                sigma_bounds=sigma_bounds,
+                **conv_args,
+            )
         else:
             entry = nn.Conv2d(in_channels, entry_channels, entry_kernel_size, **conv_args)
         self.entry = nn.Sequential(entry, _batch_norm(entry_channels), nn.ELU())
@@ -120,7 +135,7 @@ class PaperUNetEncoder(nn.Module):
 
 
 class PaperUNetDecoder(nn.Module):
-    """ The up blocks, applied to the deepest encoder feature (no encoder–decoder skips). """
+    """The up blocks, applied to the deepest encoder feature (no encoder–decoder skips)."""
 
     def __init__(self, in_channels: int, block_channels: Sequence[int] = (96, 64, 48, 32)):
         super().__init__()
@@ -132,7 +147,7 @@ class PaperUNetDecoder(nn.Module):
 
 
 class PaperUNet(TimmAconvModelCard, SegmentationModel):
-    """ The paper's U-Net (the Keras example's Xception-style U-Net) with an adaptive entry conv.
+    """The paper's U-Net (the Keras example's Xception-style U-Net) with an adaptive entry conv.
 
     Args:
         in_channels: input channels.
@@ -146,36 +161,44 @@ class PaperUNet(TimmAconvModelCard, SegmentationModel):
             the Keras example: 32, 64/128/256).
         decoder_channels: widths of the up blocks (the paper: 96/64/48/32; Keras: 256/128/64/32).
     """
+
     requires_divisible_input_shape = True
 
     def __init__(
-            self,
-            in_channels: int = 3,
-            classes: int = 3,
-            entry_kernel_size: int = 7,
-            adaptive: bool = True,
-            sigma_init: SigmaInit = PAPER_UNET_SIGMA_INIT,
-            sigma_bounds: Tuple[float, float] = PAPER_UNET_SIGMA_BOUNDS,
-            encoder_channels: Sequence[int] = (32, 48, 64, 96),
-            decoder_channels: Sequence[int] = (96, 64, 48, 32),
+        self,
+        in_channels: int = 3,
+        classes: int = 3,
+        entry_kernel_size: int = 7,
+        adaptive: bool = True,
+        sigma_init: SigmaInit = PAPER_UNET_SIGMA_INIT,
+        sigma_bounds: Tuple[float, float] = PAPER_UNET_SIGMA_BOUNDS,
+        encoder_channels: Sequence[int] = (32, 48, 64, 96),
+        decoder_channels: Sequence[int] = (96, 64, 48, 32),
     ):
         super().__init__()
         if len(encoder_channels) < 2 or len(decoder_channels) != len(encoder_channels):
             raise ValueError(
                 f'PaperUNet: encoder_channels (entry width, then one width per down block) and decoder_channels '
                 f'(one width per up block) must have the same length >= 2, so the output has the input size; '
-                f'got encoder_channels={tuple(encoder_channels)}, decoder_channels={tuple(decoder_channels)}')
+                f'got encoder_channels={tuple(encoder_channels)}, decoder_channels={tuple(decoder_channels)}'
+            )
         self.encoder = PaperUNetEncoder(
-            in_channels, encoder_channels[0], encoder_channels[1:], entry_kernel_size=entry_kernel_size,
-            adaptive=adaptive, sigma_init=sigma_init, sigma_bounds=sigma_bounds)
+            in_channels,
+            encoder_channels[0],
+            encoder_channels[1:],
+            entry_kernel_size=entry_kernel_size,
+            adaptive=adaptive,
+            sigma_init=sigma_init,
+            sigma_bounds=sigma_bounds,
+        )
         self.decoder = PaperUNetDecoder(encoder_channels[-1], decoder_channels)
         self.segmentation_head = nn.Conv2d(decoder_channels[-1], classes, 3, padding=1)
         self.classification_head = None
-        self.name = f"paper-unet-{'aconv' if adaptive else 'conv'}{entry_kernel_size}"
+        self.name = f'paper-unet-{"aconv" if adaptive else "conv"}{entry_kernel_size}'
         self._init_keras_style()
 
     def _init_keras_style(self) -> None:
-        """ Keras' defaults: glorot-uniform kernels, zero biases (BN: ones and zeros already). """
+        """Keras' defaults: glorot-uniform kernels, zero biases (BN: ones and zeros already)."""
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
                 nn.init.xavier_uniform_(module.weight)

@@ -1,4 +1,4 @@
-""" Reload an SMP model made adaptive with ``convert_convs`` and saved with SMP's ``save_pretrained``
+"""Reload an SMP model made adaptive with ``convert_convs`` and saved with SMP's ``save_pretrained``
 
 SMP's ``save_pretrained`` records the model's constructor arguments, not a conversion made after it,
 so ``smp.from_pretrained`` rebuilds the plain model and cannot load the ``sigma`` entries.
@@ -7,6 +7,7 @@ so ``smp.from_pretrained`` rebuilds the plain model and cannot load the ``sigma`
 
     >>> model = timm_aconv.smp.from_pretrained('runs/unet_converted')   # a folder or a Hub repository
 """
+
 import os
 import warnings
 from pathlib import Path
@@ -24,11 +25,11 @@ WEIGHTS_NAME = 'model.safetensors'  # what SMP's save_pretrained writes (hugging
 
 
 def from_pretrained(
-        pretrained_model_name_or_path: Union[str, Path],
-        sigma_bounds: Optional[Tuple[float, float]] = None,
-        **kwargs: Any,
+    pretrained_model_name_or_path: Union[str, Path],
+    sigma_bounds: Optional[Tuple[float, float]] = None,
+    **kwargs: Any,
 ) -> nn.Module:
-    """ ``smp.from_pretrained`` for a model whose layers were converted after it was built.
+    """``smp.from_pretrained`` for a model whose layers were converted after it was built.
 
     Args:
         pretrained_model_name_or_path: a folder written by ``save_pretrained``, or a Hub repository id.
@@ -55,9 +56,15 @@ def _weights_file(name_or_path: str, **kwargs: Any) -> str:
     if os.path.isdir(name_or_path):
         path = os.path.join(name_or_path, WEIGHTS_NAME)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"from_pretrained: no {WEIGHTS_NAME} in '{name_or_path}' (written by save_pretrained)")
+            raise FileNotFoundError(
+                f"from_pretrained: no {WEIGHTS_NAME} in '{name_or_path}' (written by save_pretrained)"
+            )
         return path
     from huggingface_hub import hf_hub_download
-    hub_args = {key: kwargs[key] for key in ('revision', 'cache_dir', 'token', 'force_download', 'local_files_only')
-                if key in kwargs}
+
+    hub_args = {
+        key: kwargs[key]
+        for key in ('revision', 'cache_dir', 'token', 'force_download', 'local_files_only')
+        if key in kwargs
+    }
     return hf_hub_download(repo_id=name_or_path, filename=WEIGHTS_NAME, **hub_args)

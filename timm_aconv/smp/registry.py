@@ -1,4 +1,4 @@
-""" Registration of our encoders and architectures with segmentation-models-pytorch
+"""Registration of our encoders and architectures with segmentation-models-pytorch
 
 After :func:`register_smp` (run by ``import timm_aconv``):
 
@@ -9,6 +9,7 @@ After :func:`register_smp` (run by ``import timm_aconv``):
 - ``smp.AconvUnet`` / ``smp.PaperUNet`` exist, which ``smp.from_pretrained`` needs to find a
   saved model's class by name.
 """
+
 import inspect
 from typing import Any, Optional
 
@@ -19,7 +20,7 @@ from .aconv_unet import AconvUnet
 from .encoders import aconv_resnet_encoders
 from .paper_unet import PaperUNet
 
-__all__ = ['register_smp', 'create_paper_unet']
+__all__ = ['create_paper_unet', 'register_smp']
 
 # create_model() always passes an encoder name; its default is the only one a model without a
 # choice of encoder can accept without ignoring what the user asked for
@@ -27,13 +28,13 @@ _CREATE_MODEL_DEFAULT_ENCODER = inspect.signature(smp.create_model).parameters['
 
 
 def create_paper_unet(
-        encoder_name: Optional[str] = None,
-        encoder_weights: Optional[str] = None,
-        in_channels: int = 3,
-        classes: int = 3,
-        **kwargs: Any,
+    encoder_name: Optional[str] = None,
+    encoder_weights: Optional[str] = None,
+    in_channels: int = 3,
+    classes: int = 3,
+    **kwargs: Any,
 ) -> PaperUNet:
-    """ ``smp.create_model('aconv_paper_unet', encoder_weights=None, ...)``: a :class:`PaperUNet`.
+    """``smp.create_model('aconv_paper_unet', encoder_weights=None, ...)``: a :class:`PaperUNet`.
 
     The paper's network has its own fixed encoder trained from scratch: ``encoder_name`` must be
     left at ``create_model``'s default (or None) and ``encoder_weights`` must be None. Other
@@ -42,15 +43,17 @@ def create_paper_unet(
     if encoder_name not in (None, _CREATE_MODEL_DEFAULT_ENCODER):
         raise ValueError(
             f"aconv_paper_unet has its own fixed encoder (the Keras example's Xception-style one); "
-            f"do not pass encoder_name (got {encoder_name!r}). Use arch='aconv_unet' to choose an SMP encoder.")
+            f"do not pass encoder_name (got {encoder_name!r}). Use arch='aconv_unet' to choose an SMP encoder."
+        )
     if encoder_weights is not None:
         raise ValueError(
-            f"aconv_paper_unet has no pretrained weights; pass encoder_weights=None (got {encoder_weights!r})")
+            f'aconv_paper_unet has no pretrained weights; pass encoder_weights=None (got {encoder_weights!r})'
+        )
     return PaperUNet(in_channels=in_channels, classes=classes, **kwargs)
 
 
 def register_smp() -> None:
-    """ Add our encoders and architectures to SMP's registries (idempotent). """
+    """Add our encoders and architectures to SMP's registries (idempotent)."""
     ENCODER_REGISTRY.update(aconv_resnet_encoders)
     ARCHITECTURE_REGISTRY['aconv_unet'] = AconvUnet
     ARCHITECTURE_REGISTRY['aconv_paper_unet'] = create_paper_unet

@@ -1,4 +1,4 @@
-""" Model surgery: ordinary ``nn.Conv2d`` layers → :class:`AdaptiveConv2d`
+"""Model surgery: ordinary ``nn.Conv2d`` layers → :class:`AdaptiveConv2d`
 
     >>> model = smp.Unet('resnet34', encoder_weights=None)
     >>> convert_convs(model, sizes=[7], include=['encoder.conv1'])   # only the first conv
@@ -8,6 +8,7 @@ of conversion: the original k×k kernel is centred in the n×n grid and divided 
 there, the rest of the grid starts at zero, and padding grows by ``dilation * (n - k) / 2`` so
 every output keeps its position and shape.
 """
+
 import fnmatch
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -18,7 +19,7 @@ from ..layers.adaptive_conv import AdaptiveConv2d, SigmaInit, resolve_kernel_siz
 from .module_tree import replace_modules
 from .padding import explicit_padding
 
-__all__ = ['convert_convs', 'convert_conv', 'PRESERVE_SIGMA_INIT']
+__all__ = ['PRESERVE_SIGMA_INIT', 'convert_conv', 'convert_convs']
 
 # a wide envelope at conversion keeps the division by U mild (weights are rescaled by at most
 # ~e on a 7×7 grid) and lets training shrink the kernels from the original size
@@ -28,58 +29,71 @@ FRESH_SIGMA_INIT = (0.1, 0.5)
 FilterFn = Callable[[str, nn.Conv2d], bool]
 
 
-
 def _converted_padding(conv: nn.Conv2d, size: int, name: str) -> Tuple[int, int]:
     padding = []
     for pad, dil, k in zip(explicit_padding(conv), conv.dilation, conv.kernel_size):
         if (size - k) % 2:
             raise ValueError(
                 f"convert_convs: layer '{name}' has a {k}-wide kernel; it can only become an odd n×n "
-                f"adaptive kernel with its taps kept in place when k is odd (got sizes value {size}). "
-                f"Exclude it (exclude=['{name}']).")
+                f'adaptive kernel with its taps kept in place when k is odd (got sizes value {size}). '
+                f"Exclude it (exclude=['{name}'])."
+            )
         new_pad = pad + dil * (size - k) // 2
         if new_pad < 0:
             raise ValueError(
                 f"convert_convs: layer '{name}' ({conv.kernel_size[0]}x{conv.kernel_size[1]}, padding {conv.padding}) "
-                f"cannot shrink to {size}x{size} without changing its output shape; use a size >= "
-                f"{max(conv.kernel_size) - 2 * pad // dil}")
+                f'cannot shrink to {size}x{size} without changing its output shape; use a size >= '
+                f'{max(conv.kernel_size) - 2 * pad // dil}'
+            )
         padding.append(new_pad)
     return tuple(padding)
 
 
 def convert_conv(
-        conv: nn.Conv2d,
-        size: Optional[int] = None,
-        preserve: bool = True,
-        sigma_init: Optional[SigmaInit] = None,
-        sigma_bounds: Optional[Tuple[float, float]] = None,
-        name: str = 'conv',
+    conv: nn.Conv2d,
+    size: Optional[int] = None,
+    preserve: bool = True,
+    sigma_init: Optional[SigmaInit] = None,
+    sigma_bounds: Optional[Tuple[float, float]] = None,
+    name: str = 'conv',
 ) -> AdaptiveConv2d:
-    """ An :class:`AdaptiveConv2d` with n×n grid replacing ``conv`` (see :func:`convert_convs`). """
+    """An :class:`AdaptiveConv2d` with n×n grid replacing ``conv`` (see :func:`convert_convs`)."""
     if size is None and (max(conv.kernel_size) < 3 or max(conv.kernel_size) % 2 == 0):
         raise ValueError(
             f"convert_convs: layer '{name}' has a {conv.kernel_size[0]}x{conv.kernel_size[1]} kernel, which "
-            f"sizes=None would keep, but adaptive kernels need an odd size >= 3; give sizes or exclude it")
+            f'sizes=None would keep, but adaptive kernels need an odd size >= 3; give sizes or exclude it'
+        )
     size = resolve_kernel_size(max(conv.kernel_size) if size is None else size, name='sizes')
     if preserve and size < max(conv.kernel_size):
         raise ValueError(
             f"convert_convs: layer '{name}' has a {conv.kernel_size[0]}x{conv.kernel_size[1]} kernel; "
-            f"preserve=True needs sizes >= {max(conv.kernel_size)}, got {size} (or pass preserve=False)")
+            f'preserve=True needs sizes >= {max(conv.kernel_size)}, got {size} (or pass preserve=False)'
+        )
     if sigma_init is None:
         sigma_init = PRESERVE_SIGMA_INIT if preserve else FRESH_SIGMA_INIT
     weight = conv.weight
     layer = AdaptiveConv2d(
-        conv.in_channels, conv.out_channels, size, stride=conv.stride,
-        padding=_converted_padding(conv, size, name), dilation=conv.dilation, groups=conv.groups,
-        bias=conv.bias is not None, padding_mode=conv.padding_mode, device=weight.device, dtype=weight.dtype,
-        sigma_init=sigma_init, sigma_bounds=sigma_bounds)
+        conv.in_channels,
+        conv.out_channels,
+        size,
+        stride=conv.stride,
+        padding=_converted_padding(conv, size, name),
+        dilation=conv.dilation,
+        groups=conv.groups,
+        bias=conv.bias is not None,
+        padding_mode=conv.padding_mode,
+        device=weight.device,
+        dtype=weight.dtype,
+        sigma_init=sigma_init,
+        sigma_bounds=sigma_bounds,
+    )
     if preserve:
         with torch.no_grad():
             kh, kw = conv.kernel_size
             top, left = (size - kh) // 2, (size - kw) // 2
-            envelope = layer.envelope()[:, None, top:top + kh, left:left + kw]
+            envelope = layer.envelope()[:, None, top : top + kh, left : left + kw]
             layer.weight.zero_()
-            layer.weight[:, :, top:top + kh, left:left + kw] = weight / envelope
+            layer.weight[:, :, top : top + kh, left : left + kw] = weight / envelope
             if conv.bias is not None:
                 layer.bias.copy_(conv.bias)
     layer.weight.requires_grad_(weight.requires_grad)
@@ -104,23 +118,23 @@ def _as_patterns(patterns, arg: str) -> Optional[List[str]]:
 
 
 def _describe(names: Dict[nn.Module, List[str]], limit: int = 40) -> str:
-    rows = [f"{aliases[0]} ({'x'.join(map(str, conv.kernel_size))})" for conv, aliases in names.items()]
+    rows = [f'{aliases[0]} ({"x".join(map(str, conv.kernel_size))})' for conv, aliases in names.items()]
     more = f', ... ({len(rows) - limit} more)' if len(rows) > limit else ''
     return ', '.join(rows[:limit]) + more if rows else '(none)'
 
 
 def convert_convs(
-        model: nn.Module,
-        sizes: Union[None, int, Sequence[int]] = (7,),
-        include: Optional[Sequence[str]] = None,
-        exclude: Optional[Sequence[str]] = None,
-        filter_fn: Optional[FilterFn] = None,
-        preserve: bool = True,
-        sigma_init: Optional[SigmaInit] = None,
-        sigma_bounds: Optional[Tuple[float, float]] = None,
-        skip_pointwise: bool = True,
+    model: nn.Module,
+    sizes: Union[int, Sequence[int], None] = (7,),
+    include: Optional[Sequence[str]] = None,
+    exclude: Optional[Sequence[str]] = None,
+    filter_fn: Optional[FilterFn] = None,
+    preserve: bool = True,
+    sigma_init: Optional[SigmaInit] = None,
+    sigma_bounds: Optional[Tuple[float, float]] = None,
+    skip_pointwise: bool = True,
 ) -> nn.Module:
-    """ Replace chosen ``nn.Conv2d`` layers of ``model`` by :class:`AdaptiveConv2d`, in place.
+    """Replace chosen ``nn.Conv2d`` layers of ``model`` by :class:`AdaptiveConv2d`, in place.
 
     Args:
         model: any module (a bare ``nn.Conv2d`` is returned converted).
@@ -172,7 +186,8 @@ def convert_convs(
         raise ValueError(
             f'convert_convs selected no layer (include={include}, exclude={exclude}, '
             f'filter_fn={filter_fn}, skip_pointwise={skip_pointwise}). Convolution layers in this model: '
-            f'{_describe(aliases)}')
+            f'{_describe(aliases)}'
+        )
 
     if sizes is None or isinstance(sizes, int):
         per_layer = [sizes] * len(chosen)
@@ -185,11 +200,13 @@ def convert_convs(
         else:
             raise ValueError(
                 f'convert_convs: sizes has {len(sizes)} values but {len(chosen)} layers were chosen; give one '
-                f'value or one per chosen layer, in this order: {[names[0] for names in chosen.values()]}')
+                f'value or one per chosen layer, in this order: {[names[0] for names in chosen.values()]}'
+            )
 
     replacements = {
-        conv: convert_conv(conv, size, preserve=preserve, sigma_init=sigma_init, sigma_bounds=sigma_bounds,
-                           name=names[0])
+        conv: convert_conv(
+            conv, size, preserve=preserve, sigma_init=sigma_init, sigma_bounds=sigma_bounds, name=names[0]
+        )
         for (conv, names), size in zip(chosen.items(), per_layer)
     }
     return replace_modules(model, replacements)

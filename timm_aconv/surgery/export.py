@@ -1,4 +1,4 @@
-""" Deployment at the learned sizes: each adaptive filter becomes a plain convolution of its own size
+"""Deployment at the learned sizes: each adaptive filter becomes a plain convolution of its own size
 
 :func:`export_learned_sizes` replaces every :class:`~timm_aconv.AdaptiveConv2d` by plain
 convolutions in which each filter keeps only the centred window of its product kernel that
@@ -22,6 +22,7 @@ elsewhere the exported layer gathers its outputs back into the original order.
 its largest learned size: no concatenation, more multiply-adds), or ``'auto'`` (per layer, the
 faster of the two, timed on the layer's input from ``example_inputs``).
 """
+
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -38,7 +39,7 @@ from .learned_sizes import check_sizes, filter_kernel_sizes
 from .module_tree import replace_modules
 from .padding import explicit_padding
 
-__all__ = ['export_learned_sizes', 'export_conv', 'STRATEGIES']
+__all__ = ['STRATEGIES', 'export_conv', 'export_learned_sizes']
 
 STRATEGIES = ('bucketed', 'single', 'auto')
 
@@ -50,9 +51,8 @@ class _Bucket:
     conv_groups: List[int]  # the layer's groups whose inputs it reads
 
 
-
 def _plan(filter_sizes: torch.Tensor, groups: int) -> List[_Bucket]:
-    """ One bucket per size; in a grouped layer, per size and per number of filters that size has in a group. """
+    """One bucket per size; in a grouped layer, per size and per number of filters that size has in a group."""
     per_group = filter_sizes.numel() // groups
     buckets = []
     for size in sorted(set(filter_sizes.tolist())):
@@ -69,7 +69,7 @@ def _plan(filter_sizes: torch.Tensor, groups: int) -> List[_Bucket]:
 
 
 def _bucket_conv(layer: nn.Conv2d, kernel: torch.Tensor, bucket: _Bucket) -> nn.Conv2d:
-    """ A conv computing ``bucket``'s filters of ``layer`` (with product kernel ``kernel``) in its window. """
+    """A conv computing ``bucket``'s filters of ``layer`` (with product kernel ``kernel``) in its window."""
     grid, size = kernel.shape[-1], bucket.size
     trim = (grid - size) // 2
     padding, input_trim = [], []
@@ -81,17 +81,31 @@ def _bucket_conv(layer: nn.Conv2d, kernel: torch.Tensor, bucket: _Bucket) -> nn.
     in_per_group = layer.in_channels // layer.groups
     input_index = None
     if layer.groups > 1 and bucket.conv_groups != list(range(layer.groups)):
-        input_index = torch.cat([torch.arange(g * in_per_group, (g + 1) * in_per_group, device=kernel.device)
-                                 for g in bucket.conv_groups])
-    weight = kernel[bucket.filters][:, :, trim:trim + size, trim:trim + size]
-    kwargs = dict(stride=layer.stride, padding=tuple(padding), dilation=layer.dilation, groups=groups,
-                  bias=layer.bias is not None, padding_mode=layer.padding_mode,
-                  device=kernel.device, dtype=kernel.dtype)
+        input_index = torch.cat(
+            [torch.arange(g * in_per_group, (g + 1) * in_per_group, device=kernel.device) for g in bucket.conv_groups]
+        )
+    weight = kernel[bucket.filters][:, :, trim : trim + size, trim : trim + size]
+    kwargs = dict(
+        stride=layer.stride,
+        padding=tuple(padding),
+        dilation=layer.dilation,
+        groups=groups,
+        bias=layer.bias is not None,
+        padding_mode=layer.padding_mode,
+        device=kernel.device,
+        dtype=kernel.dtype,
+    )
     if input_index is None and not any(input_trim):
         conv = nn.Conv2d(in_per_group * groups, bucket.filters.numel(), size, **kwargs)
     else:
-        conv = WindowConv2d(in_per_group * groups, bucket.filters.numel(), size, input_index=input_index,
-                            input_trim=tuple(input_trim), **kwargs)
+        conv = WindowConv2d(
+            in_per_group * groups,
+            bucket.filters.numel(),
+            size,
+            input_index=input_index,
+            input_trim=tuple(input_trim),
+            **kwargs,
+        )
     with torch.no_grad():
         conv.weight.copy_(weight)
         if layer.bias is not None:
@@ -108,8 +122,12 @@ def _build(layer: nn.Conv2d, kernel: torch.Tensor, buckets: List[_Bucket], gathe
         return _bucket_conv(layer, kernel, buckets[0])
     order = _concat_order(buckets)
     output_index = torch.argsort(order) if gather else None
-    module = MixedSizeConv2d([_bucket_conv(layer, kernel, bucket) for bucket in buckets], output_index,
-                             in_channels=layer.in_channels, groups=layer.groups)
+    module = MixedSizeConv2d(
+        [_bucket_conv(layer, kernel, bucket) for bucket in buckets],
+        output_index,
+        in_channels=layer.in_channels,
+        groups=layer.groups,
+    )
     return module.to(kernel.device).train(layer.training)
 
 
@@ -119,24 +137,30 @@ def _layer_kernel(layer: nn.Conv2d) -> torch.Tensor:
 
 
 def _plans(layer: nn.Conv2d, kernel: torch.Tensor, crop_tol: float, sizes) -> Dict[str, List[_Bucket]]:
-    """ The buckets of each strategy: one per learned size, or all filters at the largest. """
+    """The buckets of each strategy: one per learned size, or all filters at the largest."""
     filter_sizes = filter_kernel_sizes(kernel, crop_tol, sizes)
-    return dict(bucketed=_plan(filter_sizes, layer.groups),
-                single=_plan(torch.full_like(filter_sizes, int(filter_sizes.max())), layer.groups))
+    return dict(
+        bucketed=_plan(filter_sizes, layer.groups),
+        single=_plan(torch.full_like(filter_sizes, int(filter_sizes.max())), layer.groups),
+    )
 
 
 def export_conv(
-        layer: nn.Conv2d,
-        crop_tol: float = DEFAULT_CROP_TOL,
-        sizes: Optional[Sequence[int]] = None,
-        strategy: str = 'bucketed',
+    layer: nn.Conv2d,
+    crop_tol: float = DEFAULT_CROP_TOL,
+    sizes: Optional[Sequence[int]] = None,
+    strategy: str = 'bucketed',
 ) -> nn.Module:
-    """ One layer (adaptive, or a plain odd square ``nn.Conv2d``) exported at its filters' learned sizes;
-    the output channels come out in the original order. ``strategy``: 'bucketed' or 'single'. """
+    """One layer (adaptive, or a plain odd square ``nn.Conv2d``) exported at its filters' learned sizes;
+    the output channels come out in the original order. ``strategy``: 'bucketed' or 'single'."""
     crop_tol, sizes = check_crop_tol(crop_tol), check_sizes(sizes)
     if strategy not in ('bucketed', 'single'):
         raise ValueError(f"strategy must be 'bucketed' or 'single' for one layer, got {strategy!r}")
-    if not isinstance(layer, nn.Conv2d) or layer.kernel_size[0] != layer.kernel_size[1] or layer.kernel_size[0] % 2 == 0:
+    if (
+        not isinstance(layer, nn.Conv2d)
+        or layer.kernel_size[0] != layer.kernel_size[1]
+        or layer.kernel_size[0] % 2 == 0
+    ):
         raise ValueError(f'layer must be an AdaptiveConv2d or an nn.Conv2d with an odd square kernel, got {layer!r}')
     kernel = _layer_kernel(layer)
     return _build(layer, kernel, _plans(layer, kernel, crop_tol, sizes)[strategy], gather=True)
@@ -144,8 +168,10 @@ def export_conv(
 
 def _layer_inputs(model: nn.Module, layers: Dict[str, AdaptiveConv2d], example_inputs) -> Dict[str, torch.Tensor]:
     inputs: Dict[str, torch.Tensor] = {}
-    handles = [layer.register_forward_pre_hook(
-        lambda module, args, name=name: inputs.setdefault(name, args[0].detach())) for name, layer in layers.items()]
+    handles = [
+        layer.register_forward_pre_hook(lambda module, args, name=name: inputs.setdefault(name, args[0].detach()))
+        for name, layer in layers.items()
+    ]
     try:
         with torch.no_grad():
             model(*example_inputs) if isinstance(example_inputs, tuple) else model(example_inputs)
@@ -155,10 +181,19 @@ def _layer_inputs(model: nn.Module, layers: Dict[str, AdaptiveConv2d], example_i
     return inputs
 
 
-def _faster_is_bucketed(layer: nn.Conv2d, kernel: torch.Tensor, bucketed: List[_Bucket], single: List[_Bucket],
-                        x: torch.Tensor, gather: bool, rounds: int) -> bool:
-    candidates = {name: _build(layer, kernel, buckets, gather).eval()
-                  for name, buckets in (('single', single), ('bucketed', bucketed))}
+def _faster_is_bucketed(
+    layer: nn.Conv2d,
+    kernel: torch.Tensor,
+    bucketed: List[_Bucket],
+    single: List[_Bucket],
+    x: torch.Tensor,
+    gather: bool,
+    rounds: int,
+) -> bool:
+    candidates = {
+        name: _build(layer, kernel, buckets, gather).eval()
+        for name, buckets in (('single', single), ('bucketed', bucketed))
+    }
 
     def forward(module):
         def run():
@@ -167,6 +202,7 @@ def _faster_is_bucketed(layer: nn.Conv2d, kernel: torch.Tensor, bucketed: List[_
             if x.is_cuda:
                 torch.cuda.synchronize(x.device)  # time the kernels, not their launch
             return output
+
         return run
 
     timings = round_robin_latency({name: forward(module) for name, module in candidates.items()}, rounds=rounds)
@@ -174,15 +210,15 @@ def _faster_is_bucketed(layer: nn.Conv2d, kernel: torch.Tensor, bucketed: List[_
 
 
 def export_learned_sizes(
-        model: nn.Module,
-        crop_tol: float = DEFAULT_CROP_TOL,
-        sizes: Optional[Sequence[int]] = None,
-        strategy: str = 'bucketed',
-        fold_permutation: bool = True,
-        example_inputs: Union[None, torch.Tensor, Tuple] = None,
-        timing_rounds: int = 5,
+    model: nn.Module,
+    crop_tol: float = DEFAULT_CROP_TOL,
+    sizes: Optional[Sequence[int]] = None,
+    strategy: str = 'bucketed',
+    fold_permutation: bool = True,
+    example_inputs: Union[torch.Tensor, Tuple, None] = None,
+    timing_rounds: int = 5,
 ) -> nn.Module:
-    """ Replace every :class:`AdaptiveConv2d` of ``model`` by plain convolutions at its filters' learned sizes,
+    """Replace every :class:`AdaptiveConv2d` of ``model`` by plain convolutions at its filters' learned sizes,
     in place (see the module docstring).
 
     Args:
@@ -211,8 +247,10 @@ def export_learned_sizes(
     for name, layer in named_adaptive_layers(model):
         layers.setdefault(layer, name)
     if not layers:
-        raise ValueError(f'model has no AdaptiveConv2d layer ({type(model).__name__}) to export; '
-                         'for plain models use fuse_convs / crop_conv')
+        raise ValueError(
+            f'model has no AdaptiveConv2d layer ({type(model).__name__}) to export; '
+            'for plain models use fuse_convs / crop_conv'
+        )
     names = {name: layer for layer, name in layers.items()}
     kernels = {name: _layer_kernel(layer) for name, layer in names.items()}
     plans = {name: _plans(layer, kernels[name], crop_tol, sizes) for name, layer in names.items()}
@@ -222,11 +260,24 @@ def export_learned_sizes(
 
     if strategy == 'auto':
         inputs = _layer_inputs(model, names, example_inputs)
-        chosen = {name: 'bucketed' if len(plan['bucketed']) > 1 and name in inputs and _faster_is_bucketed(
-            names[name], kernels[name], plan['bucketed'], plan['single'], inputs[name], name not in chains,
-            timing_rounds) else 'single' for name, plan in plans.items()}
+        chosen = {
+            name: 'bucketed'
+            if len(plan['bucketed']) > 1
+            and name in inputs
+            and _faster_is_bucketed(
+                names[name],
+                kernels[name],
+                plan['bucketed'],
+                plan['single'],
+                inputs[name],
+                name not in chains,
+                timing_rounds,
+            )
+            else 'single'
+            for name, plan in plans.items()
+        }
     else:
-        chosen = {name: strategy for name in plans}
+        chosen = dict.fromkeys(plans, strategy)
 
     # fold first (it edits the following layers, which may be adaptive layers still to export)
     folded = set()
@@ -238,6 +289,8 @@ def export_learned_sizes(
             consumer = modules[chain.consumer]
             if consumer in layers:  # an adaptive layer still to export: its input channels moved
                 kernels[layers[consumer]] = _layer_kernel(consumer)
-    replacements = {layer: _build(layer, kernels[name], plans[name][chosen[name]], gather=name not in folded)
-                    for name, layer in names.items()}
+    replacements = {
+        layer: _build(layer, kernels[name], plans[name][chosen[name]], gather=name not in folded)
+        for name, layer in names.items()
+    }
     return replace_modules(model, replacements)

@@ -1,10 +1,11 @@
-""" Deployment: adaptive layers → plain ``nn.Conv2d`` holding the product kernel
+"""Deployment: adaptive layers → plain ``nn.Conv2d`` holding the product kernel
 
 The product kernel ``W ∘ U`` is an ordinary convolution kernel, so a trained adaptive model
 runs as a plain CNN. Where the learned envelopes leave little energy near the grid's border,
 ``crop_tol`` crops the fused kernel to a smaller centred window (with padding reduced to keep
 every output in place) for a faster layer.
 """
+
 import warnings
 from typing import Optional
 
@@ -16,11 +17,11 @@ from ..layers.envelope import centre_energy_fraction
 from .module_tree import replace_modules
 from .padding import explicit_padding
 
-__all__ = ['fuse_convs', 'crop_conv']
+__all__ = ['crop_conv', 'fuse_convs']
 
 
 def crop_conv(conv: nn.Conv2d, crop_tol: float) -> nn.Conv2d:
-    """ ``conv`` with its (odd, square) kernel cropped to the smallest centred window that keeps
+    """``conv`` with its (odd, square) kernel cropped to the smallest centred window that keeps
     all but ``crop_tol`` of the kernel's energy (sum of squares over all filters).
 
     Padding shrinks by ``dilation * (n - m) / 2`` so output shape and alignment are unchanged;
@@ -29,7 +30,7 @@ def crop_conv(conv: nn.Conv2d, crop_tol: float) -> nn.Conv2d:
     if not 0.0 <= crop_tol < 1.0:
         raise ValueError(f'crop_tol must be in [0, 1), got {crop_tol}')
     n = conv.kernel_size[0]
-    if conv.kernel_size[1] != n or n % 2 == 0 or isinstance(conv.padding, str) and conv.padding != 'same':
+    if conv.kernel_size[1] != n or n % 2 == 0 or (isinstance(conv.padding, str) and conv.padding != 'same'):
         return conv
     padding = explicit_padding(conv)
     # each side can lose at most padding // dilation taps without moving the outputs
@@ -42,12 +43,20 @@ def crop_conv(conv: nn.Conv2d, crop_tol: float) -> nn.Conv2d:
         return conv
     trim = (n - size) // 2
     cropped = nn.Conv2d(
-        conv.in_channels, conv.out_channels, size, stride=conv.stride,
-        padding=tuple(p - d * trim for p, d in zip(padding, conv.dilation)), dilation=conv.dilation,
-        groups=conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode,
-        device=conv.weight.device, dtype=conv.weight.dtype)
+        conv.in_channels,
+        conv.out_channels,
+        size,
+        stride=conv.stride,
+        padding=tuple(p - d * trim for p, d in zip(padding, conv.dilation)),
+        dilation=conv.dilation,
+        groups=conv.groups,
+        bias=conv.bias is not None,
+        padding_mode=conv.padding_mode,
+        device=conv.weight.device,
+        dtype=conv.weight.dtype,
+    )
     with torch.no_grad():
-        cropped.weight.copy_(conv.weight[:, :, trim:trim + size, trim:trim + size])
+        cropped.weight.copy_(conv.weight[:, :, trim : trim + size, trim : trim + size])
         if conv.bias is not None:
             cropped.bias.copy_(conv.bias)
     cropped.weight.requires_grad_(conv.weight.requires_grad)
@@ -55,7 +64,7 @@ def crop_conv(conv: nn.Conv2d, crop_tol: float) -> nn.Conv2d:
 
 
 def fuse_convs(model: nn.Module, crop_tol: Optional[float] = None, strict: bool = False) -> nn.Module:
-    """ Replace every :class:`AdaptiveConv2d` in ``model`` by an ``nn.Conv2d``, in place.
+    """Replace every :class:`AdaptiveConv2d` in ``model`` by an ``nn.Conv2d``, in place.
 
     Args:
         model: a model with adaptive layers (a bare adaptive layer is returned fused).
@@ -75,8 +84,10 @@ def fuse_convs(model: nn.Module, crop_tol: Optional[float] = None, strict: bool 
             fused = module.fuse()
             replacements[module] = fused if crop_tol is None else crop_conv(fused, crop_tol)
     if not replacements:
-        message = (f'fuse_convs: {type(model).__name__} has no AdaptiveConv2d layer to fuse (fused already, or '
-                   f'never converted); the model is returned unchanged')
+        message = (
+            f'fuse_convs: {type(model).__name__} has no AdaptiveConv2d layer to fuse (fused already, or '
+            f'never converted); the model is returned unchanged'
+        )
         if strict:
             raise ValueError(message)
         warnings.warn(message, stacklevel=2)

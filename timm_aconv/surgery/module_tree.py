@@ -1,4 +1,5 @@
-""" In-place replacement of modules anywhere in a module tree """
+"""In-place replacement of modules anywhere in a module tree"""
+
 from typing import Dict
 
 import torch.nn as nn
@@ -9,7 +10,7 @@ __all__ = ['replace_modules']
 
 
 def replace_modules(model: nn.Module, replacements: Dict[nn.Module, nn.Module]) -> nn.Module:
-    """ Swap every occurrence of each key module for its value, in place.
+    """Swap every occurrence of each key module for its value, in place.
 
     A module registered under several names (shared) is replaced under all of them by the
     same new module. The adaptive layers of the result are grouped anew

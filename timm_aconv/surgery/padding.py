@@ -1,4 +1,5 @@
-""" The padding a convolution applies, as explicit per-side numbers (surgery resizes kernels around it) """
+"""The padding a convolution applies, as explicit per-side numbers (surgery resizes kernels around it)"""
+
 from typing import Tuple
 
 import torch.nn as nn
@@ -7,7 +8,7 @@ __all__ = ['explicit_padding']
 
 
 def explicit_padding(conv: nn.Conv2d) -> Tuple[int, int]:
-    """ The symmetric per-side padding ``conv`` applies, with 'same'/'valid' made explicit. """
+    """The symmetric per-side padding ``conv`` applies, with 'same'/'valid' made explicit."""
     if conv.padding == 'valid':
         return 0, 0
     if conv.padding == 'same':

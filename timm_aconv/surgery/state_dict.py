@@ -1,4 +1,4 @@
-""" Load ordinary (non-adaptive) convolution weights into adaptive layers
+"""Load ordinary (non-adaptive) convolution weights into adaptive layers
 
 A checkpoint of an ordinary network (e.g. SMP's ImageNet ResNet encoders) has only ``weight`` and
 ``bias`` for the layers that are :class:`~timm_aconv.AdaptiveConv2d` in our models, and their
@@ -15,6 +15,7 @@ adaptive model computes exactly what the ordinary one did. It serves timm's
 :func:`convert_like` goes the other way: it makes adaptive the layers of a plain model that a
 checkpoint of its converted form holds as adaptive.
 """
+
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -28,10 +29,17 @@ __all__ = ['adapt_ordinary_weights', 'convert_like']
 
 
 def _ordinary_conv(layer: AdaptiveConv2d, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> nn.Conv2d:
-    """ An ``nn.Conv2d`` holding the checkpoint's ``weight``/``bias`` with ``layer``'s geometry. """
+    """An ``nn.Conv2d`` holding the checkpoint's ``weight``/``bias`` with ``layer``'s geometry."""
     conv = nn.Conv2d(
-        weight.shape[1] * layer.groups, weight.shape[0], tuple(weight.shape[-2:]), stride=layer.stride,
-        dilation=layer.dilation, groups=layer.groups, bias=bias is not None, device='meta')
+        weight.shape[1] * layer.groups,
+        weight.shape[0],
+        tuple(weight.shape[-2:]),
+        stride=layer.stride,
+        dilation=layer.dilation,
+        groups=layer.groups,
+        bias=bias is not None,
+        device='meta',
+    )
     conv.weight = nn.Parameter(weight, requires_grad=False)
     if bias is not None:
         conv.bias = nn.Parameter(bias, requires_grad=False)
@@ -39,12 +47,12 @@ def _ordinary_conv(layer: AdaptiveConv2d, weight: torch.Tensor, bias: Optional[t
 
 
 def adapt_ordinary_weights(
-        model: nn.Module,
-        state_dict: Dict[str, torch.Tensor],
-        prefix: str = '',
-        sigma_init: Optional[SigmaInit] = None,
+    model: nn.Module,
+    state_dict: Dict[str, torch.Tensor],
+    prefix: str = '',
+    sigma_init: Optional[SigmaInit] = None,
 ) -> Dict[str, torch.Tensor]:
-    """ ``state_dict`` with ordinary conv entries converted for ``model``'s adaptive layers, in place.
+    """``state_dict`` with ordinary conv entries converted for ``model``'s adaptive layers, in place.
 
     For every :class:`AdaptiveConv2d` in ``model`` whose ``weight`` is in ``state_dict`` (keys
     under ``prefix``) but whose ``sigma`` is not, the ordinary kernel is converted with
@@ -59,19 +67,24 @@ def adapt_ordinary_weights(
             continue
         ordinary = _ordinary_conv(layer, state_dict[key + 'weight'], state_dict.get(key + 'bias'))
         adaptive = convert_conv(
-            ordinary, layer.grid_size, preserve=True, sigma_init=layer.sigma_init if sigma_init is None else sigma_init,
-            sigma_bounds=layer.sigma_bounds, name=key.rstrip('.') or 'conv')
+            ordinary,
+            layer.grid_size,
+            preserve=True,
+            sigma_init=layer.sigma_init if sigma_init is None else sigma_init,
+            sigma_bounds=layer.sigma_bounds,
+            name=key.rstrip('.') or 'conv',
+        )
         state_dict[key + 'weight'] = adaptive.weight.detach()
         state_dict[key + 'sigma'] = adaptive.sigma.detach()
     return state_dict
 
 
 def convert_like(
-        model: nn.Module,
-        state_dict: Dict[str, torch.Tensor],
-        sigma_bounds: Optional[Tuple[float, float]] = None,
+    model: nn.Module,
+    state_dict: Dict[str, torch.Tensor],
+    sigma_bounds: Optional[Tuple[float, float]] = None,
 ) -> nn.Module:
-    """ Convert, in place, the ``nn.Conv2d`` layers of ``model`` that are adaptive in ``state_dict`` (their
+    """Convert, in place, the ``nn.Conv2d`` layers of ``model`` that are adaptive in ``state_dict`` (their
     ``<name>.sigma`` entries; the grid from ``<name>.weight``), so that ``state_dict`` loads strictly.
 
     How a model converted with :func:`~timm_aconv.convert_convs` and saved by a library that records only
@@ -83,15 +96,17 @@ def convert_like(
         ``model`` (or its replacement when ``model`` itself is the converted layer).
     """
     from .convert import convert_convs  # beside convert_conv
+
     by_size: Dict[int, list] = {}
     for key in state_dict:
         if key == 'sigma' or key.endswith('.sigma'):
-            name = key[:-len('sigma')].rstrip('.')
+            name = key[: -len('sigma')].rstrip('.')
             weight = state_dict.get(f'{name}.weight' if name else 'weight')
             if weight is None or weight.ndim != 4:
                 raise ValueError(f"convert_like: state_dict holds '{key}' but no 4-d '{name}.weight' beside it")
             by_size.setdefault(int(weight.shape[-1]), []).append(name)
     for size, names in by_size.items():
-        model = convert_convs(model, sizes=[size], include=names or [''], preserve=False, sigma_bounds=sigma_bounds,
-                              skip_pointwise=False)
+        model = convert_convs(
+            model, sizes=[size], include=names or [''], preserve=False, sigma_bounds=sigma_bounds, skip_pointwise=False
+        )
     return model

@@ -1,4 +1,4 @@
-""" Round-robin latency of several callables measured in the same rounds
+"""Round-robin latency of several callables measured in the same rounds
 
 Each round calls every candidate back to back, in an order that rotates from round to round,
 so load that drifts during a measurement (other processes on a shared machine) hits all
@@ -8,6 +8,7 @@ round. ``clock='cpu'`` counts the CPU time of this process instead of elapsed ti
 (:func:`time.process_time`, all threads summed): on a machine busy with other work, with one
 torch thread, it leaves out the time the scheduler gave to other processes.
 """
+
 import statistics
 import time
 from dataclasses import dataclass
@@ -20,7 +21,8 @@ CLOCKS = {'wall': time.perf_counter, 'cpu': time.process_time}
 
 @dataclass
 class Latency:
-    """ One candidate's median milliseconds per call and median per-round ratio to the reference. """
+    """One candidate's median milliseconds per call and median per-round ratio to the reference."""
+
     ms: float
     ratio: float
     rounds: int
@@ -28,7 +30,7 @@ class Latency:
 
 
 def time_calls(fn: Callable[[], object], calls: int, clock: Callable[[], float] = time.perf_counter) -> float:
-    """ Mean time per call of ``calls`` back-to-back calls of ``fn``, read from ``clock``. """
+    """Mean time per call of ``calls`` back-to-back calls of ``fn``, read from ``clock``."""
     start = clock()
     for _ in range(calls):
         fn()
@@ -36,13 +38,13 @@ def time_calls(fn: Callable[[], object], calls: int, clock: Callable[[], float] 
 
 
 def round_robin_latency(
-        candidates: Mapping[str, Callable[[], object]],
-        rounds: int = 7,
-        warmup: int = 2,
-        min_round_s: float = 0.01,
-        clock: str = 'wall',
+    candidates: Mapping[str, Callable[[], object]],
+    rounds: int = 7,
+    warmup: int = 2,
+    min_round_s: float = 0.01,
+    clock: str = 'wall',
 ) -> Dict[str, Latency]:
-    """ Time every zero-argument callable in ``candidates`` in the same rounds (see the module docstring).
+    """Time every zero-argument callable in ``candidates`` in the same rounds (see the module docstring).
 
     Args:
         candidates: name → callable doing the work once; the first is the ratios' reference.
@@ -71,7 +73,12 @@ def round_robin_latency(
         for name in names[shift:] + names[:shift]:
             times[name].append(time_calls(candidates[name], calls, timer))
     reference = times[names[0]]
-    return {name: Latency(
-        ms=statistics.median(values) * 1e3,
-        ratio=statistics.median(value / ref for value, ref in zip(values, reference)),
-        rounds=rounds, calls_per_round=calls) for name, values in times.items()}
+    return {
+        name: Latency(
+            ms=statistics.median(values) * 1e3,
+            ratio=statistics.median(value / ref for value, ref in zip(values, reference)),
+            rounds=rounds,
+            calls_per_round=calls,
+        )
+        for name, values in times.items()
+    }
