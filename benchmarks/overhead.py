@@ -79,6 +79,10 @@ Measure = Callable[..., Comparison]  # compare() with the run's rounds and clock
 # sigma_bounds=(0.1, 7)), and the energy tolerance of the crop
 CROP_SIGMA = {3: 0.1, 5: 0.15}
 CROP_TOL = 1e-3
+# sigma whose training window at train_crop_tol=CROP_TOL is 3x3 / 5x5 (the window holds the envelope's energy
+# and its derivative's in sigma, so these are smaller than CROP_SIGMA), and the batch of those cases
+TRAIN_CROP_SIGMA = {3: 0.075, 5: 0.11}
+TRAIN_CROP_BATCH = 32
 
 
 def _zero_grads(module: nn.Module) -> None:
@@ -239,6 +243,8 @@ def model_cases(measure: Measure, compile_model: bool) -> List[Dict]:
             )
         )
 
+    results += train_crop_cases(measure)
+
     if compile_model:
         breaks = {mode: _graph_breaks(adaptive.train(mode == 'train'), x) for mode in ('train', 'eval')}
         torch._dynamo.reset()
@@ -257,6 +263,54 @@ def model_cases(measure: Measure, compile_model: bool) -> List[Dict]:
                 'eval fwd b64 torch.compile',
                 comparison,
                 f'graph breaks train/eval {breaks["train"]}/{breaks["eval"]}, compile {compile_s:.0f}s (both)',
+            )
+        )
+    return results
+
+
+def train_crop_model(window: int) -> nn.Module:
+    """``aconv_resnet20`` k=7 training at ``window``x``window``: ``train_crop_tol=CROP_TOL`` with every sigma at
+    ``TRAIN_CROP_SIGMA[window]``, held by the clamp in [0.99 sigma, sigma] so that the window stays while timed
+    (sigma still gets its gradient, its update and the clamp every step)."""
+    sigma = TRAIN_CROP_SIGMA[window]
+    torch.manual_seed(0)
+    model = timm.create_model(
+        'aconv_resnet20', kernel_size=MODEL_KERNEL_SIZE, sigma_init=sigma, sigma_bounds=(0.99 * sigma, sigma)
+    )
+    return timm_aconv.set_train_crop(model, CROP_TOL)
+
+
+def train_crop_cases(measure: Measure) -> List[Dict]:
+    """Training at the learned size: the train step of :func:`train_crop_model` against ``conv_resnet20``
+    at k=7 and at the window's size, and those two ordinary models against each other, interleaved."""
+    results = []
+    batch = TRAIN_CROP_BATCH
+    ordinary = {}
+    for size in (MODEL_KERNEL_SIZE, *TRAIN_CROP_SIGMA):
+        torch.manual_seed(0)
+        ordinary[size] = train_step_fn(timm.create_model('conv_resnet20', kernel_size=size), batch, 32)
+    for window, sigma in TRAIN_CROP_SIGMA.items():
+        model = train_crop_model(window)
+        cropped = train_step_fn(model, batch, 32)
+        for size in (MODEL_KERNEL_SIZE, window):
+            comparison = measure(cropped, ordinary[size], memory=False)
+            windows = sorted(set(timm_aconv.train_windows(model).values()))
+            overruns = sum(layer.train_crop_overruns for layer in timm_aconv.adaptive_layers(model))
+            results.append(
+                _row(
+                    'model',
+                    f'train step b{batch} 32x32 at train_crop_tol={CROP_TOL:g} vs conv_resnet20 k={size}',
+                    comparison,
+                    f'aconv_resnet20 k={MODEL_KERNEL_SIZE}, sigma={sigma}, training windows {windows}, '
+                    f'overruns {overruns}',
+                )
+            )
+        comparison = measure(ordinary[window], ordinary[MODEL_KERNEL_SIZE], memory=False)
+        results.append(
+            _row(
+                'model',
+                f'reference: conv_resnet20 k={window} vs k={MODEL_KERNEL_SIZE} train step b{batch} 32x32',
+                comparison,
             )
         )
     return results

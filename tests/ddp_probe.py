@@ -1,7 +1,8 @@
 """Run by tests/test_recipes_classification.py under ``torchrun --nproc_per_node 2``.
 
 Calls recipes/train_classification.py's ``main`` with the given arguments plus a callback that,
-after every optimizer step, saves this rank's sigma values to ``<output_dir>/sigma_rank<r>.pt``.
+after every optimizer step, saves this rank's sigma values and training windows to
+``<output_dir>/sigma_rank<r>.pt``.
 """
 
 import importlib.util
@@ -25,6 +26,7 @@ class SigmaPerStep(Callback):
                 sigma=torch.cat([layer.sigma.detach().clone() for layer in layers]),
                 low=torch.tensor([layer.sigma_bounds[0] for layer in layers for _ in range(layer.out_channels)]),
                 high=torch.tensor([layer.sigma_bounds[1] for layer in layers for _ in range(layer.out_channels)]),
+                windows=torch.tensor([layer.training_window() for layer in layers]),  # train_crop_tol
             )
         )
 

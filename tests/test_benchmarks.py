@@ -235,3 +235,39 @@ def test_compiled_group_adds_few_generated_kernels_per_layer(one_torch_thread):
         adaptive, ordinary = overhead.tiny_resnet_pair(depth)
         extra[depth] = overhead.generated_kernels(adaptive, 1, 8) - overhead.generated_kernels(ordinary, 1, 8)
     assert 0 < (extra[14] - extra[8]) / (13 - 7) <= 4, extra
+
+
+def test_train_crop_cases_time_the_windows_they_name(capsys):
+    """The model suite's training-crop cases: each adaptive model trains at the window its case names
+    (3×3, 5×5) and keeps it through the timed steps; each case times the pairs it prints."""
+    for window in overhead.TRAIN_CROP_SIGMA:
+        model = overhead.train_crop_model(window)
+        assert set(timm_aconv_windows(model)) == {window}
+    timed = []
+
+    def measure(adaptive, ordinary, **kwargs):  # one call of each instead of timed rounds
+        for _ in range(12):  # past the first reads of sigma (every 10 optimizer steps)
+            adaptive()
+        ordinary()
+        timed.append((adaptive, ordinary))
+        return timing.Comparison(2.0, 4.0, 0.5, 0.4, 0.6, 1, 1, float('nan'), float('nan'))
+
+    rows = overhead.train_crop_cases(measure)
+    assert [row['case'] for row in rows] == [
+        'train step b32 32x32 at train_crop_tol=0.001 vs conv_resnet20 k=7',
+        'train step b32 32x32 at train_crop_tol=0.001 vs conv_resnet20 k=3',
+        'reference: conv_resnet20 k=3 vs k=7 train step b32 32x32',
+        'train step b32 32x32 at train_crop_tol=0.001 vs conv_resnet20 k=7',
+        'train step b32 32x32 at train_crop_tol=0.001 vs conv_resnet20 k=5',
+        'reference: conv_resnet20 k=5 vs k=7 train step b32 32x32',
+    ]
+    assert (
+        'training windows [3], overruns 0' in rows[1]['note'] and 'training windows [5], overruns 0' in rows[4]['note']
+    )
+    assert len(timed) == 6 and '| model | reference: conv_resnet20 k=3 vs k=7' in capsys.readouterr().out
+
+
+def timm_aconv_windows(model):
+    import timm_aconv
+
+    return timm_aconv.train_windows(model).values()

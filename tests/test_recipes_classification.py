@@ -184,7 +184,7 @@ def test_demo_prints_the_table_and_the_files(tmp_path, capsys):
     assert '| 3×3 (best) |' in output and str(tmp_path / 'comparison_curves.png') in output
 
 
-def test_two_processes_keep_sigma_in_sync_count_validation_once_and_take_the_global_batch(tmp_path):
+def test_two_processes_keep_sigma_and_windows_in_sync_count_validation_once_and_take_the_global_batch(tmp_path):
     with socket.socket() as probe:
         probe.bind(('127.0.0.1', 0))
         port = probe.getsockname()[1]
@@ -211,7 +211,13 @@ def test_two_processes_keep_sigma_in_sync_count_validation_once_and_take_the_glo
         '--lr',
         '0.05',
         '--sigma_init',
-        '0.05,0.5',
+        '0.05,0.1',
+        '--model_kwargs',
+        '{sigma_bounds: [0.05, 5]}',
+        '--train_crop_tol',
+        '1e-3',
+        '--train_crop_interval',
+        '3',
         '--cpu',
         '--output_dir',
         str(tmp_path),
@@ -229,9 +235,11 @@ def test_two_processes_keep_sigma_in_sync_count_validation_once_and_take_the_glo
     assert len(ranks[0]) == len(ranks[1]) == 2 * steps_one_process
     for step_rank0, step_rank1 in zip(*ranks):
         assert torch.equal(step_rank0['sigma'], step_rank1['sigma'])
+        assert torch.equal(step_rank0['windows'], step_rank1['windows'])  # the same training crop on every rank
         assert bool(((step_rank0['sigma'] >= step_rank0['low']) & (step_rank0['sigma'] <= step_rank0['high'])).all())
     history = json.loads((tmp_path / 'metrics.json').read_text())
     assert [record['step'] for record in history] == [steps_one_process, 2 * steps_one_process]
+    assert any(bool((step['windows'] < 5).any()) for step in ranks[0])  # the crop was on
     assert [record['val_samples'] for record in history] == [360, 360]  # 52 batches of 7 over 2 ranks, no repeats
     # the gathered accuracy is the single-process accuracy of the saved model on the whole validation set
     from safetensors.torch import load_file

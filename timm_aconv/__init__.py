@@ -28,11 +28,14 @@ from .layers import (
     group_adaptive_layers,
     named_adaptive_layers,
     param_groups,
+    refresh_train_windows,
     register_batched_envelopes,
     register_sigma_clamp,
     set_auto_sigma_clamp,
+    set_train_crop,
     size_penalty,
     soft_kernel_size,
+    train_windows,
     ungroup_adaptive_layers,
 )
 from .surgery import (
@@ -78,12 +81,15 @@ __all__ = [
     'named_adaptive_layers',
     'param_groups',
     'plain_model_from_learned',
+    'refresh_train_windows',
     'register_batched_envelopes',
     'register_sigma_clamp',
     'set_auto_sigma_clamp',
+    'set_train_crop',
     'size_penalty',
     'soft_kernel_size',
     'summary',
+    'train_windows',
     'ungroup_adaptive_layers',
 ]
 

@@ -96,6 +96,12 @@ FIELD_HELP: Dict[str, Tuple[str, str]] = {
         'adds size_budget_weight × size_penalty to the loss; null: no budget',
     ),
     'size_budget_weight': (OPTIM, 'weight of the size penalty in the loss (higher lands faster, further below)'),
+    'train_crop_tol': (
+        OPTIM,
+        'train each adaptive layer at the smallest window holding all but this share of its envelope '
+        'energy (and of its derivative in sigma), e.g. 1e-3; null: the full grid (the paper)',
+    ),
+    'train_crop_interval': (OPTIM, 'optimizer steps between two reads of sigma that choose the training windows'),
     # schedule
     'scheduler': (SCHEDULE, "learning-rate schedule: constant, reduce-on-plateau per epoch, the paper's one-cycle"),
     'monitor': (SCHEDULE, 'metric for the plateau schedule and the best_* column (val_loss, val_accuracy, ...)'),

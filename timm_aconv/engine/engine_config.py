@@ -61,6 +61,8 @@ class EngineConfig:
     compile_mode: Optional[str] = None  # torch.compile mode: null (default), reduce-overhead (CUDA graphs), ...
     size_budget: Optional[float] = None  # kernel FLOPs of the adaptive layers, relative to full grids; null: none
     size_budget_weight: float = 0.1  # higher: lands faster but further below the budget
+    train_crop_tol: Optional[float] = None  # train each adaptive layer at its learned window; null: full grid
+    train_crop_interval: int = 10  # optimizer steps between two reads of sigma that choose the windows
 
     def __post_init__(self) -> None:
         positive_ints = ('epochs', 'grad_accum_steps')
@@ -113,6 +115,13 @@ class EngineConfig:
             )
         if self.size_budget_weight <= 0:
             raise ConfigError(f'size_budget_weight must be > 0, got {self.size_budget_weight}')
+        if self.train_crop_tol is not None and not 0 < self.train_crop_tol < 1:
+            raise ConfigError(
+                f'train_crop_tol must be in (0, 1) (the energy share the training crop may drop) or null, '
+                f'got {self.train_crop_tol}'
+            )
+        if self.train_crop_interval < 1:
+            raise ConfigError(f'train_crop_interval must be >= 1 (optimizer steps), got {self.train_crop_interval}')
 
 
 def create_optimizer(model: nn.Module, config: EngineConfig) -> torch.optim.Optimizer:

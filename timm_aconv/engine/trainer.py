@@ -5,7 +5,8 @@ prepares model, optimizer and loaders (CPU, one or many GPUs, ``accelerate launc
 multi-process CPU runs need ``cpu=True``). Per real optimizer step: clip by value (the paper's Keras
 ``clipvalue``, sigma too) and/or norm, the optimizer over :func:`timm_aconv.param_groups`, the sigma
 clamp (:func:`timm_aconv.register_sigma_clamp`), a per-step scheduler; an optional kernel-size budget
-adds ``size_budget_weight * timm_aconv.size_penalty(model, size_budget)`` to the loss. Per epoch:
+adds ``size_budget_weight * timm_aconv.size_penalty(model, size_budget)`` to the loss, and
+``train_crop_tol`` trains each adaptive layer at its learned window (:mod:`timm_aconv.layers.train_crop`). Per epoch:
 evaluation through a :class:`~timm_aconv.engine.metrics.Metric` with ``gather_for_metrics`` (each
 validation sample once on any number of processes), a metrics row (``metrics.csv``/``.json``,
 trackers, one printed line), the best model by ``monitor`` in ``output_dir/best``, and Accelerate
@@ -30,9 +31,10 @@ from accelerate.utils import DynamoBackend, ProjectConfiguration, set_seed
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from tqdm.auto import tqdm
 
-from ..layers import OutputPixelTracker, adaptive_layers, group_adaptive_layers, register_sigma_clamp, size_penalty
+from ..layers import OutputPixelTracker, size_penalty
+from .adaptive_setup import prepare_adaptive_layers, resolve_trackers, tracker_config
 from .callbacks import Callback
-from .config import ConfigError, config_to_dict, save_config
+from .config import ConfigError, save_config
 from .engine_config import EngineConfig, create_optimizer
 from .history import epoch_line, write_history
 from .launch import check_process_count, expected_process_count
@@ -49,16 +51,6 @@ SaveModelFn = Callable[[nn.Module, Path], None]
 def _default_forward(model: nn.Module, batch: Any) -> Tuple[torch.Tensor, torch.Tensor]:
     inputs, targets = batch
     return model(inputs), targets
-
-
-def _resolve_trackers(log_with: str) -> Optional[List[str]]:
-    if log_with == 'none':
-        return None
-    if log_with == 'auto':
-        from accelerate.utils import is_tensorboard_available
-
-        return ['tensorboard'] if is_tensorboard_available() else None
-    return [log_with]
 
 
 class Trainer:
@@ -114,7 +106,7 @@ class Trainer:
             mixed_precision=config.mixed_precision,
             gradient_accumulation_steps=config.grad_accum_steps,
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed),
-            log_with=_resolve_trackers(config.log_with),
+            log_with=resolve_trackers(config.log_with),
             project_config=ProjectConfiguration(project_dir=config.output_dir),
         )
         project = self.accelerator.project_configuration  # checkpoints/checkpoint_<n>, the last N kept
@@ -123,19 +115,12 @@ class Trainer:
             project.set_directories(config.output_dir)
         check_process_count(self.accelerator.num_processes)
         optimizer = optimizer or create_optimizer(model, config)
-        self.clamp_handle = register_sigma_clamp(optimizer, model)
-        group_adaptive_layers(model)  # product kernels computed together (registered models are grouped already)
+        self.clamp_handle = prepare_adaptive_layers(model, optimizer, config)  # before compiling
         if self._should_compile():
             # in place: same parameters, state-dict keys and checkpoints as eager
             model.compile(**({} if self.config.compile_mode is None else dict(mode=self.config.compile_mode)))
-        self.output_pixels = None  # per adaptive layer, for the size budget's FLOPs weights
-        if config.size_budget is not None:
-            if next(adaptive_layers(model), None) is None:
-                raise ConfigError(
-                    f'size_budget={config.size_budget} needs a model with adaptive layers, and '
-                    f'{type(model).__name__} has none'
-                )
-            self.output_pixels = OutputPixelTracker(model)
+        # per adaptive layer, for the size budget's FLOPs weights
+        self.output_pixels = OutputPixelTracker(model) if config.size_budget is not None else None
         self.model, self.optimizer, self.train_loader, self.val_loader = self.accelerator.prepare(
             model, optimizer, train_loader, val_loader
         )
@@ -204,7 +189,7 @@ class Trainer:
         else:
             self._discard_earlier_run()
         if self.accelerator.trackers == [] and self.accelerator.log_with:
-            self.accelerator.init_trackers('timm_aconv', config=_tracker_config(config))
+            self.accelerator.init_trackers('timm_aconv', config=tracker_config(config))
         for callback in self.callbacks:
             callback.on_fit_start(self)
         while self.epoch < config.epochs and not self.should_stop:
@@ -398,11 +383,3 @@ class Trainer:
             for directory in (self.checkpoints_dir, self.best_dir):
                 shutil.rmtree(directory, ignore_errors=True)
         self.accelerator.wait_for_everyone()
-
-
-def _tracker_config(config: EngineConfig) -> Dict[str, Any]:
-    """Trackers (TensorBoard hparams) accept only scalars and strings."""
-    return {
-        key: value if isinstance(value, (int, float, str, bool)) else str(value)
-        for key, value in config_to_dict(config).items()
-    }

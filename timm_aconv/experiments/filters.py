@@ -87,6 +87,7 @@ class LearnFiltersConfig:
     l2: float = 1e-3
     sigma_init: float = field(default=0.25, metadata=dict(help='initial sigma of every adaptive filter'))
     sigma_bounds: Optional[Tuple[float, float]] = None
+    train_crop_tol: Optional[float] = None  # the adaptive layer trains at its learned window (null: full grid)
     aconv_weight_init: Literal['he_uniform', 'glorot_uniform', 'torch'] = 'he_uniform'
     conv_weight_init: Literal['he_uniform', 'glorot_uniform', 'torch'] = 'glorot_uniform'
     seed: int = 9
@@ -109,6 +110,8 @@ class LearnFiltersConfig:
         if self.clip_value is not None and self.clip_value <= 0:
             raise ConfigError(f'clip_value must be > 0 or null (no clipping), got {self.clip_value!r}')
         resolve_kernel_size(self.kernel_size)
+        if self.train_crop_tol is not None and not 0 < self.train_crop_tol < 1:
+            raise ConfigError(f'train_crop_tol must be in (0, 1) or null (full grid), got {self.train_crop_tol!r}')
         for init in (self.aconv_weight_init, self.conv_weight_init):
             if init not in WEIGHT_INITS:
                 raise ConfigError(f'weight inits must be one of {WEIGHT_INITS}, got {init!r}')
@@ -201,7 +204,13 @@ def build_filter_layer(kind: str, filters: int, config: LearnFiltersConfig) -> n
     common = dict(padding='same', bias=False)
     if kind == 'aconv':
         layer = AdaptiveConv2d(
-            1, filters, config.kernel_size, sigma_init=config.sigma_init, sigma_bounds=config.sigma_bounds, **common
+            1,
+            filters,
+            config.kernel_size,
+            sigma_init=config.sigma_init,
+            sigma_bounds=config.sigma_bounds,
+            train_crop_tol=config.train_crop_tol,
+            **common,
         )
     else:
         layer = nn.Conv2d(1, filters, config.kernel_size, **common)

@@ -18,6 +18,7 @@ from .size_budget import (
     size_penalty,
     soft_kernel_size,
 )
+from .train_crop import refresh_train_windows, set_train_crop, train_windows
 
 __all__ = [
     'DEFAULT_CROP_TOL',
@@ -36,10 +37,13 @@ __all__ = [
     'group_adaptive_layers',
     'named_adaptive_layers',
     'param_groups',
+    'refresh_train_windows',
     'register_batched_envelopes',
     'register_sigma_clamp',
     'set_auto_sigma_clamp',
+    'set_train_crop',
     'size_penalty',
     'soft_kernel_size',
+    'train_windows',
     'ungroup_adaptive_layers',
 ]

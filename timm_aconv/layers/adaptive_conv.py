@@ -30,9 +30,13 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from .envelope import grid_sq_distance, softmax_envelope
 from .kernel_group import KernelGroup, OptimizerSteps, stream_capturing
+from .window import check_crop_tol, training_windows, window_conv2d
 
 __all__ = [
+    'CROPPING_LAYERS',
     'SIGMA_OWNERS',
+    'TRAIN_CROP_INTERVAL',
+    'TRAIN_CROP_MARGIN',
     'AdaptiveConv2d',
     'SigmaInit',
     'resolve_kernel_size',
@@ -45,6 +49,12 @@ _is_exporting = getattr(torch.compiler, 'is_exporting', lambda: False)  # torch 
 # each sigma parameter -> (a weak reference to) its layer: how a post-step hook that sees only an optimizer's
 # parameters finds their bounds (timm_aconv.layers.sigma)
 SIGMA_OWNERS: WeakIdKeyDictionary = WeakIdKeyDictionary()
+# layers with a train_crop_tol: the optimizer post-step hook of timm_aconv.layers.train_crop refreshes their windows
+CROPPING_LAYERS: 'weakref.WeakSet[AdaptiveConv2d]' = weakref.WeakSet()
+# train_crop_*: sigma is read every 10 optimizer steps, and each window planned for apertures 10% wider than
+# the read ones plus their growth since the previous read, extrapolated to the next read
+TRAIN_CROP_INTERVAL = 10
+TRAIN_CROP_MARGIN = 0.1
 
 
 def resolve_kernel_size(kernel_size: Union[int, Sequence[int]], name: str = 'kernel_size') -> int:
@@ -75,6 +85,13 @@ def resolve_sigma_init(sigma_init: SigmaInit) -> Tuple[float, float]:
     return low, high
 
 
+def check_crop_interval(interval: int) -> int:
+    """``train_crop_interval`` as a positive int, or a ValueError naming it."""
+    if isinstance(interval, bool) or not isinstance(interval, numbers.Integral) or interval < 1:
+        raise ValueError(f'train_crop_interval must be an integer >= 1 (optimizer steps), got {interval!r}')
+    return int(interval)
+
+
 def resolve_sigma_bounds(sigma_bounds: Optional[Tuple[float, float]], kernel_size: int) -> Tuple[float, float]:
     """``sigma_bounds`` as (low, high) with 0 < low < high; None is the paper's (1/n, n)."""
     if sigma_bounds is None:
@@ -98,6 +115,13 @@ class AdaptiveConv2d(nn.Conv2d):
             Default (0.1, 0.5), the paper's setting for its networks.
         sigma_bounds: (low, high) range that :meth:`clamp_sigma_` keeps sigma in;
             None (default) is the paper's (1/n, n).
+        train_crop_tol: None (default: off) or a share in (0, 1): in training the layer convolves
+            with the centred crop of its product kernel to the smallest odd window (``train_window``)
+            that holds all but this share of the energy of every filter's envelope and of its
+            derivative in sigma, output unchanged in shape; evaluation, :meth:`fuse` and exports
+            are unaffected.
+        train_crop_interval: optimizer steps between two reads of sigma that choose the window
+            (:mod:`timm_aconv.layers.train_crop`; the forward itself never reads sigma's values).
 
     The forward pass convolves with :meth:`product_kernel` (``weight * envelope``). In training
     the product kernels of all adaptive layers of a model are computed together
@@ -109,9 +133,30 @@ class AdaptiveConv2d(nn.Conv2d):
     edits, ``load_state_dict``, ``.to()``, ``param.data = ...``).
     """
 
-    __jit_ignored_attributes__ = ('_kernel_cache', '_kernel_group')
+    __jit_ignored_attributes__ = (
+        '_kernel_cache',
+        '_kernel_group',
+        'train_window',
+        'train_crop_interval',
+        'train_crop_margin',
+        'train_crop_overruns',
+        '_crop_read_step',
+        '_crop_read_sigma',
+        '_train_crop_tol',
+        '_crop_margin_scale',
+    )
+    __jit_unused_properties__ = ('train_crop_tol',)
     _kernel_group: Optional[KernelGroup] = None  # set by KernelGroup.attach
     _group_index: int = 0
+    # training at the learned size (class defaults: layers pickled before these existed)
+    _train_crop_tol: Optional[float] = None
+    train_window: Optional[int] = None  # the window the training forward convolves with (None: the full grid)
+    train_crop_interval: int = TRAIN_CROP_INTERVAL
+    train_crop_margin: float = TRAIN_CROP_MARGIN
+    train_crop_overruns: int = 0  # reads that found the window in use too small for the tolerance
+    _crop_read_step: int = 0
+    _crop_read_sigma: Optional[torch.Tensor] = None
+    _crop_margin_scale: float = 1.0  # doubles after each overrun
 
     def __init__(
         self,
@@ -128,6 +173,8 @@ class AdaptiveConv2d(nn.Conv2d):
         dtype=None,
         sigma_init: SigmaInit = (0.1, 0.5),
         sigma_bounds: Optional[Tuple[float, float]] = None,
+        train_crop_tol: Optional[float] = None,
+        train_crop_interval: int = TRAIN_CROP_INTERVAL,
     ):
         size = resolve_kernel_size(kernel_size)
         self.sigma_init = resolve_sigma_init(sigma_init)
@@ -152,6 +199,66 @@ class AdaptiveConv2d(nn.Conv2d):
         self._kernel_cache = None
         self.init_non_persistent_buffers()
         self.reset_sigma()
+        self.train_crop_interval = check_crop_interval(train_crop_interval)
+        self.train_crop_tol = train_crop_tol
+
+    @property
+    def train_crop_tol(self) -> Optional[float]:
+        """The energy share the training forward's crop may drop (None: no crop, the paper's layer)."""
+        return self._train_crop_tol
+
+    @train_crop_tol.setter
+    def train_crop_tol(self, value: Optional[float]) -> None:
+        self._train_crop_tol = None if value is None else check_crop_tol(value, 'train_crop_tol')
+        if self.train_window is not None and self._kernel_group is not None:
+            self._kernel_group.reset()
+        self.train_window = None
+        self._crop_read_sigma = None
+        self._crop_margin_scale = 1.0
+        if value is None:
+            CROPPING_LAYERS.discard(self)
+        else:
+            CROPPING_LAYERS.add(self)
+            self.refresh_train_window()
+
+    @torch.jit.unused
+    def refresh_train_window(self) -> Optional[int]:
+        """Reads sigma (one host synchronisation) and sets ``train_window``, the window of the
+        training forward until the next read: the smallest centred odd window holding all but
+        ``train_crop_tol`` of the energy of every filter's envelope U and of its derivative dU/dsigma
+        (so that the kernel and dL/dsigma each change by about sqrt(tol) at most), planned for
+        apertures that have grown on: the current ones plus twice their growth per step since the
+        previous read over the next ``train_crop_interval`` steps, widened by ``train_crop_margin``.
+        A read that finds the window in use too small for the current apertures counts in
+        ``train_crop_overruns`` and doubles the layer's margin from then on. Called every
+        ``train_crop_interval`` optimizer steps (:mod:`timm_aconv.layers.train_crop`), when the
+        tolerance is set and after ``load_state_dict``; returns the window (None: no crop set, or
+        sigma on the meta device)."""
+        if self._train_crop_tol is None or self.sigma.is_meta:
+            return None
+        with torch.no_grad():
+            sigma = self.sigma.detach().float().clone()  # kept: the parameter changes in place
+            steps = OptimizerSteps.count
+            planned = sigma
+            previous = self._crop_read_sigma
+            if previous is not None and previous.shape == sigma.shape and steps > self._crop_read_step:
+                # twice the growth per step seen since the previous read, over the next interval
+                growth = (sigma - previous.to(sigma.device)).clamp_min(0)
+                planned = sigma + growth * (2 * self.train_crop_interval / (steps - self._crop_read_step))
+            planned = planned * (1 + self.train_crop_margin * self._crop_margin_scale)
+            sq_distance = self.sq_distance.float()
+            needed = training_windows(torch.cat([sigma, planned]), sq_distance, self._train_crop_tol)
+            needed = needed.view(2, -1).amax(1)  # the layer's window: its widest filter's, now and planned
+            current, window = (int(value) for value in needed.tolist())  # the one read
+        if self.train_window is not None and current > self.train_window:
+            self.train_crop_overruns += 1
+            self._crop_margin_scale *= 2  # the apertures moved faster than planned: plan wider from now on
+        changed = window != self.train_window
+        self.train_window = window
+        if changed and self._kernel_group is not None:
+            self._kernel_group.reset()  # plan the group's families for the new window (outside any compiled code)
+        self._crop_read_step, self._crop_read_sigma = steps, sigma
+        return window
 
     @property
     def grid_size(self) -> int:
@@ -260,6 +367,9 @@ class AdaptiveConv2d(nn.Conv2d):
     def _load_from_state_dict(self, *args, **kwargs):
         self._invalidate_cache()
         super()._load_from_state_dict(*args, **kwargs)
+        if self._train_crop_tol is not None:  # a resume: the window of the loaded apertures
+            self._crop_read_sigma = None
+            self.refresh_train_window()
 
     def __setstate__(self, state):
         group = state.pop('_kernel_group', None)  # a copied group starts empty: each copied member joins it
@@ -273,6 +383,8 @@ class AdaptiveConv2d(nn.Conv2d):
             self.init_non_persistent_buffers()
         if group is not None:
             group.add([self])
+        if self._train_crop_tol is not None:
+            CROPPING_LAYERS.add(self)
         if self._parameters.get('sigma') is not None:
             SIGMA_OWNERS[self._parameters['sigma']] = weakref.ref(self)
 
@@ -289,11 +401,36 @@ class AdaptiveConv2d(nn.Conv2d):
         if torch.jit.is_scripting():
             kernel = self.product_kernel()
         elif torch.is_grad_enabled() and (self.weight.requires_grad or self.sigma.requires_grad):
-            kernel = self._training_kernel()
+            return self._training_forward(x)
         elif torch.compiler.is_compiling():
             kernel = self.product_kernel()
         else:
             kernel = self._cached_product_kernel()
+        return self._conv_forward(x, kernel, self.bias)
+
+    def training_window(self) -> int:
+        """The window side the training forward convolves with: ``train_window`` in training mode with
+        ``train_crop_tol`` set (once chosen), else the grid size n."""
+        window = self.train_window
+        if window is None or not self.training or self._train_crop_tol is None:
+            return self.kernel_size[0]
+        return window
+
+    @torch.jit.unused
+    def _training_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The forward that records gradients: with the product kernel the layer's group computed, or
+        in training mode with ``train_crop_tol`` set, with its centred ``train_window`` crop (the group
+        then multiplies only the window of the weights and of the envelope)."""
+        if (
+            self._train_crop_tol is not None
+            and self.train_window is None
+            and self.training
+            and not torch.compiler.is_compiling()
+        ):
+            self.refresh_train_window()  # set while sigma was on the meta device
+        kernel = self._training_kernel()
+        if kernel.shape[-1] < self.kernel_size[0]:
+            return window_conv2d(self, x, kernel, self.bias)
         return self._conv_forward(x, kernel, self.bias)
 
     def fuse(self) -> nn.Conv2d:
@@ -328,4 +465,6 @@ class AdaptiveConv2d(nn.Conv2d):
         if not self.sigma.is_meta and self.sigma.numel():
             sigma = self.sigma.detach()
             text += f', sigma=[{float(sigma.min()):.3g}, {float(sigma.max()):.3g}]'
+        if self._train_crop_tol is not None:
+            text += f', train_crop_tol={self._train_crop_tol:g}, train_window={self.train_window}'
         return text

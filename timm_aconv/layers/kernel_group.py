@@ -6,11 +6,14 @@ small network's training step is bound by the host, that per-layer Python, autog
 work doubles the step. A :class:`KernelGroup` computes the product kernels of all the adaptive
 layers of a model at once, the first time one of them runs in a training forward:
 
-- the layers are split into *families* (same grid size, weight dtype and device); each family is
+- the layers are split into *families* (same grid size, training window, weight dtype and device;
+  the window is the grid unless the layer trains at its learned size, ``train_crop_tol``); each family is
   one autograd node (:class:`_FamilyProductKernels`): one ``cat`` of the sigmas, one envelope
   computation (with its closed-form derivative in sigma, paper eq. 12 through the normalization of
   eq. 21), and per *stack* of layers whose weights share a shape one ``cat``, one product and one
-  ``split``; its backward is a few operations per stack, the arithmetic of a layer alone to the bit;
+  ``split``; its backward is a few operations per stack, the arithmetic of a layer alone to the bit.
+  A family with a smaller window multiplies only the window of the weights and of the envelope
+  (normalized over the whole grid), and its backward fills only that window of dL/dW;
 - each layer then takes its kernel (a view) and convolves: a few attribute reads per layer.
 
 Each computed kernel is handed out once, and only while it is valid: the layer's ``weight`` and
@@ -78,11 +81,12 @@ def stream_capturing(tensor: torch.Tensor) -> bool:
 
 
 class _Family:
-    """Layers of one group with the same grid size, weight dtype and device, ordered in stacks of equal
-    weight shape: ``stacks`` holds the (first, end) positions of each stack in ``order``,
-    ``stack_channels`` its filters (its share of the family's concatenated sigmas)."""
+    """Layers of one group with the same grid size, training window, weight dtype and device, ordered
+    in stacks of equal weight shape: ``stacks`` holds the (first, end) positions of each stack in
+    ``order``, ``stack_channels`` its filters (its share of the family's concatenated sigmas);
+    ``crop`` the window's rows and columns of the grid (None: the whole grid)."""
 
-    def __init__(self, order: List[int], layers: Sequence[nn.Module], weights: Sequence[torch.Tensor]):
+    def __init__(self, order: List[int], layers: Sequence[nn.Module], weights: Sequence[torch.Tensor], window: int):
         self.order = order
         self.out_channels = [layers[index].out_channels for index in order]
         self.grid_size = layers[order[0]].grid_size
@@ -95,6 +99,11 @@ class _Family:
         self.stack_shapes = [tuple(shapes[first]) for first, _end in self.stacks]
         self.stack_channels = [sum(self.out_channels[first:end]) for first, end in self.stacks]
         self.sq_distance = layers[order[0]].sq_distance.to(self.dtype)
+        self.window = window
+        offset = (self.grid_size - window) // 2
+        self.crop: Optional[slice] = slice(offset, offset + window) if window < self.grid_size else None
+        # the shape of one filter's kernel: the weights' (in_channels, n, n), or its window
+        self.kernel_shapes = [(shape[0], window, window) for shape in self.stack_shapes]
 
 
 class _FamilyProductKernels(torch.autograd.Function):
@@ -120,6 +129,11 @@ class _FamilyProductKernels(torch.autograd.Function):
         envelope, log_derivative = envelope_and_log_derivative(
             sigma, family.sq_distance, with_log_derivative=needs_sigma
         )
+        crop = family.crop
+        if crop is not None:  # normalized over the whole grid, used in the window
+            envelope = envelope[:, crop, crop]
+            log_derivative = log_derivative[:, crop, crop] if needs_sigma else None
+            weights = tuple(weight[:, :, crop, crop] for weight in weights)
         envelope = envelope.unsqueeze(1)
         several = len(family.stacks) > 1
         envelopes = envelope.split_with_sizes(family.stack_channels) if several else (envelope,)
@@ -155,11 +169,14 @@ class _FamilyProductKernels(torch.autograd.Function):
         needs_sigma = any(ctx.needs_input_grad[2 + count :])
         grad_weights: List[Optional[torch.Tensor]] = []
         grad_sigmas: List[torch.Tensor] = []
+        crop = family.crop
         for index, ((first, end), stack_envelope) in enumerate(zip(family.stacks, envelopes)):
             channels = family.out_channels[first:end]
             # a kernel no layer used gets no gradient (None): zeros in its place
             grads = [
-                torch.zeros(size, *family.stack_shapes[index], dtype=stack_envelope.dtype, device=stack_envelope.device)
+                torch.zeros(
+                    size, *family.kernel_shapes[index], dtype=stack_envelope.dtype, device=stack_envelope.device
+                )
                 if grad is None
                 else grad
                 for grad, size in zip(grad_kernels[first:end], channels)
@@ -167,6 +184,10 @@ class _FamilyProductKernels(torch.autograd.Function):
             grad = torch.cat(grads) if end - first > 1 else grads[0]
             if needs_weight:
                 grad_weight = grad * stack_envelope
+                if crop is not None:  # dL/dW is zero outside the window
+                    full = grad_weight.new_zeros(grad_weight.shape[0], *family.stack_shapes[index])
+                    full[:, :, crop, crop] = grad_weight
+                    grad_weight = full
                 grad_weights.extend(grad_weight.split_with_sizes(channels) if end - first > 1 else (grad_weight,))
             if needs_sigma:
                 grad_sigmas.append(_batched_dot(grad, sigma_derivatives[index]))
@@ -211,10 +232,8 @@ class KernelGroup:
         self._entries_steps = -1
         self._taken: List[bool] = []
         self._entries_capturing = False
-        self._planned: Tuple[List[torch.Tensor], List[torch.Tensor]] = (
-            [],
-            [],
-        )  # the tensors the families were planned for
+        # the tensors and training windows the families were planned for
+        self._planned: Tuple[List[torch.Tensor], List[torch.Tensor], List[int]] = ([], [], [])
         self._traced: List[Optional[torch.Tensor]] = [None] * len(self.layers)  # under torch.compile
         self.attach()
         self._plan()
@@ -257,10 +276,10 @@ class KernelGroup:
 
     def _plan(self) -> None:
         # planned ahead, not on a first call: a compiled forward then traces no planning (no recompile after it)
-        self._families = self._family_plan(
-            [_parameter(layer, 'weight') for layer in self.layers],
-            [_parameter(layer, 'sigma') for layer in self.layers],
-        )
+        weights = [_parameter(layer, 'weight') for layer in self.layers]
+        sigmas = [_parameter(layer, 'sigma') for layer in self.layers]
+        windows = [layer.training_window() for layer in self.layers]
+        self._families, self._planned = self._family_plan(weights, sigmas, windows), (weights, sigmas, windows)
 
     def __reduce__(self):
         # a copy (deepcopy, pickle) starts empty: the copied members join it as their state is restored
@@ -287,6 +306,7 @@ class KernelGroup:
                 and weight._version == weight_version
                 and sigma._version == sigma_version
                 and self._entries_capturing == stream_capturing(weight)
+                and kernel.shape[-1] == layer.training_window()
             ):
                 if _saving_through_hooks():
                     return kernel
@@ -298,30 +318,40 @@ class KernelGroup:
         self._taken[index] = True
         return kernel
 
-    def _family_plan(self, weights: List[torch.Tensor], sigmas: List[torch.Tensor]) -> List[_Family]:
+    def _family_plan(
+        self, weights: List[torch.Tensor], sigmas: List[torch.Tensor], windows: List[int]
+    ) -> List[_Family]:
         keyed: Dict[Tuple, List[int]] = {}
-        for index, (layer, weight) in enumerate(zip(self.layers, weights)):
-            keyed.setdefault((layer.grid_size, weight.dtype, weight.device), []).append(index)
+        for index, (layer, weight, window) in enumerate(zip(self.layers, weights, windows)):
+            keyed.setdefault((layer.grid_size, window, weight.dtype, weight.device), []).append(index)
         families = []
-        for indices in keyed.values():
+        for (_, window, _, _), indices in keyed.items():
             # stable order by weight shape: layers of one shape form one stack
             shapes: Dict[Tuple, List[int]] = {}
             for index in indices:
                 shapes.setdefault(tuple(weights[index].shape[1:]), []).append(index)
-            families.append(_Family([index for stack in shapes.values() for index in stack], self.layers, weights))
-        self._planned = (weights, sigmas)
+            order = [index for stack in shapes.values() for index in stack]
+            families.append(_Family(order, self.layers, weights, window))
         return families
+
+    def _planned_for(self, weights: List[torch.Tensor], sigmas: List[torch.Tensor], windows: List[int]) -> bool:
+        planned_weights, planned_sigmas, planned_windows = self._planned
+        return (
+            self._families is not None
+            and all(map(operator.is_, weights, planned_weights))
+            and all(map(operator.is_, sigmas, planned_sigmas))
+            and windows == planned_windows
+        )
 
     def _compute(self) -> List[Tuple]:
         layers = self.layers
         weights = [_parameter(layer, 'weight') for layer in layers]
         sigmas = [_parameter(layer, 'sigma') for layer in layers]
-        planned_weights, planned_sigmas = self._planned
-        if self._families is None or not (
-            all(map(operator.is_, weights, planned_weights)) and all(map(operator.is_, sigmas, planned_sigmas))
-        ):
-            # new parameter tensors (first call, swapped parameters): shapes, dtypes and devices may differ
-            self._families = self._family_plan(weights, sigmas)
+        windows = [layer.training_window() for layer in layers]
+        if not self._planned_for(weights, sigmas, windows):
+            # new parameter tensors (first call, swapped parameters: shapes, dtypes and devices may differ)
+            # or new training windows
+            self._families, self._planned = self._family_plan(weights, sigmas, windows), (weights, sigmas, windows)
         kernels: List[Optional[torch.Tensor]] = [None] * len(layers)
         for family in self._families:
             order = family.order
@@ -349,24 +379,34 @@ class KernelGroup:
         return kernel
 
     def _formula_kernels(self) -> List[Optional[torch.Tensor]]:
+        # the windows are traced as constants (a window that changes recompiles); the plan for them is made
+        # outside the traced code (a layer's new window replans its group), here only where a layer's mode
+        # differs from the plan's (a forward recording gradients in eval mode)
+        windows = [layer.training_window() for layer in self.layers]
+        families = self._families
+        if windows != self._planned[2]:
+            families = self._family_plan(self._planned[0], self._planned[1], windows)
         kernels: List[Optional[torch.Tensor]] = [None] * len(self.layers)
-        for family in self._families:
+        for family in families:
             for first, end in family.stacks:
                 indices = family.order[first:end]
-                for index, kernel in zip(indices, self._stack_formula_kernels(indices)):
+                for index, kernel in zip(indices, self._stack_formula_kernels(indices, family.crop)):
                     kernels[index] = kernel
         return kernels
 
-    def _stack_formula_kernels(self, indices: List[int]) -> Sequence[torch.Tensor]:
+    def _stack_formula_kernels(self, indices: List[int], crop: Optional[slice]) -> Sequence[torch.Tensor]:
         layers = [self.layers[index] for index in indices]
         dtype = layers[0].weight.dtype
         sigma = torch.cat([layer.sigma for layer in layers]) if len(layers) > 1 else layers[0].sigma
-        envelope = softmax_envelope(sigma.to(dtype), layers[0].sq_distance.to(dtype)).unsqueeze(1)
+        envelope = softmax_envelope(sigma.to(dtype), layers[0].sq_distance.to(dtype))
+        weights = [layer.weight for layer in layers]
+        if crop is not None:
+            envelope = envelope[:, crop, crop]
+            weights = [weight[:, :, crop, crop] for weight in weights]
+        envelope = envelope.unsqueeze(1)
         if len(layers) == 1:
-            return (layers[0].weight * envelope,)
-        return (torch.cat([layer.weight for layer in layers]) * envelope).split(
-            [layer.out_channels for layer in layers]
-        )
+            return (weights[0] * envelope,)
+        return (torch.cat(weights) * envelope).split([layer.out_channels for layer in layers])
 
 
 def _saving_through_hooks() -> bool:

@@ -35,6 +35,7 @@ import torch.nn as nn
 
 from .adaptive_conv import AdaptiveConv2d
 from .sigma import named_adaptive_layers
+from .window import DEFAULT_CROP_TOL, check_crop_tol, energy_outside_windows
 
 __all__ = [
     'DEFAULT_CROP_TOL',
@@ -46,48 +47,8 @@ __all__ = [
     'soft_kernel_size',
 ]
 
-# all but 0.1% of each filter's energy: ~3% relative output error per layer on uncorrelated inputs
-DEFAULT_CROP_TOL = 1e-3
 # one unit = a factor e in the energy left outside a window
 DEFAULT_TEMPERATURE = 1.0
-
-
-def check_crop_tol(crop_tol: float, name: str = 'crop_tol') -> float:
-    """``crop_tol`` as a float in (0, 1) or a ValueError naming ``name``."""
-    if isinstance(crop_tol, bool) or not isinstance(crop_tol, (int, float)) or not 0.0 < crop_tol < 1.0:
-        raise ValueError(
-            f"{name} must be a number in (0, 1) (the share of each filter's energy a crop may drop), got {crop_tol!r}"
-        )
-    return float(crop_tol)
-
-
-@functools.cache
-def _chebyshev_rings(size: int, device: torch.device) -> torch.Tensor:
-    """(n*n,) ring of each grid tap (its Chebyshev distance to the centre), row-major."""
-    coords = (torch.arange(size, device=device) - size // 2).abs()
-    return torch.maximum(coords[:, None], coords[None, :]).flatten()
-
-
-def energy_outside_windows(energy: torch.Tensor) -> torch.Tensor:
-    """Share of the energy outside each centred odd window, differentiably.
-
-    Args:
-        energy: non-negative per-tap energies of shape (..., n, n), n odd (e.g. ``envelope ** 2`` or
-            a kernel's squares summed over its input channels).
-
-    Returns:
-        (..., n//2 + 1): entry r is the share outside the centred (2r+1)×(2r+1) window (the last is 0);
-        computed from ring sums, so small shares carry no cancellation error. An all-zero energy gives 0.
-    """
-    size = energy.shape[-1]
-    if energy.shape[-2] != size or size % 2 == 0:
-        raise ValueError(f'energy must be (..., n, n) with odd n, got shape {tuple(energy.shape)}')
-    flat = energy.flatten(-2)
-    # index_add, not a matmul with a one-hot map: tiny BLAS calls stall on a busy multi-threaded CPU
-    rings = flat.new_zeros(*flat.shape[:-1], size // 2 + 1).index_add(-1, _chebyshev_rings(size, energy.device), flat)
-    outside = rings.flip(-1).cumsum(-1).flip(-1) - rings  # sum over rings k > r
-    total = rings.sum(-1, keepdim=True)
-    return outside / total.clamp_min(torch.finfo(energy.dtype).tiny)
 
 
 def soft_kernel_size(

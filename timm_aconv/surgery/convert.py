@@ -16,8 +16,8 @@ import torch
 import torch.nn as nn
 
 from ..layers.adaptive_conv import AdaptiveConv2d, SigmaInit, resolve_kernel_size
+from ..layers.window import explicit_padding
 from .module_tree import replace_modules
-from .padding import explicit_padding
 
 __all__ = ['PRESERVE_SIGMA_INIT', 'convert_conv', 'convert_convs']
 

@@ -33,11 +33,11 @@ from ..layers.adaptive_conv import AdaptiveConv2d
 from ..layers.mixed_size_conv import MixedSizeConv2d, WindowConv2d
 from ..layers.sigma import named_adaptive_layers
 from ..layers.size_budget import DEFAULT_CROP_TOL, check_crop_tol
+from ..layers.window import explicit_padding
 from ..utils.latency import round_robin_latency
 from .channel_order import find_permutable_chains, permute_chain_
 from .learned_sizes import check_sizes, filter_kernel_sizes
 from .module_tree import replace_modules
-from .padding import explicit_padding
 
 __all__ = ['STRATEGIES', 'export_conv', 'export_learned_sizes']
 

@@ -14,8 +14,8 @@ import torch.nn as nn
 
 from ..layers.adaptive_conv import AdaptiveConv2d
 from ..layers.envelope import centre_energy_fraction
+from ..layers.window import explicit_padding
 from .module_tree import replace_modules
-from .padding import explicit_padding
 
 __all__ = ['crop_conv', 'fuse_convs']
 
