@@ -191,6 +191,8 @@ def test_size_budget_sweep_recipe_end_to_end(tmp_path, capsys):
         '1',
         '--budgets',
         '0.3',
+        '--train_crop_budgets',
+        'null,0.3',
         '--conv_kernel_sizes',
         '3',
         '--latency_batch',
@@ -210,14 +212,24 @@ def test_size_budget_sweep_recipe_end_to_end(tmp_path, capsys):
     output = capsys.readouterr().out
     assert '| arm | runs | val. accuracy deployed (%) |' in output and '| ACONV ≤ 0.3 | 1 |' in output
     result = json.loads((tmp_path / 'size_budget.json').read_text())
-    assert [arm['arm'] for arm in result['arms']] == ['CONV 3×3', 'ACONV', 'ACONV ≤ 0.3']
-    conv, _aconv, budget = result['runs']
+    assert [arm['arm'] for arm in result['arms']] == [
+        'CONV 3×3',
+        'ACONV',
+        'ACONV ≤ 0.3',
+        'ACONV, train crop',
+        'ACONV ≤ 0.3, train crop',
+    ]
+    assert 'training time (s)' in output and 'train_crop_tol=0.001' in output
+    conv, _aconv, budget, _crop, budget_crop = result['runs']
+    assert [run['train_crop_tol'] for run in result['runs']] == [None, None, None, 1e-3, 1e-3]
+    assert all(run['train_seconds'] > 0 for run in result['runs'])
+    assert budget_crop['budget'] == 0.3 and 0 <= budget_crop['export_error'] < 0.1
     assert conv['kernel_flops'] == pytest.approx(9 / 49)  # both convolutions at 3x3 vs the 7x7 grid
     assert 0 < budget['kernel_flops'] <= 1 and 0 < budget['estimated_kernel_flops'] <= 1
     assert 'estimated_kernel_flops' not in conv and 0 <= budget['export_error'] < 0.1
     assert all(run['latency_ms'] > 0 and 0 <= run['deployed_val_accuracy'] <= 1 for run in result['runs'])
     assert (tmp_path / 'size_budget.png').stat().st_size > 0
-    assert len((tmp_path / 'size_budget.csv').read_text().splitlines()) == 4
+    assert len((tmp_path / 'size_budget.csv').read_text().splitlines()) == 6
     # --resume reads the finished runs (history and model.safetensors) back: no training, same accuracies
     metrics = tmp_path / 'aconv_budget0.3' / 'seed0' / 'metrics.json'
     before = metrics.stat().st_mtime_ns
@@ -225,3 +237,4 @@ def test_size_budget_sweep_recipe_end_to_end(tmp_path, capsys):
     assert metrics.stat().st_mtime_ns == before
     again = json.loads((tmp_path / 'size_budget.json').read_text())['runs']
     assert [run['deployed_val_accuracy'] for run in again] == [run['deployed_val_accuracy'] for run in result['runs']]
+    assert [run['train_seconds'] for run in again] == [run['train_seconds'] for run in result['runs']]  # kept

@@ -116,6 +116,10 @@ FIELD_HELP: Dict[str, Tuple[str, str]] = {
     'repeats': (COMPARISON, 'training runs per arm and kernel size / variant (seeds seed, seed + 1, ...)'),
     'examples': (COMPARISON, 'validation images drawn in examples.png (0: no figure)'),
     'budgets': (COMPARISON, "kernel-size budgets of the ACONV arms, fractions of the full grids' kernel FLOPs"),
+    'train_crop_budgets': (
+        COMPARISON,
+        'budgets (null: none) of extra ACONV arms trained at the learned size with train_crop_tol',
+    ),
     'conv_kernel_sizes': (COMPARISON, 'kernel sizes of the ordinary CONV arms'),
     'crop_tol': (COMPARISON, 'energy share each filter may lose when exported at its learned size'),
     'export_strategy': (

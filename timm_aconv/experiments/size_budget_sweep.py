@@ -6,7 +6,12 @@ Arms, each trained ``repeats`` times (seeds ``seed, seed + 1, …``):
   (``aconv_simple_cnn`` → ``conv_simple_cnn``), deployed as trained;
 - ``ACONV``: ``model`` without a budget, and ``ACONV ≤ b`` for every ``budgets`` value: trained
   with ``size_budget=b``; each is deployed as :func:`timm_aconv.export_learned_sizes`
-  (``crop_tol``, ``export_strategy``) makes it.
+  (``crop_tol``, ``export_strategy``) makes it;
+- ``ACONV …, train crop`` for every ``train_crop_budgets`` value (a budget, or null for none): the
+  same arm trained at the learned size (``train_crop_tol``), deployed the same way.
+
+Each run's training time (the wall time of its ``fit``: training steps and the per-epoch evaluation)
+is kept in ``train_seconds.json`` beside its model.
 
 Measured for every deployed model: its accuracy on the whole validation set; its convolution
 multiply-adds per image (forward hooks on every ``nn.Conv2d``) relative to the full-grid ACONV
@@ -23,6 +28,7 @@ import csv
 import dataclasses
 import json
 import statistics
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Literal, Optional, Tuple
@@ -55,6 +61,8 @@ class SizeBudgetConfig(ClassificationConfig):
     latency_batch: int = 32
     latency_rounds: int = 15
     latency_clock: Literal['wall', 'cpu'] = 'wall'  # 'cpu' (with num_threads 1) on a machine busy with other work
+    # budgets (null: none) of the arms trained at the learned size, with train_crop_tol (only those arms)
+    train_crop_budgets: List[Optional[float]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -65,6 +73,14 @@ class SizeBudgetConfig(ClassificationConfig):
         for budget in self.budgets:
             if not 0 < budget <= 1:
                 raise ConfigError(f'budgets must be kernel-FLOPs fractions in (0, 1], got {self.budgets}')
+        for budget in self.train_crop_budgets:
+            if budget is not None and not 0 < budget <= 1:
+                raise ConfigError(
+                    f'train_crop_budgets must be kernel-FLOPs fractions in (0, 1] or null, '
+                    f'got {self.train_crop_budgets}'
+                )
+        if self.train_crop_budgets and self.train_crop_tol is None:
+            raise ConfigError('train_crop_budgets needs train_crop_tol: the tolerance those arms train with')
         for size in self.conv_kernel_sizes:
             if size < 1 or size % 2 == 0:
                 raise ConfigError(f'conv_kernel_sizes must be odd integers, got {self.conv_kernel_sizes}')
@@ -82,6 +98,7 @@ class Arm:
     model: str
     kernel_size: Optional[int]
     budget: Optional[float]
+    train_crop: bool = False
 
     @property
     def adaptive(self) -> bool:
@@ -89,11 +106,15 @@ class Arm:
 
 
 def sweep_arms(config: SizeBudgetConfig) -> List[Arm]:
-    """CONV k×k for each of ``conv_kernel_sizes``, ACONV, then ACONV ≤ b for each budget."""
+    """CONV k×k for each of ``conv_kernel_sizes``, ACONV, ACONV ≤ b for each budget, then the arms trained
+    at the learned size."""
     twin = 'conv_' + config.model[len('aconv_') :]
     arms = [Arm(f'CONV {k}×{k}', f'conv_k{k}', twin, k, None) for k in config.conv_kernel_sizes]
     arms.append(Arm('ACONV', 'aconv', config.model, config.kernel_size, None))
     arms += [Arm(f'ACONV ≤ {b:g}', f'aconv_budget{b:g}', config.model, config.kernel_size, b) for b in config.budgets]
+    for budget in config.train_crop_budgets:
+        label, slug = ('ACONV', 'aconv') if budget is None else (f'ACONV ≤ {budget:g}', f'aconv_budget{budget:g}')
+        arms.append(Arm(f'{label}, train crop', f'{slug}_train_crop', config.model, config.kernel_size, budget, True))
     return arms
 
 
@@ -138,6 +159,7 @@ def _run_config(config: SizeBudgetConfig, arm: Arm, seed: int) -> Classification
         model=arm.model,
         kernel_size=arm.kernel_size,
         size_budget=arm.budget,
+        train_crop_tol=config.train_crop_tol if arm.train_crop else None,
         seed=seed,
         plots=False,
         resume=False,
@@ -153,20 +175,24 @@ def _validation_set(run: ClassificationConfig):
     return val_set, info
 
 
-def _read_back(run: ClassificationConfig, info) -> Optional[Tuple[List[Dict], nn.Module]]:
-    """A finished run's history and model, or None."""
+TRAIN_SECONDS = 'train_seconds.json'
+
+
+def _read_back(run: ClassificationConfig, info) -> Optional[Tuple[List[Dict], nn.Module, float]]:
+    """A finished run's history, model and training time, or None."""
     weights = Path(run.output_dir) / 'model.safetensors'
+    timing = Path(run.output_dir) / TRAIN_SECONDS
     try:
         history = read_history(run.output_dir)
     except FileNotFoundError:
         return None
-    if len(history) != run.epochs or not weights.is_file():
+    if len(history) != run.epochs or not weights.is_file() or not timing.is_file():
         return None
     from safetensors.torch import load_file
 
     model = create_classifier(run, info)
     model.load_state_dict(load_file(str(weights)))
-    return history, model.eval()
+    return history, model.eval(), json.loads(timing.read_text())['train_seconds']
 
 
 def _accuracy(model: nn.Module, loader: DataLoader) -> float:
@@ -200,13 +226,19 @@ def run_size_budget_sweep(config: SizeBudgetConfig) -> SweepResult:
             finished = _read_back(run, info) if config.resume else None
             if finished is None:
                 keep = _KeepModel()
+                start = time.perf_counter()
                 history = train_classification(run, callbacks=[keep], end_training=False)
-                finished = history, keep.model
-            history, model = finished
+                seconds = time.perf_counter() - start
+                if state.is_main_process:
+                    (Path(run.output_dir) / TRAIN_SECONDS).write_text(json.dumps(dict(train_seconds=seconds)))
+                finished = history, keep.model, seconds
+            history, model, seconds = finished
             row = dict(
                 arm=arm.label,
                 budget=arm.budget,
+                train_crop_tol=run.train_crop_tol,
                 seed=run.seed,
+                train_seconds=seconds,
                 peak_val_accuracy=max(record['val_accuracy'] for record in history),
                 final_val_accuracy=history[-1]['val_accuracy'],
             )
@@ -271,6 +303,7 @@ def _summarize(runs: List[Dict]) -> List[Dict]:
             'kernel_flops',
             'latency_ms',
             'latency_ratio',
+            'train_seconds',
         ):
             summary[key], summary[f'{key}_std'] = _mean_std([row[key] for row in rows])
         if 'estimated_kernel_flops' in rows[0]:
@@ -286,8 +319,8 @@ def _markdown(config: SizeBudgetConfig, arms: List[Dict]) -> str:
         f'### Kernel-size budgets: {config.model} on {config.dataset}',
         '',
         '| arm | runs | val. accuracy deployed (%) | before export (%) | kernel FLOPs measured / from σ | '
-        f'latency (ms) | latency / {reference} | export error (max) |',
-        '|---|---|---|---|---|---|---|---|',
+        f'latency (ms) | latency / {reference} | export error (max) | training time (s) |',
+        '|---|---|---|---|---|---|---|---|---|',
     ]
     for arm in arms:
         adaptive = 'estimated_kernel_flops' in arm
@@ -297,7 +330,8 @@ def _markdown(config: SizeBudgetConfig, arms: List[Dict]) -> str:
             f'| {arm["arm"]} | {arm["runs"]} | {100 * arm["deployed_val_accuracy"]:.2f}±'
             f'{100 * arm["deployed_val_accuracy_std"]:.2f} | {100 * arm["final_val_accuracy"]:.2f}±'
             f'{100 * arm["final_val_accuracy_std"]:.2f} | {arm["kernel_flops"]:.3f}{estimate} | '
-            f'{arm["latency_ms"]:.2f}±{arm["latency_ms_std"]:.2f} | {arm["latency_ratio"]:.3f} | {error} |'
+            f'{arm["latency_ms"]:.2f}±{arm["latency_ms_std"]:.2f} | {arm["latency_ratio"]:.3f} | {error} | '
+            f'{arm["train_seconds"]:.1f}±{arm["train_seconds_std"]:.1f} |'
         )
     lines += [
         '',
@@ -309,7 +343,13 @@ def _markdown(config: SizeBudgetConfig, arms: List[Dict]) -> str:
         f'model, measured on the deployed model and estimated from sigma before export; export error = '
         f'relative L2 error of the logits, exported vs adaptive; latency = median forward time of a batch of '
         f'{config.latency_batch} validation images, every model timed in the same {config.latency_rounds} '
-        f'rounds ({config.latency_clock} clock), {torch.get_num_threads()} torch thread(s).',
+        f'rounds ({config.latency_clock} clock), {torch.get_num_threads()} torch thread(s); training time = '
+        f"wall time of each run's training (its steps and per-epoch evaluation)"
+        + (
+            f'; "train crop": trained at the learned size, train_crop_tol={config.train_crop_tol:g}.'
+            if config.train_crop_budgets
+            else '.'
+        ),
     ]
     return '\n'.join(lines)
 
