@@ -6,6 +6,8 @@ Task-agnostic: nothing here knows a dataset or a paper experiment (those are :mo
 - :mod:`~timm_aconv.engine.engine_config`: :class:`EngineConfig`, its validated settings, and the optimizer.
 - :mod:`~timm_aconv.engine.config`: YAML + command-line configs with validation
   (help text: :mod:`~timm_aconv.engine.cli_help`).
+- :mod:`~timm_aconv.engine.adaptive_setup`: what the engine does to adaptive layers (clamp, groups,
+  training crop), and its trackers.
 - :mod:`~timm_aconv.engine.launch`: launcher checks (``torchrun``, ``accelerate launch``) and the process state.
 - :mod:`~timm_aconv.engine.output_dir`: a run's folder, its checkpoints, the refusal to overwrite a run.
 - :mod:`~timm_aconv.engine.metrics`: the :class:`Metric` contract, classification and segmentation metrics.
