@@ -234,9 +234,9 @@ def test_summary_table():
 
 def test_fuse_convs_on_a_model_without_adaptive_layers_warns_or_raises_when_strict():
     model = fuse_convs(nn.Sequential(AdaptiveConv2d(2, 3, 3, padding=1)))
-    with pytest.warns(UserWarning, match='fuse_convs: Sequential has no AdaptiveConv2d layer to fuse'):
+    with pytest.warns(UserWarning, match='fuse_convs: Sequential has no adaptive layer to fuse'):
         assert fuse_convs(model) is model
-    with pytest.raises(ValueError, match=r'has no AdaptiveConv2d layer to fuse \(fused already, or never converted\)'):
+    with pytest.raises(ValueError, match=r'has no adaptive layer to fuse \(fused already, or never converted\)'):
         fuse_convs(model, strict=True)
     with warnings.catch_warnings():
         warnings.simplefilter('error')

@@ -15,11 +15,14 @@ and exports the first two:
 import warnings
 
 from .layers import (
+    AdaptiveConv1d,
     AdaptiveConv2d,
+    AdaptiveConv3d,
     KernelGroup,
     MixedSizeConv2d,
     OutputPixelTracker,
     adaptive_layers,
+    all_adaptive_layers,
     centre_energy_fraction,
     clamp_sigmas_,
     effective_kernel_size,
@@ -55,7 +58,9 @@ from .surgery import (
 )
 
 __all__ = [
+    'AdaptiveConv1d',
     'AdaptiveConv2d',
+    'AdaptiveConv3d',
     'KernelGroup',
     'LayerKernelSizes',
     'LearnedKernelSizes',
@@ -64,6 +69,7 @@ __all__ = [
     '__version__',
     'adapt_ordinary_weights',
     'adaptive_layers',
+    'all_adaptive_layers',
     'centre_energy_fraction',
     'clamp_sigmas_',
     'convert_conv',

@@ -1,9 +1,11 @@
 from .adaptive_conv import AdaptiveConv2d
+from .adaptive_conv_nd import COVARIANCE_TYPES, AdaptiveConv1d, AdaptiveConv3d
 from .envelope import centre_energy_fraction, effective_kernel_size, gaussian_envelope
 from .kernel_group import KernelGroup, group_adaptive_layers, register_batched_envelopes, ungroup_adaptive_layers
 from .mixed_size_conv import MixedSizeConv2d, WindowConv2d
 from .sigma import (
     adaptive_layers,
+    all_adaptive_layers,
     clamp_sigmas_,
     named_adaptive_layers,
     param_groups,
@@ -21,13 +23,17 @@ from .size_budget import (
 from .train_crop import refresh_train_windows, set_train_crop, train_windows
 
 __all__ = [
+    'COVARIANCE_TYPES',
     'DEFAULT_CROP_TOL',
+    'AdaptiveConv1d',
     'AdaptiveConv2d',
+    'AdaptiveConv3d',
     'KernelGroup',
     'MixedSizeConv2d',
     'OutputPixelTracker',
     'WindowConv2d',
     'adaptive_layers',
+    'all_adaptive_layers',
     'centre_energy_fraction',
     'clamp_sigmas_',
     'effective_kernel_size',

@@ -29,7 +29,9 @@ __all__ = [
     'effective_kernel_size',
     'envelope_and_log_derivative',
     'gaussian_envelope',
+    'grid_axis_sq_distances',
     'grid_sq_distance',
+    'nd_envelope',
     'softmax_envelope',
     'softmax_weights',
 ]
@@ -42,6 +44,56 @@ def grid_sq_distance(kernel_size: int, device: torch.device, dtype: torch.dtype)
     """Squared distance of each point of the normalized n×n grid to its centre, shape (n, n)."""
     coords = torch.linspace(-0.5, 0.5, kernel_size, device=device, dtype=dtype)
     return coords.unsqueeze(1).square() + coords.unsqueeze(0).square()
+
+
+def grid_axis_sq_distances(
+    kernel_size: Tuple[int, ...], device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None
+) -> torch.Tensor:
+    """Per axis, the squared distance of each point of a normalized grid to its centre.
+
+    Every axis of an ``n_0 × n_1 × ...`` grid has coordinates ``k / (n_a - 1)`` (both edges included,
+    centre 0.5; a 1-point axis is its centre), so sigma is in units of each axis's extent.
+
+    Returns:
+        Shape ``(ndim, *kernel_size)``: entry ``a`` holds ``d_a²`` at every grid point.
+    """
+    distances = []
+    for axis, size in enumerate(kernel_size):
+        coords = (
+            torch.linspace(-0.5, 0.5, size, device=device, dtype=dtype)
+            if size > 1
+            else torch.zeros(1, device=device, dtype=dtype)
+        )
+        shape = [1] * len(kernel_size)
+        shape[axis] = size
+        distances.append(coords.square().view(shape).expand(*kernel_size))
+    return torch.stack(distances)
+
+
+def nd_envelope(sigma: torch.Tensor, axis_sq_distances: torch.Tensor, eps: float = SIGMA_EPS) -> torch.Tensor:
+    """Normalized Gaussian envelopes on a grid of any dimension, differentiable in sigma.
+
+    ``U ∝ exp(-sum_a d_a² / (2 sigma_a² + eps))``, scaled so that ``sum U² =`` the number of grid
+    points (Theorem 3.1 for any envelope), computed as ``U = sqrt(cells * softmax(-sum_a d_a² / t_a))``
+    with ``t_a = sigma_a² + eps / 2``.
+
+    Args:
+        sigma: apertures: shape (filters,) for one aperture per filter (spherical), or
+            (filters, ndim) for one per filter and axis (diag).
+        axis_sq_distances: (ndim, *grid) from :func:`grid_axis_sq_distances`.
+        eps: added to 2 sigma² against a division by zero (the authors' 1e-8).
+
+    Returns:
+        Envelopes of shape (filters, *grid).
+    """
+    ndim = axis_sq_distances.shape[0]
+    half_var = sigma.square() + eps / 2
+    half_var = half_var.unsqueeze(-1).expand(-1, ndim) if sigma.ndim == 1 else half_var  # (filters, ndim)
+    exponent = -(axis_sq_distances.reshape(1, ndim, -1) / half_var.unsqueeze(-1)).sum(1)  # (filters, cells)
+    cells = exponent.shape[-1]
+    shape = list(axis_sq_distances.shape[1:])  # (filters, *grid), written so that TorchScript compiles it
+    shape.insert(0, exponent.shape[0])
+    return torch.softmax(exponent, dim=1).mul(cells).sqrt().reshape(shape)
 
 
 def gaussian_envelope(sigma: torch.Tensor, kernel_size: int, eps: float = SIGMA_EPS) -> torch.Tensor:

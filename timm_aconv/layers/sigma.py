@@ -21,9 +21,11 @@ from torch.utils.hooks import RemovableHandle
 from torch.utils.weak import WeakIdKeyDictionary
 
 from .adaptive_conv import SIGMA_OWNERS, AdaptiveConv2d
+from .adaptive_conv_nd import AdaptiveConvNd
 
 __all__ = [
     'adaptive_layers',
+    'all_adaptive_layers',
     'clamp_sigmas_',
     'named_adaptive_layers',
     'param_groups',
@@ -43,13 +45,20 @@ def adaptive_layers(model: nn.Module) -> Iterator[AdaptiveConv2d]:
     return (module for _, module in named_adaptive_layers(model))
 
 
+def all_adaptive_layers(model: nn.Module) -> Iterator[nn.Module]:
+    """Every adaptive convolution in ``model`` of any dimension (:class:`AdaptiveConv2d`,
+    :class:`~timm_aconv.layers.adaptive_conv_nd.AdaptiveConv1d`, ``AdaptiveConv3d``), each shared module once:
+    what the sigma helpers (clamp, parameter groups) take; the kernel-size tools take the 2-D ones."""
+    return (module for module in model.modules() if isinstance(module, (AdaptiveConv2d, AdaptiveConvNd)))
+
+
 def clamp_sigmas_(model: nn.Module) -> int:
     """Clip the sigma of every adaptive layer in ``model`` into its bounds; returns the layer count.
 
     One ``torch._foreach_clamp_min_`` and one ``torch._foreach_clamp_max_`` call per device and
     dtype (a single multi-tensor kernel each on a GPU), not one clamp per layer.
     """
-    layers = list(adaptive_layers(model))
+    layers = list(all_adaptive_layers(model))
     _clamp_layers(layers)
     return len(layers)
 
@@ -62,6 +71,9 @@ def _clamp(sigmas_and_layers: List[Tuple[torch.Tensor, AdaptiveConv2d]]) -> None
     """Clamp each sigma into its layer's bounds."""
     groups: Dict[Tuple[torch.device, torch.dtype], Tuple[List[torch.Tensor], List[float], List[float]]] = {}
     for sigma, layer in sigmas_and_layers:
+        if getattr(layer, 'covariance_type', 'spherical') != 'spherical':  # bounds per axis
+            layer.clamp_sigma_()
+            continue
         sigmas, lows, highs = groups.setdefault((sigma.device, sigma.dtype), ([], [], []))
         sigmas.append(sigma)
         low, high = layer.sigma_bounds
@@ -147,7 +159,7 @@ def param_groups(
         raise ValueError(f'sigma_lr_scale must be > 0, got {sigma_lr_scale}')
     if sigma_lr_scale != 1.0 and lr is None:
         raise ValueError('param_groups needs lr to scale the sigma learning rate (sigma_lr_scale != 1)')
-    sigma_ids = {id(layer.sigma) for layer in adaptive_layers(model)}
+    sigma_ids = {id(layer.sigma) for layer in all_adaptive_layers(model)}
     decay, no_decay, sigmas = [], [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:

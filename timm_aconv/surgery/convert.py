@@ -1,4 +1,5 @@
-"""Model surgery: ordinary ``nn.Conv2d`` layers → :class:`AdaptiveConv2d`
+"""Model surgery: ordinary convolutions → adaptive ones (``nn.Conv2d`` → :class:`AdaptiveConv2d`; with
+``dims``, ``nn.Conv1d`` / ``nn.Conv3d`` → :class:`AdaptiveConv1d` / :class:`AdaptiveConv3d`)
 
     >>> model = smp.Unet('resnet34', encoder_weights=None)
     >>> convert_convs(model, sizes=[7], include=['encoder.conv1'])   # only the first conv
@@ -6,7 +7,7 @@
 With ``preserve=True`` (default) the converted model computes the same function at the moment
 of conversion: the original k×k kernel is centred in the n×n grid and divided by the envelope
 there, the rest of the grid starts at zero, and padding grows by ``dilation * (n - k) / 2`` so
-every output keeps its position and shape.
+every output keeps its position and shape (per axis, for any dimension).
 """
 
 import fnmatch
@@ -16,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from ..layers.adaptive_conv import AdaptiveConv2d, SigmaInit, resolve_kernel_size
+from ..layers.adaptive_conv_nd import COVARIANCE_TYPES, AdaptiveConv1d, AdaptiveConv3d, AdaptiveConvNd
 from ..layers.window import explicit_padding
 from .module_tree import replace_modules
 
@@ -27,9 +29,16 @@ PRESERVE_SIGMA_INIT = 0.5
 FRESH_SIGMA_INIT = (0.1, 0.5)
 
 FilterFn = Callable[[str, nn.Conv2d], bool]
+# the ordinary convolution of each dimension and its adaptive layer
+_PLAIN = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_ADAPTIVE = {1: AdaptiveConv1d, 2: AdaptiveConv2d, 3: AdaptiveConv3d}
 
 
-def _converted_padding(conv: nn.Conv2d, size: int, name: str) -> Tuple[int, int]:
+def _shape(conv: nn.Module) -> str:
+    return 'x'.join(map(str, conv.kernel_size))
+
+
+def _converted_padding(conv: nn.Conv2d, size: int, name: str) -> Tuple[int, ...]:
     padding = []
     for pad, dil, k in zip(explicit_padding(conv), conv.dilation, conv.kernel_size):
         if (size - k) % 2:
@@ -41,8 +50,8 @@ def _converted_padding(conv: nn.Conv2d, size: int, name: str) -> Tuple[int, int]
         new_pad = pad + dil * (size - k) // 2
         if new_pad < 0:
             raise ValueError(
-                f"convert_convs: layer '{name}' ({conv.kernel_size[0]}x{conv.kernel_size[1]}, padding {conv.padding}) "
-                f'cannot shrink to {size}x{size} without changing its output shape; use a size >= '
+                f"convert_convs: layer '{name}' ({_shape(conv)}, padding {conv.padding}) "
+                f'cannot shrink to {size} per side without changing its output shape; use a size >= '
                 f'{max(conv.kernel_size) - 2 * pad // dil}'
             )
         padding.append(new_pad)
@@ -56,23 +65,36 @@ def convert_conv(
     sigma_init: Optional[SigmaInit] = None,
     sigma_bounds: Optional[Tuple[float, float]] = None,
     name: str = 'conv',
-) -> AdaptiveConv2d:
-    """An :class:`AdaptiveConv2d` with n×n grid replacing ``conv`` (see :func:`convert_convs`)."""
+    covariance_type: str = 'spherical',
+) -> nn.Module:
+    """The adaptive layer with an n-per-side grid replacing ``conv`` (``nn.Conv1d``, ``nn.Conv2d`` or
+    ``nn.Conv3d``; see :func:`convert_convs`)."""
+    ndim = len(conv.kernel_size)
+    if type(conv) is not _PLAIN.get(ndim):
+        raise TypeError(f'convert_conv takes an nn.Conv1d, nn.Conv2d or nn.Conv3d, got {type(conv).__name__}')
+    if covariance_type not in COVARIANCE_TYPES:
+        raise ValueError(f'covariance_type must be one of {COVARIANCE_TYPES}, got {covariance_type!r}')
+    if ndim == 2 and covariance_type != 'spherical':
+        raise ValueError(
+            f'covariance_type={covariance_type!r} is built for 1-D and 3-D layers only; 2-D adaptive layers are '
+            f"'spherical' (layer '{name}')"
+        )
     if size is None and (max(conv.kernel_size) < 3 or max(conv.kernel_size) % 2 == 0):
         raise ValueError(
-            f"convert_convs: layer '{name}' has a {conv.kernel_size[0]}x{conv.kernel_size[1]} kernel, which "
+            f"convert_convs: layer '{name}' has a {_shape(conv)} kernel, which "
             f'sizes=None would keep, but adaptive kernels need an odd size >= 3; give sizes or exclude it'
         )
     size = resolve_kernel_size(max(conv.kernel_size) if size is None else size, name='sizes')
     if preserve and size < max(conv.kernel_size):
         raise ValueError(
-            f"convert_convs: layer '{name}' has a {conv.kernel_size[0]}x{conv.kernel_size[1]} kernel; "
+            f"convert_convs: layer '{name}' has a {_shape(conv)} kernel; "
             f'preserve=True needs sizes >= {max(conv.kernel_size)}, got {size} (or pass preserve=False)'
         )
     if sigma_init is None:
         sigma_init = PRESERVE_SIGMA_INIT if preserve else FRESH_SIGMA_INIT
     weight = conv.weight
-    layer = AdaptiveConv2d(
+    options = {} if ndim == 2 else dict(covariance_type=covariance_type)
+    layer = _ADAPTIVE[ndim](
         conv.in_channels,
         conv.out_channels,
         size,
@@ -86,14 +108,14 @@ def convert_conv(
         dtype=weight.dtype,
         sigma_init=sigma_init,
         sigma_bounds=sigma_bounds,
+        **options,
     )
     if preserve:
         with torch.no_grad():
-            kh, kw = conv.kernel_size
-            top, left = (size - kh) // 2, (size - kw) // 2
-            envelope = layer.envelope()[:, None, top : top + kh, left : left + kw]
+            window = tuple(slice((size - k) // 2, (size - k) // 2 + k) for k in conv.kernel_size)
+            envelope = layer.envelope()[(slice(None), *window)].unsqueeze(1)
             layer.weight.zero_()
-            layer.weight[:, :, top : top + kh, left : left + kw] = weight / envelope
+            layer.weight[(slice(None), slice(None), *window)] = weight / envelope
             if conv.bias is not None:
                 layer.bias.copy_(conv.bias)
     layer.weight.requires_grad_(weight.requires_grad)
@@ -133,8 +155,11 @@ def convert_convs(
     sigma_init: Optional[SigmaInit] = None,
     sigma_bounds: Optional[Tuple[float, float]] = None,
     skip_pointwise: bool = True,
+    dims: Sequence[int] = (2,),
+    covariance_type: str = 'spherical',
 ) -> nn.Module:
-    """Replace chosen ``nn.Conv2d`` layers of ``model`` by :class:`AdaptiveConv2d`, in place.
+    """Replace chosen ``nn.Conv2d`` layers of ``model`` by :class:`AdaptiveConv2d`, in place (and, with
+    ``dims``, ``nn.Conv1d`` / ``nn.Conv3d`` layers by :class:`AdaptiveConv1d` / :class:`AdaptiveConv3d`).
 
     Args:
         model: any module (a bare ``nn.Conv2d`` is returned converted).
@@ -150,9 +175,13 @@ def convert_convs(
             mild rescaling), else the paper's (0.1, 0.5).
         sigma_bounds: clamp range, default (1/n, n).
         skip_pointwise: leave 1×1 convolutions alone.
+        dims: the dimensions converted: (2,) (default) is ``nn.Conv2d`` only (a model's ``nn.Conv1d``, e.g.
+            an ECA attention, stays); (1,), (3,) or (1, 2, 3) take ``nn.Conv1d`` / ``nn.Conv3d`` too.
+        covariance_type: 'spherical' (one sigma per filter) or 'diag' (one per filter and axis; 1-D and
+            3-D layers only).
 
-    Only layers whose type is exactly ``nn.Conv2d`` are candidates: adaptive layers are left
-    as they are (a second call is a no-op) and Conv2d subclasses keep their own semantics.
+    Only layers whose type is exactly ``nn.Conv1d`` / ``nn.Conv2d`` / ``nn.Conv3d`` are candidates: adaptive
+    layers are left as they are (a second call is a no-op) and subclasses keep their own semantics.
     Device, dtype, ``requires_grad`` and train/eval mode carry over; a module shared under
     several names becomes one adaptive module under all of them.
 
@@ -160,14 +189,19 @@ def convert_convs(
         ``model`` (or the new layer when ``model`` itself is a converted ``nn.Conv2d``).
     """
     include, exclude = _as_patterns(include, 'include'), _as_patterns(exclude, 'exclude')
+    dims = (dims,) if isinstance(dims, int) else tuple(dims)
+    if not dims or any(dim not in _PLAIN for dim in dims):
+        raise ValueError(f'dims must name convolution dimensions among 1, 2, 3, got {dims!r}')
+    plain_types = tuple(_PLAIN[dim] for dim in dims)
+    adaptive_types = tuple(_ADAPTIVE[dim] for dim in dims)
     aliases: Dict[nn.Module, List[str]] = {}
     for name, module in model.named_modules(remove_duplicate=False):
-        if type(module) is nn.Conv2d or isinstance(module, AdaptiveConv2d):
+        if type(module) in plain_types or isinstance(module, adaptive_types):
             aliases.setdefault(module, []).append(name)
 
     chosen, already_adaptive = {}, 0
     for conv, names in aliases.items():
-        if skip_pointwise and tuple(conv.kernel_size) == (1, 1):
+        if skip_pointwise and all(size == 1 for size in conv.kernel_size):
             continue
         if include is not None and not _matches(names, include):
             continue
@@ -175,7 +209,7 @@ def convert_convs(
             continue
         if filter_fn is not None and not filter_fn(names[0], conv):
             continue
-        if isinstance(conv, AdaptiveConv2d):
+        if isinstance(conv, (AdaptiveConv2d, AdaptiveConvNd)):
             already_adaptive += 1
         else:
             chosen[conv] = names
@@ -205,7 +239,13 @@ def convert_convs(
 
     replacements = {
         conv: convert_conv(
-            conv, size, preserve=preserve, sigma_init=sigma_init, sigma_bounds=sigma_bounds, name=names[0]
+            conv,
+            size,
+            preserve=preserve,
+            sigma_init=sigma_init,
+            sigma_bounds=sigma_bounds,
+            name=names[0],
+            covariance_type=covariance_type,
         )
         for (conv, names), size in zip(chosen.items(), per_layer)
     }

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from ..layers.adaptive_conv import AdaptiveConv2d
+from ..layers.adaptive_conv_nd import AdaptiveConvNd
 from ..layers.envelope import centre_energy_fraction
 from ..layers.window import explicit_padding
 from .module_tree import replace_modules
@@ -64,7 +65,8 @@ def crop_conv(conv: nn.Conv2d, crop_tol: float) -> nn.Conv2d:
 
 
 def fuse_convs(model: nn.Module, crop_tol: Optional[float] = None, strict: bool = False) -> nn.Module:
-    """Replace every :class:`AdaptiveConv2d` in ``model`` by an ``nn.Conv2d``, in place.
+    """Replace every :class:`AdaptiveConv2d` in ``model`` by an ``nn.Conv2d`` (and every 1-D / 3-D adaptive
+    layer by its plain layer), in place.
 
     Args:
         model: a model with adaptive layers (a bare adaptive layer is returned fused).
@@ -80,12 +82,19 @@ def fuse_convs(model: nn.Module, crop_tol: Optional[float] = None, strict: bool 
         raise ValueError(f'crop_tol must be None or in [0, 1), got {crop_tol}')
     replacements = {}
     for module in model.modules():
+        if isinstance(module, AdaptiveConvNd) and module not in replacements:
+            if crop_tol is not None:
+                raise ValueError(
+                    f'fuse_convs: crop_tol crops 2-D adaptive layers only (not built yet for '
+                    f'{type(module).__name__}); fuse with crop_tol=None'
+                )
+            replacements[module] = module.fuse()
         if isinstance(module, AdaptiveConv2d) and module not in replacements:
             fused = module.fuse()
             replacements[module] = fused if crop_tol is None else crop_conv(fused, crop_tol)
     if not replacements:
         message = (
-            f'fuse_convs: {type(model).__name__} has no AdaptiveConv2d layer to fuse (fused already, or '
+            f'fuse_convs: {type(model).__name__} has no adaptive layer to fuse (fused already, or '
             f'never converted); the model is returned unchanged'
         )
         if strict:
