@@ -255,7 +255,7 @@ def test_a_converted_3d_network_trains_its_apertures():
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     sigma_after = torch.cat([layer.sigma.detach().flatten() for layer in timm_aconv.all_adaptive_layers(model)])
     assert losses[-1] < 0.5 * losses[0]
     assert float((sigma_after - sigma_before).abs().max()) > 0.05
@@ -264,3 +264,18 @@ def test_a_converted_3d_network_trains_its_apertures():
         before = model(volumes[:4])
         timm_aconv.fuse_convs(model)
         torch.testing.assert_close(model(volumes[:4]), before, rtol=0, atol=1e-5)
+
+
+def test_summary_lists_1d_and_3d_layers_with_per_axis_sizes():
+    model = nn.Sequential(
+        AdaptiveConv1d(2, 4, 7, padding=3),
+        AdaptiveConv3d(1, 4, (7, 3, 3), covariance_type='diag', sigma_init=(0.1, 0.5)),
+        timm_aconv.AdaptiveConv2d(1, 2, 5),
+    )
+    rows = timm_aconv.summary(model)
+    assert [(row.name, row.grid_size) for row in rows] == [('0', '7'), ('1', '7x3x3'), ('2', 5)]
+    # 7-wide axis: sigma 0.1 / 0.233 / 0.5 need 3 / 5 / 7 points for 95% of the energy; a 3-wide axis
+    # (spacing 0.5) holds 95% in its centre point up to sigma ~0.3
+    assert (rows[0].size_min, rows[0].size_median, rows[0].size_max) == ('3', '5', '7')
+    assert (rows[1].size_min, rows[1].size_median, rows[1].size_max) == ('3x1x1', '5x1x1', '7x3x3')
+    assert '1      7x3x3  4        0.100      0.233   0.500  3x1x1 / 5x1x1 / 7x3x3' in str(rows)
