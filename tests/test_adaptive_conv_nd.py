@@ -279,3 +279,18 @@ def test_summary_lists_1d_and_3d_layers_with_per_axis_sizes():
     assert (rows[0].size_min, rows[0].size_median, rows[0].size_max) == ('3', '5', '7')
     assert (rows[1].size_min, rows[1].size_median, rows[1].size_max) == ('3x1x1', '5x1x1', '7x3x3')
     assert '1      7x3x3  4        0.100      0.233   0.500  3x1x1 / 5x1x1 / 7x3x3' in str(rows)
+
+
+def test_compiled_1d_and_3d_layers_train_as_eager_without_graph_breaks():
+    torch._dynamo.reset()
+    for layer, x in (
+        (AdaptiveConv1d(2, 4, 7, padding=3, covariance_type='diag'), torch.randn(2, 2, 16)),
+        (AdaptiveConv3d(2, 4, (5, 3, 3), padding='same'), torch.randn(1, 2, 6, 6, 6)),
+    ):
+        compiled = torch.compile(layer, backend='aot_eager', fullgraph=True)  # fullgraph: a break raises
+        output = compiled(x)
+        torch.testing.assert_close(output, layer(x))
+        (grad_sigma,) = torch.autograd.grad(output.square().sum(), layer.sigma)
+        (reference,) = torch.autograd.grad(layer(x).square().sum(), layer.sigma)
+        torch.testing.assert_close(grad_sigma, reference)
+    torch._dynamo.reset()
