@@ -39,6 +39,7 @@ __all__ = [
     'TRAIN_CROP_MARGIN',
     'AdaptiveConv2d',
     'SigmaInit',
+    'plain_conv_like',
     'resolve_kernel_size',
     'resolve_sigma_bounds',
     'resolve_sigma_init',
@@ -55,6 +56,36 @@ CROPPING_LAYERS: 'weakref.WeakSet[AdaptiveConv2d]' = weakref.WeakSet()
 # the read ones plus their growth since the previous read, extrapolated to the next read
 TRAIN_CROP_INTERVAL = 10
 TRAIN_CROP_MARGIN = 0.1
+
+
+_PLAIN_CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+
+
+def plain_conv_like(conv: nn.Module, weight: torch.Tensor, padding=None) -> nn.Module:
+    """A plain ``nn.Conv1d`` / ``nn.Conv2d`` / ``nn.Conv3d`` (by ``weight``'s dimensions) holding ``weight``
+    and ``conv``'s bias, with ``conv``'s options (``padding`` overrides its padding), ``requires_grad``
+    flags and train/eval mode: what fusing or cropping an (adaptive) convolution gives."""
+    plain = _PLAIN_CONVS[weight.ndim - 2](
+        conv.in_channels,
+        conv.out_channels,
+        tuple(weight.shape[2:]),
+        stride=conv.stride,
+        padding=conv.padding if padding is None else padding,
+        dilation=conv.dilation,
+        groups=conv.groups,
+        bias=conv.bias is not None,
+        padding_mode=conv.padding_mode,
+        device=weight.device,
+        dtype=weight.dtype,
+    )
+    with torch.no_grad():
+        plain.weight.copy_(weight)
+        if conv.bias is not None:
+            plain.bias.copy_(conv.bias)
+    plain.weight.requires_grad_(conv.weight.requires_grad)
+    if conv.bias is not None:
+        plain.bias.requires_grad_(conv.bias.requires_grad)
+    return plain.train(conv.training)
 
 
 def resolve_kernel_size(kernel_size: Union[int, Sequence[int]], name: str = 'kernel_size') -> int:
@@ -438,27 +469,8 @@ class AdaptiveConv2d(nn.Conv2d):
 
         Named ``fuse`` so that ``timm.utils.reparameterize_model`` fuses adaptive layers.
         """
-        conv = nn.Conv2d(
-            self.in_channels,
-            self.out_channels,
-            self.kernel_size,
-            stride=self.stride,
-            padding=self.padding,
-            dilation=self.dilation,
-            groups=self.groups,
-            bias=self.bias is not None,
-            padding_mode=self.padding_mode,
-            device=self.weight.device,
-            dtype=self.weight.dtype,
-        )
         with torch.no_grad():
-            conv.weight.copy_(self.product_kernel())
-            if self.bias is not None:
-                conv.bias.copy_(self.bias)
-        conv.weight.requires_grad_(self.weight.requires_grad)
-        if self.bias is not None:
-            conv.bias.requires_grad_(self.bias.requires_grad)
-        return conv.train(self.training)
+            return plain_conv_like(self, self.product_kernel())
 
     def extra_repr(self) -> str:
         text = super().extra_repr() + f', sigma_bounds=({self.sigma_bounds[0]:.4g}, {self.sigma_bounds[1]:.4g})'

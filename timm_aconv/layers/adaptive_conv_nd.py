@@ -24,7 +24,7 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
-from .adaptive_conv import SIGMA_OWNERS, SigmaInit, resolve_sigma_init
+from .adaptive_conv import SIGMA_OWNERS, SigmaInit, plain_conv_like, resolve_sigma_init
 from .envelope import grid_axis_sq_distances, nd_envelope
 
 __all__ = ['COVARIANCE_TYPES', 'AdaptiveConv1d', 'AdaptiveConv3d', 'AdaptiveConvNd', 'resolve_kernel_sizes']
@@ -85,7 +85,7 @@ class AdaptiveConvNd:
     ``sigma_bounds``: one (low, high) pair ('spherical') or one per axis ('diag').
     """
 
-    __jit_ignored_attributes__ = ('sigma_bounds', 'sigma_init', '_plain_type')
+    __jit_ignored_attributes__ = ('sigma_bounds', 'sigma_init')
 
     def _setup_adaptive(self, covariance_type: str, sigma_init: SigmaInit, sigma_bounds, device, dtype) -> None:
         if covariance_type not in COVARIANCE_TYPES:
@@ -158,27 +158,8 @@ class AdaptiveConvNd:
 
     def fuse(self) -> nn.Module:
         """The plain torch layer holding the product kernel (same outputs)."""
-        plain = self._plain_type(
-            self.in_channels,
-            self.out_channels,
-            self.kernel_size,
-            stride=self.stride,
-            padding=self.padding,
-            dilation=self.dilation,
-            groups=self.groups,
-            bias=self.bias is not None,
-            padding_mode=self.padding_mode,
-            device=self.weight.device,
-            dtype=self.weight.dtype,
-        )
         with torch.no_grad():
-            plain.weight.copy_(self.product_kernel())
-            if self.bias is not None:
-                plain.bias.copy_(self.bias)
-        plain.weight.requires_grad_(self.weight.requires_grad)
-        if self.bias is not None:
-            plain.bias.requires_grad_(self.bias.requires_grad)
-        return plain.train(self.training)
+            return plain_conv_like(self, self.product_kernel())
 
     def extra_repr(self) -> str:
         if self.covariance_type == 'spherical':
@@ -217,8 +198,6 @@ class AdaptiveConv1d(AdaptiveConvNd, nn.Conv1d):
     plus ``covariance_type`` (``'spherical'`` and ``'diag'`` coincide in 1-D but for ``sigma``'s shape),
     ``sigma_init`` and ``sigma_bounds`` (see the module docstring)."""
 
-    _plain_type = nn.Conv1d
-
     def __init__(
         self,
         in_channels: int,
@@ -243,8 +222,6 @@ class AdaptiveConv1d(AdaptiveConvNd, nn.Conv1d):
 class AdaptiveConv3d(AdaptiveConvNd, nn.Conv3d):
     """3-D convolution whose filters learn their own kernel size: :class:`torch.nn.Conv3d`'s arguments,
     plus ``covariance_type``, ``sigma_init`` and ``sigma_bounds`` (see the module docstring)."""
-
-    _plain_type = nn.Conv3d
 
     def __init__(
         self,

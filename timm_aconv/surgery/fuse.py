@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from ..layers.adaptive_conv import AdaptiveConv2d
+from ..layers.adaptive_conv import AdaptiveConv2d, plain_conv_like
 from ..layers.adaptive_conv_nd import AdaptiveConvNd
 from ..layers.envelope import centre_energy_fraction
 from ..layers.window import explicit_padding
@@ -43,25 +43,9 @@ def crop_conv(conv: nn.Conv2d, crop_tol: float) -> nn.Conv2d:
     if size == n:
         return conv
     trim = (n - size) // 2
-    cropped = nn.Conv2d(
-        conv.in_channels,
-        conv.out_channels,
-        size,
-        stride=conv.stride,
-        padding=tuple(p - d * trim for p, d in zip(padding, conv.dilation)),
-        dilation=conv.dilation,
-        groups=conv.groups,
-        bias=conv.bias is not None,
-        padding_mode=conv.padding_mode,
-        device=conv.weight.device,
-        dtype=conv.weight.dtype,
-    )
+    padding = tuple(p - d * trim for p, d in zip(padding, conv.dilation))
     with torch.no_grad():
-        cropped.weight.copy_(conv.weight[:, :, trim : trim + size, trim : trim + size])
-        if conv.bias is not None:
-            cropped.bias.copy_(conv.bias)
-    cropped.weight.requires_grad_(conv.weight.requires_grad)
-    return cropped.train(conv.training)
+        return plain_conv_like(conv, conv.weight[:, :, trim : trim + size, trim : trim + size], padding)
 
 
 def fuse_convs(model: nn.Module, crop_tol: Optional[float] = None, strict: bool = False) -> nn.Module:
