@@ -173,26 +173,6 @@ class AdaptiveConvNd:
         return text
 
 
-def _layer_init(self, torch_layer, ndim, in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
-                bias, padding_mode, device, dtype, covariance_type, sigma_init, sigma_bounds):  # fmt: skip
-    sizes = resolve_kernel_sizes(kernel_size, ndim)
-    torch_layer.__init__(
-        self,
-        in_channels,
-        out_channels,
-        sizes,
-        stride=stride,
-        padding=padding,
-        dilation=dilation,
-        groups=groups,
-        bias=bias,
-        padding_mode=padding_mode,
-        device=device,
-        dtype=dtype,
-    )
-    self._setup_adaptive(covariance_type, sigma_init, sigma_bounds, device, dtype)
-
-
 class AdaptiveConv1d(AdaptiveConvNd, nn.Conv1d):
     """1-D convolution whose filters learn their own kernel size: :class:`torch.nn.Conv1d`'s arguments,
     plus ``covariance_type`` (``'spherical'`` and ``'diag'`` coincide in 1-D but for ``sigma``'s shape),
@@ -215,8 +195,20 @@ class AdaptiveConv1d(AdaptiveConvNd, nn.Conv1d):
         sigma_init: SigmaInit = (0.1, 0.5),
         sigma_bounds=None,
     ):
-        _layer_init(self, nn.Conv1d, 1, in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
-                    bias, padding_mode, device, dtype, covariance_type, sigma_init, sigma_bounds)  # fmt: skip
+        super().__init__(
+            in_channels,
+            out_channels,
+            resolve_kernel_sizes(kernel_size, 1),
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            bias=bias,
+            padding_mode=padding_mode,
+            device=device,
+            dtype=dtype,
+        )
+        self._setup_adaptive(covariance_type, sigma_init, sigma_bounds, device, dtype)
 
 
 class AdaptiveConv3d(AdaptiveConvNd, nn.Conv3d):
@@ -240,5 +232,17 @@ class AdaptiveConv3d(AdaptiveConvNd, nn.Conv3d):
         sigma_init: SigmaInit = (0.1, 0.5),
         sigma_bounds=None,
     ):
-        _layer_init(self, nn.Conv3d, 3, in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
-                    bias, padding_mode, device, dtype, covariance_type, sigma_init, sigma_bounds)  # fmt: skip
+        super().__init__(
+            in_channels,
+            out_channels,
+            resolve_kernel_sizes(kernel_size, 3),
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            bias=bias,
+            padding_mode=padding_mode,
+            device=device,
+            dtype=dtype,
+        )
+        self._setup_adaptive(covariance_type, sigma_init, sigma_bounds, device, dtype)
