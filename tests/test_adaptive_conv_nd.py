@@ -294,3 +294,47 @@ def test_compiled_1d_and_3d_layers_train_as_eager_without_graph_breaks():
         (reference,) = torch.autograd.grad(layer(x).square().sum(), layer.sigma)
         torch.testing.assert_close(grad_sigma, reference)
     torch._dynamo.reset()
+
+
+def test_monai_unet_made_adaptive_trains_through_the_engine_and_fuses_back(tmp_path):
+    """The 3-D experiment of docs/experiments.md, short: MONAI's UNet with its Conv3d layers adaptive
+    ('diag', 5×5×5) on generated volumes, trained by the engine: the loss falls, the apertures move, the
+    clamp keeps them in their per-axis bounds, and the fused network computes the same segmentation."""
+    from monai.networks.nets import UNet
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from timm_aconv.engine import EngineConfig, SegmentationMetric, Trainer, set_seed
+
+    generator = torch.Generator().manual_seed(0)
+    grid = torch.stack(torch.meshgrid(*[torch.linspace(-1, 1, 12)] * 3, indexing='ij'))[None]
+    radii = 0.2 + 0.6 * torch.rand(48, 3, 1, 1, 1, generator=generator)
+    inside = ((grid / radii) ** 2).sum(1) <= 1
+    data = TensorDataset(
+        (inside.float() + 0.8 * torch.randn(48, 12, 12, 12, generator=generator))[:, None], inside.long()
+    )
+    set_seed(0)
+    net = UNet(spatial_dims=3, in_channels=1, out_channels=2, channels=(4, 8, 16), strides=(2, 2), num_res_units=1)
+    timm_aconv.convert_convs(net, sizes=[5], dims=[3], covariance_type='diag', preserve=False, sigma_init=(0.25, 0.5))
+    layers = list(timm_aconv.all_adaptive_layers(net))
+    assert len(layers) == 7 and all(isinstance(layer, AdaptiveConv3d) for layer in layers)
+    assert timm_aconv.clamp_sigmas_(net) == 7  # inside the bounds already: what moves them below is learning
+    sigma_before = torch.cat([layer.sigma.detach().flatten().clone() for layer in layers])
+    config = EngineConfig(
+        output_dir=str(tmp_path), epochs=3, optimizer='adam', lr=0.01, scheduler='constant', monitor='val_miou',
+        monitor_mode='max', progress=False, print_epochs=False, log_with='none', save_best=False, save_every=0,
+    )  # fmt: skip
+    loader = DataLoader(data, batch_size=8, shuffle=True)
+    history = Trainer(
+        net, loader, DataLoader(data, batch_size=8), config, nn.CrossEntropyLoss(), SegmentationMetric(2)
+    ).fit()
+    assert history[-1]['train_loss'] < 0.5 * history[0]['train_loss']
+    sigma_after = torch.cat([layer.sigma.detach().flatten() for layer in layers])
+    assert float((sigma_after - sigma_before).abs().max()) > 0.05
+    for layer in layers:
+        bounds = torch.tensor(layer.sigma_bounds)
+        assert bool(((layer.sigma >= bounds[:, 0]) & (layer.sigma <= bounds[:, 1])).all())
+    net.eval()
+    with torch.no_grad():
+        before = net(data.tensors[0][:2])
+        timm_aconv.fuse_convs(net)
+        torch.testing.assert_close(net(data.tensors[0][:2]), before, rtol=0, atol=1e-5)
