@@ -225,9 +225,15 @@ def _cells(row: Dict[str, Any], holm: bool) -> str:
     )
 
 
-def comparison_markdown(rows: List[Dict[str, Any]], best_row: Dict[str, Any], best_size: int, title: str) -> str:
+def _size(size: int, dims: int) -> str:
+    return '×'.join([str(size)] * dims)
+
+
+def comparison_markdown(
+    rows: List[Dict[str, Any]], best_row: Dict[str, Any], best_size: int, title: str, dims: int = 2
+) -> str:
     """The table of :func:`summarize`'s ``rows`` and :func:`best_versus_best`'s ``best_row``, with its
-    footnote."""
+    footnote; ``dims``: the kernels' dimensions (sizes read ``9×9`` in 2-D, ``9`` in 1-D)."""
     lines = [
         f'### {title}',
         '',
@@ -236,18 +242,16 @@ def comparison_markdown(rows: List[Dict[str, Any]], best_row: Dict[str, Any], be
     ]
     for row in rows:
         best = ' (best)' if row['kernel_size'] == best_size else ''
-        lines.append(f'| {row["kernel_size"]}×{row["kernel_size"]}{best} {_cells(row, holm=True)}')
-    conv_size, aconv_size = best_row['conv_size'], best_row['aconv_size']
-    lines.append(
-        f'| best CONV {conv_size}×{conv_size} vs best ACONV {aconv_size}×{aconv_size} {_cells(best_row, holm=False)}'
-    )
+        lines.append(f'| {_size(row["kernel_size"], dims)}{best} {_cells(row, holm=True)}')
+    conv_size, aconv_size = _size(best_row['conv_size'], dims), _size(best_row['aconv_size'], dims)
+    lines.append(f'| best CONV {conv_size} vs best ACONV {aconv_size} {_cells(best_row, holm=False)}')
     lines += [
         '',
         f'Peak validation accuracy over epochs, {rows[0]["repeats"]} repeats per cell, '
         f'std with ddof={STD_DDOF}. '
         "t, p: two-tailed Student t-test of ACONV vs CONV (* p < 0.05), the paper's test; p (Holm): corrected "
         f"for the {len(rows)} sizes tested; d: Cohen's d (pooled std). Best size = the highest peak over both "
-        f"arms (the paper's rule, section 4.3): {best_size}×{best_size}. The last row compares the sizes with "
+        f"arms (the paper's rule, section 4.3): {_size(best_size, dims)}. The last row compares the sizes with "
         'the highest peak of each arm; choosing them after seeing the results makes its p optimistic.',
     ]
     return '\n'.join(lines)
