@@ -86,6 +86,39 @@ class AdaptiveConvNd:
     """
 
     __jit_ignored_attributes__ = ('sigma_bounds', 'sigma_init')
+    dims: int  # the torch layer's dimensions (set by each subclass)
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: Union[int, Sequence[int]],
+        stride: Union[int, Sequence[int]] = 1,
+        padding: Union[str, int, Sequence[int]] = 0,
+        dilation: Union[int, Sequence[int]] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = 'zeros',
+        device=None,
+        dtype=None,
+        covariance_type: str = 'spherical',
+        sigma_init: SigmaInit = (0.1, 0.5),
+        sigma_bounds=None,
+    ):
+        super().__init__(  # the torch layer of the subclass (next in its MRO)
+            in_channels,
+            out_channels,
+            resolve_kernel_sizes(kernel_size, self.dims),
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            bias=bias,
+            padding_mode=padding_mode,
+            device=device,
+            dtype=dtype,
+        )
+        self._setup_adaptive(covariance_type, sigma_init, sigma_bounds, device, dtype)
 
     def _setup_adaptive(self, covariance_type: str, sigma_init: SigmaInit, sigma_bounds, device, dtype) -> None:
         if covariance_type not in COVARIANCE_TYPES:
@@ -178,71 +211,11 @@ class AdaptiveConv1d(AdaptiveConvNd, nn.Conv1d):
     plus ``covariance_type`` (``'spherical'`` and ``'diag'`` coincide in 1-D but for ``sigma``'s shape),
     ``sigma_init`` and ``sigma_bounds`` (see the module docstring)."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: Union[int, Tuple[int]],
-        stride: Union[int, Tuple[int]] = 1,
-        padding: Union[str, int, Tuple[int]] = 0,
-        dilation: Union[int, Tuple[int]] = 1,
-        groups: int = 1,
-        bias: bool = True,
-        padding_mode: str = 'zeros',
-        device=None,
-        dtype=None,
-        covariance_type: str = 'spherical',
-        sigma_init: SigmaInit = (0.1, 0.5),
-        sigma_bounds=None,
-    ):
-        super().__init__(
-            in_channels,
-            out_channels,
-            resolve_kernel_sizes(kernel_size, 1),
-            stride=stride,
-            padding=padding,
-            dilation=dilation,
-            groups=groups,
-            bias=bias,
-            padding_mode=padding_mode,
-            device=device,
-            dtype=dtype,
-        )
-        self._setup_adaptive(covariance_type, sigma_init, sigma_bounds, device, dtype)
+    dims = 1
 
 
 class AdaptiveConv3d(AdaptiveConvNd, nn.Conv3d):
     """3-D convolution whose filters learn their own kernel size: :class:`torch.nn.Conv3d`'s arguments,
     plus ``covariance_type``, ``sigma_init`` and ``sigma_bounds`` (see the module docstring)."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: Union[int, Tuple[int, int, int]],
-        stride: Union[int, Tuple[int, int, int]] = 1,
-        padding: Union[str, int, Tuple[int, int, int]] = 0,
-        dilation: Union[int, Tuple[int, int, int]] = 1,
-        groups: int = 1,
-        bias: bool = True,
-        padding_mode: str = 'zeros',
-        device=None,
-        dtype=None,
-        covariance_type: str = 'spherical',
-        sigma_init: SigmaInit = (0.1, 0.5),
-        sigma_bounds=None,
-    ):
-        super().__init__(
-            in_channels,
-            out_channels,
-            resolve_kernel_sizes(kernel_size, 3),
-            stride=stride,
-            padding=padding,
-            dilation=dilation,
-            groups=groups,
-            bias=bias,
-            padding_mode=padding_mode,
-            device=device,
-            dtype=dtype,
-        )
-        self._setup_adaptive(covariance_type, sigma_init, sigma_bounds, device, dtype)
+    dims = 3
