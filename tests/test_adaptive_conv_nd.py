@@ -171,7 +171,7 @@ def test_state_dict_copies_torchscript_meta_and_to_empty():
     meta = AdaptiveConv1d(2, 3, 7, device='meta')
     assert meta(torch.randn(1, 2, 9, device='meta')).shape == (1, 3, 3)
     empty = meta.to_empty(device='cpu')
-    torch.testing.assert_close(empty.sq_distances, grid_axis_sq_distances((7,)))
+    torch.testing.assert_close(empty.grid_coordinates.square(), grid_axis_sq_distances((7,)))
     assert 'AdaptiveConv3d(2, 3, kernel_size=(5, 3, 3)' in repr(layer) and "covariance_type='diag'" in repr(layer)
 
 
@@ -214,13 +214,10 @@ def test_convert_convs_leaves_conv1d_and_conv3d_alone_by_default_and_names_what_
     model = _signal_model()
     with pytest.raises(ValueError, match='convert_convs selected no layer'):
         timm_aconv.convert_convs(model, sizes=[5])  # dims=(2,): an ECA attention's Conv1d stays a Conv1d
-    with pytest.raises(ValueError, match=r"covariance_type='diag' is built for 1-D and 3-D layers only"):
-        timm_aconv.convert_convs(nn.Sequential(nn.Conv2d(1, 2, 3)), sizes=[5], covariance_type='diag')
+    with pytest.raises(ValueError, match=r"for layer '0' \(AdaptiveConv1d\), got 'full' \('full', a rotated"):
+        timm_aconv.convert_convs(_signal_model(), sizes=[5], dims=[1], covariance_type='full')
     with pytest.raises(ValueError, match=r'dims must name convolution dimensions among 1, 2, 3'):
         timm_aconv.convert_convs(model, dims=[4])
-    converted = timm_aconv.convert_convs(_signal_model(), sizes=[7], dims=[1])
-    with pytest.raises(ValueError, match='crop_tol crops 2-D adaptive layers only'):
-        timm_aconv.fuse_convs(converted, crop_tol=1e-3)
     for bad, match in (
         (dict(kernel_size=4), r'kernel_size must be an odd int or 3 odd sides'),
         (dict(kernel_size=(7, 3)), r'kernel_size must be an odd int or 3 odd sides'),
@@ -230,6 +227,29 @@ def test_convert_convs_leaves_conv1d_and_conv3d_alone_by_default_and_names_what_
     ):
         with pytest.raises(ValueError, match=match):
             AdaptiveConv3d(1, 2, **bad)
+
+
+@pytest.mark.parametrize('crop_tol', [1e-2, 1e-3])
+def test_fuse_crops_1d_and_3d_layers_per_axis_within_the_tolerance(crop_tol):
+    torch.manual_seed(0)
+    layer = AdaptiveConv3d(2, 4, (7, 7, 5), padding=(3, 3, 2), covariance_type='diag')
+    with torch.no_grad():
+        layer.sigma.copy_(torch.tensor([0.08, 0.3, 0.1]).expand(4, 3))  # narrow, wide, narrow
+    x = torch.randn(1, 2, 9, 9, 7)
+    cropped = timm_aconv.fuse_convs(layer, crop_tol=crop_tol)
+    assert type(cropped) is nn.Conv3d and cropped.kernel_size in ((3, 7, 3), (3, 5, 3), (3, 7, 1), (3, 5, 1))
+    kernel = layer.product_kernel().detach()
+    window = tuple(slice((n - m) // 2, (n - m) // 2 + m) for n, m in zip(layer.kernel_size, cropped.kernel_size))
+    kept = float(kernel[(slice(None), slice(None), *window)].square().sum())
+    assert 0 <= 1 - kept / float(kernel.square().sum()) <= crop_tol
+    assert cropped.padding == tuple(p - (n - m) // 2 for p, n, m in zip((3, 3, 2), (7, 7, 5), cropped.kernel_size))
+    full = layer(x).detach()
+    assert cropped(x).shape == full.shape
+    assert float((cropped(x) - full).norm() / full.norm()) <= 2 * crop_tol**0.5
+    signal = AdaptiveConv1d(2, 4, 9, padding=4, sigma_init=0.05)
+    assert timm_aconv.fuse_convs(signal, crop_tol=crop_tol).kernel_size[0] < 9
+    # no padding to give back: the window cannot shrink without moving the outputs
+    assert timm_aconv.fuse_convs(AdaptiveConv1d(2, 4, 9, sigma_init=0.05), crop_tol=crop_tol).kernel_size == (9,)
 
 
 def test_a_converted_3d_network_trains_its_apertures():

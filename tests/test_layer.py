@@ -4,6 +4,8 @@ import io
 
 import pytest
 import timm
+
+import timm_aconv
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -104,10 +106,44 @@ def test_factory_kwargs_and_meta_device():
     torch.testing.assert_close(meta.sigma.detach(), torch.linspace(0.1, 0.5, 4))
 
 
-@pytest.mark.parametrize('kernel_size', [4, 1, 2, 0, -3, (3, 5), (5, 5, 5), 2.5, True])
+@pytest.mark.parametrize('kernel_size', [4, 1, 2, 0, -3, (4, 3), (1, 1), (3, 5, 5), (5, 5, 5), 2.5, True])
 def test_bad_kernel_size(kernel_size):
-    with pytest.raises(ValueError, match=r'kernel_size must be (an odd integer >= 3|square)'):
+    with pytest.raises(ValueError, match=r'kernel_size must be (an odd integer >= 3|square|an odd int or 2 odd sides)'):
         AdaptiveConv2d(3, 4, kernel_size)
+
+
+@pytest.mark.parametrize('covariance_type', ['spherical', 'diag', 'full'])
+def test_rectangular_and_elliptic_layers_are_their_own_formula(covariance_type):
+    # a (7, 3) grid or a non-spherical envelope: the layer convolves with W ∘ U of its formula, computed with
+    # autograd (no kernel group), gets every gradient, and scripts
+    layer = AdaptiveConv2d(3, 4, (7, 3), padding='same', covariance_type=covariance_type)
+    assert not layer.is_circular and layer._kernel_group is None and layer.grid_size == 7
+    x = torch.randn(2, 3, 9, 9)
+    expected = F.conv2d(x, layer.product_kernel(), layer.bias, padding='same')
+    output = layer(x)
+    torch.testing.assert_close(output, expected)
+    output.sum().backward()
+    envelope = layer.envelope()
+    assert envelope.shape == (4, 7, 3)
+    torch.testing.assert_close(envelope.square().sum((1, 2)), torch.full((4,), 21.0))
+    assert layer.sigma.grad.shape == layer.sigma.shape and layer.weight.grad is not None
+    keys = ['weight', 'bias', 'sigma'] + (['theta'] if covariance_type == 'full' else [])
+    assert list(layer.state_dict()) == keys
+    layer.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), expected)
+        torch.testing.assert_close(torch.jit.script(layer)(x), expected)
+    with pytest.raises(ValueError, match='train_crop_tol crops spherical layers on square grids only'):
+        layer.train_crop_tol = 1e-3
+
+
+def test_covariance_type_errors_name_the_allowed_values():
+    with pytest.raises(ValueError, match="covariance_type must be one of 'spherical', 'diag', 'full' for AdaptiveConv2d"):
+        AdaptiveConv2d(3, 4, 7, covariance_type='tied')
+    with pytest.raises(ValueError, match=r"'full', a rotated ellipse, is 2-D only"):
+        timm_aconv.AdaptiveConv3d(3, 4, 3, covariance_type='full')
+    with pytest.raises(ValueError, match=r"sigma_bounds of a 'diag' layer must be a \(low, high\) pair"):
+        AdaptiveConv2d(3, 4, 7, covariance_type='diag', sigma_bounds=[(0.1, 1), (0.1, 1), (0.1, 1)])
 
 
 @pytest.mark.parametrize(

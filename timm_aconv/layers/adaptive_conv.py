@@ -26,9 +26,17 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-from torch.utils.weak import WeakIdKeyDictionary
 
-from .envelope import grid_sq_distance, softmax_envelope
+from .covariance import (
+    SIGMA_OWNERS,
+    CovarianceEnvelope,
+    SigmaInit,
+    check_covariance_type,
+    envelope_parameters,
+    resolve_kernel_sizes,
+    resolve_sigma_init,
+)
+from .envelope import covariance_envelope, grid_sq_distance, softmax_envelope
 from .kernel_group import KernelGroup, OptimizerSteps, stream_capturing
 from .window import check_crop_tol, training_windows, window_conv2d
 
@@ -45,11 +53,7 @@ __all__ = [
     'resolve_sigma_init',
 ]
 
-SigmaInit = Union[float, Tuple[float, float]]
 _is_exporting = getattr(torch.compiler, 'is_exporting', lambda: False)  # torch >= 2.4
-# each sigma parameter -> (a weak reference to) its layer: how a post-step hook that sees only an optimizer's
-# parameters finds their bounds (timm_aconv.layers.sigma)
-SIGMA_OWNERS: WeakIdKeyDictionary = WeakIdKeyDictionary()
 # layers with a train_crop_tol: the optimizer post-step hook of timm_aconv.layers.train_crop refreshes their windows
 CROPPING_LAYERS: 'weakref.WeakSet[AdaptiveConv2d]' = weakref.WeakSet()
 # train_crop_*: sigma is read every 10 optimizer steps, and each window planned for apertures 10% wider than
@@ -88,6 +92,10 @@ def plain_conv_like(conv: nn.Module, weight: torch.Tensor, padding=None) -> nn.M
     return plain.train(conv.training)
 
 
+def _is_square(kernel_size) -> bool:
+    return not isinstance(kernel_size, (tuple, list)) or len(set(kernel_size)) <= 1
+
+
 def resolve_kernel_size(kernel_size: Union[int, Sequence[int]], name: str = 'kernel_size') -> int:
     """The base-grid size n of a square adaptive kernel; odd and >= 3 or a ValueError."""
     if isinstance(kernel_size, (tuple, list)):
@@ -99,21 +107,6 @@ def resolve_kernel_size(kernel_size: Union[int, Sequence[int]], name: str = 'ker
         if size >= 3 and size % 2 == 1:
             return size
     raise ValueError(f'{name} must be an odd integer >= 3 (3, 5, 7, 9, ...), got {kernel_size!r}')
-
-
-def resolve_sigma_init(sigma_init: SigmaInit) -> Tuple[float, float]:
-    """``sigma_init`` as a (low, high) range; a single value v becomes (v, v)."""
-    if isinstance(sigma_init, (tuple, list)):
-        if len(sigma_init) != 2:
-            raise ValueError(f'sigma_init must be a positive number or a (low, high) pair, got {sigma_init!r}')
-        low, high = float(sigma_init[0]), float(sigma_init[1])
-    else:
-        low = high = float(sigma_init)
-    if not (low > 0 and high > 0):
-        raise ValueError(f'sigma_init must be positive (sigma is an aperture), got {sigma_init!r}')
-    if low > high:
-        raise ValueError(f'sigma_init must be (low, high) with low <= high, got {sigma_init!r}')
-    return low, high
 
 
 def check_crop_interval(interval: int) -> int:
@@ -135,7 +128,7 @@ def resolve_sigma_bounds(sigma_bounds: Optional[Tuple[float, float]], kernel_siz
     return low, high
 
 
-class AdaptiveConv2d(nn.Conv2d):
+class AdaptiveConv2d(CovarianceEnvelope, nn.Conv2d):
     """2D convolution whose filters learn their own kernel size.
 
     Takes every :class:`torch.nn.Conv2d` argument, plus:
@@ -150,15 +143,24 @@ class AdaptiveConv2d(nn.Conv2d):
             with the centred crop of its product kernel to the smallest odd window (``train_window``)
             that holds all but this share of the energy of every filter's envelope and of its
             derivative in sigma, output unchanged in shape; evaluation, :meth:`fuse` and exports
-            are unaffected.
+            are unaffected. Spherical layers on square grids only.
         train_crop_interval: optimizer steps between two reads of sigma that choose the window
             (:mod:`timm_aconv.layers.train_crop`; the forward itself never reads sigma's values).
+        covariance_type: the envelope's shape (:mod:`timm_aconv.layers.covariance`): 'spherical' (default,
+            the paper's circle, ``sigma`` (out,)), 'diag' (an axis-aligned ellipse, ``sigma`` (out, 2) as
+            (rows, columns)) or 'full' (an ellipse rotated by ``theta`` (out,), radians). With 'diag' and
+            'full', ``sigma_bounds`` may give one (low, high) pair per axis.
+
+    ``kernel_size`` may be rectangular (odd sides, e.g. ``(7, 3)``); grid coordinates are normalized per
+    axis, so one sigma spans the same share of each side.
 
     The forward pass convolves with :meth:`product_kernel` (``weight * envelope``). In training
-    the product kernels of all adaptive layers of a model are computed together
+    the product kernels of all circular layers (``is_circular``: 'spherical' on a square grid, the
+    paper's layer) of a model are computed together
     (:mod:`timm_aconv.layers.kernel_group`; a layer outside any group computes its own), with
     dL/dsigma in closed form; the grid's squared distances are the non-persistent buffer
-    ``sq_distance``. When the kernel needs no gradient
+    ``sq_distance``. Every other layer computes its kernel with autograd by the formula of its
+    ``covariance_type`` (its grid offsets are the non-persistent buffer ``grid_coordinates``). When the kernel needs no gradient
     (``torch.no_grad()``/``inference_mode``, e.g. evaluation, or frozen ``weight`` and ``sigma``),
     the product kernel is cached until ``weight`` or ``sigma`` change (optimizer steps, in-place
     edits, ``load_state_dict``, ``.to()``, ``param.data = ...``).
@@ -178,6 +180,7 @@ class AdaptiveConv2d(nn.Conv2d):
     )
     __jit_unused_properties__ = ('train_crop_tol',)
     _kernel_group: Optional[KernelGroup] = None  # set by KernelGroup.attach
+    is_circular: bool = True  # 'spherical' on a square grid (the paper's layer, with its fast training paths)
     _group_index: int = 0
     # training at the learned size (class defaults: layers pickled before these existed)
     _train_crop_tol: Optional[float] = None
@@ -203,17 +206,24 @@ class AdaptiveConv2d(nn.Conv2d):
         device=None,
         dtype=None,
         sigma_init: SigmaInit = (0.1, 0.5),
-        sigma_bounds: Optional[Tuple[float, float]] = None,
+        sigma_bounds=None,
         train_crop_tol: Optional[float] = None,
         train_crop_interval: int = TRAIN_CROP_INTERVAL,
+        covariance_type: str = 'spherical',
     ):
-        size = resolve_kernel_size(kernel_size)
-        self.sigma_init = resolve_sigma_init(sigma_init)
-        self.sigma_bounds = resolve_sigma_bounds(sigma_bounds, size)
+        check_covariance_type(covariance_type, 2, 'AdaptiveConv2d')
+        circular = covariance_type == 'spherical' and _is_square(kernel_size)
+        if circular:
+            size = resolve_kernel_size(kernel_size)
+            sizes = (size, size)
+            sigma_init = resolve_sigma_init(sigma_init)
+            sigma_bounds = resolve_sigma_bounds(sigma_bounds, size)
+        else:
+            sizes = resolve_kernel_sizes(kernel_size, 2)
         super().__init__(
             in_channels,
             out_channels,
-            size,
+            sizes,
             stride=stride,
             padding=padding,
             dilation=dilation,
@@ -223,13 +233,20 @@ class AdaptiveConv2d(nn.Conv2d):
             device=device,
             dtype=dtype,
         )
-        self.sigma = nn.Parameter(torch.empty(out_channels, device=device, dtype=dtype))
-        self.register_buffer(
-            'sq_distance', torch.empty(size, size, device=device, dtype=self.weight.dtype), persistent=False
-        )
+        self.is_circular = circular
         self._kernel_cache = None
-        self.init_non_persistent_buffers()
-        self.reset_sigma()
+        if circular:
+            self.covariance_type = 'spherical'
+            self.sigma_init, self.sigma_bounds = sigma_init, sigma_bounds
+            self.sigma = nn.Parameter(torch.empty(out_channels, device=device, dtype=dtype))
+            self.register_parameter('theta', None)
+            self.register_buffer('sq_distance', torch.empty(sizes, device=device, dtype=self.weight.dtype), False)
+            self.register_buffer('grid_coordinates', None, persistent=False)
+            self.init_non_persistent_buffers()
+            self.reset_sigma()
+        else:
+            self.register_buffer('sq_distance', None, persistent=False)
+            self._setup_covariance(covariance_type, sigma_init, sigma_bounds, sizes, device, dtype)
         self.train_crop_interval = check_crop_interval(train_crop_interval)
         self.train_crop_tol = train_crop_tol
 
@@ -240,6 +257,11 @@ class AdaptiveConv2d(nn.Conv2d):
 
     @train_crop_tol.setter
     def train_crop_tol(self, value: Optional[float]) -> None:
+        if value is not None and not self.is_circular:
+            raise ValueError(
+                f'train_crop_tol crops spherical layers on square grids only; this layer is '
+                f"covariance_type='{self.covariance_type}' on a {self.kernel_size} grid (it trains on its full grid)"
+            )
         self._train_crop_tol = None if value is None else check_crop_tol(value, 'train_crop_tol')
         if self.train_window is not None and self._kernel_group is not None:
             self._kernel_group.reset()
@@ -293,8 +315,8 @@ class AdaptiveConv2d(nn.Conv2d):
 
     @property
     def grid_size(self) -> int:
-        """The base-grid size n (the kernel is n×n)."""
-        return self.kernel_size[0]
+        """The base-grid size n: the side of a square grid (n×n), the largest side of a rectangular one."""
+        return max(self.kernel_size)
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
@@ -302,30 +324,31 @@ class AdaptiveConv2d(nn.Conv2d):
             self.reset_sigma()
 
     def init_non_persistent_buffers(self) -> None:
-        """Fill ``sq_distance`` (also after ``to_empty()``; timm's ``reinit_non_persistent_buffers``)."""
+        """Fill ``sq_distance`` or ``grid_coordinates`` (also after ``to_empty()``; timm's
+        ``reinit_non_persistent_buffers``)."""
+        if self.grid_coordinates is not None:
+            super().init_non_persistent_buffers()
+            return
         with torch.no_grad():
             self.sq_distance.copy_(grid_sq_distance(self.grid_size, self.sq_distance.device, self.sq_distance.dtype))
 
-    def reset_sigma(self) -> None:
-        """Spread sigma linearly over the filters across ``sigma_init``."""
-        low, high = self.sigma_init
-        with torch.no_grad():
-            self.sigma.copy_(torch.linspace(low, high, self.out_channels, dtype=self.sigma.dtype))
-
-    def clamp_sigma_(self) -> 'AdaptiveConv2d':
-        """Clip sigma in place into ``sigma_bounds`` (the paper does it after every update)."""
-        with torch.no_grad():
-            self.sigma.clamp_(*self.sigma_bounds)
-        return self
-
     def envelope(self) -> torch.Tensor:
-        """The normalized envelopes U, shape (out_channels, n, n), differentiable in sigma."""
+        """The normalized envelopes U, shape (out_channels, *kernel_size), differentiable in sigma (and theta)."""
+        coordinates = self.grid_coordinates
+        if coordinates is not None:
+            return covariance_envelope(self.sigma, self.theta, coordinates.to(self.sigma.dtype))
         return softmax_envelope(self.sigma, self.sq_distance.to(self.sigma.dtype))
 
     def product_kernel(self) -> torch.Tensor:
         """The effective kernel ``W ∘ U`` the layer convolves with, shape of ``weight``, differentiable
         with autograd (this layer alone; the training forward computes its model's kernels together)."""
         dtype = self.weight.dtype
+        coordinates = self.grid_coordinates
+        if coordinates is not None:
+            theta = self.theta
+            if theta is not None:
+                theta = theta.to(dtype)
+            return self.weight * covariance_envelope(self.sigma.to(dtype), theta, coordinates.to(dtype)).unsqueeze(1)
         return self.weight * softmax_envelope(self.sigma.to(dtype), self.sq_distance.to(dtype)).unsqueeze(1)
 
     @torch.jit.unused
@@ -358,12 +381,13 @@ class AdaptiveConv2d(nn.Conv2d):
         through ``param.data`` (a tensor with its own version counter), as autograd does not see them
         either; edit under ``torch.no_grad()`` instead.
         """
-        weight, sigma = self.weight, self.sigma
+        tensors = (self.weight, *envelope_parameters(self))
+        weight = tensors[0]
         try:
             key = (
                 *tuple(
                     (tensor.data_ptr(), tensor._version, tensor.dtype, tensor.device, tensor.shape, tensor.stride())
-                    for tensor in (weight, sigma)
+                    for tensor in tensors
                 ),
                 torch.is_inference_mode_enabled(),
                 OptimizerSteps.count,
@@ -374,7 +398,7 @@ class AdaptiveConv2d(nn.Conv2d):
         if stream_capturing(weight):  # a CUDA graph capture: nothing kept from or for other calls
             return self.product_kernel().detach()
         if self._kernel_cache is None or self._kernel_cache[0] != key:
-            self._kernel_cache = (key, self.product_kernel().detach(), (weight.detach(), sigma.detach()))
+            self._kernel_cache = (key, self.product_kernel().detach(), tuple(tensor.detach() for tensor in tensors))
         return self._kernel_cache[1]
 
     def _invalidate_cache(self) -> None:
@@ -389,11 +413,6 @@ class AdaptiveConv2d(nn.Conv2d):
         if self._kernel_group is not None:
             self._kernel_group.reset()  # devices or dtypes may have changed
         return module
-
-    def register_parameter(self, name: str, param: Optional[nn.Parameter]) -> None:
-        super().register_parameter(name, param)
-        if name == 'sigma' and param is not None:
-            SIGMA_OWNERS[param] = weakref.ref(self)
 
     def _load_from_state_dict(self, *args, **kwargs):
         self._invalidate_cache()
@@ -412,6 +431,8 @@ class AdaptiveConv2d(nn.Conv2d):
                 persistent=False,
             )
             self.init_non_persistent_buffers()
+        self._parameters.setdefault('theta', None)  # pickled before 'diag' / 'full' existed
+        self._buffers.setdefault('grid_coordinates', None)
         if group is not None:
             group.add([self])
         if self._train_crop_tol is not None:
@@ -431,7 +452,7 @@ class AdaptiveConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():
             kernel = self.product_kernel()
-        elif torch.is_grad_enabled() and (self.weight.requires_grad or self.sigma.requires_grad):
+        elif torch.is_grad_enabled() and (self.weight.requires_grad or self.sigma.requires_grad or not self.is_circular):
             return self._training_forward(x)
         elif torch.compiler.is_compiling():
             kernel = self.product_kernel()
@@ -451,7 +472,10 @@ class AdaptiveConv2d(nn.Conv2d):
     def _training_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The forward that records gradients: with the product kernel the layer's group computed, or
         in training mode with ``train_crop_tol`` set, with its centred ``train_window`` crop (the group
-        then multiplies only the window of the weights and of the envelope)."""
+        then multiplies only the window of the weights and of the envelope); any other than a circular
+        layer with the product kernel of its own formula, computed with autograd."""
+        if not self.is_circular:
+            return self._conv_forward(x, self.product_kernel(), self.bias)
         if (
             self._train_crop_tol is not None
             and self.train_window is None
@@ -473,6 +497,8 @@ class AdaptiveConv2d(nn.Conv2d):
             return plain_conv_like(self, self.product_kernel())
 
     def extra_repr(self) -> str:
+        if not self.is_circular:
+            return super().extra_repr() + self._covariance_repr()
         text = super().extra_repr() + f', sigma_bounds=({self.sigma_bounds[0]:.4g}, {self.sigma_bounds[1]:.4g})'
         if not self.sigma.is_meta and self.sigma.numel():
             sigma = self.sigma.detach()

@@ -29,9 +29,12 @@ __all__ = [
     'effective_kernel_size',
     'envelope_and_log_derivative',
     'gaussian_envelope',
+    'covariance_envelope',
+    'grid_axis_coordinates',
     'grid_axis_sq_distances',
     'grid_sq_distance',
     'nd_envelope',
+    'rotated_envelope',
     'softmax_envelope',
     'softmax_weights',
 ]
@@ -46,18 +49,18 @@ def grid_sq_distance(kernel_size: int, device: torch.device, dtype: torch.dtype)
     return coords.unsqueeze(1).square() + coords.unsqueeze(0).square()
 
 
-def grid_axis_sq_distances(
+def grid_axis_coordinates(
     kernel_size: Tuple[int, ...], device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None
 ) -> torch.Tensor:
-    """Per axis, the squared distance of each point of a normalized grid to its centre.
+    """Per axis, the signed offset of each point of a normalized grid from its centre.
 
     Every axis of an ``n_0 × n_1 × ...`` grid has coordinates ``k / (n_a - 1)`` (both edges included,
     centre 0.5; a 1-point axis is its centre), so sigma is in units of each axis's extent.
 
     Returns:
-        Shape ``(ndim, *kernel_size)``: entry ``a`` holds ``d_a²`` at every grid point.
+        Shape ``(ndim, *kernel_size)``: entry ``a`` holds ``d_a = k_a / (n_a - 1) - 0.5`` at every grid point.
     """
-    distances = []
+    offsets = []
     for axis, size in enumerate(kernel_size):
         coords = (
             torch.linspace(-0.5, 0.5, size, device=device, dtype=dtype)
@@ -66,8 +69,16 @@ def grid_axis_sq_distances(
         )
         shape = [1] * len(kernel_size)
         shape[axis] = size
-        distances.append(coords.square().view(shape).expand(*kernel_size))
-    return torch.stack(distances)
+        offsets.append(coords.view(shape).expand(*kernel_size))
+    return torch.stack(offsets)
+
+
+def grid_axis_sq_distances(
+    kernel_size: Tuple[int, ...], device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None
+) -> torch.Tensor:
+    """Per axis, the squared distance ``d_a²`` of each point of a normalized grid to its centre, shape
+    ``(ndim, *kernel_size)`` (the square of :func:`grid_axis_coordinates`)."""
+    return grid_axis_coordinates(kernel_size, device, dtype).square()
 
 
 def nd_envelope(sigma: torch.Tensor, axis_sq_distances: torch.Tensor, eps: float = SIGMA_EPS) -> torch.Tensor:
@@ -94,6 +105,47 @@ def nd_envelope(sigma: torch.Tensor, axis_sq_distances: torch.Tensor, eps: float
     shape = list(axis_sq_distances.shape[1:])  # (filters, *grid), written so that TorchScript compiles it
     shape.insert(0, exponent.shape[0])
     return torch.softmax(exponent, dim=1).mul(cells).sqrt().reshape(shape)
+
+
+def rotated_envelope(
+    sigma: torch.Tensor, theta: torch.Tensor, axis_coordinates: torch.Tensor, eps: float = SIGMA_EPS
+) -> torch.Tensor:
+    """Normalized elliptic envelopes on a 2-D grid, rotated by ``theta``, differentiable in sigma and theta.
+
+    With ``d' = R(theta)ᵀ d`` (``d'_1 = cos θ d_1 + sin θ d_2``, ``d'_2 = -sin θ d_1 + cos θ d_2``, d in
+    the kernel's axis order (rows, columns)), ``U ∝ exp(-(d'_1² / (2 sigma_1² + eps) + d'_2² / (2 sigma_2² +
+    eps)))``, scaled so that ``sum U² =`` the number of grid points, as :func:`nd_envelope`.
+
+    Args:
+        sigma: apertures along the two principal axes, shape (filters, 2).
+        theta: the principal axes' angle in radians, shape (filters,).
+        axis_coordinates: (2, rows, columns) from :func:`grid_axis_coordinates`.
+        eps: added to 2 sigma² against a division by zero (the authors' 1e-8).
+
+    Returns:
+        Envelopes of shape (filters, rows, columns).
+    """
+    rows = axis_coordinates[0].reshape(1, -1)
+    columns = axis_coordinates[1].reshape(1, -1)
+    cos, sin = theta.cos().unsqueeze(-1), theta.sin().unsqueeze(-1)
+    along = cos * rows + sin * columns  # (filters, cells)
+    across = cos * columns - sin * rows
+    half_var = sigma.square() + eps / 2  # (filters, 2)
+    exponent = -(along.square() / half_var[:, 0:1] + across.square() / half_var[:, 1:2])
+    cells = exponent.shape[-1]
+    shape = list(axis_coordinates.shape[1:])
+    shape.insert(0, exponent.shape[0])
+    return torch.softmax(exponent, dim=1).mul(cells).sqrt().reshape(shape)
+
+
+def covariance_envelope(
+    sigma: torch.Tensor, theta: Optional[torch.Tensor], axis_coordinates: torch.Tensor, eps: float = SIGMA_EPS
+) -> torch.Tensor:
+    """The envelope of a layer's ``covariance_type``: :func:`rotated_envelope` ('full', ``theta`` given),
+    else :func:`nd_envelope` ('spherical': sigma (filters,); 'diag': sigma (filters, ndim))."""
+    if theta is not None:
+        return rotated_envelope(sigma, theta, axis_coordinates, eps)
+    return nd_envelope(sigma, axis_coordinates.square(), eps)
 
 
 def gaussian_envelope(sigma: torch.Tensor, kernel_size: int, eps: float = SIGMA_EPS) -> torch.Tensor:

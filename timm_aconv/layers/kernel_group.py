@@ -455,7 +455,7 @@ def group_adaptive_layers(model: nn.Module) -> Optional[KernelGroup]:
         raise TypeError(f'model must be a torch.nn.Module, got {type(model).__name__}')
     ungroup_adaptive_layers(model)
     layer_class = _layer_class()
-    layers = [module for module in model.modules() if isinstance(module, layer_class)]
+    layers = [module for module in model.modules() if _is_member(module, layer_class)]
     if not layers:
         return None
     model.__dict__[HOLDS_LAYERS] = True
@@ -465,7 +465,7 @@ def group_adaptive_layers(model: nn.Module) -> Optional[KernelGroup]:
 def ungroup_adaptive_layers(model: nn.Module) -> None:
     """Undo :func:`group_adaptive_layers` on ``model`` and every module inside it: each adaptive
     layer computes its own kernel again (until its model is grouped again)."""
-    _leave_groups([module for module in model.modules() if isinstance(module, _layer_class())])
+    _leave_groups([module for module in model.modules() if _is_member(module, _layer_class())])
 
 
 def _leave_groups(layers: Sequence[nn.Module], keep: Optional[KernelGroup] = None) -> None:
@@ -518,15 +518,15 @@ def group_on_registration(parent: nn.Module, name: str, module: Optional[nn.Modu
     layer_class = _layer_class()
     replaced = parent._modules.get(name)
     if replaced is not None and replaced is not module and _holds_layers(replaced, layer_class):
-        _leave_groups([sub for sub in replaced.modules() if isinstance(sub, layer_class)])
+        _leave_groups([sub for sub in replaced.modules() if _is_member(sub, layer_class)])
     if module is None or not _holds_layers(module, layer_class):
         return
     present = []
     if parent.__dict__.get(HOLDS_LAYERS):
         left_out = {id(sub) for sub in replaced.modules()} if replaced is not None else set()
-        present = [sub for sub in parent.modules() if isinstance(sub, layer_class) and id(sub) not in left_out]
+        present = [sub for sub in parent.modules() if _is_member(sub, layer_class) and id(sub) not in left_out]
     parent.__dict__[HOLDS_LAYERS] = True
-    arriving = [sub for sub in module.modules() if isinstance(sub, layer_class)]
+    arriving = [sub for sub in module.modules() if _is_member(sub, layer_class)]
     present_group = _common_group(present)
     if present_group is not None:
         present_group.add(arriving)
@@ -535,8 +535,13 @@ def group_on_registration(parent: nn.Module, name: str, module: Optional[nn.Modu
         KernelGroup(present + [layer for layer in arriving if id(layer) not in ids])
 
 
+def _is_member(module: nn.Module, layer_class: type) -> bool:
+    """Whether ``module`` is an adaptive layer that groups take: a circular one (spherical, square grid)."""
+    return isinstance(module, layer_class) and module.__dict__.get('is_circular', True)
+
+
 def _holds_layers(module: nn.Module, layer_class: type) -> bool:
-    return isinstance(module, layer_class) or bool(module.__dict__.get(HOLDS_LAYERS))
+    return _is_member(module, layer_class) or bool(module.__dict__.get(HOLDS_LAYERS))
 
 
 def _common_group(layers: Sequence[nn.Module]) -> Optional[KernelGroup]:

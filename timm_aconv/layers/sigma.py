@@ -22,6 +22,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from .adaptive_conv import SIGMA_OWNERS, AdaptiveConv2d
 from .adaptive_conv_nd import AdaptiveConvNd
+from .covariance import envelope_parameters
 
 __all__ = [
     'adaptive_layers',
@@ -153,13 +154,14 @@ def param_groups(
 
     Returns:
         A list of groups (each with a ``name``) for any ``torch.optim`` optimizer; empty groups
-        are left out. Sigma never gets weight decay.
+        are left out. Sigma never gets weight decay; the ``sigma`` group also holds the angles
+        ``theta`` of 'full' layers (the envelope's other parameters), at the same learning rate.
     """
     if sigma_lr_scale <= 0:
         raise ValueError(f'sigma_lr_scale must be > 0, got {sigma_lr_scale}')
     if sigma_lr_scale != 1.0 and lr is None:
         raise ValueError('param_groups needs lr to scale the sigma learning rate (sigma_lr_scale != 1)')
-    sigma_ids = {id(layer.sigma) for layer in all_adaptive_layers(model)}
+    sigma_ids = {id(param) for layer in all_adaptive_layers(model) for param in envelope_parameters(layer)}
     decay, no_decay, sigmas = [], [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:

@@ -10,7 +10,9 @@ dilation, groups and padding mode.
 """
 
 import functools
-from typing import Optional, Tuple
+import itertools
+import math
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -23,6 +25,7 @@ __all__ = [
     'check_crop_tol',
     'energy_outside_windows',
     'explicit_padding',
+    'smallest_box',
     'smallest_windows',
     'training_windows',
     'window_conv2d',
@@ -39,6 +42,29 @@ def check_crop_tol(crop_tol: float, name: str = 'crop_tol') -> float:
             f"{name} must be a number in (0, 1) (the share of each filter's energy a crop may drop), got {crop_tol!r}"
         )
     return float(crop_tol)
+
+
+def smallest_box(
+    energy: torch.Tensor, crop_tol: float, min_sides: Optional[Sequence[int]] = None
+) -> Tuple[int, ...]:
+    """The centred box of odd sides (one per axis) with the fewest taps that holds all but ``crop_tol`` of
+    ``energy`` (non-negative, shape ``(n_0, n_1, ...)`` with odd sides), each side at least ``min_sides``;
+    among boxes of one size the most even. What crops an elliptic or rectangular kernel per axis (a
+    7×7 kernel whose energy lies along the rows may keep 7×3)."""
+    grid = tuple(energy.shape)
+    energy = energy.detach().double()
+    total = float(energy.sum())
+    minimum = [1] * len(grid) if min_sides is None else [max(1, int(side)) for side in min_sides]
+    best: Optional[Tuple] = None
+    for radii in itertools.product(*(range((low - 1) // 2, side // 2 + 1) for low, side in zip(minimum, grid))):
+        sides = tuple(2 * radius + 1 for radius in radii)
+        key = (math.prod(sides), max(sides), sides)
+        if best is not None and key >= best:
+            continue
+        window = tuple(slice(side // 2 - radius, side // 2 + radius + 1) for side, radius in zip(grid, radii))
+        if total == 0 or float(energy[window].sum()) / total >= 1.0 - crop_tol - 1e-12:
+            best = key
+    return best[2]
 
 
 @functools.cache

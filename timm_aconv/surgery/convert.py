@@ -17,7 +17,8 @@ import torch
 import torch.nn as nn
 
 from ..layers.adaptive_conv import AdaptiveConv2d, SigmaInit, resolve_kernel_size
-from ..layers.adaptive_conv_nd import COVARIANCE_TYPES, AdaptiveConv1d, AdaptiveConv3d, AdaptiveConvNd
+from ..layers.adaptive_conv_nd import AdaptiveConv1d, AdaptiveConv3d, AdaptiveConvNd
+from ..layers.covariance import check_covariance_type
 from ..layers.window import explicit_padding
 from .module_tree import replace_modules
 
@@ -72,13 +73,7 @@ def convert_conv(
     ndim = len(conv.kernel_size)
     if type(conv) is not _PLAIN.get(ndim):
         raise TypeError(f'convert_conv takes an nn.Conv1d, nn.Conv2d or nn.Conv3d, got {type(conv).__name__}')
-    if covariance_type not in COVARIANCE_TYPES:
-        raise ValueError(f'covariance_type must be one of {COVARIANCE_TYPES}, got {covariance_type!r}')
-    if ndim == 2 and covariance_type != 'spherical':
-        raise ValueError(
-            f'covariance_type={covariance_type!r} is built for 1-D and 3-D layers only; 2-D adaptive layers are '
-            f"'spherical' (layer '{name}')"
-        )
+    check_covariance_type(covariance_type, ndim, f"layer '{name}' ({_ADAPTIVE[ndim].__name__})")
     if size is None and (max(conv.kernel_size) < 3 or max(conv.kernel_size) % 2 == 0):
         raise ValueError(
             f"convert_convs: layer '{name}' has a {_shape(conv)} kernel, which "
@@ -93,7 +88,6 @@ def convert_conv(
     if sigma_init is None:
         sigma_init = PRESERVE_SIGMA_INIT if preserve else FRESH_SIGMA_INIT
     weight = conv.weight
-    options = {} if ndim == 2 else dict(covariance_type=covariance_type)
     layer = _ADAPTIVE[ndim](
         conv.in_channels,
         conv.out_channels,
@@ -108,7 +102,7 @@ def convert_conv(
         dtype=weight.dtype,
         sigma_init=sigma_init,
         sigma_bounds=sigma_bounds,
-        **options,
+        covariance_type=covariance_type,
     )
     if preserve:
         with torch.no_grad():
@@ -177,8 +171,9 @@ def convert_convs(
         skip_pointwise: leave 1×1 convolutions alone.
         dims: the dimensions converted: (2,) (default) is ``nn.Conv2d`` only (a model's ``nn.Conv1d``, e.g.
             an ECA attention, stays); (1,), (3,) or (1, 2, 3) take ``nn.Conv1d`` / ``nn.Conv3d`` too.
-        covariance_type: 'spherical' (one sigma per filter) or 'diag' (one per filter and axis; 1-D and
-            3-D layers only).
+        covariance_type: the envelope of the new layers (:mod:`timm_aconv.layers.covariance`): 'spherical'
+            (default, one sigma per filter), 'diag' (one per filter and axis) or 'full' (2-D: a rotated
+            ellipse, with an angle ``theta`` per filter).
 
     Only layers whose type is exactly ``nn.Conv1d`` / ``nn.Conv2d`` / ``nn.Conv3d`` are candidates: adaptive
     layers are left as they are (a second call is a no-op) and subclasses keep their own semantics.

@@ -1,0 +1,209 @@
+"""2-D envelopes beyond the circle: 'diag' and 'full' (rotated) covariance, rectangular grids
+
+The rotated envelope against ``U ∝ exp(-(d'_1² / (2 σ_1² + 1e-8) + d'_2² / (2 σ_2² + 1e-8)))`` with
+``d' = R(θ)ᵀ d`` and ``sum U² =`` the number of grid points (Theorem 3.1), gradcheck in sigma and theta;
+the layer against the torch convolution of its product kernel for every option, gradcheck in input, W,
+bias, sigma and theta; spherical layers untouched; clamp and parameter groups; surgery (convert → fuse
+exact on timm's resnet18 with 'full', per-axis crops within their tolerance).
+"""
+
+import math
+
+import pytest
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import timm_aconv
+from timm_aconv import AdaptiveConv2d
+from timm_aconv.layers.envelope import grid_axis_coordinates, nd_envelope, rotated_envelope
+
+GRIDS = [(7, 7), (7, 3), (3, 5), (9, 1)]
+
+
+def reference_rotated_envelope(sigma: torch.Tensor, theta: torch.Tensor, kernel_size) -> torch.Tensor:
+    """The formula written out, one filter at a time."""
+    axes = [torch.linspace(-0.5, 0.5, n, dtype=torch.float64) if n > 1 else torch.zeros(1, dtype=torch.float64)
+            for n in kernel_size]  # fmt: skip
+    rows, columns = torch.meshgrid(*axes, indexing='ij')
+    envelopes = []
+    for (sigma_1, sigma_2), angle in zip(sigma.tolist(), theta.tolist()):
+        rotation = torch.tensor([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]],
+                                dtype=torch.float64)  # fmt: skip
+        offsets = torch.stack([rows.flatten(), columns.flatten()])  # (2, cells)
+        rotated = rotation.T @ offsets  # d' = R(θ)ᵀ d
+        raw = torch.exp(-(rotated[0] ** 2 / (2 * sigma_1**2 + 1e-8) + rotated[1] ** 2 / (2 * sigma_2**2 + 1e-8)))
+        raw = raw * math.sqrt(raw.numel() / float(raw.square().sum()))
+        envelopes.append(raw.view(kernel_size))
+    return torch.stack(envelopes)
+
+
+@pytest.mark.parametrize('kernel_size', GRIDS, ids=lambda size: 'x'.join(map(str, size)))
+def test_rotated_envelope_matches_the_formula_keeps_theorem_3_1_and_its_derivatives(kernel_size):
+    torch.manual_seed(0)
+    sigma = torch.rand(5, 2, dtype=torch.float64) * 1.5 + 0.05
+    theta = (torch.rand(5, dtype=torch.float64) - 0.5) * 4
+    coordinates = grid_axis_coordinates(kernel_size, dtype=torch.float64)
+    envelope = rotated_envelope(sigma, theta, coordinates)
+    assert envelope.shape == (5, *kernel_size)
+    torch.testing.assert_close(envelope, reference_rotated_envelope(sigma, theta, kernel_size), rtol=1e-12, atol=1e-12)
+    cells = math.prod(kernel_size)
+    torch.testing.assert_close(envelope.square().flatten(1).sum(1), torch.full((5,), float(cells), dtype=torch.float64))
+    inputs = (sigma.clone().requires_grad_(True), theta.clone().requires_grad_(True))
+    assert torch.autograd.gradcheck(lambda s, t: rotated_envelope(s, t, coordinates), inputs)
+
+
+def test_rotated_envelope_special_cases():
+    coordinates = grid_axis_coordinates((7, 7), dtype=torch.float64)
+    sigma = torch.tensor([[0.05, 0.6], [0.3, 0.3]], dtype=torch.float64)
+    diag = nd_envelope(sigma, coordinates.square())
+    # theta 0 is the 'diag' envelope; a half turn too; a quarter turn swaps the axes
+    torch.testing.assert_close(rotated_envelope(sigma, torch.zeros(2, dtype=torch.float64), coordinates), diag)
+    torch.testing.assert_close(rotated_envelope(sigma, torch.full((2,), math.pi, dtype=torch.float64), coordinates), diag)
+    quarter = rotated_envelope(sigma, torch.full((2,), math.pi / 2, dtype=torch.float64), coordinates)
+    torch.testing.assert_close(quarter, diag.transpose(1, 2))
+    # equal apertures: a circle, whatever the angle
+    torch.testing.assert_close(quarter[1], diag[1])
+    # 45°: the narrow axis (sigma_1) points along the diagonal (rows and columns grow together), so the
+    # ellipse stretches along the anti-diagonal
+    diagonal = rotated_envelope(sigma[:1], torch.tensor([math.pi / 4], dtype=torch.float64), coordinates)[0]
+    assert diagonal[0, 6] > 0.4 * diagonal[3, 3] and diagonal[6, 6] < 1e-6 * diagonal[3, 3]
+
+
+CONV_OPTIONS = [
+    dict(padding='same'),
+    dict(padding=0),
+    dict(stride=2, padding=(3, 1)),
+    dict(dilation=2, padding=(6, 2)),
+    dict(groups=4, padding=(3, 1)),
+    dict(padding=(3, 1), padding_mode='reflect'),
+    dict(padding=(3, 1), padding_mode='circular', bias=False),
+]
+
+
+@pytest.mark.parametrize('options', CONV_OPTIONS, ids=lambda o: ','.join(f'{k}={v}' for k, v in o.items()))
+@pytest.mark.parametrize('covariance_type', ['spherical', 'diag', 'full'])
+def test_layer_is_the_torch_convolution_of_its_product_kernel(options, covariance_type):
+    torch.manual_seed(0)
+    layer = AdaptiveConv2d(4, 4, (7, 3), covariance_type=covariance_type, dtype=torch.float64, **options)
+    if layer.theta is not None:
+        with torch.no_grad():
+            layer.theta.uniform_(-1, 1)
+            layer.sigma.uniform_(0.1, 0.6)
+    x = torch.randn(2, 4, 13, 11, dtype=torch.float64)
+    reference = nn.Conv2d(4, 4, (7, 3), dtype=torch.float64, **options)
+    with torch.no_grad():
+        reference.weight.copy_(layer.product_kernel())
+        if layer.bias is not None:
+            reference.bias.copy_(layer.bias)
+    torch.testing.assert_close(layer(x), reference(x), rtol=0, atol=1e-12)
+    torch.testing.assert_close(layer.fuse()(x), reference(x), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize('covariance_type', ['diag', 'full'])
+def test_gradcheck_in_input_weight_bias_sigma_and_theta(covariance_type):
+    torch.manual_seed(0)
+    layer = AdaptiveConv2d(2, 3, (5, 3), padding=(2, 1), covariance_type=covariance_type, dtype=torch.float64)
+    with torch.no_grad():
+        layer.sigma.uniform_(0.15, 0.6)
+    x = torch.randn(1, 2, 6, 5, dtype=torch.float64, requires_grad=True)
+    names = ['weight', 'bias', 'sigma'] + (['theta'] if covariance_type == 'full' else [])
+    params = [getattr(layer, name).detach().clone().requires_grad_(True) for name in names]
+    if covariance_type == 'full':
+        params[-1] = torch.tensor([0.3, -1.0, 2.0], dtype=torch.float64, requires_grad=True)
+
+    def run(x, *values):
+        return torch.func.functional_call(layer, dict(zip(names, values)), (x,))
+
+    assert torch.autograd.gradcheck(run, (x, *params))
+    # the training forward (autograd through the formula) against the same in float64, theta included
+    output = run(x, *params)
+    grads = torch.autograd.grad(output.square().sum(), params)
+    assert all(float(grad.abs().max()) > 0 for grad in grads)
+
+
+def test_spherical_square_layers_are_untouched():
+    """The paper's layer keeps its state dict, its kernel group and its values: 'spherical' on a square grid
+    is the circular layer (``is_circular``) of before."""
+    torch.manual_seed(0)
+    layer = AdaptiveConv2d(3, 8, 7, padding=3)
+    assert layer.is_circular and layer.theta is None and layer.grid_coordinates is None
+    assert list(layer.state_dict()) == ['weight', 'bias', 'sigma']
+    assert nn.Sequential(layer)[0]._kernel_group is not None  # grouped as its model is built
+    assert 'covariance_type' not in repr(layer)
+    x = torch.randn(2, 3, 9, 9)
+    expected = F.conv2d(x, layer.weight * timm_aconv.gaussian_envelope(layer.sigma, 7).unsqueeze(1), layer.bias, padding=3)
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_bounds_clamp_and_parameter_groups_take_every_axis_and_theta():
+    model = nn.Sequential(
+        AdaptiveConv2d(2, 4, (7, 3), padding=(3, 1), covariance_type='diag'),
+        nn.ReLU(),
+        AdaptiveConv2d(4, 4, 5, padding=2, covariance_type='full'),
+        nn.ReLU(),
+        AdaptiveConv2d(4, 4, 5, padding=2),
+    )
+    diag, full, circle = model[0], model[2], model[4]
+    assert diag.sigma_bounds == ((1 / 7, 7.0), (1 / 3, 3.0))
+    assert full.sigma_bounds == ((0.2, 5.0), (0.2, 5.0)) and full.theta.shape == (4,)
+    # only the circular layer is in a kernel group
+    assert diag._kernel_group is None and full._kernel_group is None and circle._kernel_group is not None
+    groups = {group['name']: group['params'] for group in timm_aconv.param_groups(model, weight_decay=1e-4)}
+    assert {id(param) for param in groups['sigma']} == {id(diag.sigma), id(full.sigma), id(full.theta), id(circle.sigma)}
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e4)
+    model(torch.randn(2, 2, 12, 12)).square().mean().backward()
+    theta_before = full.theta.detach().clone()
+    with torch.no_grad():
+        full.sigma[:, 0] += 0.1  # unequal apertures: the angle gets a gradient
+    model(torch.randn(2, 2, 12, 12)).square().mean().backward()
+    optimizer.step()
+    assert not torch.equal(full.theta.detach(), theta_before)  # theta learns, unclamped
+    for layer in (diag, full):
+        bounds = torch.tensor(layer.sigma_bounds)
+        assert bool((layer.sigma >= bounds[:, 0] - 1e-6).all() and (layer.sigma <= bounds[:, 1] + 1e-6).all())
+    low, high = circle.sigma_bounds
+    assert float(circle.sigma.detach().min()) >= low - 1e-7 and float(circle.sigma.detach().max()) <= high + 1e-7
+
+
+def test_convert_and_fuse_timm_resnet18_with_full_covariance_exactly():
+    torch.manual_seed(0)
+    model = timm.create_model('resnet18', num_classes=5).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        before = model(x)
+        timm_aconv.convert_convs(model, sizes=None, covariance_type='full', sigma_init=0.5)
+        layers = list(timm_aconv.adaptive_layers(model))
+        assert len(layers) == 17 and all(layer.covariance_type == 'full' for layer in layers)
+        assert layers[0].kernel_size == (7, 7) and layers[1].kernel_size == (3, 3)  # sizes=None: their own
+        torch.testing.assert_close(model(x), before, rtol=0, atol=1e-4)
+        for layer in layers:  # some learned ellipses: the fused model still computes the adaptive one
+            layer.theta.uniform_(-1.5, 1.5)
+            layer.sigma.uniform_(0.1, 0.5)
+        adaptive = model(x)
+        timm_aconv.fuse_convs(model)
+        assert not list(timm_aconv.all_adaptive_layers(model))
+        torch.testing.assert_close(model(x), adaptive, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize('covariance_type', ['diag', 'full'])
+def test_fuse_crops_elliptic_layers_per_axis_within_the_tolerance(covariance_type):
+    """A 7×7 layer whose envelopes are narrow across the columns crops to 7×3 (or narrower), keeping all but
+    crop_tol of the kernel's energy; the cropped convolution's padding keeps every output in place."""
+    torch.manual_seed(0)
+    layer = AdaptiveConv2d(3, 6, 7, padding=3, covariance_type=covariance_type)
+    with torch.no_grad():
+        layer.sigma.copy_(torch.tensor([0.4, 0.06]).expand(6, 2))  # wide along the rows, narrow across
+    x = torch.randn(2, 3, 12, 12)
+    full = layer(x).detach()
+    for crop_tol in (1e-2, 1e-3):
+        cropped = timm_aconv.fuse_convs(layer, crop_tol=crop_tol)
+        height, width = cropped.kernel_size
+        assert height == 7 and width <= 3
+        kernel = layer.product_kernel().detach()
+        offset = (7 - width) // 2
+        kept = float(kernel[..., offset : offset + width].square().sum())
+        assert 1 - kept / float(kernel.square().sum()) <= crop_tol
+        assert cropped.padding == (3, (width - 1) // 2)
+        assert float((cropped(x) - full).norm() / full.norm()) <= 2 * crop_tol**0.5
