@@ -60,7 +60,9 @@ def test_rotated_envelope_special_cases():
     diag = nd_envelope(sigma, coordinates.square())
     # theta 0 is the 'diag' envelope; a half turn too; a quarter turn swaps the axes
     torch.testing.assert_close(rotated_envelope(sigma, torch.zeros(2, dtype=torch.float64), coordinates), diag)
-    torch.testing.assert_close(rotated_envelope(sigma, torch.full((2,), math.pi, dtype=torch.float64), coordinates), diag)
+    torch.testing.assert_close(
+        rotated_envelope(sigma, torch.full((2,), math.pi, dtype=torch.float64), coordinates), diag
+    )
     quarter = rotated_envelope(sigma, torch.full((2,), math.pi / 2, dtype=torch.float64), coordinates)
     torch.testing.assert_close(quarter, diag.transpose(1, 2))
     # equal apertures: a circle, whatever the angle
@@ -133,7 +135,9 @@ def test_spherical_square_layers_are_untouched():
     assert nn.Sequential(layer)[0]._kernel_group is not None  # grouped as its model is built
     assert 'covariance_type' not in repr(layer)
     x = torch.randn(2, 3, 9, 9)
-    expected = F.conv2d(x, layer.weight * timm_aconv.gaussian_envelope(layer.sigma, 7).unsqueeze(1), layer.bias, padding=3)
+    expected = F.conv2d(
+        x, layer.weight * timm_aconv.gaussian_envelope(layer.sigma, 7).unsqueeze(1), layer.bias, padding=3
+    )
     torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-6)
 
 
@@ -151,7 +155,12 @@ def test_bounds_clamp_and_parameter_groups_take_every_axis_and_theta():
     # only the circular layer is in a kernel group
     assert diag._kernel_group is None and full._kernel_group is None and circle._kernel_group is not None
     groups = {group['name']: group['params'] for group in timm_aconv.param_groups(model, weight_decay=1e-4)}
-    assert {id(param) for param in groups['sigma']} == {id(diag.sigma), id(full.sigma), id(full.theta), id(circle.sigma)}
+    assert {id(param) for param in groups['sigma']} == {
+        id(diag.sigma),
+        id(full.sigma),
+        id(full.theta),
+        id(circle.sigma),
+    }
     optimizer = torch.optim.SGD(model.parameters(), lr=1e4)
     model(torch.randn(2, 2, 12, 12)).square().mean().backward()
     theta_before = full.theta.detach().clone()
@@ -207,3 +216,77 @@ def test_fuse_crops_elliptic_layers_per_axis_within_the_tolerance(covariance_typ
         assert 1 - kept / float(kernel.square().sum()) <= crop_tol
         assert cropped.padding == (3, (width - 1) // 2)
         assert float((cropped(x) - full).norm() / full.norm()) <= 2 * crop_tol**0.5
+
+
+def test_convert_like_brings_back_every_covariance_type_and_grid_from_a_state_dict():
+    def plain():
+        torch.manual_seed(0)
+        return nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(4, 4, 3, padding=1), nn.Flatten(1, 2), nn.Conv1d(4 * 8, 4, 3, padding=1),
+        ).eval()  # fmt: skip
+
+    model = plain()
+    timm_aconv.convert_convs(model, sizes=[5], include=['0'], covariance_type='full')
+    timm_aconv.convert_convs(model, sizes=[(7, 3)], include=['2'], covariance_type='diag')
+    timm_aconv.convert_convs(model, sizes=[5], include=['4'])
+    timm_aconv.convert_convs(model, sizes=[5], dims=[1], covariance_type='diag')
+    with torch.no_grad():
+        model[0].theta.uniform_(-1, 1)
+    x = torch.randn(2, 3, 8, 8)
+    state_dict = {key: value.clone() for key, value in model.state_dict().items()}
+    restored = timm_aconv.convert_like(plain(), state_dict)
+    restored.load_state_dict(state_dict)  # strict
+    kinds = [(layer.covariance_type, layer.kernel_size) for layer in timm_aconv.all_adaptive_layers(restored)]
+    assert kinds == [('full', (5, 5)), ('diag', (7, 3)), ('spherical', (5, 5)), ('diag', (5,))]
+    with torch.no_grad():
+        torch.testing.assert_close(restored(x), model(x))
+
+
+@pytest.mark.parametrize('covariance_type', ['diag', 'full'])
+def test_ordinary_weights_load_into_elliptic_layers_exactly(covariance_type):
+    torch.manual_seed(0)
+    ordinary = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 3, padding=1)).eval()
+    adaptive = nn.Sequential(
+        AdaptiveConv2d(3, 4, 5, padding=2, covariance_type=covariance_type), nn.ReLU(),
+        AdaptiveConv2d(4, 2, (7, 5), padding=(3, 2), covariance_type=covariance_type),
+    ).eval()  # fmt: skip
+    state_dict = timm_aconv.adapt_ordinary_weights(adaptive, ordinary.state_dict(), sigma_init=0.5)
+    adaptive.load_state_dict(state_dict)  # strict: sigma (and theta) added
+    x = torch.randn(2, 3, 9, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(adaptive(x), ordinary(x), rtol=0, atol=1e-5)
+
+
+def test_summary_and_learned_sizes_report_elliptic_layers_per_axis():
+    model = nn.Sequential(
+        AdaptiveConv2d(3, 4, 7, padding=3, covariance_type='diag'),
+        AdaptiveConv2d(4, 4, (7, 3), padding=(3, 1)),
+        AdaptiveConv2d(4, 4, 5, padding=2),
+    )
+    with torch.no_grad():
+        model[0].sigma.copy_(torch.tensor([0.4, 0.06]).expand(4, 2))
+        model[1].sigma.fill_(0.06)
+    rows = timm_aconv.summary(model)
+    assert [(row.grid_size, row.size_max) for row in rows[:2]] == [('7x7', '7x1'), ('7x3', '1x1')]
+    assert rows[2].grid_size == 5 and isinstance(rows[2].size_max, int)
+    learned = timm_aconv.learned_kernel_sizes(model, crop_tol=1e-3)
+    elliptic, rectangular, circle = learned['0'], learned['1'], learned['2']
+    assert elliptic.grid_size == (7, 7) and all(height == 7 and width <= 3 for height, width in elliptic.sizes)
+    assert rectangular.grid_size == (7, 3) and all(len(size) == 2 for size in rectangular.sizes)
+    assert isinstance(circle.grid_size, int) and all(isinstance(size, int) for size in circle.sizes)
+    kernel = model[0].product_kernel().detach()
+    for box, filter_kernel in zip(elliptic.sizes, kernel):  # every box within the tolerance
+        window = tuple(slice((n - m) // 2, (n - m) // 2 + m) for n, m in zip((7, 7), box))
+        kept = float(filter_kernel[(slice(None), *window)].square().sum())
+        assert 1 - kept / float(filter_kernel.square().sum()) <= 1e-3
+    assert elliptic.kernel_flops == pytest.approx(sum(h * w for h, w in elliptic.sizes) / len(elliptic.sizes) / 49)
+    assert len(elliptic.percentile(95)) == 2 and '7x' in str(learned)
+    with pytest.raises(ValueError, match=r"takes spherical layers on square grids only, not \['0', '1'\]"):
+        timm_aconv.export_learned_sizes(model, crop_tol=1e-3)
+    with pytest.raises(ValueError, match=r"the size budget weighs square windows of spherical layers; \['0', '1'\]"):
+        timm_aconv.estimated_kernel_flops(model)
+    timm_aconv.set_train_crop(model, 1e-3)  # the circular layer only
+    assert model[2].train_crop_tol == 1e-3 and model[0].train_crop_tol is None
+    with pytest.raises(ValueError, match='has no spherical adaptive layer on a square grid'):
+        timm_aconv.set_train_crop(model[:2], 1e-3)

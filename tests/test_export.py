@@ -333,7 +333,7 @@ def test_bad_input_errors_name_the_argument():
     plain = nn.Sequential(nn.Conv2d(2, 4, 3))
     with pytest.raises(ValueError, match='model has no AdaptiveConv2d layer'):
         export_learned_sizes(plain)
-    with pytest.raises(ValueError, match='model has no AdaptiveConv2d layer'):
+    with pytest.raises(ValueError, match='model has no adaptive layer'):
         learned_kernel_sizes(plain)
     with pytest.raises(ValueError, match='strategy must be one of'):
         export_learned_sizes(copy.deepcopy(layer), strategy='fastest')

@@ -4,12 +4,11 @@ import io
 
 import pytest
 import timm
-
-import timm_aconv
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import timm_aconv
 from timm_aconv import AdaptiveConv2d, gaussian_envelope
 
 # (constructor kwargs, input channels) covering every nn.Conv2d option
@@ -138,7 +137,9 @@ def test_rectangular_and_elliptic_layers_are_their_own_formula(covariance_type):
 
 
 def test_covariance_type_errors_name_the_allowed_values():
-    with pytest.raises(ValueError, match="covariance_type must be one of 'spherical', 'diag', 'full' for AdaptiveConv2d"):
+    with pytest.raises(
+        ValueError, match="covariance_type must be one of 'spherical', 'diag', 'full' for AdaptiveConv2d"
+    ):
         AdaptiveConv2d(3, 4, 7, covariance_type='tied')
     with pytest.raises(ValueError, match=r"'full', a rotated ellipse, is 2-D only"):
         timm_aconv.AdaptiveConv3d(3, 4, 3, covariance_type='full')

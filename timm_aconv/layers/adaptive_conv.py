@@ -160,10 +160,10 @@ class AdaptiveConv2d(CovarianceEnvelope, nn.Conv2d):
     (:mod:`timm_aconv.layers.kernel_group`; a layer outside any group computes its own), with
     dL/dsigma in closed form; the grid's squared distances are the non-persistent buffer
     ``sq_distance``. Every other layer computes its kernel with autograd by the formula of its
-    ``covariance_type`` (its grid offsets are the non-persistent buffer ``grid_coordinates``). When the kernel needs no gradient
-    (``torch.no_grad()``/``inference_mode``, e.g. evaluation, or frozen ``weight`` and ``sigma``),
-    the product kernel is cached until ``weight`` or ``sigma`` change (optimizer steps, in-place
-    edits, ``load_state_dict``, ``.to()``, ``param.data = ...``).
+    ``covariance_type`` (its grid offsets are the non-persistent buffer ``grid_coordinates``). When the
+    kernel needs no gradient (``torch.no_grad()``/``inference_mode``, e.g. evaluation, or frozen ``weight``
+    and ``sigma``), the product kernel is cached until ``weight``, ``sigma`` or ``theta`` change (optimizer
+    steps, in-place edits, ``load_state_dict``, ``.to()``, ``param.data = ...``).
     """
 
     __jit_ignored_attributes__ = (
@@ -452,7 +452,9 @@ class AdaptiveConv2d(CovarianceEnvelope, nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():
             kernel = self.product_kernel()
-        elif torch.is_grad_enabled() and (self.weight.requires_grad or self.sigma.requires_grad or not self.is_circular):
+        elif torch.is_grad_enabled() and (
+            self.weight.requires_grad or self.sigma.requires_grad or not self.is_circular
+        ):
             return self._training_forward(x)
         elif torch.compiler.is_compiling():
             kernel = self.product_kernel()

@@ -26,10 +26,10 @@ import torch
 
 __all__ = [
     'centre_energy_fraction',
+    'covariance_envelope',
     'effective_kernel_size',
     'envelope_and_log_derivative',
     'gaussian_envelope',
-    'covariance_envelope',
     'grid_axis_coordinates',
     'grid_axis_sq_distances',
     'grid_sq_distance',

@@ -87,6 +87,12 @@ def _layer_weights(model: nn.Module, output_pixels: Optional[Mapping]) -> Dict[s
             f'model has no AdaptiveConv2d layer ({type(model).__name__}): nothing to budget; '
             'build it adaptive (aconv_* models) or convert_convs it first'
         )
+    others = [name or '(model)' for name, layer in layers.items() if not layer.is_circular]
+    if others:
+        raise ValueError(
+            f'the size budget weighs square windows of spherical layers; {others} are elliptic or rectangular '
+            "(covariance_type 'diag' / 'full' or a rectangular grid): budget a model of spherical layers"
+        )
     weights = {}
     for name, layer in layers.items():
         pixels = 1 if output_pixels is None else output_pixels.get(layer, output_pixels.get(name))

@@ -43,7 +43,8 @@ def set_train_crop(
     adaptive layer of ``model`` and chooses their first windows (one read of sigma per layer).
 
     Args:
-        model: any module; its :class:`AdaptiveConv2d` layers are set.
+        model: any module; its circular :class:`AdaptiveConv2d` layers are set (elliptic and rectangular
+            ones train on their full grid; a ValueError when there is no circular layer to set).
         train_crop_tol: the share of each filter's envelope energy the training crop may drop, in (0, 1),
             or None for the full kernel (the paper's layer).
         interval: optimizer steps between two reads of sigma.
@@ -55,7 +56,13 @@ def set_train_crop(
     interval = check_crop_interval(interval)
     if isinstance(margin, bool) or not isinstance(margin, (int, float)) or margin < 0:
         raise ValueError(f'margin must be a number >= 0 (a relative widening of sigma), got {margin!r}')
-    for _, layer in named_adaptive_layers(model):
+    layers = [layer for _, layer in named_adaptive_layers(model) if layer.is_circular]
+    if train_crop_tol is not None and not layers:
+        raise ValueError(
+            f'set_train_crop: {type(model).__name__} has no spherical adaptive layer on a square grid to train '
+            'at its learned size (elliptic and rectangular layers train on their full grid)'
+        )
+    for layer in layers:
         layer.train_crop_interval, layer.train_crop_margin = interval, float(margin)
         layer.train_crop_tol = train_crop_tol
     return model

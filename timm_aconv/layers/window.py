@@ -44,9 +44,7 @@ def check_crop_tol(crop_tol: float, name: str = 'crop_tol') -> float:
     return float(crop_tol)
 
 
-def smallest_box(
-    energy: torch.Tensor, crop_tol: float, min_sides: Optional[Sequence[int]] = None
-) -> Tuple[int, ...]:
+def smallest_box(energy: torch.Tensor, crop_tol: float, min_sides: Optional[Sequence[int]] = None) -> Tuple[int, ...]:
     """The centred box of odd sides (one per axis) with the fewest taps that holds all but ``crop_tol`` of
     ``energy`` (non-negative, shape ``(n_0, n_1, ...)`` with odd sides), each side at least ``min_sides``;
     among boxes of one size the most even. What crops an elliptic or rectangular kernel per axis (a

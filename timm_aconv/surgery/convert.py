@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from ..layers.adaptive_conv import AdaptiveConv2d, SigmaInit, resolve_kernel_size
 from ..layers.adaptive_conv_nd import AdaptiveConv1d, AdaptiveConv3d, AdaptiveConvNd
-from ..layers.covariance import check_covariance_type
+from ..layers.covariance import check_covariance_type, resolve_kernel_sizes
 from ..layers.window import explicit_padding
 from .module_tree import replace_modules
 
@@ -39,9 +39,9 @@ def _shape(conv: nn.Module) -> str:
     return 'x'.join(map(str, conv.kernel_size))
 
 
-def _converted_padding(conv: nn.Conv2d, size: int, name: str) -> Tuple[int, ...]:
+def _converted_padding(conv: nn.Conv2d, sides: Tuple[int, ...], name: str) -> Tuple[int, ...]:
     padding = []
-    for pad, dil, k in zip(explicit_padding(conv), conv.dilation, conv.kernel_size):
+    for pad, dil, k, size in zip(explicit_padding(conv), conv.dilation, conv.kernel_size, sides):
         if (size - k) % 2:
             raise ValueError(
                 f"convert_convs: layer '{name}' has a {k}-wide kernel; it can only become an odd n×n "
@@ -61,15 +61,15 @@ def _converted_padding(conv: nn.Conv2d, size: int, name: str) -> Tuple[int, ...]
 
 def convert_conv(
     conv: nn.Conv2d,
-    size: Optional[int] = None,
+    size: Union[int, Sequence[int], None] = None,
     preserve: bool = True,
     sigma_init: Optional[SigmaInit] = None,
-    sigma_bounds: Optional[Tuple[float, float]] = None,
+    sigma_bounds=None,
     name: str = 'conv',
     covariance_type: str = 'spherical',
 ) -> nn.Module:
-    """The adaptive layer with an n-per-side grid replacing ``conv`` (``nn.Conv1d``, ``nn.Conv2d`` or
-    ``nn.Conv3d``; see :func:`convert_convs`)."""
+    """The adaptive layer with an n-per-side grid (or, ``size`` a tuple, the grid of those sides) replacing
+    ``conv`` (``nn.Conv1d``, ``nn.Conv2d`` or ``nn.Conv3d``; see :func:`convert_convs`)."""
     ndim = len(conv.kernel_size)
     if type(conv) is not _PLAIN.get(ndim):
         raise TypeError(f'convert_conv takes an nn.Conv1d, nn.Conv2d or nn.Conv3d, got {type(conv).__name__}')
@@ -79,11 +79,20 @@ def convert_conv(
             f"convert_convs: layer '{name}' has a {_shape(conv)} kernel, which "
             f'sizes=None would keep, but adaptive kernels need an odd size >= 3; give sizes or exclude it'
         )
-    size = resolve_kernel_size(max(conv.kernel_size) if size is None else size, name='sizes')
-    if preserve and size < max(conv.kernel_size):
+    if isinstance(size, (tuple, list)) and len(set(size)) > 1:
+        sides = resolve_kernel_sizes(size, ndim, name='sizes')
+    else:
+        side = size[0] if isinstance(size, (tuple, list)) and len(size) == ndim else size
+        sides = (resolve_kernel_size(max(conv.kernel_size) if side is None else side, name='sizes'),) * ndim
+    if preserve and any(side < k for side, k in zip(sides, conv.kernel_size)):
         raise ValueError(
-            f"convert_convs: layer '{name}' has a {_shape(conv)} kernel; "
-            f'preserve=True needs sizes >= {max(conv.kernel_size)}, got {size} (or pass preserve=False)'
+            f"convert_convs: layer '{name}' has a {_shape(conv)} kernel; preserve=True needs sizes >= "
+            + (
+                f'{max(conv.kernel_size)}, got {sides[0]}'
+                if len(set(sides)) == 1
+                else f'{_shape(conv)}, got {"x".join(map(str, sides))}'
+            )
+            + ' (or pass preserve=False)'
         )
     if sigma_init is None:
         sigma_init = PRESERVE_SIGMA_INIT if preserve else FRESH_SIGMA_INIT
@@ -91,9 +100,9 @@ def convert_conv(
     layer = _ADAPTIVE[ndim](
         conv.in_channels,
         conv.out_channels,
-        size,
+        sides,
         stride=conv.stride,
-        padding=_converted_padding(conv, size, name),
+        padding=_converted_padding(conv, sides, name),
         dilation=conv.dilation,
         groups=conv.groups,
         bias=conv.bias is not None,
@@ -106,7 +115,7 @@ def convert_conv(
     )
     if preserve:
         with torch.no_grad():
-            window = tuple(slice((size - k) // 2, (size - k) // 2 + k) for k in conv.kernel_size)
+            window = tuple(slice((side - k) // 2, (side - k) // 2 + k) for side, k in zip(sides, conv.kernel_size))
             envelope = layer.envelope()[(slice(None), *window)].unsqueeze(1)
             layer.weight.zero_()
             layer.weight[(slice(None), slice(None), *window)] = weight / envelope
@@ -158,7 +167,8 @@ def convert_convs(
     Args:
         model: any module (a bare ``nn.Conv2d`` is returned converted).
         sizes: adaptive grid size n: one value for every chosen layer, one per chosen layer in
-            module order, or None to keep each layer's own size.
+            module order, or None to keep each layer's own size. A value may be a tuple of odd sides
+            (``[(7, 3)]``: a rectangular grid).
         include: fnmatch patterns on qualified module names; a layer is chosen when one of its
             names matches (None: every conv).
         exclude: fnmatch patterns of layers to leave alone.
@@ -167,7 +177,7 @@ def convert_convs(
             initializes the adaptive layers afresh.
         sigma_init: apertures of the new layers; default 0.5 with ``preserve`` (a wide envelope:
             mild rescaling), else the paper's (0.1, 0.5).
-        sigma_bounds: clamp range, default (1/n, n).
+        sigma_bounds: clamp range, default (1/n, n) (per axis for 'diag' / 'full': one pair, or one per axis).
         skip_pointwise: leave 1×1 convolutions alone.
         dims: the dimensions converted: (2,) (default) is ``nn.Conv2d`` only (a model's ``nn.Conv1d``, e.g.
             an ECA attention, stays); (1,), (3,) or (1, 2, 3) take ``nn.Conv1d`` / ``nn.Conv3d`` too.

@@ -252,6 +252,12 @@ def export_learned_sizes(
             'for plain models use fuse_convs / crop_conv'
         )
     names = {name: layer for layer, name in layers.items()}
+    others = [name or '(model)' for name, layer in names.items() if not layer.is_circular]
+    if others:
+        raise ValueError(
+            f'export_learned_sizes runs filters at square sizes: it takes spherical layers on square grids only, '
+            f'not {others} (elliptic or rectangular); fuse_convs(model, crop_tol=...) crops those per axis'
+        )
     kernels = {name: _layer_kernel(layer) for name, layer in names.items()}
     plans = {name: _plans(layer, kernels[name], crop_tol, sizes) for name, layer in names.items()}
 

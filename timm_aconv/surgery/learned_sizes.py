@@ -3,22 +3,35 @@
 A filter's *learned size* is the smallest centred odd window of its product kernel ``W ∘ U``
 (energy summed over input channels) that keeps all but ``crop_tol`` of the filter's energy,
 rounded up to one of the allowed ``sizes``. :func:`export_learned_sizes` runs every filter at
-that size; :func:`learned_kernel_sizes` reports the sizes before (or instead of) exporting.
+that size; :func:`learned_kernel_sizes` reports the sizes before (or instead of) exporting. Layers
+other than the circular 2-D ones (elliptic, rectangular, 1-D, 3-D) learn a size per axis: the
+centred box with the fewest taps that keeps all but ``crop_tol`` (e.g. 7x3).
 
     >>> print(timm_aconv.learned_kernel_sizes(model, crop_tol=1e-3))
 """
 
+import collections
+import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from ..layers.sigma import named_adaptive_layers
+from ..layers.adaptive_conv import AdaptiveConv2d
+from ..layers.adaptive_conv_nd import AdaptiveConvNd
 from ..layers.size_budget import DEFAULT_CROP_TOL, check_crop_tol, energy_outside_windows
+from ..layers.window import smallest_box
 
-__all__ = ['LayerKernelSizes', 'LearnedKernelSizes', 'check_sizes', 'filter_kernel_sizes', 'learned_kernel_sizes']
+__all__ = [
+    'LayerKernelSizes',
+    'LearnedKernelSizes',
+    'check_sizes',
+    'filter_box_sizes',
+    'filter_kernel_sizes',
+    'learned_kernel_sizes',
+]
 
 
 def check_sizes(sizes: Optional[Sequence[int]], name: str = 'sizes') -> Optional[Tuple[int, ...]]:
@@ -60,32 +73,72 @@ def filter_kernel_sizes(
     return allowed[torch.searchsorted(allowed, needed)]
 
 
+def filter_box_sizes(
+    kernel: torch.Tensor,
+    crop_tol: float = DEFAULT_CROP_TOL,
+    sizes: Optional[Sequence[int]] = None,
+) -> torch.Tensor:
+    """The learned box of every filter of ``kernel`` (out, in/groups, *grid) with odd sides, shape (out, ndim):
+    per filter the centred box with the fewest taps whose outside holds at most ``crop_tol`` of its energy
+    (:func:`~timm_aconv.layers.window.smallest_box`), each side raised to the next of ``sizes`` (None: any
+    odd size; the axis's own side is always allowed)."""
+    crop_tol = check_crop_tol(crop_tol)
+    sizes = check_sizes(sizes)
+    grid = tuple(kernel.shape[2:])
+    if kernel.ndim < 3 or any(side % 2 == 0 for side in grid):
+        raise ValueError(f'kernel must be (out, in, *grid) with odd sides, got shape {tuple(kernel.shape)}')
+    energy = kernel.detach().double().square().sum(1)
+    boxes = torch.tensor([smallest_box(filter_energy, crop_tol) for filter_energy in energy]).view(-1, len(grid))
+    for axis, side in enumerate(grid):
+        allowed = torch.tensor(sorted({size for size in sizes or range(1, side + 1, 2) if size <= side} | {side}))
+        boxes[:, axis] = allowed[torch.searchsorted(allowed, boxes[:, axis].contiguous())]
+    return boxes
+
+
 @dataclass
 class LayerKernelSizes:
-    """The learned sizes of one adaptive layer's filters."""
+    """The learned sizes of one adaptive layer's filters: an int per filter (n×n windows of a circular
+    layer), or a tuple of sides per filter (boxes of any other layer, ``grid_size`` then its sides)."""
 
     name: str
-    grid_size: int
-    sizes: List[int]  # per filter, in output-channel order
+    grid_size: Union[int, Tuple[int, ...]]
+    sizes: List[Union[int, Tuple[int, ...]]]  # per filter, in output-channel order
     in_channels_per_group: int
     layer: Optional[nn.Module] = field(default=None, repr=False, compare=False)
 
     @property
-    def counts(self) -> Dict[int, int]:
-        """{size: filters}, smallest size first."""
-        values, counts = np.unique(np.asarray(self.sizes), return_counts=True)
-        return {int(value): int(count) for value, count in zip(values, counts)}
+    def per_axis(self) -> bool:
+        """Whether the sizes are boxes (a side per axis) rather than square windows."""
+        return isinstance(self.grid_size, tuple)
 
-    def percentile(self, q: float) -> int:
-        """The ``q``-th percentile (0–100) of the sizes, always one of them (the next higher one)."""
+    @property
+    def counts(self) -> Dict[Union[int, Tuple[int, ...]], int]:
+        """{size: filters}, smallest size (fewest taps) first."""
+        counted = collections.Counter(self.sizes)
+        return {size: counted[size] for size in sorted(counted, key=lambda size: (self._taps(size), size))}
+
+    def percentile(self, q: float) -> Union[int, Tuple[int, ...]]:
+        """The ``q``-th percentile (0–100) of the sizes, always one of them (the next higher one); per axis for
+        boxes."""
         if not 0 <= q <= 100:
             raise ValueError(f'percentile must be in [0, 100], got {q!r}')
-        return int(np.percentile(np.asarray(self.sizes), q, method='higher'))
+        values = np.asarray(self.sizes)
+        if self.per_axis:
+            return tuple(int(value) for value in np.percentile(values, q, axis=0, method='higher'))
+        return int(np.percentile(values, q, method='higher'))
+
+    def _taps(self, size) -> int:
+        return math.prod(size) if self.per_axis else size * size
 
     @property
     def kernel_flops(self) -> float:
-        """Multiply-adds at the learned sizes relative to the full n×n grid."""
-        return float(np.square(np.asarray(self.sizes, dtype=np.float64)).mean()) / self.grid_size**2
+        """Multiply-adds at the learned sizes relative to the full grid."""
+        taps = np.asarray([self._taps(size) for size in self.sizes], dtype=np.float64)
+        return float(taps.mean()) / self._taps(self.grid_size)
+
+
+def _size_text(size) -> str:
+    return 'x'.join(map(str, size)) if isinstance(size, tuple) else str(size)
 
 
 class LearnedKernelSizes(Dict[str, LayerKernelSizes]):
@@ -115,10 +168,13 @@ class LearnedKernelSizes(Dict[str, LayerKernelSizes]):
         rows = [
             (
                 name,
-                str(row.grid_size),
+                _size_text(row.grid_size),
                 str(len(row.sizes)),
-                '  '.join(f'{size}x{size}: {count}' for size, count in row.counts.items()),
-                str(row.percentile(95)),
+                '  '.join(
+                    f'{_size_text(size) if row.per_axis else f"{size}x{size}"}: {count}'
+                    for size, count in row.counts.items()
+                ),
+                _size_text(row.percentile(95)),
                 f'{row.kernel_flops:.1%}',
             )
             for name, row in self.items()
@@ -137,7 +193,7 @@ def learned_kernel_sizes(
     """The learned size of every filter of every adaptive layer of ``model`` (see the module docstring).
 
     Args:
-        model: a model with :class:`~timm_aconv.AdaptiveConv2d` layers (or one such layer).
+        model: a model with adaptive layers (or one such layer), of any dimension.
         crop_tol: the share of each filter's energy its window may leave out, in (0, 1).
         sizes: the allowed window sizes (odd); None allows every odd size up to the grid.
 
@@ -147,18 +203,27 @@ def learned_kernel_sizes(
     """
     crop_tol = check_crop_tol(crop_tol)
     sizes = check_sizes(sizes)
-    layers = list(named_adaptive_layers(model))
+    layers = [
+        (name, layer) for name, layer in model.named_modules() if isinstance(layer, (AdaptiveConv2d, AdaptiveConvNd))
+    ]
     if not layers:
         raise ValueError(
-            f'model has no AdaptiveConv2d layer ({type(model).__name__}): there are no learned sizes; '
+            f'model has no adaptive layer ({type(model).__name__}): there are no learned sizes; '
             'train an aconv_* model or a model converted with convert_convs'
         )
     result = LearnedKernelSizes()
     result.crop_tol = crop_tol
     with torch.no_grad():
         for name, layer in layers:
-            per_filter = filter_kernel_sizes(layer.product_kernel(), crop_tol, sizes)
+            if getattr(layer, 'is_circular', False):
+                grid, per_filter = (
+                    layer.grid_size,
+                    filter_kernel_sizes(layer.product_kernel(), crop_tol, sizes).tolist(),
+                )
+            else:
+                grid = tuple(layer.kernel_size)
+                per_filter = [tuple(box) for box in filter_box_sizes(layer.product_kernel(), crop_tol, sizes).tolist()]
             result[name or '(model)'] = LayerKernelSizes(
-                name or '(model)', layer.grid_size, per_filter.tolist(), layer.in_channels // layer.groups, layer
+                name or '(model)', grid, per_filter, layer.in_channels // layer.groups, layer
             )
     return result

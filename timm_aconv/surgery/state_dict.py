@@ -68,14 +68,17 @@ def adapt_ordinary_weights(
         ordinary = _ordinary_conv(layer, state_dict[key + 'weight'], state_dict.get(key + 'bias'))
         adaptive = convert_conv(
             ordinary,
-            layer.grid_size,
+            layer.kernel_size,
             preserve=True,
             sigma_init=layer.sigma_init if sigma_init is None else sigma_init,
             sigma_bounds=layer.sigma_bounds,
             name=key.rstrip('.') or 'conv',
+            covariance_type=layer.covariance_type,
         )
         state_dict[key + 'weight'] = adaptive.weight.detach()
         state_dict[key + 'sigma'] = adaptive.sigma.detach()
+        if adaptive.theta is not None:
+            state_dict[key + 'theta'] = adaptive.theta.detach()
     return state_dict
 
 
@@ -84,8 +87,9 @@ def convert_like(
     state_dict: Dict[str, torch.Tensor],
     sigma_bounds: Optional[Tuple[float, float]] = None,
 ) -> nn.Module:
-    """Convert, in place, the ``nn.Conv2d`` layers of ``model`` that are adaptive in ``state_dict`` (their
-    ``<name>.sigma`` entries; the grid from ``<name>.weight``), so that ``state_dict`` loads strictly.
+    """Convert, in place, the ``nn.Conv1d`` / ``nn.Conv2d`` / ``nn.Conv3d`` layers of ``model`` that are adaptive
+    in ``state_dict`` (their ``<name>.sigma`` entries; the grid from ``<name>.weight``, the covariance type
+    from sigma's shape and a ``<name>.theta`` entry), so that ``state_dict`` loads strictly.
 
     How a model converted with :func:`~timm_aconv.convert_convs` and saved by a library that records only
     its own constructor (SMP's ``save_pretrained``) comes back: build the plain model, ``convert_like``,
@@ -97,16 +101,31 @@ def convert_like(
     """
     from .convert import convert_convs  # beside convert_conv
 
-    by_size: Dict[int, list] = {}
+    by_kind: Dict[Tuple, list] = {}
     for key in state_dict:
         if key == 'sigma' or key.endswith('.sigma'):
             name = key[: -len('sigma')].rstrip('.')
-            weight = state_dict.get(f'{name}.weight' if name else 'weight')
-            if weight is None or weight.ndim != 4:
-                raise ValueError(f"convert_like: state_dict holds '{key}' but no 4-d '{name}.weight' beside it")
-            by_size.setdefault(int(weight.shape[-1]), []).append(name)
-    for size, names in by_size.items():
+            prefix = f'{name}.' if name else ''
+            weight = state_dict.get(prefix + 'weight')
+            if weight is None or weight.ndim not in (3, 4, 5):
+                raise ValueError(
+                    f"convert_like: state_dict holds '{key}' but no 3-d, 4-d or 5-d '{prefix}weight' beside it"
+                )
+            if prefix + 'theta' in state_dict:
+                covariance_type = 'full'
+            else:
+                covariance_type = 'diag' if state_dict[key].ndim == 2 else 'spherical'
+            kind = (tuple(weight.shape[2:]), covariance_type, weight.ndim - 2)
+            by_kind.setdefault(kind, []).append(name)
+    for (sides, covariance_type, dims), names in by_kind.items():
         model = convert_convs(
-            model, sizes=[size], include=names or [''], preserve=False, sigma_bounds=sigma_bounds, skip_pointwise=False
+            model,
+            sizes=[sides],
+            include=names or [''],
+            preserve=False,
+            sigma_bounds=sigma_bounds,
+            skip_pointwise=False,
+            dims=[dims],
+            covariance_type=covariance_type,
         )
     return model

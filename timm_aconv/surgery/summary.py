@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from ..layers.adaptive_conv import AdaptiveConv2d
 from ..layers.adaptive_conv_nd import AdaptiveConvNd
-from ..layers.envelope import effective_kernel_size, gaussian_envelope, grid_axis_sq_distances, nd_envelope
+from ..layers.envelope import effective_kernel_size, gaussian_envelope
 
 __all__ = ['LayerSummary', 'SigmaSummary', 'summary']
 
@@ -16,14 +16,14 @@ __all__ = ['LayerSummary', 'SigmaSummary', 'summary']
 @dataclass
 class LayerSummary:
     name: str
-    grid_size: Union[int, str]  # n of a 2-D layer's n×n grid; the sides of a 1-D / 3-D grid ('7x3x3')
+    grid_size: Union[int, str]  # n of a circular layer's n×n grid; the sides of any other grid ('7x3', '7x3x3')
     filters: int
     sigma_min: float
     sigma_median: float
     sigma_max: float
     # effective kernel size (smallest odd centred window holding `energy` of the envelope's
-    # energy) implied by the smallest, median and largest sigma; per axis for 1-D / 3-D layers ('5x3x3',
-    # each side from the envelope's energy along that axis, with the axis's smallest, median, largest sigma)
+    # energy) implied by the smallest, median and largest sigma; per axis for the other layers ('5x3x3':
+    # per axis the smallest, median, largest side of the filters' envelopes along that axis)
     size_min: Union[int, str]
     size_median: Union[int, str]
     size_max: Union[int, str]
@@ -56,11 +56,14 @@ class SigmaSummary(List[LayerSummary]):
 
 def summary(model: nn.Module, energy: float = 0.95) -> SigmaSummary:
     """A table of the adaptive layers of ``model`` (1-D, 2-D and 3-D): name, grid, sigma min/median/max and
-    the effective kernel size each of those sigmas implies (``print`` it, or read its rows)."""
+    the effective kernel size each of those sigmas implies (``print`` it, or read its rows). Layers other
+    than the circular 2-D ones (elliptic, rectangular, 1-D, 3-D) give their sizes per axis ('5x3'): per axis
+    the smallest, median and largest side of the filters' envelopes (each side from the envelope's energy
+    along that axis)."""
     table = SigmaSummary()
     table.energy = energy
     for name, layer in model.named_modules():
-        if isinstance(layer, AdaptiveConv2d):
+        if isinstance(layer, AdaptiveConv2d) and layer.is_circular:
             sigma = layer.sigma.detach().float().cpu()
             picks = torch.stack([sigma.min(), sigma.median(), sigma.max()])
             envelopes = gaussian_envelope(picks, layer.grid_size)
@@ -68,36 +71,39 @@ def summary(model: nn.Module, energy: float = 0.95) -> SigmaSummary:
             table.append(
                 LayerSummary(name or '(model)', layer.grid_size, layer.out_channels, *map(float, picks), *sizes)
             )
-        elif isinstance(layer, AdaptiveConvNd):
-            table.append(_nd_row(name or '(model)', layer, energy))
+        elif isinstance(layer, (AdaptiveConv2d, AdaptiveConvNd)):
+            table.append(_axis_row(name or '(model)', layer, energy))
     return table
 
 
-def _nd_row(name: str, layer: AdaptiveConvNd, energy: float) -> LayerSummary:
-    sigma = layer.sigma.detach().float().cpu()
-    ndim = len(layer.kernel_size)
-    per_axis = sigma[:, None].expand(-1, ndim) if sigma.ndim == 1 else sigma
-    picks = torch.stack([per_axis.min(0).values, per_axis.median(0).values, per_axis.max(0).values])  # (3, ndim)
-    envelopes = nd_envelope(picks, grid_axis_sq_distances(layer.kernel_size))
-    sizes = []
-    for envelope in envelopes:
-        sides = []
-        for axis in range(ndim):  # the energy along one axis: the others summed out
-            others = [other for other in range(ndim) if other != axis]
-            profile = envelope.square().sum(dim=others) if others else envelope.square()
-            sides.append(_window_side(profile, energy))
-        sizes.append('x'.join(map(str, sides)))
+def _axis_row(name: str, layer: nn.Module, energy: float) -> LayerSummary:
+    with torch.no_grad():
+        envelopes = layer.envelope().detach().double().cpu()  # (filters, *grid)
+    ndim = envelopes.ndim - 1
+    sides = torch.stack(
+        [
+            _window_sides(envelopes.square().sum(dim=[dim for dim in range(1, ndim + 1) if dim != axis]), energy)
+            if ndim > 1
+            else _window_sides(envelopes.square(), energy)
+            for axis in range(1, ndim + 1)
+        ],
+        dim=1,
+    )  # (filters, ndim)
+    sizes = [
+        'x'.join(map(str, pick.tolist())) for pick in (sides.min(0).values, sides.median(0).values, sides.max(0).values)
+    ]
     grid = 'x'.join(map(str, layer.kernel_size))
-    flat = sigma.flatten()
+    flat = layer.sigma.detach().float().cpu().flatten()
     return LayerSummary(
         name, grid, layer.out_channels, float(flat.min()), float(flat.median()), float(flat.max()), *sizes
     )
 
 
-def _window_side(profile: torch.Tensor, energy: float) -> int:
-    """The smallest odd centred window of a 1-D energy profile holding ``energy`` of it."""
-    total, centre = float(profile.sum()), profile.shape[0] // 2
-    for radius in range(centre + 1):
-        if float(profile[centre - radius : centre + radius + 1].sum()) >= energy * total:
-            return 2 * radius + 1
-    return profile.shape[0]
+def _window_sides(profiles: torch.Tensor, energy: float) -> torch.Tensor:
+    """Per row of ``profiles`` (filters, n), the smallest odd centred window holding ``energy`` of it."""
+    total, centre = profiles.sum(1), profiles.shape[1] // 2
+    sides = torch.full((profiles.shape[0],), profiles.shape[1], dtype=torch.long)
+    for radius in range(centre, -1, -1):  # widest first: the smallest window that holds it wins
+        inside = profiles[:, centre - radius : centre + radius + 1].sum(1)
+        sides = torch.where(inside >= energy * total, torch.tensor(2 * radius + 1), sides)
+    return sides
