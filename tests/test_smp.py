@@ -431,3 +431,22 @@ def test_a_converted_smp_model_reloads_in_one_line(tmp_path):
     (tmp_path / 'empty').mkdir()
     with pytest.raises(FileNotFoundError, match=r'no model\.safetensors in'):
         timm_aconv.smp.from_pretrained(str(tmp_path / 'empty'))
+
+
+def test_aconv_unet_with_elliptic_envelopes_trains_and_round_trips(tmp_path):
+    model = smp.create_model(
+        'aconv_unet', encoder_name='resnet18', encoder_weights=None, classes=2, covariance_type='full'
+    )
+    (stem,) = [layer for _, layer in named_adaptive_layers(model)]
+    assert stem.covariance_type == 'full' and stem.theta.shape == (64,)
+    model(_sample()).square().mean().backward()
+    assert stem.theta.grad is not None and stem.sigma.grad.shape == (64, 2)
+    model.eval()
+    with torch.no_grad():
+        stem.theta.uniform_(-1, 1)
+        stem.sigma.uniform_(0.1, 0.6)
+    model.save_pretrained(tmp_path)
+    restored = smp.from_pretrained(tmp_path).eval()
+    sample = _sample()
+    with torch.inference_mode():
+        assert torch.equal(restored(sample), model(sample))

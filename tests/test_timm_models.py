@@ -554,3 +554,18 @@ def test_converted_architecture_rebuilds_a_saved_conversion_in_one_line(tmp_path
     assert {layer.kernel_size for layer in timm_aconv.adaptive_layers(default)} == {(7, 7)}
     with pytest.raises(ValueError, match="base must be the name of a timm model, got ''"):
         timm.create_model('aconv_converted', base='')
+
+
+@pytest.mark.parametrize('model_name', ['aconv_resnet20', 'aconv_simple_cnn', 'aconv_resnet18'])
+@pytest.mark.parametrize('covariance_type', ['diag', 'full'])
+def test_models_take_covariance_type_where_they_take_kernel_size(model_name, covariance_type):
+    model = timm.create_model(model_name, covariance_type=covariance_type, num_classes=3)
+    layers = list(timm_aconv.adaptive_layers(model))
+    assert layers and all(layer.covariance_type == covariance_type and layer.sigma.ndim == 2 for layer in layers)
+    channels, size = model.pretrained_cfg['input_size'][0], model.pretrained_cfg['input_size'][-1]
+    model(torch.randn(2, channels, size, size)).square().mean().backward()
+    assert all(layer.sigma.grad is not None for layer in layers)
+    if covariance_type == 'full':
+        assert all(layer.theta.grad is not None for layer in layers)
+    with pytest.raises(ValueError, match="covariance_type must be one of 'spherical', 'diag', 'full'"):
+        timm.create_model(model_name, covariance_type='round')

@@ -25,6 +25,7 @@ def create_conv_layer(
     sigma_init: SigmaInit = (0.1, 0.5),
     sigma_bounds: Optional[Tuple[float, float]] = None,
     bias: bool = False,
+    covariance_type: str = 'spherical',
 ) -> ConvLayer:
     """A factory of k×k convolutions: :class:`AdaptiveConv2d` when ``adaptive`` else ``nn.Conv2d``.
 
@@ -34,6 +35,7 @@ def create_conv_layer(
         sigma_init: initial apertures of adaptive layers (ignored for ordinary ones).
         sigma_bounds: clamp range of adaptive layers, None for the paper's (1/n, n).
         bias: give the convolutions a bias.
+        covariance_type: the envelope of adaptive layers ('spherical', 'diag', 'full'; ignored for ordinary ones).
 
     Returns:
         ``conv_layer(in_chs, out_chs, stride=1)``; padding ``k // 2`` keeps the spatial size at
@@ -42,7 +44,13 @@ def create_conv_layer(
     kernel_size = resolve_kernel_size(kernel_size)
     if adaptive:
         return partial(
-            _conv, AdaptiveConv2d, kernel_size=kernel_size, bias=bias, sigma_init=sigma_init, sigma_bounds=sigma_bounds
+            _conv,
+            AdaptiveConv2d,
+            kernel_size=kernel_size,
+            bias=bias,
+            sigma_init=sigma_init,
+            sigma_bounds=sigma_bounds,
+            covariance_type=covariance_type,
         )
     return partial(_conv, nn.Conv2d, kernel_size=kernel_size, bias=bias)
 

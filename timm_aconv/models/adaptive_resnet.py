@@ -38,6 +38,7 @@ def adaptive_resnet(
     stem_kernel_size: int = 7,
     sigma_init: Optional[SigmaInit] = None,
     sigma_bounds: Optional[Tuple[float, float]] = None,
+    covariance_type: str = 'spherical',
     **kwargs,
 ) -> ResNet:
     """A timm :class:`~timm.models.ResNet` (built from ``kwargs``) with adaptive spatial convolutions.
@@ -47,6 +48,8 @@ def adaptive_resnet(
         stem_kernel_size: base grid of the 7×7 stem convolution, odd >= 3.
         sigma_init: initial apertures; None: the paper's (0.1, 0.5) spread over each layer's filters.
         sigma_bounds: clamp range of sigma, None for the paper's (1/n, n).
+        covariance_type: the envelope of the adaptive layers: 'spherical' (default, the paper's), 'diag' or
+            'full' (:mod:`timm_aconv.layers.covariance`).
         **kwargs: :class:`~timm.models.ResNet` arguments.
 
     The adaptive layers start from timm's ResNet initialization (He-normal, fan-out) on their
@@ -55,7 +58,7 @@ def adaptive_resnet(
     kernel_size = resolve_kernel_size(kernel_size, name='kernel_size')
     stem_kernel_size = resolve_kernel_size(stem_kernel_size, name='stem_kernel_size')
     model = ResNet(**kwargs)
-    convert = dict(preserve=False, sigma_init=sigma_init, sigma_bounds=sigma_bounds)
+    convert = dict(preserve=False, sigma_init=sigma_init, sigma_bounds=sigma_bounds, covariance_type=covariance_type)
     convert_convs(model, sizes=stem_kernel_size, include=[STEM], **convert)
     convert_convs(model, sizes=kernel_size, exclude=[STEM], **convert)
     model.init_weights(zero_init_last=kwargs.get('zero_init_last', True))

@@ -103,6 +103,8 @@ class CifarResNet(nn.Module):
         sigma_init: initial apertures of the adaptive layers, one value or a (low, high) range
             spread over each layer's filters (the authors' code: 0.15).
         sigma_bounds: clamp range of sigma, None for the paper's (1/n, n).
+        covariance_type: the envelope of the adaptive layers: 'spherical' (default, the paper's), 'diag' or
+            'full' (:mod:`timm_aconv.layers.covariance`).
         shortcut: 'A' (parameter-free: subsample + repeat channels) or 'B' (1×1 projection + BN)
             where a stage changes shape.
         widths: filters of the three stages.
@@ -119,6 +121,7 @@ class CifarResNet(nn.Module):
         adaptive: bool = True,
         sigma_init: SigmaInit = 0.15,
         sigma_bounds: Optional[Tuple[float, float]] = None,
+        covariance_type: str = 'spherical',
         shortcut: str = 'A',
         widths: Tuple[int, ...] = (16, 32, 64),
         drop_rate: float = 0.0,
@@ -131,7 +134,9 @@ class CifarResNet(nn.Module):
             raise ValueError(f'shortcut must be one of {SHORTCUTS}, got {shortcut!r}')
         if not 0.0 <= drop_rate < 1.0:
             raise ValueError(f'drop_rate must be in [0, 1), got {drop_rate!r}')
-        conv_layer = create_conv_layer(adaptive, kernel_size, sigma_init=sigma_init, sigma_bounds=sigma_bounds)
+        conv_layer = create_conv_layer(
+            adaptive, kernel_size, sigma_init=sigma_init, sigma_bounds=sigma_bounds, covariance_type=covariance_type
+        )
         blocks_per_stage = (depth - 2) // 6
         self.num_classes = num_classes
         self.in_chans = in_chans

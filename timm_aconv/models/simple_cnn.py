@@ -61,6 +61,8 @@ class SimpleCnn(nn.Module):
         adaptive: :class:`~timm_aconv.AdaptiveConv2d` (True) or ``nn.Conv2d`` (False) layers.
         sigma_init: initial apertures of the adaptive layers, spread over each layer's filters.
         sigma_bounds: clamp range of sigma, None for the paper's (1/n, n).
+        covariance_type: the envelope of the adaptive layers: 'spherical' (default, the paper's), 'diag' or
+            'full' (:mod:`timm_aconv.layers.covariance`).
         width: filters of each convolution.
         hidden_size: units of the dense layer.
         drop_rate: both dropouts.
@@ -82,6 +84,7 @@ class SimpleCnn(nn.Module):
         adaptive: bool = True,
         sigma_init: SigmaInit = (0.1, 0.5),
         sigma_bounds: Optional[Tuple[float, float]] = None,
+        covariance_type: str = 'spherical',
         width: int = 32,
         hidden_size: int = 256,
         drop_rate: float = 0.5,
@@ -99,7 +102,9 @@ class SimpleCnn(nn.Module):
         if not 0.0 < bn_momentum <= 1.0 or bn_eps <= 0.0:
             raise ValueError(f'bn_momentum must be in (0, 1] and bn_eps > 0, got {bn_momentum!r}, {bn_eps!r}')
         norm_kwargs = dict(momentum=bn_momentum, eps=bn_eps)
-        conv_layer = create_conv_layer(adaptive, kernel_size, sigma_init=sigma_init, sigma_bounds=sigma_bounds)
+        conv_layer = create_conv_layer(
+            adaptive, kernel_size, sigma_init=sigma_init, sigma_bounds=sigma_bounds, covariance_type=covariance_type
+        )
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.drop_rate = drop_rate

@@ -115,6 +115,8 @@ class AconvUnet(TimmAconvModelCard, Unet):
         sigma_init: apertures of the adaptive layers; None is the paper's (0.1, 0.25) for a
             randomly initialized encoder and the function-preserving 0.5 for pretrained weights.
         sigma_bounds: clamp range (the authors' U-Net: [1/7, 5]).
+        covariance_type: the envelope of the adaptive layers: 'spherical' (default, the paper's), 'diag' or
+            'full' (:mod:`timm_aconv.layers.covariance`).
 
     Layers that are adaptive already (an ``aconv_`` encoder's) are kept as they are.
     """
@@ -138,6 +140,7 @@ class AconvUnet(TimmAconvModelCard, Unet):
         first_conv_kernel_size: Optional[int] = None,
         sigma_init: Optional[SigmaInit] = None,
         sigma_bounds: Tuple[float, float] = PAPER_UNET_SIGMA_BOUNDS,
+        covariance_type: str = 'spherical',
         **kwargs: Any,
     ):
         super().__init__(
@@ -169,5 +172,6 @@ class AconvUnet(TimmAconvModelCard, Unet):
                 sigma_init=sigma_init,
                 sigma_bounds=sigma_bounds,
                 skip_pointwise=skip_pointwise,
+                covariance_type=covariance_type,
             )
         self.name = f'{"aconv" if adaptive is not None else "conv"}-u-{encoder_name}'

@@ -45,6 +45,8 @@ class AconvResNetEncoder(ResNetEncoder):
         kernel_size: adaptive grid of the 3×3 convolutions in the residual stages.
         sigma_init: apertures of the fresh adaptive layers (the paper's ResNet setting).
         sigma_bounds: clamp range; None is (1/n, n) per layer.
+        covariance_type: the envelope of the adaptive layers: 'spherical' (default, the paper's), 'diag' or
+            'full' (:mod:`timm_aconv.layers.covariance`).
     """
 
     def __init__(
@@ -56,10 +58,13 @@ class AconvResNetEncoder(ResNetEncoder):
         kernel_size: int = 5,
         sigma_init: SigmaInit = (0.1, 0.3),
         sigma_bounds: Optional[Tuple[float, float]] = None,
+        covariance_type: str = 'spherical',
         **kwargs: Any,
     ):
         super().__init__(out_channels, depth=depth, output_stride=output_stride, **kwargs)
-        adaptive_args = dict(preserve=False, sigma_init=sigma_init, sigma_bounds=sigma_bounds)
+        adaptive_args = dict(
+            preserve=False, sigma_init=sigma_init, sigma_bounds=sigma_bounds, covariance_type=covariance_type
+        )
         convert_convs(self, sizes=stem_kernel_size, include=['conv1'], **adaptive_args)
         convert_convs(self, sizes=kernel_size, include=['layer*'], **adaptive_args)
         self.register_load_state_dict_pre_hook(_adapt_ordinary_weights_hook)
