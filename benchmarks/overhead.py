@@ -12,6 +12,9 @@ Suites:
              backward, SGD step, sigma clamp) and its noise floor (ordinary vs an identical
              ordinary model), eval forward, fused (fuse_convs), cropped (sigmas set to fit 3x3 /
              5x5, fuse_convs(crop_tol=...)) and torch.compile'd eval forward.
+    covariance  the train step of aconv_resnet20 (k=7, batch 32, 32x32) with 'diag' and 'full' envelopes
+             against the same model with 'spherical' ones (the paper's), and the noise floor of the
+             spherical model against itself.
     scaling  the train-step ratio at image sizes 32/64/128 (batch 8) and batch sizes 8/32/128 (32x32).
     ops      compute operations (kernel launches on a GPU) per training step, counted with
              torch.profiler: aconv_resnet20 vs conv_resnet20, k=7, batch 8, foreach SGD; the extra
@@ -64,8 +67,8 @@ from torch.profiler import ProfilerActivity, profile
 
 import timm_aconv
 
-SUITES = ('layer', 'model', 'scaling', 'ops', 'dispatch', 'gpu')
-CPU_SUITES = ('layer', 'model', 'scaling', 'ops')
+SUITES = ('layer', 'model', 'covariance', 'scaling', 'ops', 'dispatch', 'gpu')
+CPU_SUITES = ('layer', 'model', 'covariance', 'scaling', 'ops')
 LAYER_SHAPES = [  # (batch, channels, image size): the three stages of a CIFAR ResNet20 at batch 64
     (64, 16, 32),
     (64, 32, 16),
@@ -313,6 +316,28 @@ def train_crop_cases(measure: Measure) -> List[Dict]:
                 comparison,
             )
         )
+    return results
+
+
+# --------------------------------------------------------------------------------- covariance
+def covariance_cases(measure: Measure) -> List[Dict]:
+    """Elliptic envelopes: the train step of ``aconv_resnet20`` with each ``covariance_type`` against the
+    spherical model (each model a fresh copy of one seed), interleaved; the spherical model against
+    itself as the noise floor."""
+    steps = {}
+    for covariance_type in ('spherical', 'diag', 'full'):
+        torch.manual_seed(0)
+        model = timm.create_model('aconv_resnet20', kernel_size=MODEL_KERNEL_SIZE, covariance_type=covariance_type)
+        steps[covariance_type] = train_step_fn(model, TRAIN_CROP_BATCH, 32)
+    torch.manual_seed(0)
+    twin = timm.create_model('aconv_resnet20', kernel_size=MODEL_KERNEL_SIZE)
+    results = []
+    for covariance_type, reference in (('diag', 'spherical'), ('full', 'spherical')):
+        comparison = measure(steps[covariance_type], steps[reference], memory=False)
+        case = f"train step b{TRAIN_CROP_BATCH} 32x32 covariance_type='{covariance_type}' vs 'spherical'"
+        results.append(_row('covariance', case, comparison, f'aconv_resnet20 k={MODEL_KERNEL_SIZE}'))
+    comparison = measure(train_step_fn(twin, TRAIN_CROP_BATCH, 32), steps['spherical'], memory=False)
+    results.append(_row('covariance', "noise floor: 'spherical' vs 'spherical' train step", comparison))
     return results
 
 
@@ -1010,6 +1035,8 @@ def main(argv=None) -> Dict:
         rows += layer_cases(measure)
     if 'model' in suites:
         rows += model_cases(functools.partial(measure, rounds=args.model_rounds), compile_model=not args.no_compile)
+    if 'covariance' in suites:
+        rows += covariance_cases(functools.partial(measure, rounds=args.model_rounds))
     if 'scaling' in suites:
         rows += scaling_cases(functools.partial(measure, rounds=max(3, args.rounds - 2)))
     if 'ops' in suites:
