@@ -290,3 +290,38 @@ def test_summary_and_learned_sizes_report_elliptic_layers_per_axis():
     assert model[2].train_crop_tol == 1e-3 and model[0].train_crop_tol is None
     with pytest.raises(ValueError, match='has no spherical adaptive layer on a square grid'):
         timm_aconv.set_train_crop(model[:2], 1e-3)
+
+
+@pytest.mark.filterwarnings('ignore::DeprecationWarning')  # the TorchScript exporter needs no onnxscript
+@pytest.mark.parametrize('dims', [1, 2, 3])
+def test_fused_and_cropped_forms_export_to_onnx_torchscript_and_compile(dims, tmp_path):
+    onnx = pytest.importorskip('onnx')
+    from onnx.reference import ReferenceEvaluator
+
+    torch.manual_seed(0)
+    layer_type = {1: timm_aconv.AdaptiveConv1d, 2: AdaptiveConv2d, 3: timm_aconv.AdaptiveConv3d}[dims]
+    covariance_type = 'full' if dims == 2 else 'diag'
+    model = nn.Sequential(
+        layer_type(2, 4, 5, padding='same', covariance_type=covariance_type), nn.ReLU(),
+        layer_type(4, 3, (5,) * (dims - 1) + (3,), padding=2 if dims == 1 else 'same', covariance_type='diag'),
+    ).eval()  # fmt: skip
+    with torch.no_grad():
+        model[0].sigma.uniform_(0.05, 0.3)
+        if dims == 2:
+            model[0].theta.uniform_(-1.5, 1.5)
+    x = torch.randn(1, 2, *(7,) * dims)
+    with torch.no_grad():
+        expected = model(x)
+        timm_aconv.fuse_convs(model, crop_tol=1e-3)
+        assert not list(timm_aconv.all_adaptive_layers(model))
+        assert float((model(x) - expected).norm() / expected.norm()) <= 2 * 1e-3**0.5
+        expected = model(x)
+        torch.testing.assert_close(torch.jit.script(model)(x), expected)
+        torch.testing.assert_close(torch.compile(model, backend='aot_eager')(x), expected)
+    path = tmp_path / 'fused.onnx'
+    torch.onnx.export(model, (x,), str(path), dynamo=False, input_names=['input'])
+    graph = onnx.load(str(path))
+    onnx.checker.check_model(graph)
+    assert sum(node.op_type == 'Conv' for node in graph.graph.node) == 2
+    output = ReferenceEvaluator(graph).run(None, {'input': x.numpy()})[0]
+    torch.testing.assert_close(torch.from_numpy(output), expected, rtol=1e-4, atol=1e-5)
