@@ -331,8 +331,12 @@ def test_the_elliptic_experiment_runs_algorithm_1_and_its_full_envelopes_turn(tm
     """docs/experiments.md's 2-D elliptic run, small: every covariance type trains through the engine, the
     table tests 'diag' and 'full' against 'spherical'; on the oriented bars a 'full' CNN's apertures split
     and its angles move."""
-    from timm_aconv.experiments.oriented import OrientedCompareConfig, oriented_bars, oriented_cnn
-    from timm_aconv.experiments.oriented import run_oriented_comparison
+    from timm_aconv.experiments.oriented import (
+        OrientedCompareConfig,
+        oriented_bars,
+        oriented_cnn,
+        run_oriented_comparison,
+    )
 
     config = OrientedCompareConfig(output_dir=str(tmp_path), epochs=1, repeats=2, train_samples=96, val_samples=64)
     result = run_oriented_comparison(config)
