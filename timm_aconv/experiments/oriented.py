@@ -17,16 +17,15 @@ from typing import Dict, List
 
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
 from ..engine.config import ConfigError
-from ..engine.engine_config import EngineConfig
-from ..engine.metrics import ClassificationMetric
 from ..engine.statistics import holm_adjust
-from ..engine.trainer import Trainer, set_seed
+from ..engine.trainer import set_seed
 from ..layers.adaptive_conv import AdaptiveConv2d
 from ..layers.covariance import COVARIANCE_TYPES
 from .compare import _test_row
+from .generated_runs import GeneratedTaskConfig, peak_val_accuracy
 
 __all__ = ['OrientedCompareConfig', 'OrientedComparison', 'oriented_bars', 'oriented_cnn', 'run_oriented_comparison']
 
@@ -34,7 +33,7 @@ ORIENTATIONS = (0.0, 45.0, 90.0, 135.0)
 
 
 @dataclass
-class OrientedCompareConfig(EngineConfig):
+class OrientedCompareConfig(GeneratedTaskConfig):
     """Algorithm 1 on :func:`oriented_bars` for each covariance type; the engine's settings apply to every run."""
 
     output_dir: str = 'runs/oriented'
@@ -48,14 +47,6 @@ class OrientedCompareConfig(EngineConfig):
     train_samples: int = 1200
     val_samples: int = 400
     width: int = 12
-    batch_size: int = 32
-    scheduler: str = 'constant'
-    clip_value: float = 1.0
-    progress: bool = False
-    print_epochs: bool = False
-    log_with: str = 'none'
-    save_best: bool = False
-    save_every: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -137,22 +128,9 @@ def run_oriented_comparison(config: OrientedCompareConfig) -> OrientedComparison
             val = oriented_bars(config.val_samples, config.image_size, config.bars, config.noise, seed=2 * seed + 1)
             set_seed(seed)
             model = oriented_cnn(config.kernel_size, kind, width=config.width)
-            run = EngineConfig(
-                **{
-                    name: getattr(config, name)
-                    for name in EngineConfig.__dataclass_fields__
-                    if name not in ('output_dir', 'seed', 'overwrite')
-                },
-                output_dir=str(Path(config.output_dir) / kind / f'seed{seed}'),
-                seed=seed,
-                overwrite=True,
+            peaks[kind].append(
+                peak_val_accuracy(config, model, train, val, Path(config.output_dir) / kind / f'seed{seed}', seed)
             )
-            loaders = (
-                DataLoader(train, batch_size=config.batch_size, shuffle=True),
-                DataLoader(val, batch_size=256),
-            )
-            history = Trainer(model, *loaders, run, nn.CrossEntropyLoss(), ClassificationMetric()).fit()
-            peaks[kind].append(max(record['val_accuracy'] for record in history))
     others = [kind for kind in config.covariance_types if kind != 'spherical']
     rows = [dict(covariance_type=kind, **_test_row(peaks['spherical'], peaks[kind])) for kind in others]
     for row, adjusted in zip(rows, holm_adjust([row['p'] for row in rows])):

@@ -18,14 +18,13 @@ from typing import Dict, List, Tuple
 
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
 from ..engine.config import ConfigError
-from ..engine.engine_config import EngineConfig
-from ..engine.metrics import ClassificationMetric
-from ..engine.trainer import Trainer, set_seed
+from ..engine.trainer import set_seed
 from ..layers.adaptive_conv_nd import AdaptiveConv1d
 from .compare import ARMS, best_sizes, best_versus_best, comparison_markdown, summarize
+from .generated_runs import GeneratedTaskConfig, peak_val_accuracy
 
 __all__ = ['WAVEFORMS', 'SignalCompareConfig', 'SignalComparison', 'run_signal_comparison', 'signal_cnn', 'waveforms']
 
@@ -33,7 +32,7 @@ WAVEFORMS = ('sine', 'square', 'triangle', 'sawtooth')
 
 
 @dataclass
-class SignalCompareConfig(EngineConfig):
+class SignalCompareConfig(GeneratedTaskConfig):
     """Algorithm 1 on :func:`waveforms`; the engine's settings apply to every run."""
 
     output_dir: str = 'runs/signals'
@@ -46,14 +45,6 @@ class SignalCompareConfig(EngineConfig):
     train_samples: int = 1200
     val_samples: int = 400
     width: int = 16
-    batch_size: int = 32
-    scheduler: str = 'constant'
-    clip_value: float = 1.0
-    progress: bool = False
-    print_epochs: bool = False
-    log_with: str = 'none'
-    save_best: bool = False
-    save_every: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -128,22 +119,16 @@ def run_signal_comparison(config: SignalCompareConfig) -> SignalComparison:
                 val = waveforms(config.val_samples, config.length, config.periods, config.noise, seed=2 * seed + 1)
                 set_seed(seed)
                 model = signal_cnn(size, adaptive=arm == 'ACONV', width=config.width)
-                run = EngineConfig(
-                    **{
-                        name: getattr(config, name)
-                        for name in EngineConfig.__dataclass_fields__
-                        if name not in ('output_dir', 'seed', 'overwrite')
-                    },
-                    output_dir=str(Path(config.output_dir) / f'{arm.lower()}_k{size}' / f'seed{seed}'),
-                    seed=seed,
-                    overwrite=True,
+                peaks[arm][size].append(
+                    peak_val_accuracy(
+                        config,
+                        model,
+                        train,
+                        val,
+                        Path(config.output_dir) / f'{arm.lower()}_k{size}' / f'seed{seed}',
+                        seed,
+                    )
                 )
-                loaders = (
-                    DataLoader(train, batch_size=config.batch_size, shuffle=True),
-                    DataLoader(val, batch_size=256),
-                )
-                history = Trainer(model, *loaders, run, nn.CrossEntropyLoss(), ClassificationMetric()).fit()
-                peaks[arm][size].append(max(record['val_accuracy'] for record in history))
     rows, best_row = summarize(peaks), best_versus_best(peaks)
     best_size = best_sizes(peaks)['both']
     title = f'1-D CNN, CONV vs ACONV on generated waveforms ({config.repeats} repeats, {config.epochs} epochs)'
