@@ -450,3 +450,12 @@ def test_aconv_unet_with_elliptic_envelopes_trains_and_round_trips(tmp_path):
     sample = _sample()
     with torch.inference_mode():
         assert torch.equal(restored(sample), model(sample))
+
+
+def test_paper_unet_takes_covariance_type_for_its_entry_conv():
+    model = PaperUNet(covariance_type='full')
+    entry = model.encoder.entry[0]
+    assert entry.covariance_type == 'full' and entry.sigma.shape == (32, 2)
+    assert entry.sigma_bounds == ((1 / 7, 5.0), (1 / 7, 5.0))  # the authors' bounds, per axis
+    nn.functional.cross_entropy(model(_sample(batch=2)), torch.randint(0, 3, (2, 64, 64))).backward()
+    assert entry.theta.grad is not None and entry.sigma.grad.abs().sum() > 0

@@ -101,6 +101,7 @@ class PaperUNetEncoder(nn.Module):
         adaptive: bool = True,
         sigma_init: SigmaInit = PAPER_UNET_SIGMA_INIT,
         sigma_bounds: Tuple[float, float] = PAPER_UNET_SIGMA_BOUNDS,
+        covariance_type: str = 'spherical',
     ):
         super().__init__()
         conv_args = dict(stride=2, padding=entry_kernel_size // 2, bias=False)
@@ -111,6 +112,7 @@ class PaperUNetEncoder(nn.Module):
                 entry_kernel_size,
                 sigma_init=sigma_init,
                 sigma_bounds=sigma_bounds,
+                covariance_type=covariance_type,
                 **conv_args,
             )
         else:
@@ -157,6 +159,8 @@ class PaperUNet(TimmAconvModelCard, SegmentationModel):
             (the CONV baselines: 7×7, and the Keras example's 3×3).
         sigma_init, sigma_bounds: the adaptive entry conv's apertures and clamp range (the
             authors' U-Net: (0.1, 0.25) and [1/7, 5]).
+        covariance_type: the adaptive entry conv's envelope: 'spherical' (default, the paper's), 'diag' or
+            'full' (:mod:`timm_aconv.layers.covariance`).
         encoder_channels: widths of the entry conv and the down blocks (the paper: 32, 48/64/96;
             the Keras example: 32, 64/128/256).
         decoder_channels: widths of the up blocks (the paper: 96/64/48/32; Keras: 256/128/64/32).
@@ -172,6 +176,7 @@ class PaperUNet(TimmAconvModelCard, SegmentationModel):
         adaptive: bool = True,
         sigma_init: SigmaInit = PAPER_UNET_SIGMA_INIT,
         sigma_bounds: Tuple[float, float] = PAPER_UNET_SIGMA_BOUNDS,
+        covariance_type: str = 'spherical',
         encoder_channels: Sequence[int] = (32, 48, 64, 96),
         decoder_channels: Sequence[int] = (96, 64, 48, 32),
     ):
@@ -190,6 +195,7 @@ class PaperUNet(TimmAconvModelCard, SegmentationModel):
             adaptive=adaptive,
             sigma_init=sigma_init,
             sigma_bounds=sigma_bounds,
+            covariance_type=covariance_type,
         )
         self.decoder = PaperUNetDecoder(encoder_channels[-1], decoder_channels)
         self.segmentation_head = nn.Conv2d(decoder_channels[-1], classes, 3, padding=1)
