@@ -76,8 +76,8 @@ def make_trainer(tmp_path, **overrides) -> Trainer:
 
 def test_clamp_runs_only_on_real_optimizer_steps(tmp_path, monkeypatch):
     calls = []
-    original = sigma_module._clamp_layers  # what clamp_sigmas_ and the post-step hook call
-    monkeypatch.setattr(sigma_module, '_clamp_layers', lambda layers: calls.append(1) or original(layers))
+    original = sigma_module.apply_clamps  # what clamp_sigmas_ and the post-step hook call
+    monkeypatch.setattr(sigma_module, 'apply_clamps', lambda clamps: calls.append(1) or original(clamps))
     trainer = make_trainer(tmp_path, epochs=1, grad_accum_steps=2, save_every=0)
     # start outside the bounds [1/3, 3]: only a real step clamps it back
     trainer.unwrapped_model[0].sigma.data.fill_(10.0)

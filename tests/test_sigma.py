@@ -146,13 +146,15 @@ def _count_clamps(monkeypatch):
     import timm_aconv.layers.sigma as sigma_module
 
     calls = []
-    original = sigma_module._clamp
+    original = sigma_module.apply_clamps
 
-    def counting(pairs):
-        calls.append([sigma for sigma, _ in pairs])
-        return original(pairs)
+    def counting(clamps):
+        calls.append(
+            [sigma for sigmas, _, _ in clamps.foreach for sigma in sigmas] + [layer.sigma for layer in clamps.per_axis]
+        )
+        return original(clamps)
 
-    monkeypatch.setattr(sigma_module, '_clamp', counting)
+    monkeypatch.setattr(sigma_module, 'apply_clamps', counting)
     return calls
 
 
@@ -282,3 +284,29 @@ def test_lightning_training_keeps_sigma_in_bounds_without_any_call_of_ours():
 
     assert _in_bounds(fit(auto=True))
     assert not _in_bounds(fit(auto=False))
+
+
+def test_the_clamp_after_each_step_follows_new_bounds_new_sigmas_and_new_dtypes():
+    """The clamp plan is made once per set of parameter groups, and made again when a layer's bounds or its
+    sigma tensor, device or dtype change."""
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    first, second = model[0], model[3]
+
+    def step():
+        _push_sigmas_out_of_bounds(model)
+        model.zero_grad()
+        model(torch.randn(3, 1, 6, 6, dtype=first.weight.dtype)).square().mean().backward()
+        optimizer.step()
+
+    step()
+    assert _in_bounds(model) and float(second.sigma.detach().max()) == 1.0
+    second.sigma_bounds = (0.5, 0.75)
+    step()
+    assert _in_bounds(model) and float(second.sigma.detach().max()) == 0.75
+    model.double()  # the optimizer holds the same parameters, now float64
+    step()
+    assert first.sigma.dtype == torch.float64 and _in_bounds(model)
+    first.sigma = nn.Parameter(torch.zeros(4, dtype=torch.float64))  # the layer's sigma is clamped, not the old one
+    step()
+    assert _in_bounds(model) and float(second.sigma.detach().max()) == 0.75

@@ -12,7 +12,8 @@ import, :func:`set_auto_sigma_clamp` turns it off) clamps the sigmas that optimi
 each of its steps, unless a :func:`register_sigma_clamp` hook on it does so already.
 """
 
-from typing import Dict, Iterator, List, Optional, Tuple
+import operator
+from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -70,21 +71,50 @@ def _clamp_layers(layers: List[AdaptiveConv2d]) -> None:
 
 def _clamp(sigmas_and_layers: List[Tuple[torch.Tensor, AdaptiveConv2d]]) -> None:
     """Clamp each sigma into its layer's bounds."""
+    apply_clamps(prepare_clamps(sigmas_and_layers))
+
+
+class PreparedClamps(NamedTuple):
+    """The clamp of a set of sigmas: layers whose bounds are per axis clamp themselves; the spherical sigmas are
+    clamped per device and dtype by ``(sigmas, low, high)``, one bound where all share it (the scalar
+    overload, cheaper on a CPU), else one per sigma."""
+
+    per_axis: List[nn.Module]
+    foreach: List[Tuple[List[torch.Tensor], Union[float, List[float]], Union[float, List[float]]]]
+
+
+def prepare_clamps(sigmas_and_layers: List[Tuple[torch.Tensor, AdaptiveConv2d]]) -> PreparedClamps:
+    per_axis = []
     groups: Dict[Tuple[torch.device, torch.dtype], Tuple[List[torch.Tensor], List[float], List[float]]] = {}
     for sigma, layer in sigmas_and_layers:
-        if getattr(layer, 'covariance_type', 'spherical') != 'spherical':  # bounds per axis
-            layer.clamp_sigma_()
+        if getattr(layer, 'covariance_type', 'spherical') != 'spherical':
+            per_axis.append(layer)
             continue
         sigmas, lows, highs = groups.setdefault((sigma.device, sigma.dtype), ([], [], []))
         sigmas.append(sigma)
         low, high = layer.sigma_bounds
         lows.append(low)
         highs.append(high)
+    foreach = [
+        (
+            sigmas,
+            lows[0] if lows.count(lows[0]) == len(lows) else lows,
+            highs[0] if highs.count(highs[0]) == len(highs) else highs,
+        )
+        for sigmas, lows, highs in groups.values()
+    ]
+    return PreparedClamps(per_axis, foreach)
+
+
+def apply_clamps(clamps: PreparedClamps) -> None:
+    """One ``torch._foreach_clamp_min_`` and one ``torch._foreach_clamp_max_`` per device and dtype, then
+    each per-axis layer's own clamp."""
     with torch.no_grad():
-        for sigmas, lows, highs in groups.values():
-            # one bound for all (layers of one grid size): the scalar overload, cheaper on a CPU
-            torch._foreach_clamp_min_(sigmas, lows[0] if lows.count(lows[0]) == len(lows) else lows)
-            torch._foreach_clamp_max_(sigmas, highs[0] if highs.count(highs[0]) == len(highs) else highs)
+        for sigmas, low, high in clamps.foreach:
+            torch._foreach_clamp_min_(sigmas, low)
+            torch._foreach_clamp_max_(sigmas, high)
+    for layer in clamps.per_axis:
+        layer.clamp_sigma_()
 
 
 def _param_groups_key(optimizer: torch.optim.Optimizer) -> Tuple:
@@ -183,7 +213,32 @@ def param_groups(
     return [group for group in groups if group['params']]
 
 
-# optimizer -> (its parameter groups' key, references to the layers whose sigma it holds)
+class _ClampPlan:
+    """How to clamp the sigmas an optimizer holds (:class:`PreparedClamps`), looked up once per set of
+    parameter groups and kept while every owning layer holds the same sigma tensor (same device and dtype)
+    and the same bounds object."""
+
+    def __init__(self, key: Tuple, owners: List):
+        self.key, self.owners = key, owners
+        layers = [layer for layer in (owner() for owner in owners) if layer is not None]
+        self.layers = layers
+        self.sigmas = [layer._parameters.get('sigma') for layer in layers]
+        self.bounds = [layer.sigma_bounds for layer in layers]
+        self.placements = [(sigma.device, sigma.dtype) for sigma in self.sigmas]
+        self.clamps = prepare_clamps(list(zip(self.sigmas, layers)))
+
+    def valid_for(self, key: Tuple) -> bool:
+        layers = self.layers
+        return (
+            key == self.key
+            and all(owner() is not None for owner in self.owners)
+            and all(map(operator.is_, [layer._parameters.get('sigma') for layer in layers], self.sigmas))
+            and all(map(operator.is_, [layer.sigma_bounds for layer in layers], self.bounds))
+            and [(sigma.device, sigma.dtype) for sigma in self.sigmas] == self.placements
+        )
+
+
+# optimizer -> its clamp plan
 _OPTIMIZER_LAYERS: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 
@@ -191,12 +246,12 @@ def _clamp_optimizer_sigmas(optimizer: torch.optim.Optimizer) -> None:
     """Clamp the sigmas ``optimizer`` holds; which layers they belong to is looked up once per set of
     parameter groups (through :data:`~timm_aconv.layers.adaptive_conv.SIGMA_OWNERS`), not per step."""
     key = _param_groups_key(optimizer)
-    cached = _OPTIMIZER_LAYERS.get(optimizer)
-    if cached is None or cached[0] != key:
+    plan = _OPTIMIZER_LAYERS.get(optimizer)
+    if plan is None or not plan.valid_for(key):
         owners = (SIGMA_OWNERS.get(param) for group in optimizer.param_groups for param in group['params'])
-        cached = _OPTIMIZER_LAYERS[optimizer] = (key, [owner for owner in owners if owner is not None])
-    if cached[1]:
-        _clamp_layers([layer for layer in (owner() for owner in cached[1]) if layer is not None])
+        plan = _OPTIMIZER_LAYERS[optimizer] = _ClampPlan(key, [owner for owner in owners if owner is not None])
+    if plan.layers:
+        apply_clamps(plan.clamps)
 
 
 class _AutoClamp:
