@@ -91,19 +91,41 @@ def test_gradcheck_of_the_grouped_path_in_weights_sigmas_and_biases():
     assert torch.autograd.gradcheck(run, tuple(param.detach().requires_grad_(True) for param in model.parameters()))
 
 
-def test_one_autograd_node_per_family_and_bits_of_a_layer_alone():
+def _kernel_graph_nodes(model: nn.Module) -> int:
+    """Autograd nodes between the kept kernels of ``model``'s group and its parameters (leaves excluded)."""
+    timm_aconv.group_adaptive_layers(model)
+    stack = [entry[0].grad_fn for entry in _group(model)._compute()]
+    seen = set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen or type(node).__name__ == 'AccumulateGrad':
+            continue
+        seen.add(node)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return len(seen)
+
+
+def test_a_constant_number_of_native_autograd_nodes_per_family_and_bits_of_the_formula():
     model = _mixed_model()
+
+    def repeated(times):  # every layer repeated: the same two families and four stacks, each one deeper
+        return nn.Sequential(*[copy.deepcopy(module) for module in model for _ in range(times)])
+
+    # per family: a cat of the sigmas, 10 for the envelope and its split; per stack: a cat, a product, a split
+    assert _kernel_graph_nodes(repeated(2)) == _kernel_graph_nodes(repeated(5)) == 2 * 12 + 6 * 3
+    # native operations only: the backward runs no Python
     x = torch.randn(2, 3, 12, 12)
     output = model(x)
     kernels = [layer._kernel_group._entries[layer._group_index][0] for layer in timm_aconv.adaptive_layers(model)]
-    nodes = {kernel.grad_fn for kernel in kernels}
-    assert len(nodes) == 2 and all(type(node).__name__ == '_FamilyProductKernelsBackward' for node in nodes)
-    # every layer in a group of its own (a bare layer): the same bits, forward and backward
+    assert not any(isinstance(kernel.grad_fn, torch.autograd.function.BackwardCFunction) for kernel in kernels)
+    # every value and gradient has the bits of the formula with autograd, and of a layer in a group of its own
+    expected = _output_and_grads(model, x, lambda inputs: _formula_forward(model, inputs))
     alone = copy.deepcopy(model)
     timm_aconv.ungroup_adaptive_layers(alone)
     assert all(layer._kernel_group is None for layer in timm_aconv.adaptive_layers(alone))
-    for got, want in zip(_output_and_grads(model, x), _output_and_grads(alone, x), strict=True):
-        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    for outputs in (_output_and_grads(model, x), _output_and_grads(alone, x)):
+        for got, want in zip(outputs, expected, strict=True):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
     assert all(
         layer._kernel_group is not None and len(layer._kernel_group.layers) == 1
         for layer in timm_aconv.adaptive_layers(alone)
@@ -461,3 +483,16 @@ def test_models_built_from_bare_layers_are_grouped_as_they_are_built():
     timm_aconv.ungroup_adaptive_layers(model)
     model.head = nn.Conv2d(4, 2, 1)
     assert all(layer._kernel_group is None for layer in timm_aconv.adaptive_layers(model))
+
+
+@pytest.mark.parametrize('grouped', [True, False], ids=['grouped', 'formula'])
+def test_a_sigma_far_below_its_grid_gets_finite_gradients(grouped):
+    """sigma = 0.02 on a 7×7 grid: the envelope's far cells underflow to 0 in float32, where the square root's
+    derivative is infinite; the gradients stay finite (0 there) in the group and in the layer's own formula."""
+    layer = AdaptiveConv2d(2, 3, 7, padding=3, sigma_init=0.02, sigma_bounds=(0.01, 7))
+    assert float(layer.envelope().detach().min()) == pytest.approx(0.0, abs=1e-15)
+    x = torch.randn(1, 2, 9, 9)
+    output = layer(x) if grouped else layer._conv_forward(x, layer.product_kernel(), layer.bias)
+    output.square().sum().backward()
+    assert torch.isfinite(layer.sigma.grad).all() and torch.isfinite(layer.weight.grad).all()
+    assert float(layer.sigma.grad.abs().sum()) > 0

@@ -15,9 +15,9 @@ variance of ``W ∘ U`` equal to that of ``W`` whatever sigma is (Theorem 3.1).
 
 :func:`gaussian_envelope` is that formula; :func:`softmax_envelope` is the same envelope in
 fewer operations (``U² / n²`` is a softmax over the grid of ``-d² / (sigma² + eps / 2)``), which
-the layer uses, and :func:`envelope_and_log_derivative` computes it without autograd together
-with its closed-form derivative in sigma (the formula the training path's backward uses,
-:mod:`timm_aconv.layers.kernel_group`).
+the layer uses (its training path differentiates it with autograd), and
+:func:`envelope_and_log_derivative` computes it without autograd together with its closed-form derivative
+in sigma (what the training window's energy bound reads, :mod:`timm_aconv.layers.window`).
 """
 
 from typing import List, Optional, Tuple
@@ -191,8 +191,14 @@ def softmax_envelope(sigma: torch.Tensor, sq_distance: torch.Tensor, eps: float 
         Envelopes of shape (filters, n, n), equal to :func:`gaussian_envelope` to float rounding.
     """
     size = sq_distance.shape[-1]
+    half = sigma.dtype == torch.float16  # float16 underflows at 6e-8: its envelopes are computed in float32
+    if half:
+        sigma, sq_distance = sigma.float(), sq_distance.float()
     weights, _, _ = softmax_weights(sigma, sq_distance, eps)
-    return weights.sqrt().mul(size).view(-1, size, size)
+    # weights that underflow to 0 (a small sigma's far cells) take float32's smallest normal number, 1.2e-38:
+    # the square root's derivative stays finite there, so that autograd's dU/dsigma is 0 there, not 0 * inf = nan
+    envelope = weights.clamp_min(1.2e-38).sqrt().mul(size).view(-1, size, size)
+    return envelope.half() if half else envelope
 
 
 def envelope_and_log_derivative(

@@ -7,18 +7,17 @@ work doubles the step. A :class:`KernelGroup` computes the product kernels of al
 layers of a model at once, the first time one of them runs in a training forward:
 
 - the layers are split into *families* (same grid size, training window, weight dtype and device;
-  the window is the grid unless the layer trains at its learned size, ``train_crop_tol``); each family is
-  one autograd node (:class:`_FamilyProductKernels`): one ``cat`` of the sigmas, one envelope
-  computation (with its closed-form derivative in sigma, paper eq. 12 through the normalization of
-  eq. 21), and per *stack* of layers whose weights share a shape one ``cat``, one product and one
-  ``split``; its backward is a few operations per stack, the arithmetic of a layer alone to the bit.
-  A family with a smaller window multiplies only the window of the weights and of the envelope
-  (normalized over the whole grid), and its backward fills only that window of dL/dW;
+  the window is the grid unless the layer trains at its learned size, ``train_crop_tol``); each family's
+  kernels are native operations that autograd records (:func:`family_kernels`): one ``cat`` of the
+  sigmas, one envelope computation and its ``split``, and per *stack* of layers whose weights share a
+  shape one ``cat``, one product and one ``split``: a constant number of autograd nodes per family, whose
+  backward runs no Python, with the bits of each layer's own formula. A family with a smaller window
+  multiplies only the window of the weights and of the envelope (normalized over the whole grid);
 - each layer then takes its kernel (a view) and convolves: a few attribute reads per layer.
 
 Each computed kernel is handed out once, and only while it is valid: the layer's ``weight`` and
 ``sigma`` are the same tensors at the same version, no optimizer stepped and the group's backward
-has not run since. A layer that runs again (shared, or a second forward) computes the group anew;
+has not run since (a pre-hook on a node of the kernels' graph marks that). A layer that runs again (shared, or a second forward) computes the group anew;
 activation checkpointing, which runs the forward again inside the backward, gets the same kernel
 (non-reentrant) or new ones for its own graph (reentrant).
 Under ``torch.compile`` the same computation is traced with autograd, so the compiler fuses a
@@ -40,11 +39,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
-from torch.autograd.function import once_differentiable
 from torch.nn.modules.module import register_module_module_registration_hook
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from .envelope import envelope_and_log_derivative, softmax_envelope
+from .envelope import softmax_envelope
 
 __all__ = [
     'KernelGroup',
@@ -106,115 +104,34 @@ class _Family:
         self.kernel_shapes = [(shape[0], window, window) for shape in self.stack_shapes]
 
 
-class _FamilyProductKernels(torch.autograd.Function):
-    """The product kernels ``W_i * U(sigma_i)`` of a family of layers: one autograd node.
-
-    Inputs: the family, then its weights and its sigmas in the family's order. Forward: one
-    envelope computation over all filters (with ``V = d log U / d sigma`` when a sigma needs a
-    gradient, :func:`~timm_aconv.layers.envelope.envelope_and_log_derivative`) and, per stack, one
-    product of the concatenated weights ``K = W * U`` (and ``dK/dsigma = K * V``). Backward, per
-    stack: ``dL/dW = G * U`` and ``dL/dsigma_q = sum_{c,k,l} G * dK/dsigma`` (one batched dot
-    product). Every value is the one a layer computes alone, to the bit.
-    """
-
-    @staticmethod
-    def forward(ctx, group: 'KernelGroup', family: _Family, *params: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        count = len(family.order)
-        weights, sigmas = params[:count], params[count:]
-        dtype = family.dtype
-        sigma = torch.cat(sigmas) if count > 1 else sigmas[0]
-        if sigma.dtype != dtype:
-            sigma = sigma.to(dtype)
-        needs_sigma = any(ctx.needs_input_grad[2 + count :]) if hasattr(ctx, 'needs_input_grad') else False
-        envelope, log_derivative = envelope_and_log_derivative(
-            sigma, family.sq_distance, with_log_derivative=needs_sigma
-        )
-        crop = family.crop
-        if crop is not None:  # normalized over the whole grid, used in the window
-            envelope = envelope[:, crop, crop]
-            log_derivative = log_derivative[:, crop, crop] if needs_sigma else None
-            weights = tuple(weight[:, :, crop, crop] for weight in weights)
-        envelope = envelope.unsqueeze(1)
-        several = len(family.stacks) > 1
-        envelopes = envelope.split_with_sizes(family.stack_channels) if several else (envelope,)
-        if needs_sigma:
-            log_derivative = log_derivative.unsqueeze(1)
-            log_derivatives = log_derivative.split_with_sizes(family.stack_channels) if several else (log_derivative,)
-        kernels: List[torch.Tensor] = []
-        sigma_derivatives = []
-        for index, ((first, end), stack_envelope) in enumerate(zip(family.stacks, envelopes)):
-            if end - first > 1:
-                product = torch.cat(weights[first:end]) * stack_envelope
-                kernels.extend(product.split_with_sizes(family.out_channels[first:end]))
-            else:
-                product = weights[first] * stack_envelope
-                kernels.append(product)
-            if needs_sigma:  # dK/dsigma_q: the backward's contraction with G is then one batched dot product
-                sigma_derivatives.append(product * log_derivatives[index])
-        ctx.group, ctx.family = group, family
-        ctx.save_for_backward(*envelopes, *sigma_derivatives)
-        ctx.set_materialize_grads(False)
-        return tuple(kernels)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, *grad_kernels: Optional[torch.Tensor]):
-        ctx.group.invalidate()  # the graph is spent: the next forward computes new kernels
-        family = ctx.family
-        saved = ctx.saved_tensors
-        stacks = len(family.stacks)
-        envelopes, sigma_derivatives = saved[:stacks], saved[stacks:]
-        count = len(family.order)
-        needs_weight = any(ctx.needs_input_grad[2 : 2 + count])
-        needs_sigma = any(ctx.needs_input_grad[2 + count :])
-        grad_weights: List[Optional[torch.Tensor]] = []
-        grad_sigmas: List[torch.Tensor] = []
-        crop = family.crop
-        for index, ((first, end), stack_envelope) in enumerate(zip(family.stacks, envelopes)):
-            channels = family.out_channels[first:end]
-            # a kernel no layer used gets no gradient (None): zeros in its place
-            grads = [
-                torch.zeros(
-                    size, *family.kernel_shapes[index], dtype=stack_envelope.dtype, device=stack_envelope.device
-                )
-                if grad is None
-                else grad
-                for grad, size in zip(grad_kernels[first:end], channels)
-            ]
-            grad = torch.cat(grads) if end - first > 1 else grads[0]
-            if needs_weight:
-                grad_weight = grad * stack_envelope
-                if crop is not None:  # dL/dW is zero outside the window
-                    full = grad_weight.new_zeros(grad_weight.shape[0], *family.stack_shapes[index])
-                    full[:, :, crop, crop] = grad_weight
-                    grad_weight = full
-                grad_weights.extend(grad_weight.split_with_sizes(channels) if end - first > 1 else (grad_weight,))
-            if needs_sigma:
-                grad_sigmas.append(_batched_dot(grad, sigma_derivatives[index]))
-        weight_grads = [
-            grad if needed else None
-            for grad, needed in zip(grad_weights if needs_weight else [None] * count, ctx.needs_input_grad[2:])
-        ]
-        if needs_sigma:
-            grad_sigma = torch.cat(grad_sigmas) if stacks > 1 else grad_sigmas[0]
-            sigma_grads = list(grad_sigma.split_with_sizes(family.out_channels) if count > 1 else (grad_sigma,))
-            sigma_grads = [
-                grad if needed else None for grad, needed in zip(sigma_grads, ctx.needs_input_grad[2 + count :])
-            ]
-        else:
-            sigma_grads = [None] * count
-        return (None, None, *weight_grads, *sigma_grads)
-
-
-def _batched_dot(grad_kernel: torch.Tensor, sigma_derivative: torch.Tensor) -> torch.Tensor:
-    """``(grad_kernel * sigma_derivative).sum(dim=(1, 2, 3))`` in one operation where it can."""
-    device_type = grad_kernel.device.type
-    # bmm would run in low precision inside an autocast region (a backward called under autocast)
-    autocast = torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
-    if autocast or not (grad_kernel.is_contiguous() and sigma_derivative.is_contiguous()):
-        return (grad_kernel * sigma_derivative).sum(dim=(1, 2, 3))
-    filters = grad_kernel.shape[0]
-    return torch.bmm(grad_kernel.view(filters, 1, -1), sigma_derivative.view(filters, -1, 1)).view(filters)
+def family_kernels(
+    family: _Family, weights: Sequence[torch.Tensor], sigmas: Sequence[torch.Tensor]
+) -> Tuple[List[torch.Tensor], torch.Tensor]:
+    """The product kernels ``W_i * U(sigma_i)`` of a family's layers (``weights`` and ``sigmas`` in the
+    family's order), in native operations that autograd records: one ``cat`` of the sigmas, one
+    envelope computation (:func:`~timm_aconv.layers.envelope.softmax_envelope`) and one ``split`` of it
+    per stack, then per stack one ``cat`` of the weights, one product and one ``split``. Each filter's
+    kernel, and every gradient, has the bits the layer's own formula gives
+    (:meth:`~timm_aconv.AdaptiveConv2d.product_kernel`): softmax, product and their backward work filter
+    by filter. A window (``family.crop``) multiplies only the window of the weights and of the envelope,
+    normalized over the whole grid; dL/dW is zero outside it. Returns the kernels and the envelopes
+    (filters, 1, window, window)."""
+    sigma = torch.cat(sigmas) if len(sigmas) > 1 else sigmas[0]
+    envelope = softmax_envelope(sigma.to(family.dtype), family.sq_distance)
+    crop = family.crop
+    if crop is not None:
+        envelope = envelope[:, crop, crop]
+    envelope = envelope.unsqueeze(1)
+    several = len(family.stacks) > 1
+    envelopes = envelope.split_with_sizes(family.stack_channels) if several else (envelope,)
+    kernels: List[torch.Tensor] = []
+    for (first, end), stack_envelope in zip(family.stacks, envelopes):
+        stack_weight = torch.cat(weights[first:end]) if end - first > 1 else weights[first]
+        if crop is not None:
+            stack_weight = stack_weight[:, :, crop, crop]
+        product = stack_weight * stack_envelope
+        kernels.extend(product.split_with_sizes(family.out_channels[first:end]) if end - first > 1 else (product,))
+    return kernels, envelope
 
 
 class KernelGroup:
@@ -266,6 +183,10 @@ class KernelGroup:
 
     def invalidate(self) -> None:
         """Drop the kept kernels (the graph they belong to was backpropagated, or a member changed)."""
+        self._entries = None
+
+    def _invalidate_hook(self, _grad_outputs):
+        # a pre-hook of a node of the kernels' graph: the graph is spent, the next forward computes new kernels
         self._entries = None
 
     def reset(self) -> None:
@@ -353,10 +274,28 @@ class KernelGroup:
             # or new training windows
             self._families, self._planned = self._family_plan(weights, sigmas, windows), (weights, sigmas, windows)
         kernels: List[Optional[torch.Tensor]] = [None] * len(layers)
+        invalidate = self._invalidate_hook
         for family in self._families:
             order = family.order
-            inputs = [weights[index] for index in order] + [sigmas[index] for index in order]
-            for index, kernel in zip(order, _family_kernels(self, family, inputs)):
+            family_weights = [weights[index] for index in order]
+            family_sigmas = [sigmas[index] for index in order]
+            if any(tensor.requires_grad for tensor in family_weights) or any(
+                tensor.requires_grad for tensor in family_sigmas
+            ):
+                family_kernel_list, envelope = family_kernels(family, family_weights, family_sigmas)
+                # the first backward through these kernels frees their graph: a hook on a node it runs
+                # (the envelope's where sigma is trained, else each stack's product) drops them then
+                nodes = (
+                    (envelope.grad_fn,)
+                    if envelope.grad_fn is not None
+                    else {kernel.grad_fn for kernel in family_kernel_list}
+                )
+                for node in nodes:
+                    node.register_prehook(invalidate)
+            else:
+                with torch.no_grad():  # a frozen family beside trained ones: no autograd graph
+                    family_kernel_list, _ = family_kernels(family, family_weights, family_sigmas)
+            for index, kernel in zip(order, family_kernel_list):
                 kernels[index] = kernel
         entries = [
             (kernel, weight, weight._version, sigma, sigma._version)
@@ -419,23 +358,6 @@ def _parameter(layer: nn.Module, name: str) -> torch.Tensor:
     """``getattr(layer, name)`` without ``nn.Module.__getattr__`` where the tensor is a registered parameter."""
     tensor = layer._parameters.get(name)
     return getattr(layer, name) if tensor is None else tensor
-
-
-def _family_kernels(group: KernelGroup, family: _Family, inputs: List[torch.Tensor]) -> Sequence[torch.Tensor]:
-    if any(tensor.requires_grad for tensor in inputs):
-        return _FamilyProductKernels.apply(group, family, *inputs)
-    with torch.no_grad():  # a frozen family beside trained ones: no autograd node
-        return _FamilyProductKernels.forward(_NoContext(), group, family, *inputs)
-
-
-class _NoContext:
-    """Stands in for the autograd context of a forward no backward will follow."""
-
-    def set_materialize_grads(self, _value: bool) -> None:
-        pass
-
-    def save_for_backward(self, *_tensors: torch.Tensor) -> None:
-        pass
 
 
 def group_adaptive_layers(model: nn.Module) -> Optional[KernelGroup]:
