@@ -120,9 +120,9 @@ def test_adaptive_layers_add_at_most_the_target_operations_per_training_step(gro
 
 
 def test_grouped_operations_and_autograd_nodes_do_not_grow_with_depth():
-    """Kernels computed together: the extra operations of a training step are a constant per model (per
-    stack of same-shape weights), not per layer; the autograd graph gains a constant number of nodes for the group and the
-    AccumulateGrad node of each sigma, nothing else per layer."""
+    """Kernels computed together: the extra operations of a training step are a constant per model (per stack
+    of same-shape weights), not per layer; the autograd graph gains a constant number of nodes for the group
+    and the AccumulateGrad node of each sigma, nothing else per layer."""
     extra_ops, extra_nodes = {}, {}
     for depth in (20, 56):
         adaptive, ordinary = overhead.tiny_resnet_pair(depth)

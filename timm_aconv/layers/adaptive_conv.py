@@ -156,8 +156,8 @@ class AdaptiveConv2d(CovarianceEnvelope, nn.Conv2d):
 
     The forward pass convolves with :meth:`product_kernel` (``weight * envelope``). In training
     the product kernels of all circular layers (``is_circular``: 'spherical' on a square grid, the
-    paper's layer) of a model are computed together
-    (:mod:`timm_aconv.layers.kernel_group`; a layer outside any group computes its own); the grid's squared distances are the non-persistent buffer
+    paper's layer) of a model are computed together (:mod:`timm_aconv.layers.kernel_group`; a layer
+    outside any group computes its own); the grid's squared distances are the non-persistent buffer
     ``sq_distance``. Every other layer computes its kernel with autograd by the formula of its
     ``covariance_type`` (its grid offsets are the non-persistent buffer ``grid_coordinates``). When the
     kernel needs no gradient (``torch.no_grad()``/``inference_mode``, e.g. evaluation, or frozen ``weight``

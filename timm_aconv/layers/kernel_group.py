@@ -15,11 +15,11 @@ layers of a model at once, the first time one of them runs in a training forward
   multiplies only the window of the weights and of the envelope (normalized over the whole grid);
 - each layer then takes its kernel (a view) and convolves: a few attribute reads per layer.
 
-Each computed kernel is handed out once, and only while it is valid: the layer's ``weight`` and
-``sigma`` are the same tensors at the same version, no optimizer stepped and the group's backward
-has not run since (a pre-hook on a node of the kernels' graph marks that). A layer that runs again (shared, or a second forward) computes the group anew;
-activation checkpointing, which runs the forward again inside the backward, gets the same kernel
-(non-reentrant) or new ones for its own graph (reentrant).
+Each computed kernel is handed out once, and only while it is valid: the layer's ``weight`` and ``sigma`` are
+the same tensors at the same version, no optimizer stepped and the group's backward has not run since (a
+pre-hook on a node of the kernels' graph marks that). A layer that runs again (shared, or a second forward)
+computes the group anew; activation checkpointing, which runs the forward again inside the backward, gets the
+same kernel (non-reentrant) or new ones for its own graph (reentrant).
 Under ``torch.compile`` the same computation is traced with autograd, so the compiler fuses a
 family into few kernels. Under TorchScript, ``torch.export`` and ``torch.func`` transforms every
 layer computes its own kernel (:meth:`AdaptiveConv2d.product_kernel`).
