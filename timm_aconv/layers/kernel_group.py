@@ -326,26 +326,15 @@ class KernelGroup:
         if windows != self._planned[2]:
             families = self._family_plan(self._planned[0], self._planned[1], windows)
         kernels: List[Optional[torch.Tensor]] = [None] * len(self.layers)
+        layers = self.layers
         for family in families:
-            for first, end in family.stacks:
-                indices = family.order[first:end]
-                for index, kernel in zip(indices, self._stack_formula_kernels(indices, family.crop)):
-                    kernels[index] = kernel
+            order = family.order
+            family_kernel_list, _ = family_kernels(
+                family, [layers[index].weight for index in order], [layers[index].sigma for index in order]
+            )
+            for index, kernel in zip(order, family_kernel_list):
+                kernels[index] = kernel
         return kernels
-
-    def _stack_formula_kernels(self, indices: List[int], crop: Optional[slice]) -> Sequence[torch.Tensor]:
-        layers = [self.layers[index] for index in indices]
-        dtype = layers[0].weight.dtype
-        sigma = torch.cat([layer.sigma for layer in layers]) if len(layers) > 1 else layers[0].sigma
-        envelope = softmax_envelope(sigma.to(dtype), layers[0].sq_distance.to(dtype))
-        weights = [layer.weight for layer in layers]
-        if crop is not None:
-            envelope = envelope[:, crop, crop]
-            weights = [weight[:, :, crop, crop] for weight in weights]
-        envelope = envelope.unsqueeze(1)
-        if len(layers) == 1:
-            return (weights[0] * envelope,)
-        return (torch.cat(weights) * envelope).split([layer.out_channels for layer in layers])
 
 
 def _saving_through_hooks() -> bool:
