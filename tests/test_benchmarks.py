@@ -230,13 +230,13 @@ def test_cuda_device_without_a_gpu_exits_with_a_message():
 
 def test_compiled_group_adds_few_generated_kernels_per_layer(one_torch_thread):
     """The compiled guard: what inductor generates for one training step (forward and backward) grows by
-    at most 4 kernels per added adaptive layer (the concatenations' copies of sigma, W and dL/dK: on a CPU
+    at most 3.5 kernels per added adaptive layer (the concatenations' copies of sigma, W and dL/dK: on a CPU
     they run inside the same fused functions); layer by layer it was 11."""
     extra = {}
     for depth in (8, 14):
         adaptive, ordinary = overhead.tiny_resnet_pair(depth)
         extra[depth] = overhead.generated_kernels(adaptive, 1, 8) - overhead.generated_kernels(ordinary, 1, 8)
-    assert 0 < (extra[14] - extra[8]) / (13 - 7) <= 4, extra
+    assert 0 < (extra[14] - extra[8]) / (13 - 7) <= 3.5, extra
 
 
 def test_train_crop_cases_time_the_windows_they_name(capsys):
