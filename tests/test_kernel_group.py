@@ -496,3 +496,29 @@ def test_a_sigma_far_below_its_grid_gets_finite_gradients(grouped):
     output.square().sum().backward()
     assert torch.isfinite(layer.sigma.grad).all() and torch.isfinite(layer.weight.grad).all()
     assert float(layer.sigma.grad.abs().sum()) > 0
+
+
+def test_a_grouped_layer_runs_a_few_python_calls_per_training_forward():
+    """The host cost of a training step's layer (the GPU regime): with its group's kernel ready, a layer's
+    forward makes a handful of Python calls (its forward, the mode checks, the group's hand-out and the
+    convolution), none that grows with the model."""
+    import sys
+
+    model = nn.Sequential(AdaptiveConv2d(3, 4, 3, padding=1), AdaptiveConv2d(4, 4, 3, padding=1, bias=True)).train()
+    first, second = model[0], model[1]
+    hidden = first(torch.randn(1, 3, 8, 8))  # computes the group's kernels
+    calls = []
+
+    def profile(frame, event, _arg):
+        if event == 'call':
+            calls.append(frame.f_code.co_name)
+
+    sys.setprofile(profile)
+    try:
+        output = second(hidden)
+    finally:
+        sys.setprofile(None)
+    forward = calls[calls.index('forward') :]
+    assert '_compute' not in forward and len(forward) <= 8, forward
+    output.sum().backward()
+    assert second.sigma.grad is not None and second.bias.grad is not None

@@ -451,14 +451,35 @@ class AdaptiveConv2d(CovarianceEnvelope, nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():
             kernel = self.product_kernel()
-        elif torch.is_grad_enabled() and (
-            self.weight.requires_grad or self.sigma.requires_grad or not self.is_circular
-        ):
-            return self._training_forward(x)
+        elif torch.is_grad_enabled():
+            return self._grad_mode_forward(x)
         elif torch.compiler.is_compiling():
             kernel = self.product_kernel()
         else:
             kernel = self._cached_product_kernel()
+        return self._conv_forward(x, kernel, self.bias)
+
+    @torch.jit.unused
+    def _grad_mode_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The forward with gradients enabled. Its first branch is a training step's path: a few attribute
+        reads, then the kernel the layer's group computed for all its members (taken while valid)."""
+        group = self._kernel_group
+        params = self._parameters
+        weight, sigma = params.get('weight'), params.get('sigma')
+        if (
+            group is not None
+            and self._train_crop_tol is None
+            and weight is not None
+            and sigma is not None
+            and (weight.requires_grad or sigma.requires_grad)
+            and not torch.compiler.is_compiling()
+            and not torch._C._are_functorch_transforms_active()
+        ):
+            bias = params['bias'] if 'bias' in params else self.bias
+            return self._conv_forward(x, group.kernel(self, self._group_index), bias)
+        if self.weight.requires_grad or self.sigma.requires_grad or not self.is_circular:
+            return self._training_forward(x)
+        kernel = self.product_kernel() if torch.compiler.is_compiling() else self._cached_product_kernel()
         return self._conv_forward(x, kernel, self.bias)
 
     def training_window(self) -> int:

@@ -54,6 +54,8 @@ __all__ = [
     'ungroup_adaptive_layers',
 ]
 
+# the saved-tensor hooks in force (torch.utils.checkpoint installs some), or None where torch lacks the function
+_TOP_SAVED_TENSORS_HOOKS = getattr(torch._C._autograd, '_top_saved_tensors_default_hooks', None)
 # marks a module under which adaptive layers were registered (the registration hook walks only those)
 HOLDS_LAYERS = '_aconv_holds_layers'
 
@@ -227,10 +229,10 @@ class KernelGroup:
                 and weight._version == weight_version
                 and sigma._version == sigma_version
                 and self._entries_capturing == stream_capturing(weight)
-                and kernel.shape[-1] == layer.training_window()
+                and (layer._train_crop_tol is None or kernel.shape[-1] == layer.training_window())
             ):
-                if _saving_through_hooks():
-                    return kernel
+                if _TOP_SAVED_TENSORS_HOOKS is not None and _TOP_SAVED_TENSORS_HOOKS(False) is not None:
+                    return kernel  # saved tensors go through hooks: a checkpointed region or its recomputation
                 taken = self._taken
                 if not taken[index] and torch._C._current_graph_task_id() == -1:
                     taken[index] = True
@@ -266,8 +268,11 @@ class KernelGroup:
 
     def _compute(self) -> List[Tuple]:
         layers = self.layers
-        weights = [_parameter(layer, 'weight') for layer in layers]
-        sigmas = [_parameter(layer, 'sigma') for layer in layers]
+        weights = [layer._parameters.get('weight') for layer in layers]
+        sigmas = [layer._parameters.get('sigma') for layer in layers]
+        if any(tensor is None for tensor in weights) or any(tensor is None for tensor in sigmas):
+            weights = [_parameter(layer, 'weight') for layer in layers]  # e.g. a parametrized weight
+            sigmas = [_parameter(layer, 'sigma') for layer in layers]
         windows = [layer.training_window() for layer in layers]
         if not self._planned_for(weights, sigmas, windows):
             # new parameter tensors (first call, swapped parameters: shapes, dtypes and devices may differ)
@@ -335,12 +340,6 @@ class KernelGroup:
             for index, kernel in zip(order, family_kernel_list):
                 kernels[index] = kernel
         return kernels
-
-
-def _saving_through_hooks() -> bool:
-    """Whether saved tensors go through hooks now (``torch.utils.checkpoint`` installs them)."""
-    top_hooks = getattr(torch._C._autograd, '_top_saved_tensors_default_hooks', None)
-    return top_hooks is not None and top_hooks(False) is not None
 
 
 def _parameter(layer: nn.Module, name: str) -> torch.Tensor:
