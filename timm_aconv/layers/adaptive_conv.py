@@ -475,7 +475,7 @@ class AdaptiveConv2d(CovarianceEnvelope, nn.Conv2d):
             and not torch.compiler.is_compiling()
             and not torch._C._are_functorch_transforms_active()
         ):
-            bias = params['bias'] if 'bias' in params else self.bias
+            bias = params['bias'] if 'bias' in params else self.bias  # noqa: SIM401 (self.bias only if needed)
             return self._conv_forward(x, group.kernel(self, self._group_index), bias)
         if self.weight.requires_grad or self.sigma.requires_grad or not self.is_circular:
             return self._training_forward(x)
