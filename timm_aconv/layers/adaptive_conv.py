@@ -31,6 +31,7 @@ from .covariance import (
     SIGMA_OWNERS,
     CovarianceEnvelope,
     SigmaInit,
+    check_bounds_pair,
     check_covariance_type,
     envelope_parameters,
     resolve_kernel_sizes,
@@ -120,12 +121,7 @@ def resolve_sigma_bounds(sigma_bounds: Optional[Tuple[float, float]], kernel_siz
     """``sigma_bounds`` as (low, high) with 0 < low < high; None is the paper's (1/n, n)."""
     if sigma_bounds is None:
         return 1.0 / kernel_size, float(kernel_size)
-    if not isinstance(sigma_bounds, (tuple, list)) or len(sigma_bounds) != 2:
-        raise ValueError(f'sigma_bounds must be a (low, high) pair or None for (1/n, n), got {sigma_bounds!r}')
-    low, high = float(sigma_bounds[0]), float(sigma_bounds[1])
-    if not 0 < low < high:
-        raise ValueError(f'sigma_bounds must satisfy 0 < low < high, got {sigma_bounds!r}')
-    return low, high
+    return check_bounds_pair(sigma_bounds, 'sigma_bounds', ' or None for (1/n, n)')
 
 
 class AdaptiveConv2d(CovarianceEnvelope, nn.Conv2d):

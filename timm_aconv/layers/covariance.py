@@ -31,6 +31,7 @@ __all__ = [
     'SIGMA_OWNERS',
     'CovarianceEnvelope',
     'SigmaInit',
+    'check_bounds_pair',
     'check_covariance_type',
     'envelope_parameters',
     'resolve_axis_bounds',
@@ -88,9 +89,11 @@ def resolve_sigma_init(sigma_init: SigmaInit) -> Tuple[float, float]:
     return low, high
 
 
-def _check_pair(pair, what: str) -> Tuple[float, float]:
+def check_bounds_pair(pair, what: str, alternative: str = '') -> Tuple[float, float]:
+    """``pair`` as (low, high) floats with 0 < low < high, or a ValueError naming ``what`` (and the
+    ``alternative`` it may also be, e.g. ' or None for (1/n, n)')."""
     if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-        raise ValueError(f'{what} must be a (low, high) pair, got {pair!r}')
+        raise ValueError(f'{what} must be a (low, high) pair{alternative}, got {pair!r}')
     low, high = float(pair[0]), float(pair[1])
     if not 0 < low < high:
         raise ValueError(f'{what} must satisfy 0 < low < high, got {pair!r}')
@@ -102,7 +105,9 @@ def resolve_axis_bounds(sigma_bounds, kernel_size: Tuple[int, ...], covariance_t
     the axes are the ellipse's principal axes, whose bounds default to the grid's largest side's)."""
     largest = max(kernel_size)
     if covariance_type == 'spherical':
-        return (1.0 / largest, float(largest)) if sigma_bounds is None else _check_pair(sigma_bounds, 'sigma_bounds')
+        return (
+            (1.0 / largest, float(largest)) if sigma_bounds is None else check_bounds_pair(sigma_bounds, 'sigma_bounds')
+        )
     if sigma_bounds is None:
         if covariance_type == 'full':  # a rotated axis may lie along any side
             return ((1.0 / largest, float(largest)),) * len(kernel_size)
@@ -112,13 +117,13 @@ def resolve_axis_bounds(sigma_bounds, kernel_size: Tuple[int, ...], covariance_t
         and len(sigma_bounds) == 2
         and all(isinstance(value, numbers.Real) for value in sigma_bounds)
     ):
-        return (_check_pair(sigma_bounds, 'sigma_bounds'),) * len(kernel_size)
+        return (check_bounds_pair(sigma_bounds, 'sigma_bounds'),) * len(kernel_size)
     if not isinstance(sigma_bounds, (tuple, list)) or len(sigma_bounds) != len(kernel_size):
         raise ValueError(
             f'sigma_bounds of a {covariance_type!r} layer must be a (low, high) pair for every axis or one pair '
             f'per axis ({len(kernel_size)}), got {sigma_bounds!r}'
         )
-    return tuple(_check_pair(pair, f'sigma_bounds[{axis}]') for axis, pair in enumerate(sigma_bounds))
+    return tuple(check_bounds_pair(pair, f'sigma_bounds[{axis}]') for axis, pair in enumerate(sigma_bounds))
 
 
 def envelope_parameters(layer: nn.Module) -> Tuple[torch.Tensor, ...]:

@@ -96,14 +96,11 @@ class _Family:
             position for position in range(len(order)) if position == 0 or shapes[position] != shapes[position - 1]
         ]
         self.stacks = list(zip(starts, [*starts[1:], len(order)]))
-        self.stack_shapes = [tuple(shapes[first]) for first, _end in self.stacks]
         self.stack_channels = [sum(self.out_channels[first:end]) for first, end in self.stacks]
         self.sq_distance = layers[order[0]].sq_distance.to(self.dtype)
         self.window = window
         offset = (self.grid_size - window) // 2
         self.crop: Optional[slice] = slice(offset, offset + window) if window < self.grid_size else None
-        # the shape of one filter's kernel: the weights' (in_channels, n, n), or its window
-        self.kernel_shapes = [(shape[0], window, window) for shape in self.stack_shapes]
 
 
 def family_kernels(
@@ -187,9 +184,9 @@ class KernelGroup:
         """Drop the kept kernels (the graph they belong to was backpropagated, or a member changed)."""
         self._entries = None
 
-    def _invalidate_hook(self, _grad_outputs):
+    def _invalidate_hook(self, _grad_outputs) -> None:
         # a pre-hook of a node of the kernels' graph: the graph is spent, the next forward computes new kernels
-        self._entries = None
+        self.invalidate()
 
     def reset(self) -> None:
         """Plan the families again (a member moved to another device or dtype)."""
