@@ -24,8 +24,9 @@ Suites:
              widths (2, 4, 8), 3x3 grids, batch 1 at 8x8, one thread, so that the arithmetic vanishes
              and what remains is per-step Python, autograd and dispatch work. Train-step ratios
              (model as registered; its layers ungrouped, each computing its own kernel; an ordinary
-             twin against itself as the noise floor; both compiled), autograd nodes per step and,
-             compiled, the kernels inductor generates (torch._inductor.metrics).
+             twin against itself as the noise floor; both compiled; the floor of one more parameter per layer,
+             eager and compiled), autograd nodes per step and, compiled, the kernels inductor generates
+             (torch._inductor.metrics) and the calls of generated functions per step (torch.profiler).
     gpu      train steps timed on --device (CUDA events on a GPU): aconv_resnet20 vs conv_resnet20
              (k=7, batch 128, 32x32) and aconv_resnet50 vs timm's resnet50 (batch 32, 224x224), each
              eager (also ungrouped, layer by layer), as one CUDA graph (the whole step captured; GPU
@@ -506,11 +507,13 @@ def tiny_resnet_pair(depth: int) -> Tuple[nn.Module, nn.Module]:
     return adaptive, ordinary
 
 
-def sigma_floor_step_fn(model: nn.Module, batch: int, size: int) -> Callable[[], None]:
+def sigma_floor_step_fn(model: nn.Module, batch: int, size: int, compile_model: bool = False) -> Callable[[], None]:
     """A training step of ``model`` (adaptive) that pays for its sigma parameters only: every layer
     convolves with its plain weight (no envelope, no product kernel), and each sigma gets a gradient
     (zeros, made once) for the optimizer's update and the clamp. What no formulation of the kernels
-    can remove while sigma stays one parameter per layer in the user's optimizer."""
+    can remove while sigma stays one parameter per layer in the user's optimizer. ``compile_model``:
+    the forward is ``torch.compile``'d (the optimizer step and the clamp stay outside, as in the
+    compiled dispatch case)."""
     model = copy.deepcopy(model)
     layers = list(timm_aconv.adaptive_layers(model))
     for layer in layers:
@@ -521,7 +524,8 @@ def sigma_floor_step_fn(model: nn.Module, batch: int, size: int) -> Callable[[],
         for layer, zero in zip(layers, zeros):
             layer.sigma.grad = zero
 
-    return train_step_fn(model, batch, size, foreach=True, after_backward=sigma_gradients)
+    forward = torch.compile(model) if compile_model else None
+    return train_step_fn(model, batch, size, foreach=True, forward=forward, after_backward=sigma_gradients)
 
 
 def autograd_nodes(model: nn.Module, batch: int, size: int) -> int:
@@ -539,14 +543,29 @@ def autograd_nodes(model: nn.Module, batch: int, size: int) -> int:
     return len(seen)
 
 
-def generated_kernels(model: nn.Module, batch: int, size: int, backend: str = 'inductor') -> int:
-    """Kernels inductor generates for one compiled training step (forward and backward) of ``model``."""
-    from torch._inductor import metrics
+def compiled_step_counts(model: nn.Module, batch: int, size: int, backend: str = 'inductor') -> Dict[str, int]:
+    """One compiled training step (forward and backward) of ``model``: the kernels inductor generates
+    (``generated_kernels``, ``torch._inductor.metrics``) and how many generated functions the step then
+    calls (``kernel_calls``, counted with ``torch.profiler``). On a CPU a generated function runs all the
+    loop nests inductor fused into it, so it may hold several generated kernels; each call is what a
+    launch is on a GPU."""
+    from torch._inductor import config, metrics
 
     torch._dynamo.reset()
     metrics.reset()
-    train_step_fn(model, batch, size, foreach=True, forward=torch.compile(model, backend=backend))()
-    return metrics.generated_kernel_count
+    with config.patch({'cpp.enable_kernel_profile': True}):  # each generated function records its calls
+        step = train_step_fn(model, batch, size, foreach=True, forward=torch.compile(model, backend=backend))
+        step()  # compiles forward and backward
+        kernels = metrics.generated_kernel_count
+        with profile(activities=[ProfilerActivity.CPU]) as profiler:
+            step()
+    calls = sum(1 for event in profiler.events() if 'cpp_fused' in event.name)
+    return dict(generated_kernels=kernels, kernel_calls=calls)
+
+
+def generated_kernels(model: nn.Module, batch: int, size: int, backend: str = 'inductor') -> int:
+    """Kernels inductor generates for one compiled training step (forward and backward) of ``model``."""
+    return compiled_step_counts(model, batch, size, backend)['generated_kernels']
 
 
 def dispatch_cases(
@@ -613,13 +632,15 @@ def dispatch_cases(
                 },
             )
             if compile_model:
-                kernels = {
-                    label: generated_kernels(copy.deepcopy(model), **shape)
+                compiled = {
+                    label: compiled_step_counts(copy.deepcopy(model), **shape)
                     for label, model in (('default', adaptive), ('ordinary', ordinary))
                 }
+                kernels = {label: count['generated_kernels'] for label, count in compiled.items()}
                 counts.update(
                     generated_kernels=kernels,
                     extra_kernels_per_layer=round((kernels['default'] - kernels['ordinary']) / layers, 2),
+                    kernel_calls={label: count['kernel_calls'] for label, count in compiled.items()},
                 )
                 torch._dynamo.reset()
                 steps = [
@@ -636,6 +657,22 @@ def dispatch_cases(
                         comparison,
                         f'generated kernels {kernels["default"]} vs {kernels["ordinary"]}: '
                         f'{counts["extra_kernels_per_layer"]:+g} per adaptive layer',
+                    )
+                )
+                ordinary_twin = copy.deepcopy(ordinary)
+                floor_steps = [
+                    sigma_floor_step_fn(adaptive, compile_model=True, **shape),
+                    train_step_fn(ordinary_twin, foreach=True, forward=torch.compile(ordinary_twin), **shape),
+                ]
+                for step in floor_steps:
+                    step()  # compiles forward and backward
+                comparison = measure(*floor_steps, memory=False)
+                rows.append(
+                    _row(
+                        'dispatch',
+                        f'{name} compiled floor: sigma parameters only (optimizer update and clamp)',
+                        comparison,
+                        f'{comparison.adaptive_ms - comparison.ordinary_ms:+.3f} ms/step',
                     )
                 )
             print(f'# {json.dumps(counts)}', flush=True)
@@ -880,19 +917,21 @@ def format_op_table(rows: List[Dict]) -> str:
 def format_dispatch_counts(counts: List[Dict]) -> str:
     lines = [
         '| case | adaptive layers | autograd nodes default / ungrouped / ordinary | extra nodes per layer '
-        'default / ungrouped | generated kernels adaptive / ordinary | extra kernels per layer |',
-        '|' + '---|' * 6,
+        'default / ungrouped | generated kernels adaptive / ordinary | extra kernels per layer '
+        '| calls of generated functions adaptive / ordinary |',
+        '|' + '---|' * 7,
     ]
     for row in counts:
         nodes, extra = row['autograd_nodes'], row['extra_nodes_per_layer']
-        kernels = row.get('generated_kernels')
+        kernels, calls = row.get('generated_kernels'), row.get('kernel_calls')
         lines.append(
             f'| {row["case"]} | {row["layers"]} | {nodes["default"]} / {nodes["ungrouped"]} / {nodes["ordinary"]} | '
             f'**{extra["default"]:g}** / {extra["ungrouped"]:g} | '
             + (
-                f'{kernels["default"]} / {kernels["ordinary"]} | **{row["extra_kernels_per_layer"]:g}** |'
+                f'{kernels["default"]} / {kernels["ordinary"]} | **{row["extra_kernels_per_layer"]:g}** | '
+                f'{calls["default"]} / {calls["ordinary"]} |'
                 if kernels
-                else '– | – |'
+                else '– | – | – |'
             )
         )
     return '\n'.join(lines)

@@ -1,5 +1,6 @@
 """The benchmark's measuring logic (not its speeds): exact ratios from a fake clock, and the CLI."""
 
+import copy
 import functools
 import json
 import sys
@@ -12,6 +13,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'benchmarks'))
 import overhead
 import timing
+
+import timm_aconv
 
 pytestmark = pytest.mark.usefixtures('one_torch_thread')  # main(--threads 1) sets the thread count
 
@@ -228,14 +231,17 @@ def test_cuda_device_without_a_gpu_exits_with_a_message():
         overhead.main(['--device', 'tpu'])
 
 
-def test_compiled_group_adds_few_generated_kernels_per_layer(one_torch_thread):
+def test_compiled_group_adds_few_generated_kernels_per_layer_and_no_calls(one_torch_thread):
     """The compiled guard: what inductor generates for one training step (forward and backward) grows by
-    at most 3.5 kernels per added adaptive layer (the concatenations' copies of sigma, W and dL/dK: on a CPU
-    they run inside the same fused functions); layer by layer it was 11."""
+    at most 3.5 kernels per added adaptive layer (the concatenations' copies of sigma, W and dL/dK); layer by
+    layer it was 11. On a CPU they run inside the functions the ordinary twin's step calls: the adaptive step
+    calls as many generated functions as the ordinary one."""
     extra = {}
     for depth in (8, 14):
         adaptive, ordinary = overhead.tiny_resnet_pair(depth)
-        extra[depth] = overhead.generated_kernels(adaptive, 1, 8) - overhead.generated_kernels(ordinary, 1, 8)
+        counts = [overhead.compiled_step_counts(model, 1, 8) for model in (adaptive, ordinary)]
+        extra[depth] = counts[0]['generated_kernels'] - counts[1]['generated_kernels']
+        assert counts[0]['kernel_calls'] == counts[1]['kernel_calls'] > 0, counts
     assert 0 < (extra[14] - extra[8]) / (13 - 7) <= 3.5, extra
 
 
@@ -273,3 +279,44 @@ def timm_aconv_windows(model):
     import timm_aconv
 
     return timm_aconv.train_windows(model).values()
+
+
+@pytest.mark.parametrize('compile_model', [False, True], ids=['eager', 'compiled'])
+def test_sigma_floor_step_trains_plain_weights_and_pays_for_sigma_only(compile_model, monkeypatch):
+    """The floor rows' step trains a copy of the model whose layers convolve with their plain weights (the
+    group computes no product kernel): the weights train, and every sigma gets a zero gradient, an SGD
+    update and the clamp, so it moves only into its bounds; compiled, the forward is the compiled model."""
+    adaptive, _ = overhead.tiny_resnet_pair(8)
+    before = copy.deepcopy(adaptive.state_dict())
+    built = {}
+    train_step_fn = overhead.train_step_fn
+
+    def capture(model, *args, **kwargs):
+        built.update(model=model, forward=kwargs.get('forward'))
+        return train_step_fn(model, *args, **kwargs)
+
+    monkeypatch.setattr(overhead, 'train_step_fn', capture)
+    computed = []
+    compute = timm_aconv.KernelGroup._compute
+    monkeypatch.setattr(timm_aconv.KernelGroup, '_compute', lambda group: computed.append(group) or compute(group))
+    step = overhead.sigma_floor_step_fn(adaptive, 1, 8, compile_model=compile_model)
+    step()
+    step()
+    model = built['model']
+    assert computed == []
+    assert model is not adaptive and all(
+        torch.equal(before[key], value) for key, value in adaptive.state_dict().items()
+    )
+    assert isinstance(built['forward'], torch._dynamo.eval_frame.OptimizedModule) == compile_model
+    layers = list(timm_aconv.adaptive_layers(model))
+    assert all(not torch.equal(layer.weight, before[f'{name}.weight']) for name, layer in _named_layers(model))
+    assert all(torch.equal(layer.sigma.grad, torch.zeros_like(layer.sigma)) for layer in layers)
+    # the clamp ran: the tiny twins start below the (1/n, n) bounds
+    assert all(
+        torch.equal(layer.sigma, before[f'{name}.sigma'].clamp(*layer.sigma_bounds))
+        for name, layer in _named_layers(model)
+    )
+
+
+def _named_layers(model):
+    return [(name, module) for name, module in model.named_modules() if isinstance(module, timm_aconv.AdaptiveConv2d)]
