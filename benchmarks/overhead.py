@@ -573,6 +573,16 @@ def dispatch_cases(
 ) -> Tuple[List[Dict], List[Dict]]:
     """Train-step ratios and deterministic counts of the tiny twins, on one thread."""
     rows, count_rows = [], []
+
+    def time_pair(case: str, adaptive_step: Callable, ordinary_step: Callable, note: str = '') -> None:
+        comparison = measure(adaptive_step, ordinary_step, memory=False)
+        extra = f'{comparison.adaptive_ms - comparison.ordinary_ms:+.3f} ms/step'
+        rows.append(_row('dispatch', case, comparison, f'{note}, {extra}' if note else extra))
+
+    def compiled(step: Callable[[], None]) -> Callable[[], None]:
+        step()  # compiles forward and backward
+        return step
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     shape = dict(batch=DISPATCH_BATCH, size=DISPATCH_IMAGE_SIZE)
@@ -593,31 +603,16 @@ def dispatch_cases(
             ]
             for label, first, second in cases:
                 # foreach SGD: torch's default on a GPU (a for-loop over parameters on the CPU)
-                comparison = measure(
+                time_pair(
+                    f'{name} {label}',
                     train_step_fn(copy.deepcopy(first), foreach=True, **shape),
                     train_step_fn(copy.deepcopy(second), foreach=True, **shape),
-                    memory=False,
+                    f'{layers} adaptive layers',
                 )
-                rows.append(
-                    _row(
-                        'dispatch',
-                        f'{name} {label}',
-                        comparison,
-                        f'{layers} adaptive layers, {comparison.adaptive_ms - comparison.ordinary_ms:+.3f} ms/step',
-                    )
-                )
-            comparison = measure(
+            time_pair(
+                f'{name} floor: sigma parameters only (optimizer update and clamp)',
                 sigma_floor_step_fn(adaptive, **shape),
                 train_step_fn(copy.deepcopy(ordinary), foreach=True, **shape),
-                memory=False,
-            )
-            rows.append(
-                _row(
-                    'dispatch',
-                    f'{name} floor: sigma parameters only (optimizer update and clamp)',
-                    comparison,
-                    f'{comparison.adaptive_ms - comparison.ordinary_ms:+.3f} ms/step',
-                )
             )
             nodes = {
                 label: autograd_nodes(model, **shape)
@@ -632,48 +627,33 @@ def dispatch_cases(
                 },
             )
             if compile_model:
-                compiled = {
+                compiled_counts = {
                     label: compiled_step_counts(copy.deepcopy(model), **shape)
                     for label, model in (('default', adaptive), ('ordinary', ordinary))
                 }
-                kernels = {label: count['generated_kernels'] for label, count in compiled.items()}
+                kernels = {label: count['generated_kernels'] for label, count in compiled_counts.items()}
                 counts.update(
                     generated_kernels=kernels,
                     extra_kernels_per_layer=round((kernels['default'] - kernels['ordinary']) / layers, 2),
-                    kernel_calls={label: count['kernel_calls'] for label, count in compiled.items()},
+                    kernel_calls={label: count['kernel_calls'] for label, count in compiled_counts.items()},
                 )
                 torch._dynamo.reset()
-                steps = [
-                    train_step_fn(model, foreach=True, forward=torch.compile(model), **shape)
-                    for model in (copy.deepcopy(adaptive), copy.deepcopy(ordinary))
-                ]
-                for step in steps:
-                    step()  # compiles forward and backward
-                comparison = measure(*steps, memory=False)
-                rows.append(
-                    _row(
-                        'dispatch',
-                        f'{name} torch.compile (inductor)',
-                        comparison,
-                        f'generated kernels {kernels["default"]} vs {kernels["ordinary"]}: '
-                        f'{counts["extra_kernels_per_layer"]:+g} per adaptive layer',
-                    )
+                twins = [copy.deepcopy(adaptive), copy.deepcopy(ordinary), copy.deepcopy(ordinary)]
+                adaptive_step, ordinary_step, floor_twin_step = (
+                    compiled(train_step_fn(model, foreach=True, forward=torch.compile(model), **shape))
+                    for model in twins
                 )
-                ordinary_twin = copy.deepcopy(ordinary)
-                floor_steps = [
-                    sigma_floor_step_fn(adaptive, compile_model=True, **shape),
-                    train_step_fn(ordinary_twin, foreach=True, forward=torch.compile(ordinary_twin), **shape),
-                ]
-                for step in floor_steps:
-                    step()  # compiles forward and backward
-                comparison = measure(*floor_steps, memory=False)
-                rows.append(
-                    _row(
-                        'dispatch',
-                        f'{name} compiled floor: sigma parameters only (optimizer update and clamp)',
-                        comparison,
-                        f'{comparison.adaptive_ms - comparison.ordinary_ms:+.3f} ms/step',
-                    )
+                time_pair(
+                    f'{name} torch.compile (inductor)',
+                    adaptive_step,
+                    ordinary_step,
+                    f'generated kernels {kernels["default"]} vs {kernels["ordinary"]}: '
+                    f'{counts["extra_kernels_per_layer"]:+g} per adaptive layer',
+                )
+                time_pair(
+                    f'{name} compiled floor: sigma parameters only (optimizer update and clamp)',
+                    compiled(sigma_floor_step_fn(adaptive, compile_model=True, **shape)),
+                    floor_twin_step,
                 )
             print(f'# {json.dumps(counts)}', flush=True)
             count_rows.append(counts)

@@ -321,3 +321,44 @@ def test_sigma_floor_step_trains_plain_weights_and_pays_for_sigma_only(compile_m
 
 def _named_layers(model):
     return [(name, module) for name, module in model.named_modules() if isinstance(module, timm_aconv.AdaptiveConv2d)]
+
+
+def test_dispatch_cases_time_the_pairs_they_name(monkeypatch):
+    """The dispatch suite's wiring, without timing or inductor: every row times the pair its label names
+    (each step runs), the compiled rows compile the four models they time, and the counts carry the compiled
+    step's kernels and calls."""
+    compiled_models = []
+
+    def fake_compile(model, **kwargs):
+        compiled_models.append(model)
+        return model
+
+    monkeypatch.setattr(torch, 'compile', fake_compile)
+    monkeypatch.setattr(
+        overhead, 'compiled_step_counts', lambda model, batch, size: dict(generated_kernels=9, kernel_calls=4)
+    )
+    timed = []
+
+    def measure(adaptive, ordinary, **kwargs):
+        adaptive()
+        ordinary()
+        timed.append((adaptive, ordinary))
+        return timing.Comparison(3.0, 2.0, 1.5, 1.4, 1.6, 1, 1, float('nan'), float('nan'))
+
+    rows, counts = overhead.dispatch_cases(measure, depths=(8,))
+    name = 'resnet8 widths (2, 4, 8) k=3 b1 8x8'
+    assert [row['case'] for row in rows] == [
+        f'{name} default (as registered)',
+        f'{name} ungrouped (each layer its own kernel)',
+        f'{name} noise floor: ordinary vs ordinary',
+        f'{name} floor: sigma parameters only (optimizer update and clamp)',
+        f'{name} torch.compile (inductor)',
+        f'{name} compiled floor: sigma parameters only (optimizer update and clamp)',
+    ]
+    assert len(timed) == len(rows) and all(row['note'].endswith('+1.000 ms/step') for row in rows)
+    # the adaptive model, the ordinary twin, a second twin for the floor, and the floor model
+    layers = [
+        sum(isinstance(module, timm_aconv.AdaptiveConv2d) for module in model.modules()) for model in compiled_models
+    ]
+    assert layers == [7, 0, 0, 7]
+    assert counts[0]['kernel_calls'] == {'default': 4, 'ordinary': 4} and counts[0]['extra_kernels_per_layer'] == 0
