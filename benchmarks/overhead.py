@@ -543,7 +543,7 @@ def autograd_nodes(model: nn.Module, batch: int, size: int) -> int:
     return len(seen)
 
 
-def compiled_step_counts(model: nn.Module, batch: int, size: int, backend: str = 'inductor') -> Dict[str, int]:
+def compiled_step_counts(model: nn.Module, batch: int, size: int) -> Dict[str, int]:
     """One compiled training step (forward and backward) of ``model``: the kernels inductor generates
     (``generated_kernels``, ``torch._inductor.metrics``) and how many generated functions the step then
     calls (``kernel_calls``, counted with ``torch.profiler``). On a CPU a generated function runs all the
@@ -554,18 +554,13 @@ def compiled_step_counts(model: nn.Module, batch: int, size: int, backend: str =
     torch._dynamo.reset()
     metrics.reset()
     with config.patch({'cpp.enable_kernel_profile': True}):  # each generated function records its calls
-        step = train_step_fn(model, batch, size, foreach=True, forward=torch.compile(model, backend=backend))
+        step = train_step_fn(model, batch, size, foreach=True, forward=torch.compile(model))
         step()  # compiles forward and backward
         kernels = metrics.generated_kernel_count
         with profile(activities=[ProfilerActivity.CPU]) as profiler:
             step()
     calls = sum(1 for event in profiler.events() if 'cpp_fused' in event.name)
     return dict(generated_kernels=kernels, kernel_calls=calls)
-
-
-def generated_kernels(model: nn.Module, batch: int, size: int, backend: str = 'inductor') -> int:
-    """Kernels inductor generates for one compiled training step (forward and backward) of ``model``."""
-    return compiled_step_counts(model, batch, size, backend)['generated_kernels']
 
 
 def dispatch_cases(

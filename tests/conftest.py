@@ -21,3 +21,20 @@ def no_auto_clamp():
     previous = timm_aconv.set_auto_sigma_clamp(False)
     yield
     timm_aconv.set_auto_sigma_clamp(previous)
+
+
+@pytest.fixture
+def check_reference_convolution():
+    """A check that an adaptive layer computes what ``reference`` (the ordinary convolution with the same
+    options) computes holding the layer's product kernel and bias, and that the fused layer does too, on a
+    float64 input ``x`` (to 1e-12)."""
+
+    def check(layer, reference, x):
+        with torch.no_grad():
+            reference.weight.copy_(layer.product_kernel())
+            if layer.bias is not None:
+                reference.bias.copy_(layer.bias)
+        torch.testing.assert_close(layer(x), reference(x), rtol=0, atol=1e-12)
+        torch.testing.assert_close(layer.fuse()(x), reference(x), rtol=0, atol=1e-12)
+
+    return check

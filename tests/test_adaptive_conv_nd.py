@@ -88,17 +88,12 @@ CONV_OPTIONS = [
 
 @pytest.mark.parametrize('options', CONV_OPTIONS, ids=lambda o: ','.join(f'{k}={v}' for k, v in o.items()))
 @pytest.mark.parametrize('covariance_type', ['spherical', 'diag'])
-def test_conv1d_is_the_torch_convolution_of_its_product_kernel(options, covariance_type):
+def test_conv1d_is_the_torch_convolution_of_its_product_kernel(options, covariance_type, check_reference_convolution):
     torch.manual_seed(0)
     layer = AdaptiveConv1d(4, 4, 7, covariance_type=covariance_type, dtype=torch.float64, **options)
     x = torch.randn(2, 4, 23, dtype=torch.float64)
     reference = nn.Conv1d(4, 4, 7, dtype=torch.float64, **options)
-    with torch.no_grad():
-        reference.weight.copy_(layer.product_kernel())
-        if layer.bias is not None:
-            reference.bias.copy_(layer.bias)
-    torch.testing.assert_close(layer(x), reference(x), rtol=0, atol=1e-12)
-    torch.testing.assert_close(layer.fuse()(x), reference(x), rtol=0, atol=1e-12)
+    check_reference_convolution(layer, reference, x)
 
 
 @pytest.mark.parametrize('kernel_size', [3, (5, 3, 3), (3, 1, 3)], ids=str)

@@ -86,7 +86,7 @@ CONV_OPTIONS = [
 
 @pytest.mark.parametrize('options', CONV_OPTIONS, ids=lambda o: ','.join(f'{k}={v}' for k, v in o.items()))
 @pytest.mark.parametrize('covariance_type', ['spherical', 'diag', 'full'])
-def test_layer_is_the_torch_convolution_of_its_product_kernel(options, covariance_type):
+def test_layer_is_the_torch_convolution_of_its_product_kernel(options, covariance_type, check_reference_convolution):
     torch.manual_seed(0)
     layer = AdaptiveConv2d(4, 4, (7, 3), covariance_type=covariance_type, dtype=torch.float64, **options)
     if layer.theta is not None:
@@ -95,12 +95,7 @@ def test_layer_is_the_torch_convolution_of_its_product_kernel(options, covarianc
             layer.sigma.uniform_(0.1, 0.6)
     x = torch.randn(2, 4, 13, 11, dtype=torch.float64)
     reference = nn.Conv2d(4, 4, (7, 3), dtype=torch.float64, **options)
-    with torch.no_grad():
-        reference.weight.copy_(layer.product_kernel())
-        if layer.bias is not None:
-            reference.bias.copy_(layer.bias)
-    torch.testing.assert_close(layer(x), reference(x), rtol=0, atol=1e-12)
-    torch.testing.assert_close(layer.fuse()(x), reference(x), rtol=0, atol=1e-12)
+    check_reference_convolution(layer, reference, x)
 
 
 @pytest.mark.parametrize('covariance_type', ['diag', 'full'])
