@@ -1,0 +1,222 @@
+"""Does a C++ autograd node per family make the host-bound training step cheaper?
+
+An experiment for the dispatch regime of ``overhead.py --suite dispatch`` (tiny-width ResNets, batch 1
+at 8x8, one thread: what remains of a step is per-operation host work). The package computes each family's
+product kernels in native operations that autograd records (``kernel_group.family_kernels``: ~23 operations
+and ~22 autograd nodes per model, its Python runs once per step). ``family_extension.cpp`` runs the same
+operations as one ``torch::autograd::Function`` whose forward and backward are C++: one autograd node per
+family and no Python for it, with the same bits. This script builds it (``torch.utils.cpp_extension``: a
+C++ compiler and ninja; ~1 minute the first time, cached after), checks that one training step's kernels and
+gradients are bit-identical to the native formulation, and times, interleaved on one thread, the C++ family
+against the native one and each against the ordinary twin.
+
+Usage (from the repository root)::
+
+    python benchmarks/family_extension.py                  # ResNet20 and 56, ~2 minutes after the build
+    python benchmarks/family_extension.py --depths 20 --rounds 9 --json family_extension.json
+"""
+
+import argparse
+import contextlib
+import copy
+import functools
+import json
+import os
+import sys
+import time
+from typing import Callable, Dict, Iterator, List, Sequence
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from overhead import DISPATCH_BATCH, DISPATCH_DEPTHS, DISPATCH_IMAGE_SIZE, tiny_resnet_pair, train_step_fn
+from timing import CLOCKS, compare
+
+import timm_aconv
+from timm_aconv.layers import kernel_group
+from timm_aconv.layers.envelope import SIGMA_EPS
+
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'family_extension.cpp')
+NATIVE_FAMILY_KERNELS = kernel_group.family_kernels
+
+
+def build(verbose: bool = False):
+    """Compile (or load from torch's extension cache) ``family_extension.cpp``, optimized (-O3)."""
+    from torch.utils import cpp_extension
+
+    with contextlib.suppress(ImportError):  # the pip package's ninja, where the venv's bin is not on PATH
+        import ninja
+
+        os.environ['PATH'] = f'{ninja.BIN_DIR}{os.pathsep}{os.environ.get("PATH", "")}'
+    return cpp_extension.load('timm_aconv_family_extension', [SOURCE], extra_cflags=['-O3'], verbose=verbose)
+
+
+class ExtensionFamilyKernels:
+    """:func:`~timm_aconv.layers.kernel_group.family_kernels` with the family computed by the C++ node."""
+
+    def __init__(self, extension):
+        self.extension = extension
+
+    def __call__(self, family, weights: Sequence[torch.Tensor], sigmas: Sequence[torch.Tensor]):
+        if family.crop is not None or family.dtype == torch.float16:
+            raise ValueError(
+                'the C++ family handles whole grids in float32 or float64, got a training window '
+                f'{family.window} of {family.grid_size} in {family.dtype}'
+            )
+        kernels = self.extension.family_kernels(
+            [*weights, *sigmas],
+            family.sq_distance,
+            family.grid_size,
+            SIGMA_EPS,
+            [end for _, end in family.stacks],
+            family.out_channels,
+        )
+        # the group hooks its invalidation on the node of the second value: here the family's C++ node
+        return kernels, kernels[0]
+
+
+@contextlib.contextmanager
+def family_function(function: Callable) -> Iterator[None]:
+    """Groups compute their families with ``function`` inside the block."""
+    kernel_group.family_kernels = function
+    try:
+        yield
+    finally:
+        kernel_group.family_kernels = NATIVE_FAMILY_KERNELS
+
+
+def with_family_function(step: Callable[[], None], function: Callable) -> Callable[[], None]:
+    """``step`` run with its groups' families computed by ``function``."""
+
+    def run() -> None:
+        with family_function(function):
+            step()
+
+    return run
+
+
+def step_gradients(model: torch.nn.Module, function: Callable) -> Dict[str, torch.Tensor]:
+    """The gradients of one training forward and backward of ``model`` (batch 2, 8x8), families by ``function``."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, DISPATCH_IMAGE_SIZE, DISPATCH_IMAGE_SIZE, generator=generator)
+    model.train().zero_grad(set_to_none=True)
+    with family_function(function):
+        F.cross_entropy(model(x), torch.tensor([0, 1])).backward()
+    return {name: parameter.grad for name, parameter in model.named_parameters()}
+
+
+def differing_gradients(model: torch.nn.Module, function: Callable) -> List[str]:
+    """The parameters of ``model`` whose gradient with ``function`` differs in any bit from the native one."""
+    native = step_gradients(copy.deepcopy(model), NATIVE_FAMILY_KERNELS)
+    other = step_gradients(copy.deepcopy(model), function)
+    return [name for name, grad in native.items() if grad is None or not torch.equal(grad, other[name])]
+
+
+def family_work_fn(model: torch.nn.Module, function: Callable) -> Callable[[], None]:
+    """The families' work of one training step of ``model`` alone: their kernels and the backward from
+    gradients of ones (no convolution, no optimizer)."""
+    group = next(timm_aconv.adaptive_layers(model))._kernel_group
+    layers = group.layers
+    inputs = [
+        ([layers[index].weight for index in family.order], [layers[index].sigma for index in family.order], family)
+        for family in group._families
+    ]
+    grads = [
+        [torch.ones_like(kernel) for kernel in NATIVE_FAMILY_KERNELS(family, weights, sigmas)[0]]
+        for weights, sigmas, family in inputs
+    ]
+
+    def run() -> None:
+        for (weights, sigmas, family), family_grads in zip(inputs, grads):
+            torch.autograd.backward(function(family, weights, sigmas)[0], family_grads)
+
+    return run
+
+
+def extension_cases(measure: Callable, function: Callable, depths: Sequence[int] = DISPATCH_DEPTHS) -> List[Dict]:
+    """Per depth: the C++ family against the native one, and each against the ordinary twin (one thread)."""
+    rows = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    shape = dict(batch=DISPATCH_BATCH, size=DISPATCH_IMAGE_SIZE)
+    try:
+        for depth in depths:
+            adaptive, ordinary = tiny_resnet_pair(depth)
+            differing = differing_gradients(adaptive, function)
+            native_step = with_family_function(
+                train_step_fn(copy.deepcopy(adaptive), foreach=True, **shape), NATIVE_FAMILY_KERNELS
+            )
+            extension_step = with_family_function(
+                train_step_fn(copy.deepcopy(adaptive), foreach=True, **shape), function
+            )
+            ordinary_step = train_step_fn(copy.deepcopy(ordinary), foreach=True, **shape)
+            for case, first, second in (
+                (
+                    'family work alone (kernels and their backward): C++ vs native',
+                    family_work_fn(adaptive, function),
+                    family_work_fn(adaptive, NATIVE_FAMILY_KERNELS),
+                ),
+                ('C++ family vs native family', extension_step, native_step),
+                ('native family vs ordinary', native_step, ordinary_step),
+                ('C++ family vs ordinary', extension_step, ordinary_step),
+            ):
+                comparison = measure(first, second, memory=False)
+                row = dict(
+                    depth=depth,
+                    case=case,
+                    ratio=round(comparison.ratio, 3),
+                    ratio_iqr=[round(comparison.ratio_q1, 3), round(comparison.ratio_q3, 3)],
+                    first_ms=round(comparison.adaptive_ms, 3),
+                    second_ms=round(comparison.ordinary_ms, 3),
+                    differing_gradients=len(differing),
+                )
+                print(
+                    f'| resnet{depth} | {case} | **{row["ratio"]:.3f}** | {row["ratio_iqr"][0]:.3f}–'
+                    f'{row["ratio_iqr"][1]:.3f} | {row["first_ms"]:.3f} | {row["second_ms"]:.3f} | '
+                    f'{len(differing)} |',
+                    flush=True,
+                )
+                rows.append(row)
+    finally:
+        torch.set_num_threads(threads)
+    return rows
+
+
+def main(argv=None) -> Dict:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--depths', type=int, nargs='+', default=list(DISPATCH_DEPTHS), help='default: 20 56')
+    parser.add_argument('--rounds', type=int, default=15, help='timed rounds per case (default 15)')
+    parser.add_argument(
+        '--clock', choices=CLOCKS, default='wall', help="'wall' (default) or 'cpu': CPU time of this process"
+    )
+    parser.add_argument('--json', default=None, help='also write the results to this JSON file')
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    function = ExtensionFamilyKernels(build())
+    built_s = time.perf_counter() - start
+    command = ' '.join(['python', sys.argv[0]] + (sys.argv[1:] if argv is None else list(argv)))
+    print(
+        f'# {command}\n# torch {torch.__version__}, one thread, {args.clock} clock, build/load {built_s:.1f} s\n'
+        '| model | case | ratio | ratio IQR | first ms | second ms | gradients differing in any bit |\n'
+        '|---|---|---|---|---|---|---|',
+        flush=True,
+    )
+    measure = functools.partial(compare, rounds=args.rounds, warmup=5, min_round_s=0.1, clock=args.clock)
+    rows = extension_cases(measure, function, args.depths)
+    results = dict(
+        command=command,
+        torch=torch.__version__,
+        clock=args.clock,
+        seconds=round(time.perf_counter() - start, 1),
+        cases=rows,
+    )
+    print(f'# {results["seconds"]} s in all; ratio = median over interleaved rounds of first time / second time')
+    if args.json:
+        with open(args.json, 'w') as file:
+            json.dump(results, file, indent=1)
+    return results
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,126 @@
+"""The C++ family experiment (benchmarks/family_extension.py): its kernels and gradients are the native
+formulation's bits, its backward is the derivative (float64 gradcheck), and the script times the pairs it names."""
+
+import copy
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'benchmarks'))
+import family_extension
+import timing
+
+import timm_aconv
+from timm_aconv.layers import kernel_group
+
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
+
+
+def _ninja_available() -> bool:
+    try:
+        import ninja  # noqa: F401 (the pip package: build() puts its binary on PATH)
+
+        return True
+    except ImportError:
+        return shutil.which('ninja') is not None
+
+
+@pytest.fixture(scope='module')
+def extension_family():
+    """The compiled extension (~1 minute the first time on 2 cores; torch caches the build)."""
+    compiler = os.environ.get('CXX', 'c++')
+    if shutil.which(compiler) is None or not _ninja_available():
+        pytest.skip(f'building the C++ family needs a C++ compiler ({compiler}) and ninja')
+    return family_extension.ExtensionFamilyKernels(family_extension.build())
+
+
+def _tiny_model(depth: int = 8):
+    adaptive, _ = family_extension.tiny_resnet_pair(depth)
+    layers = list(timm_aconv.adaptive_layers(adaptive))
+    with torch.no_grad():  # a spread of apertures; the smallest underflows the softmax on the grid's corners
+        for index, layer in enumerate(layers):
+            layer.sigma.copy_(torch.linspace(0.01, 0.4 + 0.05 * index, layer.out_channels))
+    return adaptive, layers
+
+
+def test_extension_family_has_the_native_bits(extension_family):
+    adaptive, layers = _tiny_model()
+    family = layers[0]._kernel_group._families[0]
+    assert len(family.stacks) > 1  # stacks of several layers and of one
+    weights = [layers[index].weight for index in family.order]
+    sigmas = [layers[index].sigma for index in family.order]
+    native, _ = kernel_group.family_kernels(family, weights, sigmas)
+    kernels, node_output = extension_family(family, weights, sigmas)
+    assert all(torch.equal(kernel, reference) for kernel, reference in zip(kernels, native))
+    assert 'FamilyKernels' in node_output.grad_fn.name()  # one C++ node for the family
+    assert {kernel.grad_fn for kernel in kernels} == {node_output.grad_fn}
+    assert family_extension.differing_gradients(adaptive, extension_family) == []
+
+
+def test_extension_family_backward_is_the_derivative(extension_family):
+    adaptive, layers = _tiny_model()
+    adaptive.double()
+    family = layers[0]._kernel_group._families[0]
+    weights = [layers[index].weight.detach().clone().requires_grad_() for index in family.order]
+    sigmas = [layers[index].sigma.detach().clone().requires_grad_() for index in family.order]
+    count = len(weights)
+
+    def kernels(*tensors):
+        return tuple(extension_family(family, tensors[:count], tensors[count:])[0])
+
+    assert torch.autograd.gradcheck(kernels, (*weights, *sigmas), eps=1e-6, atol=1e-5)
+
+
+def test_extension_family_refuses_a_training_window(extension_family):
+    _, layers = _tiny_model()
+    family = layers[0]._kernel_group._families[0]
+    cropped = copy.copy(family)
+    cropped.crop, cropped.window = slice(0, 1), 1
+    with pytest.raises(ValueError, match='whole grids in float32 or float64, got a training window 1 of 3'):
+        extension_family(cropped, [], [])
+
+
+def test_family_function_is_restored_after_an_error():
+    def failing(family, weights, sigmas):
+        raise RuntimeError('family failed')
+
+    adaptive, _ = _tiny_model()
+    with pytest.raises(RuntimeError, match='family failed'):
+        family_extension.step_gradients(adaptive, failing)
+    assert kernel_group.family_kernels is family_extension.NATIVE_FAMILY_KERNELS
+
+
+def test_extension_cases_time_the_pairs_they_name():
+    """The script's wiring, without the compiler: with a counting stand-in for the C++ family, each row's
+    first and second step compute their families as its label says."""
+    calls = []
+
+    def counting_family(family, weights, sigmas):
+        calls.append(family)
+        return family_extension.NATIVE_FAMILY_KERNELS(family, weights, sigmas)
+
+    uses = []
+
+    def measure(first, second, **kwargs):
+        used = []
+        for step in (first, second):
+            before = len(calls)
+            step()
+            used.append(len(calls) > before)
+        uses.append(tuple(used))
+        return timing.Comparison(3.0, 2.0, 1.5, 1.4, 1.6, 1, 1, float('nan'), float('nan'))
+
+    rows = family_extension.extension_cases(measure, counting_family, depths=(8,))
+    assert [row['case'] for row in rows] == [
+        'family work alone (kernels and their backward): C++ vs native',
+        'C++ family vs native family',
+        'native family vs ordinary',
+        'C++ family vs ordinary',
+    ]
+    assert uses == [(True, False), (True, False), (False, False), (True, False)]
+    assert all(row['depth'] == 8 and row['ratio'] == 1.5 and row['differing_gradients'] == 0 for row in rows)
+    assert kernel_group.family_kernels is family_extension.NATIVE_FAMILY_KERNELS
