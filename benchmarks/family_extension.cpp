@@ -9,6 +9,9 @@
 // float16 weights are not handled (the Python side refuses them).
 #include <torch/extension.h>
 
+#include <algorithm>
+#include <cmath>
+#include <limits>
 #include <vector>
 
 using at::Tensor;
@@ -120,6 +123,108 @@ struct FamilyKernels : public torch::autograd::Function<FamilyKernels> {
   }
 };
 
+// The same kernels with the envelope, the products and their backward as plain loops over the filters: one
+// autograd node, one allocation per output and no other operation. Equal to the native formulation to
+// rounding (its own softmax and summation order), not bit for bit; contiguous CPU tensors only.
+struct FusedFamilyKernels : public torch::autograd::Function<FusedFamilyKernels> {
+  static variable_list forward(AutogradContext* ctx, at::TensorList inputs, Tensor sq_distance, int64_t grid_size,
+                               double eps) {
+    const int64_t layers = static_cast<int64_t>(inputs.size() / 2), cells = grid_size * grid_size;
+    int64_t filters = 0;
+    for (int64_t index = 0; index < layers; ++index) filters += inputs[index].size(0);
+    Tensor envelope = at::empty({filters, cells}, inputs[0].options());  // U, one row per filter
+    Tensor log_derivative = at::empty({filters, cells}, inputs[0].options());  // d log U / d sigma, 0 where clamped
+    variable_list kernels;
+    AT_DISPATCH_FLOATING_TYPES(inputs[0].scalar_type(), "fused_family_kernels", [&] {
+      const scalar_t* distance = sq_distance.data_ptr<scalar_t>();
+      scalar_t* envelope_row = envelope.data_ptr<scalar_t>();
+      scalar_t* log_derivative_row = log_derivative.data_ptr<scalar_t>();
+      std::vector<scalar_t> exponent(cells);
+      for (int64_t index = 0; index < layers; ++index) {
+        const Tensor& weight = inputs[index];
+        const scalar_t* sigma = inputs[layers + index].data_ptr<scalar_t>();
+        const int64_t per_filter = weight.numel() / weight.size(0), channels = per_filter / cells;
+        Tensor kernel = at::empty_like(weight);
+        const scalar_t* weight_data = weight.data_ptr<scalar_t>();
+        scalar_t* kernel_data = kernel.data_ptr<scalar_t>();
+        for (int64_t filter = 0; filter < weight.size(0); ++filter) {
+          const scalar_t t = sigma[filter] * sigma[filter] + static_cast<scalar_t>(eps / 2);
+          scalar_t largest = -std::numeric_limits<scalar_t>::infinity();
+          for (int64_t cell = 0; cell < cells; ++cell) {
+            exponent[cell] = -distance[cell] / t;
+            largest = std::max(largest, exponent[cell]);
+          }
+          scalar_t total = 0, mean_exponent = 0;
+          for (int64_t cell = 0; cell < cells; ++cell) total += std::exp(exponent[cell] - largest);
+          for (int64_t cell = 0; cell < cells; ++cell) {
+            const scalar_t weight_share = std::exp(exponent[cell] - largest) / total;
+            envelope_row[cell] = grid_size * std::sqrt(std::max(weight_share, static_cast<scalar_t>(kSmallestWeight)));
+            log_derivative_row[cell] = weight_share >= static_cast<scalar_t>(kSmallestWeight) ? 1 : 0;
+            mean_exponent += weight_share * exponent[cell];
+          }
+          for (int64_t cell = 0; cell < cells; ++cell)
+            log_derivative_row[cell] *= sigma[filter] / t * (mean_exponent - exponent[cell]);
+          for (int64_t channel = 0; channel < channels; ++channel)
+            for (int64_t cell = 0; cell < cells; ++cell) {
+              const int64_t offset = filter * per_filter + channel * cells + cell;
+              kernel_data[offset] = weight_data[offset] * envelope_row[cell];
+            }
+          envelope_row += cells;
+          log_derivative_row += cells;
+        }
+        kernels.push_back(kernel);
+      }
+    });
+    variable_list saved(inputs.begin(), inputs.begin() + layers);
+    saved.push_back(envelope);
+    saved.push_back(log_derivative);
+    ctx->save_for_backward(saved);
+    return kernels;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list kernel_grads) {
+    variable_list saved = ctx->get_saved_variables();
+    const int64_t layers = static_cast<int64_t>(saved.size()) - 2;
+    const Tensor &envelope = saved[layers], &log_derivative = saved[layers + 1];
+    const int64_t cells = envelope.size(1);
+    variable_list grads(2 * layers + 3);  // the weights, the sigmas, sq_distance, grid_size, eps
+    AT_DISPATCH_FLOATING_TYPES(envelope.scalar_type(), "fused_family_kernels_backward", [&] {
+      const scalar_t* envelope_row = envelope.data_ptr<scalar_t>();
+      const scalar_t* log_derivative_row = log_derivative.data_ptr<scalar_t>();
+      for (int64_t index = 0; index < layers; ++index) {
+        const Tensor& weight = saved[index];
+        const Tensor product_grad = kernel_grads[index].contiguous();
+        const int64_t per_filter = weight.numel() / weight.size(0), channels = per_filter / cells;
+        Tensor weight_grad = at::empty_like(weight);
+        Tensor sigma_grad = at::empty({weight.size(0)}, weight.options());
+        const scalar_t *weight_data = weight.data_ptr<scalar_t>(), *grad_data = product_grad.data_ptr<scalar_t>();
+        scalar_t *weight_grad_data = weight_grad.data_ptr<scalar_t>(), *sigma_grad_data = sigma_grad.data_ptr<scalar_t>();
+        for (int64_t filter = 0; filter < weight.size(0); ++filter) {
+          scalar_t sigma_sum = 0;
+          for (int64_t channel = 0; channel < channels; ++channel)
+            for (int64_t cell = 0; cell < cells; ++cell) {
+              const int64_t offset = filter * per_filter + channel * cells + cell;
+              weight_grad_data[offset] = grad_data[offset] * envelope_row[cell];
+              sigma_sum += grad_data[offset] * weight_data[offset] * envelope_row[cell] * log_derivative_row[cell];
+            }
+          sigma_grad_data[filter] = sigma_sum;
+          envelope_row += cells;
+          log_derivative_row += cells;
+        }
+        grads[index] = weight_grad;
+        grads[layers + index] = sigma_grad;
+      }
+    });
+    return grads;
+  }
+};
+
+variable_list fused_family_kernels(std::vector<Tensor> inputs, Tensor sq_distance, int64_t grid_size, double eps) {
+  for (const Tensor& tensor : inputs)
+    TORCH_CHECK(tensor.is_cpu() && tensor.is_contiguous(), "the fused family takes contiguous CPU tensors");
+  return FusedFamilyKernels::apply(at::TensorList(inputs), sq_distance.contiguous(), grid_size, eps);
+}
+
 variable_list family_kernels(std::vector<Tensor> inputs, Tensor sq_distance, int64_t grid_size, double eps,
                              std::vector<int64_t> stack_ends, std::vector<int64_t> out_channels) {
   return FamilyKernels::apply(at::TensorList(inputs), sq_distance, grid_size, eps, stack_ends, out_channels);
@@ -130,4 +235,6 @@ variable_list family_kernels(std::vector<Tensor> inputs, Tensor sq_distance, int
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("family_kernels", &family_kernels,
              "The product kernels of one family (weights, then sigmas, in its order) as one autograd node");
+  module.def("fused_family_kernels", &fused_family_kernels,
+             "The same kernels computed by loops over the filters (one autograd node, no other operation)");
 }

@@ -1,14 +1,20 @@
-"""Does a C++ autograd node per family make the host-bound training step cheaper?
+"""Does computing each family's product kernels in C++ make the host-bound training step cheaper?
 
 An experiment for the dispatch regime of ``overhead.py --suite dispatch`` (tiny-width ResNets, batch 1
 at 8x8, one thread: what remains of a step is per-operation host work). The package computes each family's
 product kernels in native operations that autograd records (``kernel_group.family_kernels``: ~23 operations
-and ~22 autograd nodes per model, its Python runs once per step). ``family_extension.cpp`` runs the same
-operations as one ``torch::autograd::Function`` whose forward and backward are C++: one autograd node per
-family and no Python for it, with the same bits. This script builds it (``torch.utils.cpp_extension``: a
-C++ compiler and ninja; ~1 minute the first time, cached after), checks that one training step's kernels and
-gradients are bit-identical to the native formulation, and times, interleaved on one thread, the C++ family
-against the native one and each against the ordinary twin.
+and ~22 autograd nodes per model, its Python runs once per step). ``family_extension.cpp`` holds two
+alternatives, each one ``torch::autograd::Function`` whose forward and backward are C++ (one autograd node
+per family, no Python for it):
+
+- ``C++ node``: the same native operations, with the same bits;
+- ``fused C++ loops``: the envelope, the products and their backward as plain loops over the filters, one
+  allocation per output and no other operation (what a fused GPU kernel would do; equal to rounding).
+
+This script builds them (``torch.utils.cpp_extension``: a C++ compiler and ninja; ~1 minute the first
+time, cached after), compares one training step's gradients with the native formulation's, and times,
+interleaved on one thread, each family's work alone and the training step against the native formulation
+and against the ordinary twin, next to the native step and the floor of one more parameter per layer.
 
 Usage (from the repository root)::
 
@@ -24,13 +30,20 @@ import json
 import os
 import sys
 import time
-from typing import Callable, Dict, Iterator, List, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from overhead import DISPATCH_BATCH, DISPATCH_DEPTHS, DISPATCH_IMAGE_SIZE, tiny_resnet_pair, train_step_fn
+from overhead import (
+    DISPATCH_BATCH,
+    DISPATCH_DEPTHS,
+    DISPATCH_IMAGE_SIZE,
+    sigma_floor_step_fn,
+    tiny_resnet_pair,
+    train_step_fn,
+)
 from timing import CLOCKS, compare
 
 import timm_aconv
@@ -53,10 +66,13 @@ def build(verbose: bool = False):
 
 
 class ExtensionFamilyKernels:
-    """:func:`~timm_aconv.layers.kernel_group.family_kernels` with the family computed by the C++ node."""
+    """:func:`~timm_aconv.layers.kernel_group.family_kernels` computed by the extension: ``fused=False``, the
+    same native operations as one C++ autograd node (the same bits); ``fused=True``, loops over the filters
+    (one node, one allocation per output, equal to rounding)."""
 
-    def __init__(self, extension):
+    def __init__(self, extension, fused: bool = False):
         self.extension = extension
+        self.fused = fused
 
     def __call__(self, family, weights: Sequence[torch.Tensor], sigmas: Sequence[torch.Tensor]):
         if family.crop is not None or family.dtype == torch.float16:
@@ -64,14 +80,19 @@ class ExtensionFamilyKernels:
                 'the C++ family handles whole grids in float32 or float64, got a training window '
                 f'{family.window} of {family.grid_size} in {family.dtype}'
             )
-        kernels = self.extension.family_kernels(
-            [*weights, *sigmas],
-            family.sq_distance,
-            family.grid_size,
-            SIGMA_EPS,
-            [end for _, end in family.stacks],
-            family.out_channels,
-        )
+        if self.fused:
+            kernels = self.extension.fused_family_kernels(
+                [*weights, *sigmas], family.sq_distance, family.grid_size, SIGMA_EPS
+            )
+        else:
+            kernels = self.extension.family_kernels(
+                [*weights, *sigmas],
+                family.sq_distance,
+                family.grid_size,
+                SIGMA_EPS,
+                [end for _, end in family.stacks],
+                family.out_channels,
+            )
         # the group hooks its invalidation on the node of the second value: here the family's C++ node
         return kernels, kernels[0]
 
@@ -106,16 +127,24 @@ def step_gradients(model: torch.nn.Module, function: Callable) -> Dict[str, torc
     return {name: parameter.grad for name, parameter in model.named_parameters()}
 
 
-def differing_gradients(model: torch.nn.Module, function: Callable) -> List[str]:
-    """The parameters of ``model`` whose gradient with ``function`` differs in any bit from the native one."""
+def gradient_differences(model: torch.nn.Module, function: Callable) -> Dict[str, float]:
+    """One training step's gradients of ``model`` with ``function`` against the native formulation's: how many
+    parameters' gradients differ in any bit (``differing``) and the largest difference relative to the
+    largest native gradient of its parameter (``largest_relative``)."""
     native = step_gradients(copy.deepcopy(model), NATIVE_FAMILY_KERNELS)
     other = step_gradients(copy.deepcopy(model), function)
-    return [name for name, grad in native.items() if grad is None or not torch.equal(grad, other[name])]
+    differing, largest = 0, 0.0
+    for name, grad in native.items():
+        if not torch.equal(grad, other[name]):
+            differing += 1
+            largest = max(largest, ((grad - other[name]).abs().max() / grad.abs().max().clamp_min(1e-30)).item())
+    return dict(differing=differing, largest_relative=largest)
 
 
 def family_work_fn(model: torch.nn.Module, function: Callable) -> Callable[[], None]:
     """The families' work of one training step of ``model`` alone: their kernels and the backward from
-    gradients of ones (no convolution, no optimizer)."""
+    gradients of ones to the weights and sigmas (``torch.autograd.grad``: no accumulation into ``.grad``, no
+    convolution, no optimizer)."""
     group = next(timm_aconv.adaptive_layers(model))._kernel_group
     layers = group.layers
     inputs = [
@@ -129,55 +158,69 @@ def family_work_fn(model: torch.nn.Module, function: Callable) -> Callable[[], N
 
     def run() -> None:
         for (weights, sigmas, family), family_grads in zip(inputs, grads):
-            torch.autograd.backward(function(family, weights, sigmas)[0], family_grads)
+            torch.autograd.grad(function(family, weights, sigmas)[0], [*weights, *sigmas], family_grads)
 
     return run
 
 
-def extension_cases(measure: Callable, function: Callable, depths: Sequence[int] = DISPATCH_DEPTHS) -> List[Dict]:
-    """Per depth: the C++ family against the native one, and each against the ordinary twin (one thread)."""
+def extension_cases(
+    measure: Callable, functions: Dict[str, Callable], depths: Sequence[int] = DISPATCH_DEPTHS
+) -> List[Dict]:
+    """Per depth and family function (named by ``functions``): the family's work alone and the training step
+    against the native formulation, the step against the ordinary twin; the native step and the floor of
+    one more parameter per layer (``overhead.sigma_floor_step_fn``) against the ordinary twin. One thread."""
     rows = []
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     shape = dict(batch=DISPATCH_BATCH, size=DISPATCH_IMAGE_SIZE)
+
+    def time_pair(depth: int, case: str, first: Callable, second: Callable, gradients: Optional[Dict] = None):
+        comparison = measure(first, second, memory=False)
+        gradients = gradients or dict(differing=0, largest_relative=0.0)
+        row = dict(
+            depth=depth,
+            case=case,
+            ratio=round(comparison.ratio, 3),
+            ratio_iqr=[round(comparison.ratio_q1, 3), round(comparison.ratio_q3, 3)],
+            first_ms=round(comparison.adaptive_ms, 3),
+            second_ms=round(comparison.ordinary_ms, 3),
+            differing_gradients=gradients['differing'],
+            largest_relative_gradient_difference=gradients['largest_relative'],
+        )
+        print(
+            f'| resnet{depth} | {case} | **{row["ratio"]:.3f}** | {row["ratio_iqr"][0]:.3f}–{row["ratio_iqr"][1]:.3f} '
+            f'| {row["first_ms"]:.3f} | {row["second_ms"]:.3f} | {gradients["differing"]} '
+            f'| {gradients["largest_relative"]:.1e} |',
+            flush=True,
+        )
+        rows.append(row)
+
     try:
         for depth in depths:
             adaptive, ordinary = tiny_resnet_pair(depth)
-            differing = differing_gradients(adaptive, function)
             native_step = with_family_function(
                 train_step_fn(copy.deepcopy(adaptive), foreach=True, **shape), NATIVE_FAMILY_KERNELS
             )
-            extension_step = with_family_function(
-                train_step_fn(copy.deepcopy(adaptive), foreach=True, **shape), function
-            )
             ordinary_step = train_step_fn(copy.deepcopy(ordinary), foreach=True, **shape)
-            for case, first, second in (
-                (
-                    'family work alone (kernels and their backward): C++ vs native',
+            for name, function in functions.items():
+                gradients = gradient_differences(adaptive, function)
+                time_pair(
+                    depth,
+                    f'family work alone (kernels and their backward): {name} vs native',
                     family_work_fn(adaptive, function),
                     family_work_fn(adaptive, NATIVE_FAMILY_KERNELS),
-                ),
-                ('C++ family vs native family', extension_step, native_step),
-                ('native family vs ordinary', native_step, ordinary_step),
-                ('C++ family vs ordinary', extension_step, ordinary_step),
-            ):
-                comparison = measure(first, second, memory=False)
-                row = dict(
-                    depth=depth,
-                    case=case,
-                    ratio=round(comparison.ratio, 3),
-                    ratio_iqr=[round(comparison.ratio_q1, 3), round(comparison.ratio_q3, 3)],
-                    first_ms=round(comparison.adaptive_ms, 3),
-                    second_ms=round(comparison.ordinary_ms, 3),
-                    differing_gradients=len(differing),
+                    gradients,
                 )
-                print(
-                    f'| resnet{depth} | {case} | **{row["ratio"]:.3f}** | {row["ratio_iqr"][0]:.3f}–'
-                    f'{row["ratio_iqr"][1]:.3f} | {row["first_ms"]:.3f} | {row["second_ms"]:.3f} | '
-                    f'{len(differing)} |',
-                    flush=True,
-                )
-                rows.append(row)
+                step = with_family_function(train_step_fn(copy.deepcopy(adaptive), foreach=True, **shape), function)
+                time_pair(depth, f'train step: {name} vs native', step, native_step, gradients)
+                time_pair(depth, f'train step: {name} vs ordinary', step, ordinary_step, gradients)
+            time_pair(depth, 'train step: native vs ordinary', native_step, ordinary_step)
+            time_pair(
+                depth,
+                'train step: floor (sigma parameters only) vs ordinary',
+                sigma_floor_step_fn(adaptive, **shape),
+                ordinary_step,
+            )
     finally:
         torch.set_num_threads(threads)
     return rows
@@ -193,17 +236,21 @@ def main(argv=None) -> Dict:
     parser.add_argument('--json', default=None, help='also write the results to this JSON file')
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    function = ExtensionFamilyKernels(build())
+    extension = build()
+    functions = {
+        'C++ node': ExtensionFamilyKernels(extension),
+        'fused C++ loops': ExtensionFamilyKernels(extension, fused=True),
+    }
     built_s = time.perf_counter() - start
     command = ' '.join(['python', sys.argv[0]] + (sys.argv[1:] if argv is None else list(argv)))
     print(
         f'# {command}\n# torch {torch.__version__}, one thread, {args.clock} clock, build/load {built_s:.1f} s\n'
-        '| model | case | ratio | ratio IQR | first ms | second ms | gradients differing in any bit |\n'
-        '|---|---|---|---|---|---|---|',
+        '| model | case | ratio | ratio IQR | first ms | second ms | gradients differing | largest difference |\n'
+        '|---|---|---|---|---|---|---|---|',
         flush=True,
     )
     measure = functools.partial(compare, rounds=args.rounds, warmup=5, min_round_s=0.1, clock=args.clock)
-    rows = extension_cases(measure, function, args.depths)
+    rows = extension_cases(measure, functions, args.depths)
     results = dict(
         command=command,
         torch=torch.__version__,

@@ -1,5 +1,6 @@
-"""The C++ family experiment (benchmarks/family_extension.py): its kernels and gradients are the native
-formulation's bits, its backward is the derivative (float64 gradcheck), and the script times the pairs it names."""
+"""The C++ family experiment (benchmarks/family_extension.py): the C++ node's kernels and gradients are the
+native formulation's bits, the fused loops' equal them to rounding, both backwards are the derivative
+(float64 gradcheck), and the script times the pairs it names."""
 
 import copy
 import os
@@ -30,12 +31,17 @@ def _ninja_available() -> bool:
 
 
 @pytest.fixture(scope='module')
-def extension_family():
+def extension():
     """The compiled extension (~1 minute the first time on 2 cores; torch caches the build)."""
     compiler = os.environ.get('CXX', 'c++')
     if shutil.which(compiler) is None or not _ninja_available():
         pytest.skip(f'building the C++ family needs a C++ compiler ({compiler}) and ninja')
-    return family_extension.ExtensionFamilyKernels(family_extension.build())
+    return family_extension.build()
+
+
+@pytest.fixture
+def extension_family(extension):
+    return family_extension.ExtensionFamilyKernels(extension)
 
 
 def _tiny_model(depth: int = 8):
@@ -58,10 +64,27 @@ def test_extension_family_has_the_native_bits(extension_family):
     assert all(torch.equal(kernel, reference) for kernel, reference in zip(kernels, native))
     assert 'FamilyKernels' in node_output.grad_fn.name()  # one C++ node for the family
     assert {kernel.grad_fn for kernel in kernels} == {node_output.grad_fn}
-    assert family_extension.differing_gradients(adaptive, extension_family) == []
+    assert family_extension.gradient_differences(adaptive, extension_family) == dict(differing=0, largest_relative=0)
 
 
-def test_extension_family_backward_is_the_derivative(extension_family):
+def test_fused_family_equals_the_native_one_to_rounding(extension):
+    adaptive, layers = _tiny_model()
+    fused = family_extension.ExtensionFamilyKernels(extension, fused=True)
+    family = layers[0]._kernel_group._families[0]
+    weights = [layers[index].weight for index in family.order]
+    sigmas = [layers[index].sigma for index in family.order]
+    native, _ = kernel_group.family_kernels(family, weights, sigmas)
+    kernels, node_output = fused(family, weights, sigmas)
+    assert 'FusedFamilyKernels' in node_output.grad_fn.name()
+    for kernel, reference in zip(kernels, native):
+        torch.testing.assert_close(kernel, reference, rtol=1e-6, atol=1e-6)
+    differences = family_extension.gradient_differences(adaptive, fused)
+    assert differences['differing'] > 0 and differences['largest_relative'] < 1e-5
+
+
+@pytest.mark.parametrize('fused', [False, True], ids=['node', 'fused'])
+def test_extension_family_backward_is_the_derivative(extension, fused):
+    extension_family = family_extension.ExtensionFamilyKernels(extension, fused=fused)
     adaptive, layers = _tiny_model()
     adaptive.double()
     family = layers[0]._kernel_group._families[0]
@@ -95,7 +118,7 @@ def test_family_function_is_restored_after_an_error():
 
 
 def test_extension_cases_time_the_pairs_they_name():
-    """The script's wiring, without the compiler: with a counting stand-in for the C++ family, each row's
+    """The script's wiring, without the compiler: with a counting stand-in for a C++ family, each row's
     first and second step compute their families as its label says."""
     calls = []
 
@@ -114,13 +137,14 @@ def test_extension_cases_time_the_pairs_they_name():
         uses.append(tuple(used))
         return timing.Comparison(3.0, 2.0, 1.5, 1.4, 1.6, 1, 1, float('nan'), float('nan'))
 
-    rows = family_extension.extension_cases(measure, counting_family, depths=(8,))
+    rows = family_extension.extension_cases(measure, {'counted': counting_family}, depths=(8,))
     assert [row['case'] for row in rows] == [
-        'family work alone (kernels and their backward): C++ vs native',
-        'C++ family vs native family',
-        'native family vs ordinary',
-        'C++ family vs ordinary',
+        'family work alone (kernels and their backward): counted vs native',
+        'train step: counted vs native',
+        'train step: counted vs ordinary',
+        'train step: native vs ordinary',
+        'train step: floor (sigma parameters only) vs ordinary',
     ]
-    assert uses == [(True, False), (True, False), (False, False), (True, False)]
+    assert uses == [(True, False), (True, False), (True, False), (False, False), (False, False)]
     assert all(row['depth'] == 8 and row['ratio'] == 1.5 and row['differing_gradients'] == 0 for row in rows)
     assert kernel_group.family_kernels is family_extension.NATIVE_FAMILY_KERNELS
