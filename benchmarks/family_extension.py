@@ -18,7 +18,7 @@ and against the ordinary twin, next to the native step and the floor of one more
 
 Usage (from the repository root)::
 
-    python benchmarks/family_extension.py                  # ResNet20 and 56, ~2 minutes after the build
+    python benchmarks/family_extension.py                  # ResNet20 and 56, 87 s here after the build
     python benchmarks/family_extension.py --depths 20 --rounds 9 --json family_extension.json
 """
 
