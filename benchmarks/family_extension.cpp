@@ -1,12 +1,14 @@
-// The product kernels of one family of adaptive layers as a single C++ autograd node.
+// The product kernels of one family of adaptive layers as a single C++ autograd node: an experiment of
+// benchmarks/family_extension.py, not part of the package. Each is a torch::autograd::Function whose forward
+// and backward are C++, so that a training step records one autograd node per family and runs no Python for it:
 //
-// An experiment of benchmarks/family_extension.py, not part of the package: the same native operations as
-// timm_aconv.layers.kernel_group.family_kernels (one cat of the sigmas, the softmax envelope, per stack of
-// equal weight shapes one cat, one product and one split), run by a torch::autograd::Function whose forward
-// and backward are C++, so that a training step records one autograd node per family and runs no Python
-// for it. The backward calls the operations autograd's own formulas call, in the same order, so kernels
-// and gradients have the same bits as the native formulation. Families with a training window or
-// float16 weights are not handled (the Python side refuses them).
+// - FamilyKernels: the same native operations as timm_aconv.layers.kernel_group.family_kernels (one cat of the
+//   sigmas, the softmax envelope, per stack of equal weight shapes one cat, one product and one split); the
+//   backward calls the operations autograd's own formulas call, in the same order: the same bits;
+// - FusedFamilyKernels: the envelope, the products and their backward as loops over the filters;
+// - PlumbingOnly: the same inputs and outputs, zeros, no computation (what one node costs by itself).
+//
+// Families with a training window or float16 weights are not handled (the Python side refuses them).
 #include <torch/extension.h>
 
 #include <algorithm>
@@ -225,6 +227,27 @@ variable_list fused_family_kernels(std::vector<Tensor> inputs, Tensor sq_distanc
   return FusedFamilyKernels::apply(at::TensorList(inputs), sq_distance.contiguous(), grid_size, eps);
 }
 
+// What any one-node family costs before it computes anything: the same inputs and outputs as the families
+// above, each output and each gradient a tensor of zeros of its shape, nothing else.
+struct PlumbingOnly : public torch::autograd::Function<PlumbingOnly> {
+  static variable_list forward(AutogradContext* ctx, at::TensorList inputs) {
+    const int64_t layers = static_cast<int64_t>(inputs.size() / 2);
+    variable_list kernels;
+    for (int64_t index = 0; index < layers; ++index) kernels.push_back(at::zeros_like(inputs[index]));
+    ctx->save_for_backward(variable_list(inputs.begin(), inputs.end()));
+    return kernels;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list kernel_grads) {
+    variable_list saved = ctx->get_saved_variables();
+    variable_list grads;
+    for (const Tensor& input : saved) grads.push_back(at::zeros_like(input));
+    return grads;
+  }
+};
+
+variable_list plumbing_only(std::vector<Tensor> inputs) { return PlumbingOnly::apply(at::TensorList(inputs)); }
+
 variable_list family_kernels(std::vector<Tensor> inputs, Tensor sq_distance, int64_t grid_size, double eps,
                              std::vector<int64_t> stack_ends, std::vector<int64_t> out_channels) {
   return FamilyKernels::apply(at::TensorList(inputs), sq_distance, grid_size, eps, stack_ends, out_channels);
@@ -237,4 +260,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
              "The product kernels of one family (weights, then sigmas, in its order) as one autograd node");
   module.def("fused_family_kernels", &fused_family_kernels,
              "The same kernels computed by loops over the filters (one autograd node, no other operation)");
+  module.def("plumbing_only", &plumbing_only,
+             "A node with a family's inputs and outputs that computes nothing (zeros): the floor of one node");
 }

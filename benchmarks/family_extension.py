@@ -10,6 +10,8 @@ per family, no Python for it):
 - ``C++ node``: the same native operations, with the same bits;
 - ``fused C++ loops``: the envelope, the products and their backward as plain loops over the filters, one
   allocation per output and no other operation (what a fused GPU kernel would do; equal to rounding).
+- ``C++ node computing nothing``: the same inputs and outputs, zeros for every kernel and gradient: what
+  one node costs before it computes anything, the floor of any one-node formulation.
 
 This script builds them (``torch.utils.cpp_extension``: a C++ compiler and ninja; ~1 minute the first
 time, cached after), compares one training step's gradients with the native formulation's, and times,
@@ -65,14 +67,20 @@ def build(verbose: bool = False):
     return cpp_extension.load('timm_aconv_family_extension', [SOURCE], extra_cflags=['-O3'], verbose=verbose)
 
 
-class ExtensionFamilyKernels:
-    """:func:`~timm_aconv.layers.kernel_group.family_kernels` computed by the extension: ``fused=False``, the
-    same native operations as one C++ autograd node (the same bits); ``fused=True``, loops over the filters
-    (one node, one allocation per output, equal to rounding)."""
+VARIANTS = ('node', 'fused', 'plumbing')
 
-    def __init__(self, extension, fused: bool = False):
+
+class ExtensionFamilyKernels:
+    """:func:`~timm_aconv.layers.kernel_group.family_kernels` computed by the extension's ``variant``:
+    'node', the same native operations as one C++ autograd node (the same bits); 'fused', loops over the
+    filters (one node, one allocation per output, equal to rounding); 'plumbing', a node with the same inputs
+    and outputs that computes nothing (zero kernels and gradients: the cost of the node alone)."""
+
+    def __init__(self, extension, variant: str = 'node'):
+        if variant not in VARIANTS:
+            raise ValueError(f'variant must be one of {VARIANTS}, got {variant!r}')
         self.extension = extension
-        self.fused = fused
+        self.variant = variant
 
     def __call__(self, family, weights: Sequence[torch.Tensor], sigmas: Sequence[torch.Tensor]):
         if family.crop is not None or family.dtype == torch.float16:
@@ -80,7 +88,9 @@ class ExtensionFamilyKernels:
                 'the C++ family handles whole grids in float32 or float64, got a training window '
                 f'{family.window} of {family.grid_size} in {family.dtype}'
             )
-        if self.fused:
+        if self.variant == 'plumbing':
+            kernels = self.extension.plumbing_only([*weights, *sigmas])
+        elif self.variant == 'fused':
             kernels = self.extension.fused_family_kernels(
                 [*weights, *sigmas], family.sq_distance, family.grid_size, SIGMA_EPS
             )
@@ -239,7 +249,8 @@ def main(argv=None) -> Dict:
     extension = build()
     functions = {
         'C++ node': ExtensionFamilyKernels(extension),
-        'fused C++ loops': ExtensionFamilyKernels(extension, fused=True),
+        'fused C++ loops': ExtensionFamilyKernels(extension, 'fused'),
+        'C++ node computing nothing': ExtensionFamilyKernels(extension, 'plumbing'),
     }
     built_s = time.perf_counter() - start
     command = ' '.join(['python', sys.argv[0]] + (sys.argv[1:] if argv is None else list(argv)))

@@ -69,7 +69,7 @@ def test_extension_family_has_the_native_bits(extension_family):
 
 def test_fused_family_equals_the_native_one_to_rounding(extension):
     adaptive, layers = _tiny_model()
-    fused = family_extension.ExtensionFamilyKernels(extension, fused=True)
+    fused = family_extension.ExtensionFamilyKernels(extension, 'fused')
     family = layers[0]._kernel_group._families[0]
     weights = [layers[index].weight for index in family.order]
     sigmas = [layers[index].sigma for index in family.order]
@@ -82,9 +82,9 @@ def test_fused_family_equals_the_native_one_to_rounding(extension):
     assert differences['differing'] > 0 and differences['largest_relative'] < 1e-5
 
 
-@pytest.mark.parametrize('fused', [False, True], ids=['node', 'fused'])
-def test_extension_family_backward_is_the_derivative(extension, fused):
-    extension_family = family_extension.ExtensionFamilyKernels(extension, fused=fused)
+@pytest.mark.parametrize('variant', ['node', 'fused'])
+def test_extension_family_backward_is_the_derivative(extension, variant):
+    extension_family = family_extension.ExtensionFamilyKernels(extension, variant)
     adaptive, layers = _tiny_model()
     adaptive.double()
     family = layers[0]._kernel_group._families[0]
@@ -98,7 +98,22 @@ def test_extension_family_backward_is_the_derivative(extension, fused):
     assert torch.autograd.gradcheck(kernels, (*weights, *sigmas), eps=1e-6, atol=1e-5)
 
 
-def test_extension_family_refuses_a_training_window(extension_family):
+def test_plumbing_only_node_has_the_family_shapes_and_computes_nothing(extension):
+    _, layers = _tiny_model()
+    family = layers[0]._kernel_group._families[0]
+    weights = [layers[index].weight for index in family.order]
+    sigmas = [layers[index].sigma for index in family.order]
+    kernels, node_output = family_extension.ExtensionFamilyKernels(extension, 'plumbing')(family, weights, sigmas)
+    assert 'PlumbingOnly' in node_output.grad_fn.name()
+    assert [kernel.shape for kernel in kernels] == [weight.shape for weight in weights]
+    grads = torch.autograd.grad(kernels, [*weights, *sigmas], [torch.ones_like(kernel) for kernel in kernels])
+    assert all(not tensor.any() for tensor in [*kernels, *grads])
+    assert [grad.shape for grad in grads] == [tensor.shape for tensor in [*weights, *sigmas]]
+
+
+def test_extension_family_refuses_a_training_window_and_unknown_variants(extension_family):
+    with pytest.raises(ValueError, match="variant must be one of \\('node', 'fused', 'plumbing'\\), got 'loops'"):
+        family_extension.ExtensionFamilyKernels(extension_family.extension, 'loops')
     _, layers = _tiny_model()
     family = layers[0]._kernel_group._families[0]
     cropped = copy.copy(family)
