@@ -3,25 +3,26 @@
 An experiment for the dispatch regime of ``overhead.py --suite dispatch`` (tiny-width ResNets, batch 1
 at 8x8, one thread: what remains of a step is per-operation host work). The package computes each family's
 product kernels in native operations that autograd records (``kernel_group.family_kernels``: ~23 operations
-and ~22 autograd nodes per model, its Python runs once per step). ``family_extension.cpp`` holds two
-alternatives, each one ``torch::autograd::Function`` whose forward and backward are C++ (one autograd node
+and ~22 autograd nodes per model, its Python runs once per step). ``family_extension.cpp`` holds three
+stand-ins, each one ``torch::autograd::Function`` whose forward and backward are C++ (one autograd node
 per family, no Python for it):
 
 - ``C++ node``: the same native operations, with the same bits;
 - ``fused C++ loops``: the envelope, the products and their backward as plain loops over the filters, one
-  allocation per output and no other operation (what a fused GPU kernel would do; equal to rounding).
+  allocation per output and no other operation (what a fused GPU kernel would do; equal to rounding);
 - ``C++ node computing nothing``: the same inputs and outputs, zeros for every kernel and gradient: what
   one node costs before it computes anything, the floor of any one-node formulation.
 
-This script builds them (``torch.utils.cpp_extension``: a C++ compiler and ninja; ~1 minute the first
+This script builds them (``torch.utils.cpp_extension``: a C++ compiler and ninja; 35 s here the first
 time, cached after), compares one training step's gradients with the native formulation's, and times,
 interleaved on one thread, each family's work alone and the training step against the native formulation
 and against the ordinary twin, next to the native step and the floor of one more parameter per layer.
 
 Usage (from the repository root)::
 
-    python benchmarks/family_extension.py                  # ResNet20 and 56, 87 s here after the build
-    python benchmarks/family_extension.py --depths 20 --rounds 9 --json family_extension.json
+    python benchmarks/family_extension.py                  # ResNet20 and 56, 15 rounds per case
+    python benchmarks/family_extension.py --rounds 21 --json benchmarks/results/family_extension_cpu.json  # 148 s
+    python benchmarks/family_extension.py --depths 20 --rounds 9
 """
 
 import argparse
