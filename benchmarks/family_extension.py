@@ -33,7 +33,7 @@ import json
 import os
 import sys
 import time
-from typing import Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -152,23 +152,28 @@ def gradient_differences(model: torch.nn.Module, function: Callable) -> Dict[str
     return dict(differing=differing, largest_relative=largest)
 
 
+def family_tensors(model: torch.nn.Module) -> List[Tuple]:
+    """``(family, weights, sigmas)`` of each family of ``model``'s group, the tensors in the family's order."""
+    group = next(timm_aconv.adaptive_layers(model))._kernel_group
+    layers = group.layers
+    return [
+        (family, [layers[index].weight for index in family.order], [layers[index].sigma for index in family.order])
+        for family in group._families
+    ]
+
+
 def family_work_fn(model: torch.nn.Module, function: Callable) -> Callable[[], None]:
     """The families' work of one training step of ``model`` alone: their kernels and the backward from
     gradients of ones to the weights and sigmas (``torch.autograd.grad``: no accumulation into ``.grad``, no
     convolution, no optimizer)."""
-    group = next(timm_aconv.adaptive_layers(model))._kernel_group
-    layers = group.layers
-    inputs = [
-        ([layers[index].weight for index in family.order], [layers[index].sigma for index in family.order], family)
-        for family in group._families
-    ]
+    inputs = family_tensors(model)
     grads = [
         [torch.ones_like(kernel) for kernel in NATIVE_FAMILY_KERNELS(family, weights, sigmas)[0]]
-        for weights, sigmas, family in inputs
+        for family, weights, sigmas in inputs
     ]
 
     def run() -> None:
-        for (weights, sigmas, family), family_grads in zip(inputs, grads):
+        for (family, weights, sigmas), family_grads in zip(inputs, grads):
             torch.autograd.grad(function(family, weights, sigmas)[0], [*weights, *sigmas], family_grads)
 
     return run

@@ -32,7 +32,7 @@ def _ninja_available() -> bool:
 
 @pytest.fixture(scope='module')
 def extension():
-    """The compiled extension (~1 minute the first time on 2 cores; torch caches the build)."""
+    """The compiled extension (about 40 s the first time on 2 cores; torch caches the build)."""
     compiler = os.environ.get('CXX', 'c++')
     if shutil.which(compiler) is None or not _ninja_available():
         pytest.skip(f'building the C++ family needs a C++ compiler ({compiler}) and ninja')
@@ -46,19 +46,16 @@ def extension_family(extension):
 
 def _tiny_model(depth: int = 8):
     adaptive, _ = family_extension.tiny_resnet_pair(depth)
-    layers = list(timm_aconv.adaptive_layers(adaptive))
     with torch.no_grad():  # a spread of apertures; the smallest underflows the softmax on the grid's corners
-        for index, layer in enumerate(layers):
+        for index, layer in enumerate(timm_aconv.adaptive_layers(adaptive)):
             layer.sigma.copy_(torch.linspace(0.01, 0.4 + 0.05 * index, layer.out_channels))
-    return adaptive, layers
+    return adaptive
 
 
 def test_extension_family_has_the_native_bits(extension_family):
-    adaptive, layers = _tiny_model()
-    family = layers[0]._kernel_group._families[0]
+    adaptive = _tiny_model()
+    family, weights, sigmas = family_extension.family_tensors(adaptive)[0]
     assert len(family.stacks) > 1  # stacks of several layers and of one
-    weights = [layers[index].weight for index in family.order]
-    sigmas = [layers[index].sigma for index in family.order]
     native, _ = kernel_group.family_kernels(family, weights, sigmas)
     kernels, node_output = extension_family(family, weights, sigmas)
     assert all(torch.equal(kernel, reference) for kernel, reference in zip(kernels, native))
@@ -68,11 +65,9 @@ def test_extension_family_has_the_native_bits(extension_family):
 
 
 def test_fused_family_equals_the_native_one_to_rounding(extension):
-    adaptive, layers = _tiny_model()
+    adaptive = _tiny_model()
     fused = family_extension.ExtensionFamilyKernels(extension, 'fused')
-    family = layers[0]._kernel_group._families[0]
-    weights = [layers[index].weight for index in family.order]
-    sigmas = [layers[index].sigma for index in family.order]
+    family, weights, sigmas = family_extension.family_tensors(adaptive)[0]
     native, _ = kernel_group.family_kernels(family, weights, sigmas)
     kernels, node_output = fused(family, weights, sigmas)
     assert 'FusedFamilyKernels' in node_output.grad_fn.name()
@@ -85,24 +80,18 @@ def test_fused_family_equals_the_native_one_to_rounding(extension):
 @pytest.mark.parametrize('variant', ['node', 'fused'])
 def test_extension_family_backward_is_the_derivative(extension, variant):
     extension_family = family_extension.ExtensionFamilyKernels(extension, variant)
-    adaptive, layers = _tiny_model()
-    adaptive.double()
-    family = layers[0]._kernel_group._families[0]
-    weights = [layers[index].weight.detach().clone().requires_grad_() for index in family.order]
-    sigmas = [layers[index].sigma.detach().clone().requires_grad_() for index in family.order]
+    family, weights, sigmas = family_extension.family_tensors(_tiny_model().double())[0]
     count = len(weights)
 
     def kernels(*tensors):
         return tuple(extension_family(family, tensors[:count], tensors[count:])[0])
 
-    assert torch.autograd.gradcheck(kernels, (*weights, *sigmas), eps=1e-6, atol=1e-5)
+    inputs = [tensor.detach().clone().requires_grad_() for tensor in [*weights, *sigmas]]
+    assert torch.autograd.gradcheck(kernels, inputs, eps=1e-6, atol=1e-5)
 
 
 def test_plumbing_only_node_has_the_family_shapes_and_computes_nothing(extension):
-    _, layers = _tiny_model()
-    family = layers[0]._kernel_group._families[0]
-    weights = [layers[index].weight for index in family.order]
-    sigmas = [layers[index].sigma for index in family.order]
+    family, weights, sigmas = family_extension.family_tensors(_tiny_model())[0]
     kernels, node_output = family_extension.ExtensionFamilyKernels(extension, 'plumbing')(family, weights, sigmas)
     assert 'PlumbingOnly' in node_output.grad_fn.name()
     assert [kernel.shape for kernel in kernels] == [weight.shape for weight in weights]
@@ -114,9 +103,7 @@ def test_plumbing_only_node_has_the_family_shapes_and_computes_nothing(extension
 def test_extension_family_refuses_a_training_window_and_unknown_variants(extension_family):
     with pytest.raises(ValueError, match="variant must be one of \\('node', 'fused', 'plumbing'\\), got 'loops'"):
         family_extension.ExtensionFamilyKernels(extension_family.extension, 'loops')
-    _, layers = _tiny_model()
-    family = layers[0]._kernel_group._families[0]
-    cropped = copy.copy(family)
+    cropped = copy.copy(family_extension.family_tensors(_tiny_model())[0][0])
     cropped.crop, cropped.window = slice(0, 1), 1
     with pytest.raises(ValueError, match='whole grids in float32 or float64, got a training window 1 of 3'):
         extension_family(cropped, [], [])
@@ -126,9 +113,8 @@ def test_family_function_is_restored_after_an_error():
     def failing(family, weights, sigmas):
         raise RuntimeError('family failed')
 
-    adaptive, _ = _tiny_model()
     with pytest.raises(RuntimeError, match='family failed'):
-        family_extension.step_gradients(adaptive, failing)
+        family_extension.step_gradients(_tiny_model(), failing)
     assert kernel_group.family_kernels is family_extension.NATIVE_FAMILY_KERNELS
 
 
