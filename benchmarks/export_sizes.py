@@ -46,7 +46,7 @@ from overhead import eval_forward_fn, machine_info
 from timing import CLOCKS, compare
 
 import timm_aconv
-from timm_aconv.layers import MixedSizeConv2d
+from timm_aconv.layers import MixedSizeConv
 
 SUITES = ('layer', 'model')
 CROP_TOL = 1e-3
@@ -96,7 +96,7 @@ def describe(module: nn.Module) -> str:
     counts: Dict[int, int] = {}
     bucketed = gathered = 0
     for child in module.modules():
-        if isinstance(child, MixedSizeConv2d):
+        if isinstance(child, MixedSizeConv):
             bucketed += 1
             gathered += child.reorder_output
         elif isinstance(child, nn.Conv2d):

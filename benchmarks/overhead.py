@@ -298,7 +298,7 @@ def train_crop_cases(measure: Measure) -> List[Dict]:
         cropped = train_step_fn(model, batch, 32)
         for size in (MODEL_KERNEL_SIZE, window):
             comparison = measure(cropped, ordinary[size], memory=False)
-            windows = sorted(set(timm_aconv.train_windows(model).values()))
+            windows = sorted({'x'.join(map(str, box)) for box in timm_aconv.crop_windows(model).values()})
             overruns = sum(layer.train_crop_overruns for layer in timm_aconv.adaptive_layers(model))
             results.append(
                 _row(
@@ -364,8 +364,9 @@ def scaling_cases(measure: Measure) -> List[Dict]:
 
 # ------------------------------------------------------------------------------------- ops
 OPS_PER_LAYER_TARGET = 3  # extra compute operations per adaptive layer per training step, kernels computed together
-# the same with every layer computing its own kernel (a layer in no group): the formula and autograd's backward
-OPS_PER_LAYER_UNGROUPED = 28
+# the same with every layer computing its own kernel (a layer in no group): the formula (with the grid's squared
+# distances from its offsets) and autograd's backward
+OPS_PER_LAYER_UNGROUPED = 30
 OPS_KERNEL_SIZE, OPS_BATCH, OPS_IMAGE_SIZE = 7, 8, 32
 # aten operations that launch no kernel: allocation and metadata (views are recognized by their schema)
 NON_COMPUTE_OPS = frozenset(

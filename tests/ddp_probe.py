@@ -26,7 +26,7 @@ class SigmaPerStep(Callback):
                 sigma=torch.cat([layer.sigma.detach().clone() for layer in layers]),
                 low=torch.tensor([layer.sigma_bounds[0] for layer in layers for _ in range(layer.out_channels)]),
                 high=torch.tensor([layer.sigma_bounds[1] for layer in layers for _ in range(layer.out_channels)]),
-                windows=torch.tensor([layer.training_window() for layer in layers]),  # train_crop_tol
+                windows=torch.tensor([layer.kernel_window() for layer in layers]),  # train_crop_tol
             )
         )
 

@@ -1,6 +1,6 @@
 """1-D and 3-D adaptive layers: the N-D envelope's formula, the layers' exactness, sigma, surgery
 
-``nd_envelope`` against ``U ∝ exp(-sum_a d_a² / (2 sigma_a² + 1e-8))`` with ``sum U² =`` the number of grid
+``normalized_envelope`` against ``U ∝ exp(-sum_a d_a² / (2 sigma_a² + 1e-8))`` with ``sum U² =`` the number of grid
 points, for 1-D / 2-D / 3-D grids (square and rectangular), spherical and diag; gradcheck in sigma.
 ``AdaptiveConv1d`` / ``AdaptiveConv3d`` against the torch convolution of their product kernel for every
 option, gradcheck on input / W / bias / sigma; per-axis clamp, parameter groups, the clamp after any
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 import timm_aconv
 from timm_aconv import AdaptiveConv1d, AdaptiveConv3d
-from timm_aconv.layers.envelope import grid_axis_sq_distances, grid_sq_distance, nd_envelope, softmax_envelope
+from timm_aconv.layers.envelope import grid_coordinates, normalized_envelope
 
 GRIDS = [(3,), (7,), (5, 5), (7, 3), (3, 3, 3), (5, 3, 1)]
 
@@ -44,31 +44,36 @@ def test_envelope_matches_the_formula_and_keeps_theorem_3_1(kernel_size, covaria
     torch.manual_seed(0)
     shape = (6,) if covariance_type == 'spherical' else (6, len(kernel_size))
     sigma = torch.rand(shape, dtype=torch.float64) * 2 + 0.05
-    envelope = nd_envelope(sigma, grid_axis_sq_distances(kernel_size, dtype=torch.float64))
+    envelope = normalized_envelope(sigma, None, grid_coordinates(kernel_size, dtype=torch.float64))
     assert envelope.shape == (6, *kernel_size)
     torch.testing.assert_close(envelope, reference_envelope(sigma, kernel_size), rtol=1e-12, atol=1e-12)
     cells = math.prod(kernel_size)
     torch.testing.assert_close(envelope.square().flatten(1).sum(1), torch.full((6,), float(cells), dtype=torch.float64))
     # its derivatives in every sigma: autograd against finite differences
-    sq = grid_axis_sq_distances(kernel_size, dtype=torch.float64)
-    assert torch.autograd.gradcheck(lambda s: nd_envelope(s, sq), (sigma.clone().requires_grad_(True),))
+    coordinates = grid_coordinates(kernel_size, dtype=torch.float64)
+    assert torch.autograd.gradcheck(
+        lambda s: normalized_envelope(s, None, coordinates), (sigma.clone().requires_grad_(True),)
+    )
 
 
 def test_envelope_reference_values_and_the_2d_layers_envelope():
     # 1-D, 3 points at -0.5, 0, 0.5, sigma 0.5: raw (e^-0.5, 1, e^-0.5), squares summing to 3
-    envelope = nd_envelope(torch.tensor([0.5], dtype=torch.float64), grid_axis_sq_distances((3,), dtype=torch.float64))
+    envelope = normalized_envelope(
+        torch.tensor([0.5], dtype=torch.float64), None, grid_coordinates((3,), dtype=torch.float64)
+    )
     edge = math.exp(-0.25 / (0.5 + 1e-8))
     scale = math.sqrt(3 / (1 + 2 * edge**2))
     torch.testing.assert_close(envelope[0], torch.tensor([edge, 1, edge], dtype=torch.float64) * scale)
     # a diag envelope with equal apertures is the spherical one; in 2-D, the square grid's is the 2-D layer's
     sigma = torch.tensor([0.1, 0.3, 2.0], dtype=torch.float64)
-    sq = grid_axis_sq_distances((7, 7), dtype=torch.float64)
-    torch.testing.assert_close(nd_envelope(sigma[:, None].expand(-1, 2), sq), nd_envelope(sigma, sq))
+    coordinates = grid_coordinates((7, 7), dtype=torch.float64)
     torch.testing.assert_close(
-        nd_envelope(sigma, sq), softmax_envelope(sigma, grid_sq_distance(7, 'cpu', torch.float64))
+        normalized_envelope(sigma[:, None].expand(-1, 2), None, coordinates),
+        normalized_envelope(sigma, None, coordinates),
     )
+    torch.testing.assert_close(normalized_envelope(sigma, None, coordinates), timm_aconv.gaussian_envelope(sigma, 7))
     # a diag envelope is narrow along the axis whose aperture is small
-    envelope = nd_envelope(torch.tensor([[0.05, 2.0]], dtype=torch.float64), sq)[0]
+    envelope = normalized_envelope(torch.tensor([[0.05, 2.0]], dtype=torch.float64), None, coordinates)[0]
     assert envelope[3, 0] > 0.9 * envelope[3, 3] and envelope[0, 3] < 1e-6 * envelope[3, 3]
 
 
@@ -143,12 +148,12 @@ def test_sigma_shapes_bounds_clamp_and_parameter_groups():
     )
     groups = {group['name']: group['params'] for group in timm_aconv.param_groups(model, weight_decay=1e-4)}
     assert {id(param) for param in groups['sigma']} == {id(model[0].sigma), id(model[2].sigma)}
-    assert len(list(timm_aconv.all_adaptive_layers(model))) == 2 and not list(timm_aconv.adaptive_layers(model))
+    assert len(list(timm_aconv.adaptive_layers(model))) == 2
     # the clamp after any optimizer's step, per axis for 'diag'
     optimizer = torch.optim.SGD(model.parameters(), lr=1e3)
     model(torch.randn(2, 2, 16)).square().mean().backward()
     optimizer.step()
-    for layer in timm_aconv.all_adaptive_layers(model):
+    for layer in timm_aconv.adaptive_layers(model):
         low, high = layer.sigma_bounds if layer.covariance_type == 'spherical' else layer.sigma_bounds[0]
         sigma = layer.sigma.detach()
         assert float(sigma.min()) >= low - 1e-7 and float(sigma.max()) <= high + 1e-7
@@ -166,7 +171,7 @@ def test_state_dict_copies_torchscript_meta_and_to_empty():
     meta = AdaptiveConv1d(2, 3, 7, device='meta')
     assert meta(torch.randn(1, 2, 9, device='meta')).shape == (1, 3, 3)
     empty = meta.to_empty(device='cpu')
-    torch.testing.assert_close(empty.grid_coordinates.square(), grid_axis_sq_distances((7,)))
+    torch.testing.assert_close(empty.grid_coordinates, grid_coordinates((7,)))
     assert 'AdaptiveConv3d(2, 3, kernel_size=(5, 3, 3)' in repr(layer) and "covariance_type='diag'" in repr(layer)
 
 
@@ -196,12 +201,12 @@ def test_convert_convs_keeps_1d_and_3d_models_exactly_and_fuse_gives_them_back(c
         with torch.no_grad():
             before = model(x)
             timm_aconv.convert_convs(model, sizes=[7], dims=[dims], covariance_type=covariance_type)
-            layers = list(timm_aconv.all_adaptive_layers(model))
+            layers = list(timm_aconv.adaptive_layers(model))
             assert len(layers) == count and all(layer.kernel_size == (7,) * dims for layer in layers)
             assert all(layer.covariance_type == covariance_type for layer in layers)
             torch.testing.assert_close(model(x), before, rtol=0, atol=1e-6)
             timm_aconv.fuse_convs(model)
-            assert not list(timm_aconv.all_adaptive_layers(model))
+            assert not list(timm_aconv.adaptive_layers(model))
             torch.testing.assert_close(model(x), before, rtol=0, atol=1e-5)
 
 
@@ -260,9 +265,7 @@ def test_a_converted_3d_network_trains_its_apertures():
         nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(4, 2),
     )  # fmt: skip
     timm_aconv.convert_convs(model, sizes=[5], dims=[3], covariance_type='diag', preserve=False)
-    sigma_before = torch.cat(
-        [layer.sigma.detach().flatten().clone() for layer in timm_aconv.all_adaptive_layers(model)]
-    )
+    sigma_before = torch.cat([layer.sigma.detach().flatten().clone() for layer in timm_aconv.adaptive_layers(model)])
     optimizer = torch.optim.Adam(timm_aconv.param_groups(model), lr=0.02)
     losses = []
     for _ in range(40):
@@ -271,7 +274,7 @@ def test_a_converted_3d_network_trains_its_apertures():
         loss.backward()
         optimizer.step()
         losses.append(float(loss.detach()))
-    sigma_after = torch.cat([layer.sigma.detach().flatten() for layer in timm_aconv.all_adaptive_layers(model)])
+    sigma_after = torch.cat([layer.sigma.detach().flatten() for layer in timm_aconv.adaptive_layers(model)])
     assert losses[-1] < 0.5 * losses[0]
     assert float((sigma_after - sigma_before).abs().max()) > 0.05
     model.eval()
@@ -330,7 +333,7 @@ def test_monai_unet_made_adaptive_trains_through_the_engine_and_fuses_back(tmp_p
     set_seed(0)
     net = UNet(spatial_dims=3, in_channels=1, out_channels=2, channels=(4, 8, 16), strides=(2, 2), num_res_units=1)
     timm_aconv.convert_convs(net, sizes=[5], dims=[3], covariance_type='diag', preserve=False, sigma_init=(0.25, 0.5))
-    layers = list(timm_aconv.all_adaptive_layers(net))
+    layers = list(timm_aconv.adaptive_layers(net))
     assert len(layers) == 7 and all(isinstance(layer, AdaptiveConv3d) for layer in layers)
     assert timm_aconv.clamp_sigmas_(net) == 7  # inside the bounds already: what moves them below is learning
     sigma_before = torch.cat([layer.sigma.detach().flatten().clone() for layer in layers])

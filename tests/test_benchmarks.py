@@ -251,7 +251,7 @@ def test_train_crop_cases_time_the_windows_they_name(capsys):
     (3×3, 5×5) and keeps it through the timed steps; each case times the pairs it prints."""
     for window in overhead.TRAIN_CROP_SIGMA:
         model = overhead.train_crop_model(window)
-        assert set(timm_aconv_windows(model)) == {window}
+        assert set(timm_aconv_windows(model)) == {(window, window)}
     timed = []
 
     def measure(adaptive, ordinary, **kwargs):  # one call of each instead of timed rounds
@@ -271,7 +271,8 @@ def test_train_crop_cases_time_the_windows_they_name(capsys):
         'reference: conv_resnet20 k=5 vs k=7 train step b32 32x32',
     ]
     assert (
-        'training windows [3], overruns 0' in rows[1]['note'] and 'training windows [5], overruns 0' in rows[4]['note']
+        "training windows ['3x3'], overruns 0" in rows[1]['note']
+        and "training windows ['5x5'], overruns 0" in rows[4]['note']
     )
     assert len(timed) == 6 and '| model | reference: conv_resnet20 k=3 vs k=7' in capsys.readouterr().out
 
@@ -279,7 +280,7 @@ def test_train_crop_cases_time_the_windows_they_name(capsys):
 def timm_aconv_windows(model):
     import timm_aconv
 
-    return timm_aconv.train_windows(model).values()
+    return timm_aconv.crop_windows(model).values()
 
 
 @pytest.mark.parametrize('compile_model', [False, True], ids=['eager', 'compiled'])

@@ -17,12 +17,12 @@ import torch.nn.functional as F
 
 import timm_aconv
 from timm_aconv import AdaptiveConv2d
-from timm_aconv.layers.envelope import grid_axis_coordinates, nd_envelope, rotated_envelope
+from timm_aconv.layers.envelope import grid_coordinates, normalized_envelope
 
 GRIDS = [(7, 7), (7, 3), (3, 5), (9, 1)]
 
 
-def reference_rotated_envelope(sigma: torch.Tensor, theta: torch.Tensor, kernel_size) -> torch.Tensor:
+def reference_normalized_envelope(sigma: torch.Tensor, theta: torch.Tensor, kernel_size) -> torch.Tensor:
     """The formula written out, one filter at a time."""
     axes = [torch.linspace(-0.5, 0.5, n, dtype=torch.float64) if n > 1 else torch.zeros(1, dtype=torch.float64)
             for n in kernel_size]  # fmt: skip
@@ -44,32 +44,34 @@ def test_rotated_envelope_matches_the_formula_keeps_theorem_3_1_and_its_derivati
     torch.manual_seed(0)
     sigma = torch.rand(5, 2, dtype=torch.float64) * 1.5 + 0.05
     theta = (torch.rand(5, dtype=torch.float64) - 0.5) * 4
-    coordinates = grid_axis_coordinates(kernel_size, dtype=torch.float64)
-    envelope = rotated_envelope(sigma, theta, coordinates)
+    coordinates = grid_coordinates(kernel_size, dtype=torch.float64)
+    envelope = normalized_envelope(sigma, theta, coordinates)
     assert envelope.shape == (5, *kernel_size)
-    torch.testing.assert_close(envelope, reference_rotated_envelope(sigma, theta, kernel_size), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        envelope, reference_normalized_envelope(sigma, theta, kernel_size), rtol=1e-12, atol=1e-12
+    )
     cells = math.prod(kernel_size)
     torch.testing.assert_close(envelope.square().flatten(1).sum(1), torch.full((5,), float(cells), dtype=torch.float64))
     inputs = (sigma.clone().requires_grad_(True), theta.clone().requires_grad_(True))
-    assert torch.autograd.gradcheck(lambda s, t: rotated_envelope(s, t, coordinates), inputs)
+    assert torch.autograd.gradcheck(lambda s, t: normalized_envelope(s, t, coordinates), inputs)
 
 
 def test_rotated_envelope_special_cases():
-    coordinates = grid_axis_coordinates((7, 7), dtype=torch.float64)
+    coordinates = grid_coordinates((7, 7), dtype=torch.float64)
     sigma = torch.tensor([[0.05, 0.6], [0.3, 0.3]], dtype=torch.float64)
-    diag = nd_envelope(sigma, coordinates.square())
+    diag = normalized_envelope(sigma, None, coordinates)
     # theta 0 is the 'diag' envelope; a half turn too; a quarter turn swaps the axes
-    torch.testing.assert_close(rotated_envelope(sigma, torch.zeros(2, dtype=torch.float64), coordinates), diag)
+    torch.testing.assert_close(normalized_envelope(sigma, torch.zeros(2, dtype=torch.float64), coordinates), diag)
     torch.testing.assert_close(
-        rotated_envelope(sigma, torch.full((2,), math.pi, dtype=torch.float64), coordinates), diag
+        normalized_envelope(sigma, torch.full((2,), math.pi, dtype=torch.float64), coordinates), diag
     )
-    quarter = rotated_envelope(sigma, torch.full((2,), math.pi / 2, dtype=torch.float64), coordinates)
+    quarter = normalized_envelope(sigma, torch.full((2,), math.pi / 2, dtype=torch.float64), coordinates)
     torch.testing.assert_close(quarter, diag.transpose(1, 2))
     # equal apertures: a circle, whatever the angle
     torch.testing.assert_close(quarter[1], diag[1])
     # 45°: the narrow axis (sigma_1) points along the diagonal (rows and columns grow together), so the
     # ellipse stretches along the anti-diagonal
-    diagonal = rotated_envelope(sigma[:1], torch.tensor([math.pi / 4], dtype=torch.float64), coordinates)[0]
+    diagonal = normalized_envelope(sigma[:1], torch.tensor([math.pi / 4], dtype=torch.float64), coordinates)[0]
     assert diagonal[0, 6] > 0.4 * diagonal[3, 3] and diagonal[6, 6] < 1e-6 * diagonal[3, 3]
 
 
@@ -120,12 +122,11 @@ def test_gradcheck_in_input_weight_bias_sigma_and_theta(covariance_type):
     assert all(float(grad.abs().max()) > 0 for grad in grads)
 
 
-def test_spherical_square_layers_are_untouched():
-    """The paper's layer keeps its state dict, its kernel group and its values: 'spherical' on a square grid
-    is the circular layer (``is_circular``) of before."""
+def test_spherical_square_layers_are_the_papers():
+    """The paper's layer keeps its state dict and its values: 'spherical' on a square grid is isotropic."""
     torch.manual_seed(0)
     layer = AdaptiveConv2d(3, 8, 7, padding=3)
-    assert layer.is_circular and layer.theta is None and layer.grid_coordinates is None
+    assert layer.isotropic and layer.theta is None and layer.grid_coordinates.shape == (2, 7, 7)
     assert list(layer.state_dict()) == ['weight', 'bias', 'sigma']
     assert nn.Sequential(layer)[0]._kernel_group is not None  # grouped as its model is built
     assert 'covariance_type' not in repr(layer)
@@ -147,8 +148,9 @@ def test_bounds_clamp_and_parameter_groups_take_every_axis_and_theta():
     diag, full, circle = model[0], model[2], model[4]
     assert diag.sigma_bounds == ((1 / 7, 7.0), (1 / 3, 3.0))
     assert full.sigma_bounds == ((0.2, 5.0), (0.2, 5.0)) and full.theta.shape == (4,)
-    # only the circular layer is in a kernel group
-    assert diag._kernel_group is None and full._kernel_group is None and circle._kernel_group is not None
+    # every kind joins the model's kernel group, in families of their own
+    group = circle._kernel_group
+    assert diag._kernel_group is group and full._kernel_group is group and len(group._families) == 3
     groups = {group['name']: group['params'] for group in timm_aconv.param_groups(model, weight_decay=1e-4)}
     assert {id(param) for param in groups['sigma']} == {
         id(diag.sigma),
@@ -187,7 +189,7 @@ def test_convert_and_fuse_timm_resnet18_with_full_covariance_exactly():
             layer.sigma.uniform_(0.1, 0.5)
         adaptive = model(x)
         timm_aconv.fuse_convs(model)
-        assert not list(timm_aconv.all_adaptive_layers(model))
+        assert not list(timm_aconv.adaptive_layers(model))
         torch.testing.assert_close(model(x), adaptive, rtol=0, atol=1e-5)
 
 
@@ -232,7 +234,7 @@ def test_convert_like_brings_back_every_covariance_type_and_grid_from_a_state_di
     state_dict = {key: value.clone() for key, value in model.state_dict().items()}
     restored = timm_aconv.convert_like(plain(), state_dict)
     restored.load_state_dict(state_dict)  # strict
-    kinds = [(layer.covariance_type, layer.kernel_size) for layer in timm_aconv.all_adaptive_layers(restored)]
+    kinds = [(layer.covariance_type, layer.kernel_size) for layer in timm_aconv.adaptive_layers(restored)]
     assert kinds == [('full', (5, 5)), ('diag', (7, 3)), ('spherical', (5, 5)), ('diag', (5,))]
     with torch.no_grad():
         torch.testing.assert_close(restored(x), model(x))
@@ -277,14 +279,13 @@ def test_summary_and_learned_sizes_report_elliptic_layers_per_axis():
         assert 1 - kept / float(filter_kernel.square().sum()) <= 1e-3
     assert elliptic.kernel_flops == pytest.approx(sum(h * w for h, w in elliptic.sizes) / len(elliptic.sizes) / 49)
     assert len(elliptic.percentile(95)) == 2 and '7x' in str(learned)
-    with pytest.raises(ValueError, match=r"takes spherical layers on square grids only, not \['0', '1'\]"):
-        timm_aconv.export_learned_sizes(model, crop_tol=1e-3)
-    with pytest.raises(ValueError, match=r"the size budget weighs square windows of spherical layers; \['0', '1'\]"):
-        timm_aconv.estimated_kernel_flops(model)
-    timm_aconv.set_train_crop(model, 1e-3)  # the circular layer only
-    assert model[2].train_crop_tol == 1e-3 and model[0].train_crop_tol is None
-    with pytest.raises(ValueError, match='has no spherical adaptive layer on a square grid'):
-        timm_aconv.set_train_crop(model[:2], 1e-3)
+    # the deployment tools take every kind: the exported windows are the learned boxes
+    timm_aconv.set_train_crop(model, 1e-3)
+    assert all(layer.train_crop_tol == 1e-3 for layer in model)
+    assert model[0].crop_window[0] == 7 and model[0].crop_window[1] < 7 and len(set(model[2].crop_window)) == 1
+    assert 0 < float(timm_aconv.estimated_kernel_flops(model)) < 1
+    exported = timm_aconv.export_learned_sizes(model.eval(), crop_tol=1e-3)
+    assert not list(timm_aconv.adaptive_layers(exported))
 
 
 @pytest.mark.filterwarnings('ignore::DeprecationWarning')  # the TorchScript exporter needs no onnxscript
@@ -308,7 +309,7 @@ def test_fused_and_cropped_forms_export_to_onnx_torchscript_and_compile(dims, tm
     with torch.no_grad():
         expected = model(x)
         timm_aconv.fuse_convs(model, crop_tol=1e-3)
-        assert not list(timm_aconv.all_adaptive_layers(model))
+        assert not list(timm_aconv.adaptive_layers(model))
         assert float((model(x) - expected).norm() / expected.norm()) <= 2 * 1e-3**0.5
         expected = model(x)
         torch.testing.assert_close(torch.jit.script(model)(x), expected)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from timm_aconv import AdaptiveConv2d, centre_energy_fraction, effective_kernel_size, gaussian_envelope
-from timm_aconv.layers.envelope import envelope_and_log_derivative, grid_sq_distance, softmax_envelope
+from timm_aconv.layers.envelope import envelope_derivatives, grid_coordinates, normalized_envelope
 
 
 def _sigmas(n):
@@ -104,7 +104,7 @@ def test_theorem_3_1_mean_variance_is_preserved(n):
         mvar_product = (weight * envelope[:, None]).var(dim=(0, 1)).mean()
         assert mvar_product / mvar_weight == pytest.approx(1.0, abs=0.02), sigma
     # the unnormalized envelope U0 shrinks the variance for narrow apertures (the paper's Figure 3)
-    raw = torch.exp(-grid_sq_distance(n, torch.device('cpu'), torch.float64) / (2 * (1 / n) ** 2))
+    raw = torch.exp(-grid_coordinates((n, n), dtype=torch.float64).square().sum(0) / (2 * (1 / n) ** 2))
     assert (weight * raw).var(dim=(0, 1)).mean() / mvar_weight < 0.2
 
 
@@ -133,18 +133,38 @@ def test_centre_energy_fraction_and_effective_size():
 
 
 @pytest.mark.parametrize('n', [3, 5, 7, 9])
-def test_softmax_envelope_and_its_log_derivative_equal_the_formula(n):
-    """The layer's envelope (softmax over the grid) and d log U / d sigma against eq. 11/21 and autograd."""
+def test_the_layers_envelope_and_its_derivative_equal_the_formula(n):
+    """The layer's envelope (a softmax over the grid) and dU/dsigma (forward mode) against eq. 11/21 and autograd."""
     sigma = _sigmas(n)
-    sq_distance = grid_sq_distance(n, torch.device('cpu'), torch.float64)
+    coordinates = grid_coordinates((n, n), dtype=torch.float64)
     expected = gaussian_envelope(sigma, n)
-    torch.testing.assert_close(softmax_envelope(sigma, sq_distance), expected, rtol=1e-12, atol=1e-14)
-    envelope, log_derivative = envelope_and_log_derivative(sigma, sq_distance)
+    torch.testing.assert_close(normalized_envelope(sigma, None, coordinates), expected, rtol=1e-12, atol=1e-14)
+    envelope, derivatives = envelope_derivatives(sigma, None, coordinates)
     torch.testing.assert_close(envelope, expected, rtol=1e-12, atol=1e-14)
     # dU_q/dsigma_q: the diagonal of the Jacobian of the formula
     jacobian = torch.func.jacrev(lambda s: gaussian_envelope(s, n))(sigma)  # (filters, n, n, filters)
     derivative = torch.stack([jacobian[q, :, :, q] for q in range(len(sigma))])
-    torch.testing.assert_close(envelope * log_derivative, derivative, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(derivatives[0], derivative, rtol=1e-9, atol=1e-12)
     assert torch.autograd.gradcheck(
-        lambda s: softmax_envelope(s, sq_distance), (sigma[::6].clone().requires_grad_(),), fast_mode=True
+        lambda s: normalized_envelope(s, None, coordinates), (sigma[::6].clone().requires_grad_(),), fast_mode=True
     )
+
+
+@pytest.mark.parametrize('sigma', [1e-3, 1e-2, 0.05])
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+def test_underflowed_weights_keep_the_derivative_finite(sigma, dtype):
+    """At small apertures the far weights underflow; the floor under the square root keeps dU/dsigma finite (and 0
+    there), in every dtype (float16 and bfloat16 computed in float32), for every covariance."""
+    coordinates = grid_coordinates((7, 7), dtype=dtype)
+    for apertures, theta in (
+        (torch.full((3,), sigma), None),
+        (torch.full((3, 2), sigma), None),
+        (torch.full((3, 2), sigma), torch.tensor([0.0, 0.5, 2.0])),
+    ):
+        apertures = apertures.to(dtype).requires_grad_()
+        angles = None if theta is None else theta.to(dtype).requires_grad_()
+        envelope = normalized_envelope(apertures, angles, coordinates)
+        assert envelope.dtype == dtype and torch.isfinite(envelope).all()
+        envelope.float().square().mul(torch.arange(49.0).view(7, 7)).sum().backward()
+        assert torch.isfinite(apertures.grad).all()
+        assert angles is None or torch.isfinite(angles.grad).all()

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 import timm_aconv
 import timm_aconv.surgery.export as export_module
-from timm_aconv import AdaptiveConv2d, MixedSizeConv2d, export_learned_sizes, learned_kernel_sizes
+from timm_aconv import AdaptiveConv2d, MixedSizeConv, export_learned_sizes, learned_kernel_sizes
 from timm_aconv.utils import Latency
 
 pytestmark = pytest.mark.usefixtures('one_torch_thread')
@@ -70,8 +70,8 @@ def test_exported_layer_is_the_windowed_convolution(options):
     kernel, sizes = windowed_kernel(layer, 1e-3)
     assert len(set(sizes)) == 4
     exported = export_learned_sizes(copy.deepcopy(layer), crop_tol=1e-3)
-    assert isinstance(exported, MixedSizeConv2d) and exported.out_channels == out_channels
-    assert sorted({size for size, _ in exported.bucket_sizes}) == sorted(set(sizes))
+    assert isinstance(exported, MixedSizeConv) and exported.out_channels == out_channels
+    assert sorted({sides[0] for sides, _ in exported.bucket_sizes}) == sorted(set(sizes))
     with torch.no_grad():
         torch.testing.assert_close(exported(x), layer._conv_forward(x, kernel, layer.bias), rtol=0, atol=2e-6)
         single = export_learned_sizes(copy.deepcopy(layer), crop_tol=1e-3, strategy='single')
@@ -98,10 +98,96 @@ def test_sizes_round_up_to_the_allowed_list_and_one_size_is_one_plain_conv():
     torch.manual_seed(0)
     layer = set_sigmas(AdaptiveConv2d(4, 8, 7, padding=3))
     exported = export_learned_sizes(copy.deepcopy(layer), sizes=(3, 7))
-    assert {size for size, _ in exported.bucket_sizes} == {3, 7}
+    assert {sides for sides, _ in exported.bucket_sizes} == {(3, 3), (7, 7)}
     narrow = set_sigmas(AdaptiveConv2d(4, 8, 7, padding=3), (0.08,))
     single = export_learned_sizes(narrow)
     assert type(single) is nn.Conv2d and single.kernel_size == (3, 3) and single.padding == (1, 1)
+
+
+# every other kind: a box per filter, one side per axis
+KIND_LAYERS = {
+    '2d-diag': lambda: timm_aconv.AdaptiveConv2d(6, 8, 7, padding=3, covariance_type='diag'),
+    '2d-full': lambda: timm_aconv.AdaptiveConv2d(6, 8, 7, padding=3, covariance_type='full'),
+    '2d-rectangular': lambda: timm_aconv.AdaptiveConv2d(6, 8, (7, 3), padding=(3, 1), stride=2, groups=2),
+    '1d-spherical': lambda: timm_aconv.AdaptiveConv1d(6, 8, 7, padding=3, padding_mode='reflect'),
+    '1d-diag': lambda: timm_aconv.AdaptiveConv1d(6, 8, 9, padding='same', covariance_type='diag', dilation=2),
+    '3d-spherical': lambda: timm_aconv.AdaptiveConv3d(6, 8, 5, padding=2),
+    '3d-diag': lambda: timm_aconv.AdaptiveConv3d(6, 8, (5, 5, 3), padding='valid', covariance_type='diag'),
+}
+
+
+def _spread_apertures(layer: nn.Module) -> nn.Module:
+    """Apertures that give the filters boxes of several sizes and shapes (below the default lower bound)."""
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        layer.sigma.copy_(torch.empty(layer.sigma.shape).uniform_(0.04, 0.4, generator=generator))
+        if layer.theta is not None:
+            layer.theta.uniform_(-3.0, 3.0, generator=generator)
+    return layer
+
+
+def box_windowed_kernel(layer: nn.Module, crop_tol: float):
+    """The product kernel with each filter zeroed outside its learned box, and the boxes."""
+    kernel = layer.product_kernel().detach()
+    row = learned_kernel_sizes(layer, crop_tol)['(model)']
+    boxes = [size if isinstance(size, tuple) else (size,) * (kernel.dim() - 2) for size in row.sizes]
+    mask = torch.zeros_like(kernel)
+    for filter_index, box in enumerate(boxes):
+        window = tuple(
+            slice((side - kept) // 2, (side - kept) // 2 + kept) for side, kept in zip(kernel.shape[2:], box)
+        )
+        mask[(filter_index, slice(None), *window)] = 1
+    return kernel * mask, boxes
+
+
+@pytest.mark.parametrize('kind', list(KIND_LAYERS))
+def test_every_kind_exports_each_filter_at_its_box_within_the_bound(kind):
+    torch.manual_seed(0)
+    layer = _spread_apertures(KIND_LAYERS[kind]()).eval()
+    kernel, boxes = box_windowed_kernel(layer, 1e-3)
+    assert len(set(boxes)) >= 2  # filters of different boxes: several buckets
+    full = layer.product_kernel().detach()
+    kept = kernel.square().sum(tuple(range(1, kernel.dim()))) / full.square().sum(tuple(range(1, kernel.dim())))
+    assert float(kept.min()) >= 1 - 1e-3  # each filter keeps all but crop_tol of its energy
+    x = torch.randn(2, 6, *([13] * (kernel.dim() - 2)))
+    exported = export_learned_sizes(copy.deepcopy(layer), crop_tol=1e-3)
+    assert not list(timm_aconv.adaptive_layers(exported))
+    with torch.no_grad():
+        # exactly the convolution with the windowed kernels, so its error is the dropped energy's
+        torch.testing.assert_close(exported(x), layer._conv_forward(x, kernel, layer.bias), rtol=0, atol=2e-6)
+        assert relative_error(exported(x), layer(x)) <= math.sqrt(1e-3)
+        single = export_learned_sizes(copy.deepcopy(layer), crop_tol=1e-3, strategy='single')
+        assert relative_error(single(x), layer(x)) <= math.sqrt(1e-3)
+    if kind.startswith(('2d', '3d-diag')) and 'spherical' not in kind:
+        assert any(len(set(box)) > 1 for box in boxes)  # boxes, not squares
+
+
+def test_a_diag_resnet_and_a_3d_model_deploy_at_their_learned_sizes():
+    torch.manual_seed(0)
+    model = timm.create_model('aconv_resnet20', covariance_type='diag', sigma_init=(0.05, 0.2), sigma_bounds=(0.05, 7))
+    model = _spread_apertures_all(model).eval()
+    x = torch.randn(2, 3, 32, 32)
+    learned = learned_kernel_sizes(model, 1e-3)
+    assert learned.kernel_flops() < 0.8 and all(row.per_axis for row in learned.values())
+    exported = export_learned_sizes(copy.deepcopy(model), crop_tol=1e-3)
+    with torch.no_grad():
+        assert relative_error(exported(x), model(x)) <= 2 * math.sqrt(1e-3)
+    volume = nn.Sequential(
+        timm_aconv.AdaptiveConv3d(2, 8, 5, padding=2), nn.BatchNorm3d(8), nn.ReLU(),
+        timm_aconv.AdaptiveConv3d(8, 4, (5, 3, 3), padding=(2, 1, 1), covariance_type='diag'),
+    )  # fmt: skip
+    volume = _spread_apertures_all(volume).eval()
+    cube = torch.randn(1, 2, 9, 9, 9)
+    exported = export_learned_sizes(copy.deepcopy(volume), crop_tol=1e-3)
+    assert any(isinstance(module, MixedSizeConv) for module in exported.modules())
+    with torch.no_grad():
+        assert relative_error(exported(cube), volume(cube)) <= 2 * math.sqrt(1e-3)
+
+
+def _spread_apertures_all(model: nn.Module) -> nn.Module:
+    for layer in timm_aconv.adaptive_layers(model):
+        _spread_apertures(layer)
+    return model
 
 
 @pytest.fixture(scope='module')
@@ -187,10 +273,10 @@ def test_folding_the_permutation_matches_gathering_on_cifar_and_timm_resnets():
             gathered = export_learned_sizes(copy.deepcopy(model), fold_permutation=False)
             torch.testing.assert_close(folded(x), gathered(x), rtol=0, atol=2e-5)
             assert relative_error(folded(x), reference) < 0.05
-        mixed = {name: module for name, module in folded.named_modules() if isinstance(module, MixedSizeConv2d)}
+        mixed = {name: module for name, module in folded.named_modules() if isinstance(module, MixedSizeConv)}
         # block-internal conv1 -> bn1 -> act -> conv2: permuted once; conv2 feeds a residual add: gathered
         assert {name for name, module in mixed.items() if not module.reorder_output} == folded_names
-        assert all(module.reorder_output for module in gathered.modules() if isinstance(module, MixedSizeConv2d))
+        assert all(module.reorder_output for module in gathered.modules() if isinstance(module, MixedSizeConv))
 
 
 class SharedConv(nn.Module):
@@ -211,7 +297,7 @@ def test_a_shared_layer_is_exported_once_and_gathers():
     model = set_sigmas(SharedConv()).eval()
     x = torch.randn(2, 4, 9, 9)
     exported = export_learned_sizes(copy.deepcopy(model))
-    assert exported.shared is exported.alias and isinstance(exported.shared, MixedSizeConv2d)
+    assert exported.shared is exported.alias and isinstance(exported.shared, MixedSizeConv)
     assert exported.shared.reorder_output  # called twice: its output order cannot move into one consumer
     with torch.no_grad():
         assert relative_error(exported(x), model(x)) < 0.02
@@ -248,10 +334,10 @@ def test_auto_picks_the_faster_strategy_per_layer(monkeypatch):
     layers = [
         module
         for name, module in auto.named_modules()
-        if isinstance(module, MixedSizeConv2d) or (isinstance(module, nn.Conv2d) and '.buckets.' not in name)
+        if isinstance(module, MixedSizeConv) or (isinstance(module, nn.Conv2d) and '.buckets.' not in name)
     ]
     assert len(timed) == len(layers) == 7 and set(timed) == {3}
-    assert [isinstance(layer, MixedSizeConv2d) for layer in layers] == [i % 2 == 1 for i in range(7)]
+    assert [isinstance(layer, MixedSizeConv) for layer in layers] == [i % 2 == 1 for i in range(7)]
     with torch.no_grad():
         assert relative_error(auto(x), model(x)) < 0.05
 
@@ -260,7 +346,7 @@ def test_auto_really_times():
     torch.manual_seed(0)
     layer = set_sigmas(AdaptiveConv2d(4, 8, 7, padding=3))
     exported = export_learned_sizes(layer, strategy='auto', example_inputs=torch.randn(1, 4, 8, 8), timing_rounds=1)
-    assert isinstance(exported, (nn.Conv2d, MixedSizeConv2d))
+    assert isinstance(exported, (nn.Conv2d, MixedSizeConv))
 
 
 def _exportable_model() -> nn.Module:
@@ -331,7 +417,7 @@ def test_bad_input_errors_name_the_argument():
         with pytest.raises(ValueError, match='sizes must'):
             learned_kernel_sizes(layer, sizes=sizes)
     plain = nn.Sequential(nn.Conv2d(2, 4, 3))
-    with pytest.raises(ValueError, match='model has no AdaptiveConv2d layer'):
+    with pytest.raises(ValueError, match='model has no adaptive layer'):
         export_learned_sizes(plain)
     with pytest.raises(ValueError, match='model has no adaptive layer'):
         learned_kernel_sizes(plain)

@@ -17,7 +17,6 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 import timm_aconv
-import timm_aconv.layers.adaptive_conv as adaptive_conv_module
 import timm_aconv.layers.kernel_group as kernel_group_module
 from timm_aconv import AdaptiveConv2d
 from timm_aconv.smp.paper_unet import PaperUNet
@@ -341,8 +340,8 @@ def test_frozen_sigmas_or_weights_in_a_group():
 
 
 def test_nothing_is_kept_across_a_cuda_graph_capture(monkeypatch):
-    """While a CUDA stream captures, kernels kept from eager calls are not reused, the kernels computed are
-    not reused after it, and the evaluation cache is bypassed (checked on the CPU with the probe patched)."""
+    """While a CUDA stream captures, kernels kept from eager calls are not reused and the kernels computed are
+    not reused after it (checked on the CPU with the probe patched)."""
     model = _mixed_model()
     x = torch.randn(1, 3, 12, 12)
     model(x)
@@ -351,17 +350,11 @@ def test_nothing_is_kept_across_a_cuda_graph_capture(monkeypatch):
     original = group._compute
     monkeypatch.setattr(group, '_compute', lambda: computes.append(1) or original())
     monkeypatch.setattr(kernel_group_module, 'stream_capturing', lambda tensor: True)
-    monkeypatch.setattr(adaptive_conv_module, 'stream_capturing', lambda tensor: True)
     model(x)
     assert computes == [1]  # the kept kernels (made outside a capture) were not taken
     monkeypatch.setattr(kernel_group_module, 'stream_capturing', lambda tensor: False)
     model[:2](x)
     assert computes == [1, 1]  # nor those made inside one, after it
-    monkeypatch.setattr(adaptive_conv_module, 'stream_capturing', lambda tensor: True)
-    layer = model[0].eval()
-    with torch.no_grad():
-        layer(x)
-        assert layer._kernel_cache is None
 
 
 def test_compiled_group_has_no_graph_breaks_or_recompiles_and_matches_eager():
@@ -385,16 +378,12 @@ def test_compiled_group_has_no_graph_breaks_or_recompiles_and_matches_eager():
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
-def test_group_errors_and_the_deprecated_batched_envelopes():
+def test_group_errors_and_ungrouped_layers():
     with pytest.raises(TypeError, match=r'model must be a torch\.nn\.Module, got object'):
         timm_aconv.group_adaptive_layers(object())
     assert timm_aconv.group_adaptive_layers(nn.Conv2d(1, 1, 3)) is None
     model = _mixed_model()
     timm_aconv.ungroup_adaptive_layers(model)
-    with pytest.warns(DeprecationWarning, match='grouped by default'):
-        handle = timm_aconv.register_batched_envelopes(model)
-    assert _group(model) is not None
-    handle.remove()
     assert _group(model) is None
     x = torch.randn(1, 3, 12, 12)
     torch.testing.assert_close(model(x), _formula_forward(model, x), rtol=1e-6, atol=1e-6)
@@ -417,12 +406,12 @@ def test_torch_func_and_torchscript_take_the_formula():
 
 
 def _formula_with_sigma(model: nn.Module, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    from timm_aconv.layers.envelope import softmax_envelope
+    from timm_aconv.layers.envelope import normalized_envelope
 
     for module in model:
         if isinstance(module, AdaptiveConv2d):
             value = sigma if module is model[10] else module.sigma
-            kernel = module.weight * softmax_envelope(value, module.sq_distance).unsqueeze(1)
+            kernel = module.weight * normalized_envelope(value, None, module.grid_coordinates).unsqueeze(1)
             x = module._conv_forward(x, kernel, module.bias)
         else:
             x = module(x)
@@ -496,29 +485,3 @@ def test_a_sigma_far_below_its_grid_gets_finite_gradients(grouped):
     output.square().sum().backward()
     assert torch.isfinite(layer.sigma.grad).all() and torch.isfinite(layer.weight.grad).all()
     assert float(layer.sigma.grad.abs().sum()) > 0
-
-
-def test_a_grouped_layer_runs_a_few_python_calls_per_training_forward():
-    """The host cost of a training step's layer (the GPU regime): with its group's kernel ready, a layer's
-    forward makes a handful of Python calls (its forward, the mode checks, the group's hand-out and the
-    convolution), none that grows with the model."""
-    import sys
-
-    model = nn.Sequential(AdaptiveConv2d(3, 4, 3, padding=1), AdaptiveConv2d(4, 4, 3, padding=1, bias=True)).train()
-    first, second = model[0], model[1]
-    hidden = first(torch.randn(1, 3, 8, 8))  # computes the group's kernels
-    calls = []
-
-    def profile(frame, event, _arg):
-        if event == 'call':
-            calls.append(frame.f_code.co_name)
-
-    sys.setprofile(profile)
-    try:
-        output = second(hidden)
-    finally:
-        sys.setprofile(None)
-    forward = calls[calls.index('forward') :]
-    assert '_compute' not in forward and len(forward) <= 8, forward
-    output.sum().backward()
-    assert second.sigma.grad is not None and second.bias.grad is not None

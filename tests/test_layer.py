@@ -113,10 +113,10 @@ def test_bad_kernel_size(kernel_size):
 
 @pytest.mark.parametrize('covariance_type', ['spherical', 'diag', 'full'])
 def test_rectangular_and_elliptic_layers_are_their_own_formula(covariance_type):
-    # a (7, 3) grid or a non-spherical envelope: the layer convolves with W ∘ U of its formula, computed with
-    # autograd (no kernel group), gets every gradient, and scripts
+    # a (7, 3) grid or a non-spherical envelope: the layer convolves with W ∘ U of its formula, gets every
+    # gradient, and scripts
     layer = AdaptiveConv2d(3, 4, (7, 3), padding='same', covariance_type=covariance_type)
-    assert not layer.is_circular and layer._kernel_group is None and layer.grid_size == 7
+    assert not layer.isotropic and layer.grid_size == 7
     x = torch.randn(2, 3, 9, 9)
     expected = F.conv2d(x, layer.product_kernel(), layer.bias, padding='same')
     output = layer(x)
@@ -132,8 +132,6 @@ def test_rectangular_and_elliptic_layers_are_their_own_formula(covariance_type):
     with torch.no_grad():
         torch.testing.assert_close(layer(x), expected)
         torch.testing.assert_close(torch.jit.script(layer)(x), expected)
-    with pytest.raises(ValueError, match='train_crop_tol crops spherical layers on square grids only'):
-        layer.train_crop_tol = 1e-3
 
 
 def test_covariance_type_errors_name_the_allowed_values():

@@ -140,6 +140,27 @@ def test_clamp_is_one_foreach_call_per_bound_for_all_layers():
     assert model[1].sigma.detach()[[0, -1]].tolist() == pytest.approx([1 / 5, 5.0])
 
 
+def test_per_axis_bounds_are_one_foreach_call_per_bound_too():
+    model = nn.Sequential(
+        *[AdaptiveConv2d(2, 2, (7, 3), covariance_type='diag') for _ in range(3)],
+        timm_aconv.AdaptiveConv3d(2, 2, 5, covariance_type='diag', sigma_bounds=[(0.1, 1), (0.2, 2), (0.3, 3)]),
+        AdaptiveConv2d(2, 2, 5, covariance_type='full'),
+    )
+    with torch.no_grad():
+        for layer in timm_aconv.adaptive_layers(model):
+            layer.sigma.copy_(torch.tensor([-10.0, 10.0]).view(2, 1).expand_as(layer.sigma))  # filter 0 low, 1 high
+    with torch.profiler.profile() as prof:
+        assert timm_aconv.clamp_sigmas_(model) == 5
+    names = [
+        event.name for event in prof.events() if event.cpu_parent is None and event.name.startswith('aten::_foreach')
+    ]
+    assert sorted(names) == ['aten::_foreach_maximum_', 'aten::_foreach_minimum_']
+    assert model[0].sigma[:, 0].tolist() == pytest.approx([1 / 7, 7.0])
+    assert model[0].sigma[:, 1].tolist() == pytest.approx([1 / 3, 3.0])
+    assert model[3].sigma.detach()[0].tolist() == pytest.approx([0.1, 0.2, 0.3])
+    assert model[3].sigma.detach()[1].tolist() == pytest.approx([1, 2, 3])
+
+
 # ------------------------------------------------------------- the clamp after every optimizer step
 def _count_clamps(monkeypatch):
     """The sigmas each clamp call received (as a list per call)."""
@@ -149,9 +170,7 @@ def _count_clamps(monkeypatch):
     original = sigma_module.apply_clamps
 
     def counting(clamps):
-        calls.append(
-            [sigma for sigmas, _, _ in clamps.foreach for sigma in sigmas] + [layer.sigma for layer in clamps.per_axis]
-        )
+        calls.append([sigma for sigmas, _, _ in clamps.scalar + clamps.per_axis for sigma in sigmas])
         return original(clamps)
 
     monkeypatch.setattr(sigma_module, 'apply_clamps', counting)

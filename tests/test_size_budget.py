@@ -86,6 +86,56 @@ def test_size_penalty_is_zero_within_budget_and_pushes_sigma_down_above_it():
     assert (model[0].sigma.grad > 0).all()  # a descent step shrinks every sigma
 
 
+def test_every_kind_budgets_its_boxes_per_axis():
+    """Layers other than the isotropic ones get a soft side per axis: each the slab that leaves at most
+    crop_tol / ndim of the envelope energy outside along that axis (so the box of those sides leaves at most
+    crop_tol), with the gradient of the Gaussian's width along the axis (a rotated one's projection)."""
+    crop_tol = 1e-3
+    layers = [
+        AdaptiveConv2d(2, 3, 7, covariance_type='diag', sigma_bounds=(0.01, 7)),
+        AdaptiveConv2d(2, 3, 7, covariance_type='full', sigma_bounds=(0.01, 7)),
+        AdaptiveConv2d(2, 3, (7, 5)),
+        timm_aconv.AdaptiveConv3d(2, 3, (5, 5, 3), covariance_type='diag', sigma_bounds=(0.01, 5)),
+        timm_aconv.AdaptiveConv1d(2, 3, 9),
+    ]
+    with torch.no_grad():
+        layers[0].sigma.copy_(torch.tensor([[0.05, 0.5], [0.1, 0.1], [2.0, 0.03]]))
+        layers[1].sigma.copy_(torch.tensor([[0.05, 0.5], [0.05, 0.5], [0.3, 0.3]]))
+        layers[1].theta.copy_(torch.tensor([0.0, math.pi / 2, 1.0]))
+        layers[3].sigma.copy_(torch.tensor([[0.05, 0.3, 0.3], [0.2, 0.05, 1.0], [0.1, 0.1, 0.1]]))
+    for layer in layers:
+        ndim = len(layer.kernel_size)
+        sharp = soft_kernel_size(layer, crop_tol, temperature=1e-4)
+        assert sharp.shape == ((3,) if layer.isotropic else (3, ndim))
+        sides = sharp.detach().round().long().view(3, -1)
+        envelope = layer.envelope().detach().double()
+        for index, box in enumerate(sides.tolist()):  # the box of those sides holds all but crop_tol
+            box = box * ndim if len(box) == 1 else box
+            window = tuple(slice((n - m) // 2, (n - m) // 2 + m) for n, m in zip(layer.kernel_size, box))
+            kept = float(envelope[index][window].square().sum() / envelope[index].square().sum())
+            assert kept >= 1 - crop_tol
+            assert all(side % 2 == 1 and side <= n for side, n in zip(box, layer.kernel_size))
+        layer.zero_grad()
+        soft_kernel_size(layer, crop_tol).sum().backward()
+        assert torch.isfinite(layer.sigma.grad).all() and (layer.sigma.grad > 0).all()
+    assert sides_of(layers[0])[0].tolist() == [1, 7] and sides_of(layers[0])[2].tolist() == [7, 1]
+    # rotated by 90°, the narrow axis lies along the columns
+    assert sides_of(layers[1])[0].tolist() == [1, 7] and sides_of(layers[1])[1].tolist() == [7, 1]
+    assert layers[1].theta.grad is not None and layers[1].theta.grad[2] != 0
+    model = nn.Sequential(*[layer for layer in layers if len(layer.kernel_size) == 2])
+    flops = estimated_kernel_flops(model, crop_tol, temperature=1e-4).detach()
+    taps = sum(float(sides_of(layer).prod(-1).sum()) * 2 for layer in model)
+    assert float(flops) == pytest.approx(taps / (2 * 3 * (49 + 49 + 35)), rel=1e-3)
+    above = size_penalty(model, target=float(flops) / 2, crop_tol=crop_tol)
+    model.zero_grad()
+    above.backward()
+    assert all((layer.sigma.grad >= 0).all() and layer.sigma.grad.sum() > 0 for layer in model)
+
+
+def sides_of(layer) -> torch.Tensor:
+    return soft_kernel_size(layer, 1e-3, temperature=1e-4).detach().round().long()
+
+
 def test_budget_errors_name_the_argument():
     model = nn.Sequential(layer_with(SIGMAS))
     for target in (0, 1.5, -0.2, True):
@@ -97,9 +147,9 @@ def test_budget_errors_name_the_argument():
     with pytest.raises(ValueError, match='temperature must be > 0'):
         estimated_kernel_flops(model, temperature=0)
     plain = nn.Sequential(nn.Conv2d(1, 2, 3))
-    with pytest.raises(ValueError, match='model has no AdaptiveConv2d layer'):
+    with pytest.raises(ValueError, match='model has no adaptive layer'):
         size_penalty(plain)
-    with pytest.raises(ValueError, match='model has no AdaptiveConv2d layer'):
+    with pytest.raises(ValueError, match='model has no adaptive layer'):
         OutputPixelTracker(plain)
 
 

@@ -20,7 +20,7 @@ from torch._dynamo.testing import CompileCounterWithBackend
 
 import timm_aconv
 from timm_aconv import AdaptiveConv2d
-from timm_aconv.layers.window import training_windows, window_conv2d
+from timm_aconv.layers.window import crop_window_for, window_conv
 
 TOL = 1e-3
 
@@ -36,8 +36,8 @@ def _layer(sigma, *, kernel_size=7, dtype=torch.float64, **kwargs):
 
 def _needed_window(layer):
     """The window the current apertures need at the layer's tolerance (no margin)."""
-    windows = training_windows(layer.sigma.detach().double(), layer.sq_distance.double(), layer.train_crop_tol)
-    return int(windows.max())
+    coordinates = layer.grid_coordinates.double()
+    return crop_window_for(layer.sigma.detach().double(), None, coordinates, layer.train_crop_tol, square=True)[0]
 
 
 def _relative(a, b):
@@ -59,22 +59,21 @@ def _step_outputs(layer, x, crop):
 def test_window_is_the_smallest_that_holds_the_envelope_and_its_sigma_derivative():
     # 7×7 grid (spacing 1/6), 1e-3, apertures planned 10% wider: 0.08 -> 3×3, 0.12 -> 5×5, 0.2 -> 7×7
     for sigma, window in ((0.08, 3), (0.12, 5), (0.2, 7)):
-        assert _layer(sigma, train_crop_tol=TOL).train_window == window, sigma
+        assert _layer(sigma, train_crop_tol=TOL).crop_window == (window, window), sigma
     # never 1×1, however small sigma is: dU/dsigma of a collapsed envelope lies in the ring around the
     # centre, and a 1×1 crop would take all of dL/dsigma away (the filter could not grow back)
-    assert _layer(0.03, train_crop_tol=TOL).train_window == 3
+    assert _layer(0.03, train_crop_tol=TOL).crop_window == (3, 3)
     # sigma 0.1 keeps all but 5e-5 of U's energy in 3×3 but 4e-3 of dU/dsigma's: the window is 5×5, as a
     # 3×3 crop would take ~6% off dL/dsigma (the derivative grows with the distance from the centre)
-    assert _layer(0.1, train_crop_tol=TOL).train_window == 5
+    assert _layer(0.1, train_crop_tol=TOL).crop_window == (5, 5)
     layer = _layer(0.1)
-    windows = training_windows(layer.sigma.double(), layer.sq_distance, TOL)
-    assert windows.tolist() == [5] * 8
+    assert crop_window_for(layer.sigma.double(), None, layer.grid_coordinates, TOL, square=True) == (5, 5)
     # the layer's window is its widest filter's
     mixed = _layer((0.03, 0.2), train_crop_tol=TOL)
-    assert mixed.train_window == 7 and mixed.training_window() == 7
+    assert mixed.crop_window == (7, 7) and mixed.kernel_window() == (7, 7)
     # a looser tolerance, a smaller window; every window odd and at most the grid
-    assert _layer(0.12, train_crop_tol=0.2).train_window == 3
-    assert _layer(3.0, kernel_size=5, train_crop_tol=TOL).train_window == 5
+    assert _layer(0.12, train_crop_tol=0.2).crop_window == (3, 3)
+    assert _layer(3.0, kernel_size=5, train_crop_tol=TOL).crop_window == (5, 5)
 
 
 @pytest.mark.parametrize(
@@ -99,7 +98,7 @@ def test_window_is_the_smallest_that_holds_the_envelope_and_its_sigma_derivative
 @pytest.mark.parametrize('sigma', [0.08, 0.12], ids=['3x3', '5x5'])
 def test_cropped_forward_is_the_convolution_with_the_kernel_zeroed_outside_its_window(options, sigma):
     layer = _layer(sigma, train_crop_tol=TOL, **options)
-    window = layer.train_window
+    window = layer.crop_window[0]
     assert window < 7
     x = torch.randn(2, 8, 13, 11, dtype=torch.float64)
     offset = (7 - window) // 2
@@ -113,9 +112,9 @@ def test_cropped_forward_is_the_convolution_with_the_kernel_zeroed_outside_its_w
     output = layer(x)  # training mode, recording gradients: the cropped path
     assert output.shape == layer._conv_forward(x, full, layer.bias).shape  # the full kernel's output shape
     torch.testing.assert_close(output, expected, rtol=0, atol=1e-12)
-    # the helper alone: the crop of the full kernel through window_conv2d
+    # the helper alone: the crop of the full kernel through window_conv
     cropped = full[..., offset : offset + window, offset : offset + window]
-    torch.testing.assert_close(window_conv2d(layer, x, cropped, layer.bias), expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(window_conv(layer, x, cropped, layer.bias), expected, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize(
@@ -137,7 +136,7 @@ def test_loss_and_gradients_of_a_cropped_step_stay_within_sqrt_tol(options, sigm
     x = torch.randn(4, 8, 16, 16, dtype=torch.float64)
     full = _step_outputs(layer, x, crop=False)
     cropped = _step_outputs(layer, x, crop=True)
-    assert layer.train_window < 7
+    assert layer.crop_window[0] < 7
     bound = math.sqrt(TOL)
     names = ('loss', 'output', 'dL/dW', 'dL/dsigma', 'dL/dbias')
     for name, value, reference in zip(names, cropped, full):
@@ -147,19 +146,69 @@ def test_loss_and_gradients_of_a_cropped_step_stay_within_sqrt_tol(options, sigm
     assert F.cosine_similarity(cropped[3], full[3], dim=0) >= 0.99
 
 
+# every other kind crops to a box with a side per axis
+KIND_LAYERS = {
+    '2d-diag': lambda: AdaptiveConv2d(4, 6, 7, padding=3, covariance_type='diag', dtype=torch.float64),
+    '2d-full': lambda: AdaptiveConv2d(4, 6, 7, padding=3, covariance_type='full', dtype=torch.float64),
+    '2d-rectangular': lambda: AdaptiveConv2d(4, 6, (7, 5), padding=(3, 2), dtype=torch.float64),
+    '1d': lambda: timm_aconv.AdaptiveConv1d(4, 6, 9, padding=4, padding_mode='reflect', dtype=torch.float64),
+    '3d-diag': lambda: timm_aconv.AdaptiveConv3d(
+        4, 6, (5, 5, 3), padding='same', covariance_type='diag', dtype=torch.float64
+    ),
+}
+
+
+def _narrow(layer):
+    """Apertures narrow along the first axis and wide along the others ('diag', 'full'); narrow otherwise."""
+    with torch.no_grad():
+        if layer.sigma.dim() == 2:
+            layer.sigma.copy_(torch.tensor([0.07] + [0.5] * (layer.sigma.shape[1] - 1)).expand_as(layer.sigma))
+        else:
+            layer.sigma.fill_(0.07)
+        if layer.theta is not None:
+            layer.theta.fill_(0.2)
+    return layer
+
+
+@pytest.mark.parametrize('kind', list(KIND_LAYERS))
+def test_every_kind_trains_in_its_box_within_sqrt_tol(kind):
+    torch.manual_seed(0)
+    layer = _narrow(KIND_LAYERS[kind]())
+    dims = layer.weight.dim() - 2
+    x = torch.randn(2, 4, *([11] * dims), dtype=torch.float64)
+    full = _step_outputs(layer, x, crop=False)
+    cropped = _step_outputs(layer, x, crop=True)
+    box = layer.crop_window
+    assert len(box) == dims and math.prod(box) < math.prod(layer.kernel_size), box
+    if kind in ('2d-diag', '3d-diag'):
+        assert box[0] < layer.kernel_size[0] and box[1:] == tuple(layer.kernel_size[1:])  # narrow along rows only
+    # the cropped forward is the convolution with the kernel zeroed outside the box
+    window = tuple(slice((side - kept) // 2, (side - kept) // 2 + kept) for side, kept in zip(layer.kernel_size, box))
+    with torch.no_grad():
+        kernel = layer.product_kernel()
+        zeroed = torch.zeros_like(kernel)
+        zeroed[(slice(None), slice(None), *window)] = kernel[(slice(None), slice(None), *window)]
+        torch.testing.assert_close(cropped[1], layer._conv_forward(x, zeroed, layer.bias), rtol=0, atol=1e-12)
+    for name, value, reference in zip(('loss', 'output', 'dL/dW', 'dL/dsigma'), cropped, full):
+        assert _relative(value, reference) <= math.sqrt(TOL), (name, _relative(value, reference))
+    layer.eval()  # evaluation is the full kernel
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), layer._conv_forward(x, kernel, layer.bias))
+
+
 def test_sigma_gradient_within_5_percent_at_the_tolerances_window_and_not_beyond_it():
     layer = _layer(0.08, padding='same')
     x = torch.randn(4, 8, 24, 24, dtype=torch.float64)
     full = _step_outputs(layer, x, crop=False)[3]
     cropped = _step_outputs(layer, x, crop=True)[3]
-    assert layer.train_window == 3
+    assert layer.crop_window == (3, 3)
     assert _relative(cropped, full) <= 0.05 and F.cosine_similarity(cropped, full, dim=0) >= 0.99
     # the same 3×3 crop at sigma 0.15 (a window the tolerance does not allow) takes most of dL/dsigma
     wide = _layer(0.15, padding='same')
     full = _step_outputs(wide, x, crop=False)[3]
     wide.train_crop_tol = TOL
-    assert wide.train_window == 7
-    wide.train_window = 3  # forced: what the criterion prevents
+    assert wide.crop_window == (7, 7)
+    wide.crop_window = (3, 3)  # forced: what the criterion prevents
     wide.zero_grad()
     output = wide(x)
     (
@@ -190,7 +239,7 @@ def test_learning_image_filters_ends_where_it_ends_without_the_crop():
             )
             fits[tol] = run_learn_filters(config, kinds=('aconv',)).fits['aconv']
         cropped, full = fits[TOL], fits[None]
-        assert cropped.layer.train_window == 9  # widened from 3×3 as the Gaussian filters grew
+        assert cropped.layer.crop_window == (9, 9)  # widened from 3×3 as the Gaussian filters grew
         assert float(cropped.sigma_history[0].max()) <= 0.06 + 1e-6  # a 3×3 window at the start
 
         assert abs(cropped.final_mse / full.final_mse - 1) <= 0.1, (seed, cropped.final_mse, full.final_mse)
@@ -209,7 +258,7 @@ class _GrowingSigma:
     def run(self, steps):
         for _ in range(steps):
             self.optimizer.zero_grad()
-            self.used.append(self.layer.train_window)
+            self.used.append(self.layer.crop_window[0])
             self.needed.append(_needed_window(self.layer))
             output = self.layer(self.x)
             (output.sum() * 0 - self.layer.sigma.sum()).backward()
@@ -241,8 +290,8 @@ def test_sigma_is_read_once_per_interval_and_never_inside_the_step(monkeypatch):
     weights = [param for name, param in model.named_parameters() if not name.endswith('sigma')]
     optimizer = torch.optim.SGD(weights, lr=0.01)  # the apertures stay: so do the windows
     reads = []
-    original = AdaptiveConv2d.refresh_train_window
-    monkeypatch.setattr(AdaptiveConv2d, 'refresh_train_window', lambda self: reads.append(self) or original(self))
+    original = AdaptiveConv2d.refresh_crop_window
+    monkeypatch.setattr(AdaptiveConv2d, 'refresh_crop_window', lambda self: reads.append(self) or original(self))
     x = torch.randn(2, 3, 12, 12)
 
     def forbidden(*args, **kwargs):
@@ -257,8 +306,8 @@ def test_sigma_is_read_once_per_interval_and_never_inside_the_step(monkeypatch):
         optimizer.step()
     ours = [layer for layer in reads if any(layer is member for member in model)]  # not other tests' layers
     assert len(ours) == 2 * 2  # steps 10 and 20, both layers
-    assert timm_aconv.train_windows(model) == {'0': 3, '2': 3}
-    assert timm_aconv.refresh_train_windows(model) == {'0': 3, '2': 3}
+    assert timm_aconv.crop_windows(model) == {'0': (3, 3), '2': (3, 3)}
+    assert timm_aconv.refresh_crop_windows(model) == {'0': (3, 3), '2': (3, 3)}
     assert len([layer for layer in reads if any(layer is member for member in model)]) == 6
 
 
@@ -285,7 +334,7 @@ def test_compiled_one_recompile_per_window_and_none_across_steps():
 
     def steps(count):
         for _ in range(count):
-            seen.append(tuple(layer.training_window() for layer in timm_aconv.adaptive_layers(model)))
+            seen.append(tuple(layer.kernel_window()[0] for layer in timm_aconv.adaptive_layers(model)))
             optimizer.zero_grad()
             compiled(x).square().mean().backward()
             optimizer.step()
@@ -346,8 +395,8 @@ def test_grouped_windows_share_one_node_and_match_layers_alone():
     model = nn.Sequential(*layers)
     group = timm_aconv.group_adaptive_layers(model)
     timm_aconv.set_train_crop(model, TOL)
-    assert [layer.train_window for layer in layers] == [3, 3, 5, 7]
-    assert sorted(family.window for family in group._families) == [3, 5, 7]
+    assert [layer.crop_window[0] for layer in layers] == [3, 3, 5, 7]
+    assert sorted(family.window for family in group._families) == [(3, 3), (5, 5), (7, 7)]
     x = torch.randn(2, 8, 12, 12, dtype=torch.float64)
     model(x).square().mean().backward()
     grouped = [(layer.weight.grad.clone(), layer.sigma.grad.clone()) for layer in layers]
@@ -365,12 +414,12 @@ def test_grouped_windows_share_one_node_and_match_layers_alone():
 def test_copies_pickles_and_loading_keep_the_crop(tmp_path):
     layer = _layer(0.08, dtype=torch.float32, train_crop_tol=TOL)
     for copied in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
-        assert copied.train_crop_tol == TOL and copied.train_window == 3
+        assert copied.train_crop_tol == TOL and copied.crop_window == (3, 3)
     # a resume: the loaded apertures choose the window at once
     wide = _layer(0.2, dtype=torch.float32)
     layer.load_state_dict(wide.state_dict())
-    assert layer.train_window == 7
-    assert 'train_crop_tol=0.001, train_window=7' in repr(layer)
+    assert layer.crop_window == (7, 7)
+    assert 'train_crop_tol=0.001, crop_window=(7, 7)' in repr(layer)
 
 
 def test_errors_name_the_argument_and_the_allowed_values():
@@ -406,9 +455,9 @@ def test_engine_trains_at_the_learned_size_and_resumes_with_the_loaded_windows(t
         nn.CrossEntropyLoss(), ClassificationMetric(),
     )  # fmt: skip
     layer = trainer.unwrapped_model[0]
-    assert layer.train_crop_tol == TOL and layer.train_crop_interval == 2 and layer.train_window == 3
+    assert layer.train_crop_tol == TOL and layer.train_crop_interval == 2 and layer.crop_window == (3, 3)
     trainer.fit()
-    assert layer.train_window is not None
+    assert layer.crop_window is not None
     # a resume loads the apertures and chooses their window before the first step
     set_seed(0)
     resumed = Trainer(
@@ -417,7 +466,7 @@ def test_engine_trains_at_the_learned_size_and_resumes_with_the_loaded_windows(t
     )  # fmt: skip
     resumed.load_checkpoint()
     loaded = resumed.unwrapped_model[0]
-    assert torch.equal(loaded.sigma, layer.sigma) and loaded.train_window == _needed_window_planned(loaded)
+    assert torch.equal(loaded.sigma, layer.sigma) and loaded.crop_window[0] == _needed_window_planned(loaded)
     # settings that need adaptive layers, and bad values
     with pytest.raises(ConfigError, match=r'train_crop_tol=0\.001 needs a model with adaptive layers'):
         Trainer(
@@ -433,4 +482,5 @@ def test_engine_trains_at_the_learned_size_and_resumes_with_the_loaded_windows(t
 def _needed_window_planned(layer):
     """The window a first read (no growth seen) chooses: the apertures widened by the margin."""
     sigma = layer.sigma.detach().double() * (1 + layer.train_crop_margin)
-    return int(training_windows(sigma, layer.sq_distance.double(), layer.train_crop_tol).max())
+    coordinates = layer.grid_coordinates.double()
+    return crop_window_for(sigma, None, coordinates, layer.train_crop_tol, square=True)[0]

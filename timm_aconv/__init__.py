@@ -4,7 +4,7 @@ Layers → surgery → registries (timm, SMP) → engine → experiments → rec
 before it. Importing this package registers the timm models (and the SMP ones when SMP is installed)
 and exports the first two:
 
-- :mod:`timm_aconv.layers`: :class:`AdaptiveConv2d`, its envelope and sigma helpers.
+- :mod:`timm_aconv.layers`: :class:`AdaptiveConv2d` (and 1-D, 3-D), its envelope and sigma helpers.
 - :mod:`timm_aconv.surgery`: :func:`convert_convs`, :func:`fuse_convs`, :func:`summary`,
   :func:`export_learned_sizes`, :func:`learned_kernel_sizes`, :func:`plain_model_from_learned`.
 - :mod:`timm_aconv.models`, :mod:`timm_aconv.smp`: the registrations.
@@ -19,26 +19,24 @@ from .layers import (
     AdaptiveConv2d,
     AdaptiveConv3d,
     KernelGroup,
-    MixedSizeConv2d,
+    MixedSizeConv,
     OutputPixelTracker,
     adaptive_layers,
-    all_adaptive_layers,
     centre_energy_fraction,
     clamp_sigmas_,
+    crop_windows,
     effective_kernel_size,
     estimated_kernel_flops,
     gaussian_envelope,
     group_adaptive_layers,
     named_adaptive_layers,
     param_groups,
-    refresh_train_windows,
-    register_batched_envelopes,
+    refresh_crop_windows,
     register_sigma_clamp,
     set_auto_sigma_clamp,
     set_train_crop,
     size_penalty,
     soft_kernel_size,
-    train_windows,
     ungroup_adaptive_layers,
 )
 from .surgery import (
@@ -64,18 +62,18 @@ __all__ = [
     'KernelGroup',
     'LayerKernelSizes',
     'LearnedKernelSizes',
-    'MixedSizeConv2d',
+    'MixedSizeConv',
     'OutputPixelTracker',
     '__version__',
     'adapt_ordinary_weights',
     'adaptive_layers',
-    'all_adaptive_layers',
     'centre_energy_fraction',
     'clamp_sigmas_',
     'convert_conv',
     'convert_convs',
     'convert_like',
     'crop_conv',
+    'crop_windows',
     'effective_kernel_size',
     'estimated_kernel_flops',
     'export_conv',
@@ -87,15 +85,13 @@ __all__ = [
     'named_adaptive_layers',
     'param_groups',
     'plain_model_from_learned',
-    'refresh_train_windows',
-    'register_batched_envelopes',
+    'refresh_crop_windows',
     'register_sigma_clamp',
     'set_auto_sigma_clamp',
     'set_train_crop',
     'size_penalty',
     'soft_kernel_size',
     'summary',
-    'train_windows',
     'ungroup_adaptive_layers',
 ]
 

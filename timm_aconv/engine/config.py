@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
-from ..layers.adaptive_conv import resolve_kernel_size, resolve_sigma_bounds, resolve_sigma_init
+from ..layers.covariance import resolve_axis_bounds, resolve_kernel_size, resolve_sigma_init
 from .cli_help import GROUPS, field_help
 
 __all__ = [
@@ -142,7 +142,7 @@ def config_from_dict(config_cls: Type[ConfigT], values: Dict[str, Any], source: 
 _LAYER_ARGUMENT_CHECKS: Dict[str, Callable[[Any], Any]] = dict(
     kernel_size=resolve_kernel_size,
     sigma_init=resolve_sigma_init,
-    sigma_bounds=lambda bounds: resolve_sigma_bounds(bounds, kernel_size=3),
+    sigma_bounds=lambda bounds: resolve_axis_bounds(bounds, (3, 3), 'spherical'),
 )
 
 

@@ -8,7 +8,7 @@ from typing import Dict, List, Optional
 import torch
 import torch.nn as nn
 
-from ..layers import all_adaptive_layers
+from ..layers import adaptive_layers
 
 __all__ = ['epoch_line', 'read_history', 'write_history']
 
@@ -56,7 +56,7 @@ def epoch_line(record: Dict[str, float], epochs: int, monitor: str, model: Optio
     elif rates:
         parts.append(' '.join(f'lr_{name} {value:.3g}' for name, value in rates.items()))
     if model is not None:
-        sigmas = [layer.sigma.detach() for layer in all_adaptive_layers(model)]
+        sigmas = [layer.sigma.detach() for layer in adaptive_layers(model)]
         if sigmas:
             sigma = torch.cat([values.flatten().float().cpu() for values in sigmas])
             parts.append(f'sigma [{float(sigma.min()):.3f}, {float(sigma.max()):.3f}]')

@@ -27,7 +27,8 @@ import torch.nn as nn
 from scipy import ndimage
 
 from ..engine.config import ConfigError, config_to_dict, save_config
-from ..layers.adaptive_conv import AdaptiveConv2d, resolve_kernel_size
+from ..layers.adaptive_conv import AdaptiveConv2d
+from ..layers.covariance import resolve_kernel_size
 from ..layers.sigma import param_groups, register_sigma_clamp
 from .kernel_plots import layer_kernel_rows, new_figure, plot_kernel_row, plot_sigma_trajectories
 

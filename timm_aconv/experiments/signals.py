@@ -1,7 +1,7 @@
 """1-D: the paper's Algorithm 1 on generated waveforms whose informative time scale varies
 
 Not a paper experiment: ordinary (CONV, ``nn.Conv1d``) against adaptive (ACONV,
-:class:`~timm_aconv.layers.adaptive_conv_nd.AdaptiveConv1d`) 1-D CNNs of the same architecture, for
+:class:`~timm_aconv.layers.adaptive_conv.AdaptiveConv1d`) 1-D CNNs of the same architecture, for
 every kernel size and ``repeats`` seeds, peak validation accuracy per run, the paper's t-test table
 (:func:`timm_aconv.experiments.compare.comparison_markdown`).
 
@@ -22,7 +22,7 @@ from torch.utils.data import TensorDataset
 
 from ..engine.config import ConfigError
 from ..engine.trainer import set_seed
-from ..layers.adaptive_conv_nd import AdaptiveConv1d
+from ..layers.adaptive_conv import AdaptiveConv1d
 from .compare import ARMS, best_sizes, best_versus_best, comparison_markdown, summarize
 from .generated_runs import GeneratedTaskConfig, peak_val_accuracy
 

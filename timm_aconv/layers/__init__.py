@@ -1,11 +1,10 @@
-from .adaptive_conv import AdaptiveConv2d
-from .adaptive_conv_nd import COVARIANCE_TYPES, AdaptiveConv1d, AdaptiveConv3d
-from .envelope import centre_energy_fraction, effective_kernel_size, gaussian_envelope
-from .kernel_group import KernelGroup, group_adaptive_layers, register_batched_envelopes, ungroup_adaptive_layers
-from .mixed_size_conv import MixedSizeConv2d, WindowConv2d
+from .adaptive_conv import AdaptiveConv1d, AdaptiveConv2d, AdaptiveConv3d, AdaptiveConvNd
+from .covariance import COVARIANCE_TYPES
+from .envelope import centre_energy_fraction, effective_kernel_size, gaussian_envelope, normalized_envelope
+from .kernel_group import KernelGroup, group_adaptive_layers, ungroup_adaptive_layers
+from .mixed_size_conv import MixedSizeConv, WindowConv1d, WindowConv2d, WindowConv3d
 from .sigma import (
     adaptive_layers,
-    all_adaptive_layers,
     clamp_sigmas_,
     named_adaptive_layers,
     param_groups,
@@ -20,7 +19,8 @@ from .size_budget import (
     size_penalty,
     soft_kernel_size,
 )
-from .train_crop import refresh_train_windows, set_train_crop, train_windows
+from .train_crop import crop_windows, refresh_crop_windows, set_train_crop
+from .window import energy_outside_boxes
 
 __all__ = [
     'COVARIANCE_TYPES',
@@ -28,28 +28,31 @@ __all__ = [
     'AdaptiveConv1d',
     'AdaptiveConv2d',
     'AdaptiveConv3d',
+    'AdaptiveConvNd',
     'KernelGroup',
-    'MixedSizeConv2d',
+    'MixedSizeConv',
     'OutputPixelTracker',
+    'WindowConv1d',
     'WindowConv2d',
+    'WindowConv3d',
     'adaptive_layers',
-    'all_adaptive_layers',
     'centre_energy_fraction',
     'clamp_sigmas_',
+    'crop_windows',
     'effective_kernel_size',
+    'energy_outside_boxes',
     'energy_outside_windows',
     'estimated_kernel_flops',
     'gaussian_envelope',
     'group_adaptive_layers',
     'named_adaptive_layers',
+    'normalized_envelope',
     'param_groups',
-    'refresh_train_windows',
-    'register_batched_envelopes',
+    'refresh_crop_windows',
     'register_sigma_clamp',
     'set_auto_sigma_clamp',
     'set_train_crop',
     'size_penalty',
     'soft_kernel_size',
-    'train_windows',
     'ungroup_adaptive_layers',
 ]

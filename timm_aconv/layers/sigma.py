@@ -21,13 +21,11 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.utils.hooks import RemovableHandle
 from torch.utils.weak import WeakIdKeyDictionary
 
-from .adaptive_conv import SIGMA_OWNERS, AdaptiveConv2d
-from .adaptive_conv_nd import AdaptiveConvNd
-from .covariance import envelope_parameters
+from .adaptive_conv import AdaptiveConvNd
+from .covariance import SIGMA_OWNERS, envelope_parameters
 
 __all__ = [
     'adaptive_layers',
-    'all_adaptive_layers',
     'clamp_sigmas_',
     'named_adaptive_layers',
     'param_groups',
@@ -36,85 +34,76 @@ __all__ = [
 ]
 
 
-def named_adaptive_layers(model: nn.Module) -> Iterator[Tuple[str, AdaptiveConv2d]]:
-    """(qualified name, layer) of every :class:`AdaptiveConv2d` in ``model``, in module order
-    (a shared module once, under its first name)."""
-    return ((name, module) for name, module in model.named_modules() if isinstance(module, AdaptiveConv2d))
+def named_adaptive_layers(model: nn.Module) -> Iterator[Tuple[str, AdaptiveConvNd]]:
+    """(qualified name, layer) of every adaptive convolution in ``model`` (:class:`~timm_aconv.AdaptiveConv1d`,
+    ``AdaptiveConv2d``, ``AdaptiveConv3d``), in module order (a shared module once, under its first name)."""
+    return ((name, module) for name, module in model.named_modules() if isinstance(module, AdaptiveConvNd))
 
 
-def adaptive_layers(model: nn.Module) -> Iterator[AdaptiveConv2d]:
-    """Every :class:`AdaptiveConv2d` in ``model`` (each shared module once)."""
+def adaptive_layers(model: nn.Module) -> Iterator[AdaptiveConvNd]:
+    """Every adaptive convolution in ``model`` (each shared module once)."""
     return (module for _, module in named_adaptive_layers(model))
-
-
-def all_adaptive_layers(model: nn.Module) -> Iterator[nn.Module]:
-    """Every adaptive convolution in ``model`` of any dimension (:class:`AdaptiveConv2d`,
-    :class:`~timm_aconv.layers.adaptive_conv_nd.AdaptiveConv1d`, ``AdaptiveConv3d``), each shared module once:
-    what the sigma helpers (clamp, parameter groups) take; the kernel-size tools take the 2-D ones."""
-    return (module for module in model.modules() if isinstance(module, (AdaptiveConv2d, AdaptiveConvNd)))
 
 
 def clamp_sigmas_(model: nn.Module) -> int:
     """Clip the sigma of every adaptive layer in ``model`` into its bounds; returns the layer count.
 
-    One ``torch._foreach_clamp_min_`` and one ``torch._foreach_clamp_max_`` call per device and
-    dtype (a single multi-tensor kernel each on a GPU), not one clamp per layer.
+    One ``torch._foreach_clamp_min_`` and one ``torch._foreach_clamp_max_`` call per device and dtype
+    (a single multi-tensor kernel each on a GPU) for the layers with one aperture per filter, one
+    ``torch._foreach_maximum_`` and ``torch._foreach_minimum_`` for those with bounds per axis; not one clamp
+    per layer.
     """
-    layers = list(all_adaptive_layers(model))
-    _clamp_layers(layers)
+    layers = list(adaptive_layers(model))
+    apply_clamps(prepare_clamps([(layer.sigma, layer) for layer in layers]))
     return len(layers)
 
 
-def _clamp_layers(layers: List[AdaptiveConv2d]) -> None:
-    _clamp([(layer.sigma, layer) for layer in layers])
-
-
-def _clamp(sigmas_and_layers: List[Tuple[torch.Tensor, AdaptiveConv2d]]) -> None:
-    """Clamp each sigma into its layer's bounds."""
-    apply_clamps(prepare_clamps(sigmas_and_layers))
-
-
 class PreparedClamps(NamedTuple):
-    """The clamp of a set of sigmas: layers whose bounds are per axis clamp themselves; the spherical sigmas are
-    clamped per device and dtype by ``(sigmas, low, high)``, one bound where all share it (the scalar
-    overload, cheaper on a CPU), else one per sigma."""
+    """The clamp of a set of sigmas, per device and dtype: ``scalar`` holds ``(sigmas, low, high)`` of the
+    spherical ones (one bound where all share it, the scalar overload, cheaper on a CPU; else one per sigma),
+    ``per_axis`` ``(sigmas, lows, highs)`` of the others, their bounds as tensors of sigma's shape."""
 
-    per_axis: List[nn.Module]
-    foreach: List[Tuple[List[torch.Tensor], Union[float, List[float]], Union[float, List[float]]]]
+    scalar: List[Tuple[List[torch.Tensor], Union[float, List[float]], Union[float, List[float]]]]
+    per_axis: List[Tuple[List[torch.Tensor], List[torch.Tensor], List[torch.Tensor]]]
 
 
-def prepare_clamps(sigmas_and_layers: List[Tuple[torch.Tensor, AdaptiveConv2d]]) -> PreparedClamps:
-    per_axis = []
-    groups: Dict[Tuple[torch.device, torch.dtype], Tuple[List[torch.Tensor], List[float], List[float]]] = {}
+def prepare_clamps(sigmas_and_layers: List[Tuple[torch.Tensor, AdaptiveConvNd]]) -> PreparedClamps:
+    scalar: Dict[Tuple[torch.device, torch.dtype], Tuple[List[torch.Tensor], List[float], List[float]]] = {}
+    per_axis: Dict[Tuple[torch.device, torch.dtype], Tuple[List[torch.Tensor], List, List]] = {}
     for sigma, layer in sigmas_and_layers:
-        if getattr(layer, 'covariance_type', 'spherical') != 'spherical':
-            per_axis.append(layer)
-            continue
-        sigmas, lows, highs = groups.setdefault((sigma.device, sigma.dtype), ([], [], []))
+        key = (sigma.device, sigma.dtype)
+        if layer.covariance_type == 'spherical':
+            sigmas, lows, highs = scalar.setdefault(key, ([], [], []))
+            low, high = layer.sigma_bounds
+        else:
+            sigmas, lows, highs = per_axis.setdefault(key, ([], [], []))
+            bounds = torch.tensor(layer.sigma_bounds, dtype=sigma.dtype, device=sigma.device)
+            low, high = (bound.expand_as(sigma).contiguous() for bound in bounds.unbind(1))
         sigmas.append(sigma)
-        low, high = layer.sigma_bounds
         lows.append(low)
         highs.append(high)
-    foreach = [
-        (
-            sigmas,
-            lows[0] if lows.count(lows[0]) == len(lows) else lows,
-            highs[0] if highs.count(highs[0]) == len(highs) else highs,
-        )
-        for sigmas, lows, highs in groups.values()
-    ]
-    return PreparedClamps(per_axis, foreach)
+    return PreparedClamps(
+        [
+            (
+                sigmas,
+                lows[0] if lows.count(lows[0]) == len(lows) else lows,
+                highs[0] if highs.count(highs[0]) == len(highs) else highs,
+            )
+            for sigmas, lows, highs in scalar.values()
+        ],
+        list(per_axis.values()),
+    )
 
 
 def apply_clamps(clamps: PreparedClamps) -> None:
-    """One ``torch._foreach_clamp_min_`` and one ``torch._foreach_clamp_max_`` per device and dtype, then
-    each per-axis layer's own clamp."""
+    """The foreach clamps of :func:`prepare_clamps`."""
     with torch.no_grad():
-        for sigmas, low, high in clamps.foreach:
+        for sigmas, low, high in clamps.scalar:
             torch._foreach_clamp_min_(sigmas, low)
             torch._foreach_clamp_max_(sigmas, high)
-    for layer in clamps.per_axis:
-        layer.clamp_sigma_()
+        for sigmas, lows, highs in clamps.per_axis:
+            torch._foreach_maximum_(sigmas, lows)
+            torch._foreach_minimum_(sigmas, highs)
 
 
 def _param_groups_key(optimizer: torch.optim.Optimizer) -> Tuple:
@@ -191,7 +180,7 @@ def param_groups(
         raise ValueError(f'sigma_lr_scale must be > 0, got {sigma_lr_scale}')
     if sigma_lr_scale != 1.0 and lr is None:
         raise ValueError('param_groups needs lr to scale the sigma learning rate (sigma_lr_scale != 1)')
-    sigma_ids = {id(param) for layer in all_adaptive_layers(model) for param in envelope_parameters(layer)}
+    sigma_ids = {id(param) for layer in adaptive_layers(model) for param in envelope_parameters(layer)}
     decay, no_decay, sigmas = [], [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:

@@ -1,21 +1,24 @@
 """A differentiable kernel-size budget on the apertures (sigma) of adaptive layers
 
 A filter exported at its learned size (:func:`timm_aconv.export_learned_sizes`) keeps the
-smallest centred odd window that holds all but ``crop_tol`` of its energy, so its cost per
-output pixel is proportional to the window's area. This module estimates that area from sigma
-alone, differentiably, so that training can be asked to stay within a compute budget:
+smallest centred window that holds all but ``crop_tol`` of its energy, so its cost per
+output pixel is proportional to the window's taps. This module estimates that count from the
+apertures alone, differentiably, so that training can be asked to stay within a compute budget:
 
-- :func:`energy_outside_windows`: the share of a kernel's energy outside each centred window;
 - :func:`soft_kernel_size`: per filter, a smooth count of the windows that are too small,
-  ``1 + 2 * sum_r sigmoid(log(outside_r / crop_tol) / temperature)`` over radii
-  ``r = 0 .. n//2 - 1`` (as ``temperature -> 0`` it is the exported size of the envelope).
-  That count is flat for envelopes much wider than the grid's inner windows (they need the full
-  grid whatever sigma does), so its gradient is taken from the width a Gaussian envelope would
-  need on an unbounded grid, ``2 * c * sigma * (n - 1)`` with ``c = erfinv(sqrt(1 - crop_tol))``
-  (a straight-through estimate): every over-wide filter keeps being pushed towards smaller
-  windows, in proportion to its size;
+  ``1 + 2 * sum_r sigmoid(log(outside_r / tol) / temperature)`` over radii ``r = 0 .. n//2 - 1``
+  (as ``temperature -> 0`` it is the exported size of the envelope). For the paper's circular
+  envelope on a square grid (``isotropic`` layers) the windows are squares (cubes) and ``tol`` is
+  ``crop_tol``; for every other layer each axis gets its own side, from the share of the energy
+  outside the slab ``|d_a| <= r`` with ``tol = crop_tol / ndim`` (so that the box of those sides
+  leaves at most ``crop_tol`` outside). That count is flat for envelopes much wider than the grid's
+  inner windows, so its gradient is taken from the width a Gaussian envelope would need on an
+  unbounded grid, ``2 * c * s * (n - 1)`` with s the envelope's standard deviation along the axis
+  (sigma; for a rotated envelope that of its projection) and ``c`` the half-width, in units of s,
+  that holds all but ``tol`` (a straight-through estimate): every over-wide filter keeps being pushed
+  towards smaller windows, in proportion to its size;
 - :func:`estimated_kernel_flops`: the model's adaptive-layer multiply-adds at those soft sizes,
-  relative to the full n×n grids (1.0 = no saving);
+  relative to the full grids (1.0 = no saving);
 - :func:`size_penalty`: ``relu(estimated_kernel_flops - target) / target``, a loss term that is
   zero within the budget.
 
@@ -33,9 +36,9 @@ from typing import Dict, Mapping, Optional
 import torch
 import torch.nn as nn
 
-from .adaptive_conv import AdaptiveConv2d
+from .adaptive_conv import AdaptiveConvNd
 from .sigma import named_adaptive_layers
-from .window import DEFAULT_CROP_TOL, check_crop_tol, energy_outside_windows
+from .window import DEFAULT_CROP_TOL, check_crop_tol, energy_outside_boxes, energy_outside_windows
 
 __all__ = [
     'DEFAULT_CROP_TOL',
@@ -52,46 +55,78 @@ DEFAULT_TEMPERATURE = 1.0
 
 
 def soft_kernel_size(
-    layer: AdaptiveConv2d,
+    layer: AdaptiveConvNd,
     crop_tol: float = DEFAULT_CROP_TOL,
     temperature: float = DEFAULT_TEMPERATURE,
 ) -> torch.Tensor:
-    """A differentiable estimate of each filter's exported kernel side, shape (out_channels,).
+    """A differentiable estimate of each filter's exported window: its side, shape (out_channels,), for an
+    ``isotropic`` layer (square or cubic windows), else its side per axis, shape (out_channels, ndim).
 
-    Between 1 and n; as ``temperature -> 0`` it is the smallest odd window holding all but
-    ``crop_tol`` of the filter's envelope energy. Its gradient with respect to ``layer.sigma`` is
-    that of the unbounded Gaussian width (see the module docstring), never zero.
+    Each side is between 1 and the grid's; as ``temperature -> 0`` it is the smallest odd window holding
+    all but the tolerance of the filter's envelope energy. Its gradient with respect to ``layer.sigma`` (and
+    ``theta``) is that of the unbounded Gaussian width (see the module docstring), never zero.
     """
     check_crop_tol(crop_tol)
     if not temperature > 0:
         raise ValueError(f'temperature must be > 0, got {temperature!r}')
+    ndim = len(layer.kernel_size)
     with torch.no_grad():  # the value only: the gradient comes from the Gaussian width below
-        outside = energy_outside_windows(layer.envelope().float().square())[:, :-1]  # the full grid always fits
-        log_ratio = outside.clamp_min(torch.finfo(outside.dtype).tiny).log() - math.log(crop_tol)
-        soft_count = 1 + 2 * torch.sigmoid(log_ratio / temperature).sum(-1)
-    gaussian_width = 2 * _window_half_width(crop_tol) * (layer.grid_size - 1) * layer.sigma.float()
-    return soft_count + gaussian_width - gaussian_width.detach()
+        energy = layer.envelope().float().square()
+        if layer.isotropic:
+            if ndim == 2:
+                outside = energy_outside_windows(energy)
+            else:  # the boxes of equal sides
+                boxes = energy_outside_boxes(energy, ndim)
+                outside = torch.stack([boxes[(slice(None), *(radius,) * ndim)] for radius in range(boxes.shape[1])], 1)
+            shares, tol = [outside], crop_tol
+        else:  # per axis, the slab |d_a| <= r: the box whole along every other axis
+            boxes = energy_outside_boxes(energy, ndim)
+            shares = [
+                boxes[(slice(None), *(slice(None) if a == axis else -1 for a in range(ndim)))] for axis in range(ndim)
+            ]
+            tol = crop_tol / ndim
+        soft_count = torch.stack([_soft_count(share[:, :-1], tol, temperature) for share in shares], -1)
+    if layer.isotropic:
+        width = 2 * _half_width(tol, ndim) * (layer.grid_size - 1) * layer.sigma.float()
+        return soft_count[:, 0].to(width) + width - width.detach()
+    spread = _envelope_spread(layer)
+    half_width = _half_width(tol, 1)
+    width = torch.stack(
+        [2 * half_width * (side - 1) * spread[:, axis] for axis, side in enumerate(layer.kernel_size)], -1
+    )
+    return soft_count.to(width) + width - width.detach()
+
+
+def _soft_count(outside: torch.Tensor, tol: float, temperature: float) -> torch.Tensor:
+    """``1 + 2 * sum_r sigmoid(log(outside_r / tol) / temperature)`` over the last axis."""
+    log_ratio = outside.clamp_min(torch.finfo(outside.dtype).tiny).log() - math.log(tol)
+    return 1 + 2 * torch.sigmoid(log_ratio / temperature).sum(-1)
+
+
+def _envelope_spread(layer: AdaptiveConvNd) -> torch.Tensor:
+    """The standard deviation (in sigma's units) of each filter's Gaussian along each grid axis, (out, ndim),
+    differentiable in sigma and theta."""
+    sigma = layer.sigma.float()
+    if layer.theta is None:
+        return sigma if sigma.dim() == 2 else sigma.unsqueeze(1).expand(-1, len(layer.kernel_size))
+    cos, sin = layer.theta.float().cos().square(), layer.theta.float().sin().square()
+    along, across = sigma[:, 0].square(), sigma[:, 1].square()
+    return torch.stack([(along * cos + across * sin).sqrt(), (along * sin + across * cos).sqrt()], 1)
 
 
 @functools.cache
-def _window_half_width(crop_tol: float) -> float:
-    """c with erf(c)² = 1 - crop_tol: a centred square of half-width c * s holds all but ``crop_tol`` of
-    the energy exp(-|x|² / s²) (a Gaussian envelope of aperture s, squared)."""
-    return float(torch.erfinv(torch.tensor(math.sqrt(1.0 - crop_tol), dtype=torch.float64)))
+def _half_width(tol: float, ndim: int) -> float:
+    """c with erf(c)^ndim = 1 - tol: a centred cube of half-width c * s holds all but ``tol`` of the energy
+    exp(-|x|² / s²) in ndim dimensions (a Gaussian envelope of aperture s, squared)."""
+    return float(torch.erfinv(torch.tensor((1.0 - tol) ** (1.0 / ndim), dtype=torch.float64)))
 
 
 def _layer_weights(model: nn.Module, output_pixels: Optional[Mapping]) -> Dict[str, tuple]:
     layers = dict(named_adaptive_layers(model))
     if not layers:
         raise ValueError(
-            f'model has no AdaptiveConv2d layer ({type(model).__name__}): nothing to budget; '
+            f'model has no adaptive layer ({type(model).__name__}): nothing to budget; '
             'build it adaptive (aconv_* models) or convert_convs it first'
-        )
-    others = [name or '(model)' for name, layer in layers.items() if not layer.is_circular]
-    if others:
-        raise ValueError(
-            f'the size budget weighs square windows of spherical layers; {others} are elliptic or rectangular '
-            "(covariance_type 'diag' / 'full' or a rectangular grid): budget a model of spherical layers"
         )
     weights = {}
     for name, layer in layers.items():
@@ -114,15 +149,16 @@ def estimated_kernel_flops(
     """The adaptive layers' multiply-adds at their :func:`soft_kernel_size`, relative to full grids.
 
     A scalar tensor in (0, 1], differentiable in every sigma. Each filter weighs
-    ``in_channels / groups * output pixels * size²``; ``output_pixels`` maps layers (modules or
+    ``in_channels / groups * output pixels * taps``; ``output_pixels`` maps layers (modules or
     qualified names) to their output height × width, e.g. an :class:`OutputPixelTracker`; None
     counts per output pixel, which is exact when every adaptive layer runs at one resolution.
     """
     total = full = 0.0
     for layer, weight in _layer_weights(model, output_pixels).values():
-        sizes = soft_kernel_size(layer, crop_tol, temperature)
-        total = total + weight * sizes.square().sum()
-        full += weight * layer.out_channels * layer.grid_size**2
+        sides = soft_kernel_size(layer, crop_tol, temperature)
+        taps = sides.pow(len(layer.kernel_size)) if layer.isotropic else sides.prod(-1)
+        total = total + weight * taps.sum()
+        full += weight * layer.out_channels * math.prod(layer.kernel_size)
     return total / full
 
 
@@ -149,8 +185,9 @@ def size_penalty(
     return torch.relu(flops - target) / target
 
 
-class OutputPixelTracker(Dict[AdaptiveConv2d, int]):
-    """Output height × width of every adaptive layer of ``model``, updated by forward hooks.
+class OutputPixelTracker(Dict[AdaptiveConvNd, int]):
+    """Output pixels (height × width; in 1-D and 3-D the product of the output's axes) of every adaptive layer
+    of ``model``, updated by forward hooks.
 
     A mapping from layer to pixel count for :func:`estimated_kernel_flops` / :func:`size_penalty`:
     the entries appear with the first forward pass. ``remove()`` detaches the hooks.
@@ -160,11 +197,11 @@ class OutputPixelTracker(Dict[AdaptiveConv2d, int]):
         super().__init__()
         layers = [layer for _, layer in named_adaptive_layers(model)]
         if not layers:
-            raise ValueError(f'model has no AdaptiveConv2d layer ({type(model).__name__}) whose output to track')
+            raise ValueError(f'model has no adaptive layer ({type(model).__name__}) whose output to track')
         self._handles = [layer.register_forward_hook(self._hook) for layer in layers]
 
     def _hook(self, layer: nn.Module, _inputs, output: torch.Tensor) -> None:
-        self[layer] = output.shape[-2] * output.shape[-1]
+        self[layer] = math.prod(output.shape[2:])
 
     def remove(self) -> None:
         for handle in self._handles:

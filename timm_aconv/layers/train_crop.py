@@ -1,12 +1,13 @@
 """Training at the learned size: each adaptive layer convolves with the window its apertures need
 
-With ``train_crop_tol`` set, an :class:`~timm_aconv.layers.adaptive_conv.AdaptiveConv2d` in training
-mode convolves with the centred ``train_window``×``train_window`` crop of its product kernel: the
-smallest odd window that holds all but ``train_crop_tol`` of every filter's envelope energy, so a
-7×7 layer whose apertures shrank trains at 3×3 or 5×5 cost. The padding shrinks with the window
-(or the input's border is trimmed), so outputs keep their shape and position
-(:func:`timm_aconv.layers.window.window_conv2d`); evaluation, ``fuse_convs`` and the exports still
-use the full kernel.
+With ``train_crop_tol`` set, an adaptive layer (any dimension, any ``covariance_type``) in training mode
+convolves with the centred ``crop_window`` of its product kernel: the smallest box of odd sides that holds
+all but ``train_crop_tol`` of every filter's envelope energy (and of its derivatives), so a 7×7 layer whose
+apertures shrank trains at 3×3 or 5×5 cost, and an elliptic one at, say, 7×3. The box is square (a cube)
+for the paper's circular envelope on a square grid, else a side per axis. The padding shrinks with the
+window (or the input's border is trimmed), so outputs keep their shape and position
+(:func:`timm_aconv.layers.window.window_conv`); evaluation, ``fuse_convs`` and the exports still use the
+full kernel.
 
 The window depends on sigma's values, and reading them synchronises a GPU with the host, so the
 training forward never does: a post-step hook of every torch optimizer (installed on import) reads
@@ -18,19 +19,19 @@ layer's ``train_crop_overruns``. Processes of a distributed run read identical s
 gradients' all-reduce), so they choose the same windows.
 
     >>> set_train_crop(model, 1e-3)                     # every adaptive layer; None turns it off
-    >>> [layer.train_window for layer in adaptive_layers(model)]
+    >>> crop_windows(model)                             # {layer name: (3, 3), ...}
 """
 
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch.nn as nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from .adaptive_conv import CROPPING_LAYERS, TRAIN_CROP_INTERVAL, TRAIN_CROP_MARGIN, check_crop_interval
 from .kernel_group import OptimizerSteps
-from .sigma import named_adaptive_layers
+from .sigma import adaptive_layers, named_adaptive_layers
 
-__all__ = ['refresh_train_windows', 'set_train_crop', 'train_windows']
+__all__ = ['crop_windows', 'refresh_crop_windows', 'set_train_crop']
 
 
 def set_train_crop(
@@ -43,8 +44,7 @@ def set_train_crop(
     adaptive layer of ``model`` and chooses their first windows (one read of sigma per layer).
 
     Args:
-        model: any module; its circular :class:`AdaptiveConv2d` layers are set (elliptic and rectangular
-            ones train on their full grid; a ValueError when there is no circular layer to set).
+        model: any module with adaptive layers (a ValueError when there is none).
         train_crop_tol: the share of each filter's envelope energy the training crop may drop, in (0, 1),
             or None for the full kernel (the paper's layer).
         interval: optimizer steps between two reads of sigma.
@@ -56,35 +56,32 @@ def set_train_crop(
     interval = check_crop_interval(interval)
     if isinstance(margin, bool) or not isinstance(margin, (int, float)) or margin < 0:
         raise ValueError(f'margin must be a number >= 0 (a relative widening of sigma), got {margin!r}')
-    layers = [layer for _, layer in named_adaptive_layers(model) if layer.is_circular]
+    layers = list(adaptive_layers(model))
     if train_crop_tol is not None and not layers:
-        raise ValueError(
-            f'set_train_crop: {type(model).__name__} has no spherical adaptive layer on a square grid to train '
-            'at its learned size (elliptic and rectangular layers train on their full grid)'
-        )
+        raise ValueError(f'set_train_crop: {type(model).__name__} has no adaptive layer to train at its learned size')
     for layer in layers:
         layer.train_crop_interval, layer.train_crop_margin = interval, float(margin)
         layer.train_crop_tol = train_crop_tol
     return model
 
 
-def refresh_train_windows(model: nn.Module) -> Dict[str, int]:
+def refresh_crop_windows(model: nn.Module) -> Dict[str, Tuple[int, ...]]:
     """Reads sigma now and sets the next window of every cropping layer of ``model`` (for training
     loops that change sigma without a torch optimizer's ``step()``); returns them by layer name."""
     windows = {}
     for name, layer in named_adaptive_layers(model):
-        window = layer.refresh_train_window()
+        window = layer.refresh_crop_window()
         if window is not None:
             windows[name] = window
     return windows
 
 
-def train_windows(model: nn.Module) -> Dict[str, int]:
+def crop_windows(model: nn.Module) -> Dict[str, Tuple[int, ...]]:
     """The window each cropping layer of ``model`` trains with now, by layer name (no read of sigma)."""
     return {
-        name: layer.train_window
+        name: layer.crop_window
         for name, layer in named_adaptive_layers(model)
-        if layer.train_crop_tol is not None and layer.train_window is not None
+        if layer.train_crop_tol is not None and layer.crop_window is not None
     }
 
 
@@ -95,7 +92,7 @@ def _refresh_due_windows(_optimizer, _args, _kwargs) -> None:
         return
     for layer in list(CROPPING_LAYERS):
         if OptimizerSteps.count - layer._crop_read_step >= layer.train_crop_interval:
-            layer.refresh_train_window()
+            layer.refresh_crop_window()
 
 
 register_optimizer_step_post_hook(_refresh_due_windows)

@@ -11,7 +11,7 @@
 
 from timm.models import register_notrace_module
 
-from ..layers.adaptive_conv import AdaptiveConv2d
+from ..layers.adaptive_conv import AdaptiveConv1d, AdaptiveConv2d, AdaptiveConv3d
 from .adaptive_resnet import adaptive_resnet, convert_pretrained_resnet
 from .cifar_resnet import CIFAR10_MEAN, CIFAR10_STD, ChannelRepeatShortcut, CifarBasicBlock, CifarResNet
 from .converted import converted_model, converted_model_args
@@ -33,5 +33,6 @@ __all__ = [
 ]
 
 # FX feature extraction (features_only with feature_cls='fx', timm's fx tests) calls adaptive
-# layers as leaves, so their forward (and its no-grad kernel cache) runs unchanged
-register_notrace_module(AdaptiveConv2d)
+# layers as leaves, so their forward (the kernels of their group) runs unchanged
+for _layer in (AdaptiveConv1d, AdaptiveConv2d, AdaptiveConv3d):
+    register_notrace_module(_layer)

@@ -11,7 +11,8 @@ from typing import Callable, Optional, Tuple
 
 import torch.nn as nn
 
-from ..layers.adaptive_conv import AdaptiveConv2d, SigmaInit, resolve_kernel_size
+from ..layers.adaptive_conv import AdaptiveConv2d
+from ..layers.covariance import SigmaInit, resolve_kernel_size
 
 __all__ = ['ConvLayer', 'create_conv_layer']
 

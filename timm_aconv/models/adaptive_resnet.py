@@ -24,7 +24,7 @@ import torch.nn as nn
 from timm.models import ResNet, build_model_with_cfg, generate_default_cfgs, get_arch_pretrained_cfgs, register_model
 from timm.models.resnet import BasicBlock, Bottleneck
 
-from ..layers.adaptive_conv import SigmaInit, resolve_kernel_size
+from ..layers.covariance import SigmaInit, resolve_kernel_size
 from ..surgery import adapt_ordinary_weights, convert_convs
 from ..surgery.convert import PRESERVE_SIGMA_INIT
 

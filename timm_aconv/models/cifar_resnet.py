@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from timm.layers import create_classifier
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 
-from ..layers.adaptive_conv import SigmaInit
+from ..layers.covariance import SigmaInit
 from ._conv_layer import ConvLayer, create_conv_layer
 from ._timm_internals import feature_take_indices
 

@@ -23,7 +23,8 @@ import torch
 import torch.nn as nn
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-from ..layers.adaptive_conv import AdaptiveConv2d, SigmaInit
+from ..layers.adaptive_conv import AdaptiveConv2d
+from ..layers.covariance import SigmaInit
 from ._conv_layer import create_conv_layer
 from ._timm_internals import feature_take_indices
 

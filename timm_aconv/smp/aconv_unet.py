@@ -31,7 +31,7 @@ import torch.nn as nn
 from segmentation_models_pytorch import Unet
 
 from ..layers import AdaptiveConv2d
-from ..layers.adaptive_conv import SigmaInit
+from ..layers.covariance import SigmaInit
 from ..surgery import convert_convs
 from ..surgery.module_tree import replace_modules
 from ._smp_internals import supports_config_loading

@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch.nn as nn
 
-from ..layers.adaptive_conv import SigmaInit
+from ..layers.covariance import SigmaInit
 from ..surgery import adapt_ordinary_weights, convert_convs
 from ..surgery.convert import PRESERVE_SIGMA_INIT
 from ._smp_internals import ResNetEncoder, resnet_encoders

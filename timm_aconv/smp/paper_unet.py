@@ -28,7 +28,7 @@ import torch.nn as nn
 from segmentation_models_pytorch.base import SegmentationModel
 
 from ..layers import AdaptiveConv2d
-from ..layers.adaptive_conv import SigmaInit
+from ..layers.covariance import SigmaInit
 from .aconv_unet import PAPER_UNET_SIGMA_BOUNDS, PAPER_UNET_SIGMA_INIT
 from .model_card import TimmAconvModelCard
 

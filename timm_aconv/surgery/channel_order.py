@@ -1,7 +1,7 @@
 """Moving a layer's output-channel permutation into the layers that read its output
 
 A layer whose output channels come out in a permuted order (the concatenated size buckets of
-:class:`~timm_aconv.layers.mixed_size_conv.MixedSizeConv2d`) can leave them that way when
+:class:`~timm_aconv.layers.mixed_size_conv.MixedSizeConv`) can leave them that way when
 everything between it and the next channel-mixing layer treats channels independently: the
 permutation is then applied once, at export, to those modules' per-channel parameters and to the
 next layer's input channels, and no gather runs at inference.
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from timm.layers import BatchNormAct2d
 from timm.models import get_notrace_functions, get_notrace_modules  # timm >= 1.0.16 exports them here
 
-from ..layers.adaptive_conv import AdaptiveConv2d
+from ..layers.adaptive_conv import AdaptiveConvNd
 
 __all__ = ['PermutableChain', 'find_permutable_chains', 'permute_chain_']
 
@@ -130,7 +130,7 @@ def _follow(producer: torch.fx.Node, modules: Dict[str, nn.Module], calls: Dict[
             if calls[id(modules[user.target])] != 1:
                 return None
             module = modules[user.target]
-            if type(module) in (nn.Conv2d, AdaptiveConv2d):
+            if type(module) is nn.Conv2d or isinstance(module, AdaptiveConvNd):
                 return (
                     PermutableChain(producer.target, norms, user.target, False, passed) if module.groups == 1 else None
                 )

@@ -16,9 +16,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
-from ..layers.adaptive_conv import AdaptiveConv2d, SigmaInit, resolve_kernel_size
-from ..layers.adaptive_conv_nd import AdaptiveConv1d, AdaptiveConv3d, AdaptiveConvNd
-from ..layers.covariance import check_covariance_type, resolve_kernel_sizes
+from ..layers.adaptive_conv import AdaptiveConv1d, AdaptiveConv2d, AdaptiveConv3d, AdaptiveConvNd
+from ..layers.covariance import SigmaInit, check_covariance_type, resolve_kernel_size, resolve_kernel_sizes
 from ..layers.window import explicit_padding
 from .module_tree import replace_modules
 
@@ -214,7 +213,7 @@ def convert_convs(
             continue
         if filter_fn is not None and not filter_fn(names[0], conv):
             continue
-        if isinstance(conv, (AdaptiveConv2d, AdaptiveConvNd)):
+        if isinstance(conv, AdaptiveConvNd):
             already_adaptive += 1
         else:
             chosen[conv] = names

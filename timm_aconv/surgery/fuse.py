@@ -1,4 +1,4 @@
-"""Deployment: adaptive layers → plain ``nn.Conv2d`` holding the product kernel
+"""Deployment: adaptive layers → plain convolutions holding the product kernel
 
 The product kernel ``W ∘ U`` is an ordinary convolution kernel, so a trained adaptive model
 runs as a plain CNN. Where the learned envelopes leave little energy near the grid's border,
@@ -13,10 +13,8 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from ..layers.adaptive_conv import AdaptiveConv2d, plain_conv_like
-from ..layers.adaptive_conv_nd import AdaptiveConvNd
-from ..layers.envelope import centre_energy_fraction
-from ..layers.window import explicit_padding, smallest_box
+from ..layers.adaptive_conv import AdaptiveConvNd, plain_conv_like
+from ..layers.window import explicit_padding, smallest_boxes
 from .module_tree import replace_modules
 
 __all__ = ['crop_conv', 'fuse_convs']
@@ -26,9 +24,9 @@ def crop_conv(conv: nn.Module, crop_tol: float, per_axis: bool = False) -> nn.Mo
     """``conv`` with its (odd) kernel cropped to the smallest centred window that keeps all but
     ``crop_tol`` of the kernel's energy (sum of squares over all filters).
 
-    ``per_axis=False``: a square window of a square 2-D kernel (other kernels are returned as they are);
-    ``per_axis=True``: a box with its own odd side per axis, for a convolution of any dimension and
-    any odd kernel sides (:func:`~timm_aconv.layers.window.smallest_box`).
+    ``per_axis=False``: a square (cubic) window of a kernel whose sides are equal (other kernels are returned as
+    they are); ``per_axis=True``: a box with its own odd side per axis, for any odd kernel sides
+    (:func:`~timm_aconv.layers.window.smallest_boxes`). A convolution of any dimension.
     Padding shrinks by ``dilation * (n - m) / 2`` per axis so output shape and alignment are unchanged;
     the window never shrinks past what the layer's padding allows.
     """
@@ -37,20 +35,15 @@ def crop_conv(conv: nn.Module, crop_tol: float, per_axis: bool = False) -> nn.Mo
     grid = tuple(conv.kernel_size)
     if any(side % 2 == 0 for side in grid) or (isinstance(conv.padding, str) and conv.padding != 'same'):
         return conv
+    if not per_axis and len(set(grid)) > 1:
+        return conv
     padding = explicit_padding(conv)
     # each side can lose at most padding // dilation taps without moving the outputs
-    shrinks = [p // d for p, d in zip(padding, conv.dilation)]
-    if per_axis:
-        energy = conv.weight.detach().float().square().sum((0, 1))
-        sides = smallest_box(energy, crop_tol, [side - 2 * shrink for side, shrink in zip(grid, shrinks)])
-    else:
-        n = grid[0]
-        if len(grid) != 2 or grid[1] != n:
-            return conv
-        fractions = centre_energy_fraction(conv.weight)
-        radius = next(r for r, fraction in enumerate(fractions) if fraction >= 1.0 - crop_tol - 1e-12)
-        radius = max(radius, n // 2 - min(shrinks))
-        sides = (2 * radius + 1,) * 2
+    min_sides = [side - 2 * (p // d) for side, p, d in zip(grid, padding, conv.dilation)]
+    if not per_axis:
+        min_sides = [max(min_sides)] * len(grid)
+    energy = conv.weight.detach().square().sum((0, 1))
+    sides = tuple(smallest_boxes(energy, len(grid), crop_tol, square=not per_axis, min_sides=min_sides).tolist())
     if sides == grid:
         return conv
     trims = [(side - kept) // 2 for side, kept in zip(grid, sides)]
@@ -61,14 +54,14 @@ def crop_conv(conv: nn.Module, crop_tol: float, per_axis: bool = False) -> nn.Mo
 
 
 def fuse_convs(model: nn.Module, crop_tol: Optional[float] = None, strict: bool = False) -> nn.Module:
-    """Replace every :class:`AdaptiveConv2d` in ``model`` by an ``nn.Conv2d`` (and every 1-D / 3-D adaptive
-    layer by its plain layer), in place.
+    """Replace every adaptive layer in ``model`` by its plain torch convolution (``nn.Conv1d`` / ``nn.Conv2d`` /
+    ``nn.Conv3d``), in place.
 
     Args:
         model: a model with adaptive layers (a bare adaptive layer is returned fused).
-        crop_tol: None keeps the n×n size (outputs equal up to float rounding); a value in
-            [0, 1) crops each fused kernel as :func:`crop_conv` does: to a square window for circular
-            layers, per axis for the others.
+        crop_tol: None keeps the full grid (outputs equal up to float rounding); a value in [0, 1) crops each
+            fused kernel as :func:`crop_conv` does: to a square (cubic) window for ``isotropic`` layers, per
+            axis for the others.
         strict: raise a ValueError instead of warning when ``model`` holds no adaptive layer
             (fused already, or never converted: a second call is usually a mistake).
 
@@ -79,10 +72,9 @@ def fuse_convs(model: nn.Module, crop_tol: Optional[float] = None, strict: bool 
         raise ValueError(f'crop_tol must be None or in [0, 1), got {crop_tol}')
     replacements = {}
     for module in model.modules():
-        if isinstance(module, (AdaptiveConv2d, AdaptiveConvNd)) and module not in replacements:
+        if isinstance(module, AdaptiveConvNd) and module not in replacements:
             fused = module.fuse()
-            per_axis = not getattr(module, 'is_circular', False)
-            replacements[module] = fused if crop_tol is None else crop_conv(fused, crop_tol, per_axis)
+            replacements[module] = fused if crop_tol is None else crop_conv(fused, crop_tol, not module.isotropic)
     if not replacements:
         message = (
             f'fuse_convs: {type(model).__name__} has no adaptive layer to fuse (fused already, or '

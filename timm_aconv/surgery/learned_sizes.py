@@ -19,17 +19,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..layers.adaptive_conv import AdaptiveConv2d
-from ..layers.adaptive_conv_nd import AdaptiveConvNd
-from ..layers.size_budget import DEFAULT_CROP_TOL, check_crop_tol, energy_outside_windows
-from ..layers.window import smallest_box
+from ..layers.adaptive_conv import AdaptiveConvNd
+from ..layers.window import DEFAULT_CROP_TOL, check_crop_tol, smallest_boxes
 
 __all__ = [
     'LayerKernelSizes',
     'LearnedKernelSizes',
     'check_sizes',
-    'filter_box_sizes',
-    'filter_kernel_sizes',
+    'filter_window_sizes',
     'learned_kernel_sizes',
 ]
 
@@ -51,44 +48,27 @@ def check_sizes(sizes: Optional[Sequence[int]], name: str = 'sizes') -> Optional
     return tuple(sorted({int(size) for size in sizes}))
 
 
-def filter_kernel_sizes(
+def filter_window_sizes(
     kernel: torch.Tensor,
     crop_tol: float = DEFAULT_CROP_TOL,
     sizes: Optional[Sequence[int]] = None,
+    square: bool = False,
 ) -> torch.Tensor:
-    """The learned size of every filter of ``kernel`` (out, in/groups, n, n), shape (out,), int64.
-
-    Each is the smallest odd centred window whose outside holds at most ``crop_tol`` of the filter's
-    energy, raised to the next of ``sizes`` (None: any odd size); n itself is always allowed. A
-    filter without energy gets the smallest allowed size.
-    """
-    crop_tol = check_crop_tol(crop_tol)
-    sizes = check_sizes(sizes)
-    grid = kernel.shape[-1]
-    if kernel.ndim != 4 or kernel.shape[-2] != grid or grid % 2 == 0:
-        raise ValueError(f'kernel must be (out, in, n, n) with odd n, got shape {tuple(kernel.shape)}')
-    outside = energy_outside_windows(kernel.detach().float().square().sum(1).double())
-    needed = 2 * (outside > crop_tol).sum(1) + 1  # outside shares shrink as windows grow
-    allowed = torch.tensor(sorted({size for size in sizes or range(1, grid + 1, 2) if size <= grid} | {grid}))
-    return allowed[torch.searchsorted(allowed, needed)]
-
-
-def filter_box_sizes(
-    kernel: torch.Tensor,
-    crop_tol: float = DEFAULT_CROP_TOL,
-    sizes: Optional[Sequence[int]] = None,
-) -> torch.Tensor:
-    """The learned box of every filter of ``kernel`` (out, in/groups, *grid) with odd sides, shape (out, ndim):
-    per filter the centred box with the fewest taps whose outside holds at most ``crop_tol`` of its energy
-    (:func:`~timm_aconv.layers.window.smallest_box`), each side raised to the next of ``sizes`` (None: any
-    odd size; the axis's own side is always allowed)."""
+    """The learned window of every filter of ``kernel`` (out, in/groups, *sides) with odd sides, shape (out, ndim),
+    int64: per filter the centred box with the fewest taps whose outside holds at most ``crop_tol`` of its energy
+    (:func:`~timm_aconv.layers.window.smallest_boxes`; ``square``: square or cubic windows of a grid of equal
+    sides), each side raised to the next of ``sizes`` (None: any odd size; the axis's own side is always
+    allowed). A filter without energy gets the smallest allowed window."""
     crop_tol = check_crop_tol(crop_tol)
     sizes = check_sizes(sizes)
     grid = tuple(kernel.shape[2:])
-    if kernel.ndim < 3 or any(side % 2 == 0 for side in grid):
-        raise ValueError(f'kernel must be (out, in, *grid) with odd sides, got shape {tuple(kernel.shape)}')
-    energy = kernel.detach().double().square().sum(1)
-    boxes = torch.tensor([smallest_box(filter_energy, crop_tol) for filter_energy in energy]).view(-1, len(grid))
+    if kernel.ndim < 3 or any(side % 2 == 0 for side in grid) or (square and len(set(grid)) > 1):
+        raise ValueError(
+            f'kernel must be (out, in, *sides) with odd sides{", all equal" if square else ""}, '
+            f'got shape {tuple(kernel.shape)}'
+        )
+    energy = kernel.detach().square().sum(1)
+    boxes = smallest_boxes(energy, len(grid), crop_tol, square=square)
     for axis, side in enumerate(grid):
         allowed = torch.tensor(sorted({size for size in sizes or range(1, side + 1, 2) if size <= side} | {side}))
         boxes[:, axis] = allowed[torch.searchsorted(allowed, boxes[:, axis].contiguous())]
@@ -97,7 +77,7 @@ def filter_box_sizes(
 
 @dataclass
 class LayerKernelSizes:
-    """The learned sizes of one adaptive layer's filters: an int per filter (n×n windows of a circular
+    """The learned sizes of one adaptive layer's filters: an int per filter (n×n windows of an isotropic 2-D
     layer), or a tuple of sides per filter (boxes of any other layer, ``grid_size`` then its sides)."""
 
     name: str
@@ -203,9 +183,7 @@ def learned_kernel_sizes(
     """
     crop_tol = check_crop_tol(crop_tol)
     sizes = check_sizes(sizes)
-    layers = [
-        (name, layer) for name, layer in model.named_modules() if isinstance(layer, (AdaptiveConv2d, AdaptiveConvNd))
-    ]
+    layers = [(name, layer) for name, layer in model.named_modules() if isinstance(layer, AdaptiveConvNd)]
     if not layers:
         raise ValueError(
             f'model has no adaptive layer ({type(model).__name__}): there are no learned sizes; '
@@ -215,14 +193,11 @@ def learned_kernel_sizes(
     result.crop_tol = crop_tol
     with torch.no_grad():
         for name, layer in layers:
-            if getattr(layer, 'is_circular', False):
-                grid, per_filter = (
-                    layer.grid_size,
-                    filter_kernel_sizes(layer.product_kernel(), crop_tol, sizes).tolist(),
-                )
+            windows = filter_window_sizes(layer.product_kernel(), crop_tol, sizes, square=layer.isotropic).tolist()
+            if layer.isotropic and len(layer.kernel_size) == 2:  # n×n windows: one side each
+                grid, per_filter = layer.grid_size, [window[0] for window in windows]
             else:
-                grid = tuple(layer.kernel_size)
-                per_filter = [tuple(box) for box in filter_box_sizes(layer.product_kernel(), crop_tol, sizes).tolist()]
+                grid, per_filter = tuple(layer.kernel_size), [tuple(window) for window in windows]
             result[name or '(model)'] = LayerKernelSizes(
                 name or '(model)', grid, per_filter, layer.in_channels // layer.groups, layer
             )

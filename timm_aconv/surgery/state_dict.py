@@ -21,19 +21,20 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from ..layers.adaptive_conv import AdaptiveConv2d, SigmaInit
+from ..layers.adaptive_conv import AdaptiveConvNd
+from ..layers.covariance import SigmaInit
 from ..layers.sigma import named_adaptive_layers
 from .convert import convert_conv
 
 __all__ = ['adapt_ordinary_weights', 'convert_like']
 
 
-def _ordinary_conv(layer: AdaptiveConv2d, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> nn.Conv2d:
-    """An ``nn.Conv2d`` holding the checkpoint's ``weight``/``bias`` with ``layer``'s geometry."""
-    conv = nn.Conv2d(
+def _ordinary_conv(layer: AdaptiveConvNd, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> nn.Module:
+    """A plain convolution holding the checkpoint's ``weight``/``bias`` with ``layer``'s geometry."""
+    conv = {3: nn.Conv1d, 4: nn.Conv2d, 5: nn.Conv3d}[weight.ndim](
         weight.shape[1] * layer.groups,
         weight.shape[0],
-        tuple(weight.shape[-2:]),
+        tuple(weight.shape[2:]),
         stride=layer.stride,
         dilation=layer.dilation,
         groups=layer.groups,
@@ -54,7 +55,7 @@ def adapt_ordinary_weights(
 ) -> Dict[str, torch.Tensor]:
     """``state_dict`` with ordinary conv entries converted for ``model``'s adaptive layers, in place.
 
-    For every :class:`AdaptiveConv2d` in ``model`` whose ``weight`` is in ``state_dict`` (keys
+    For every adaptive layer in ``model`` whose ``weight`` is in ``state_dict`` (keys
     under ``prefix``) but whose ``sigma`` is not, the ordinary kernel is converted with
     ``convert_conv(preserve=True)`` to the layer's grid size and ``sigma_bounds`` and ``sigma`` is
     added: ``sigma_init`` (None: the layer's own ``sigma_init``; prefer a wide envelope such as

@@ -6,8 +6,7 @@ from typing import List, Union
 import torch
 import torch.nn as nn
 
-from ..layers.adaptive_conv import AdaptiveConv2d
-from ..layers.adaptive_conv_nd import AdaptiveConvNd
+from ..layers.adaptive_conv import AdaptiveConvNd
 from ..layers.envelope import effective_kernel_size, gaussian_envelope
 
 __all__ = ['LayerSummary', 'SigmaSummary', 'summary']
@@ -16,7 +15,7 @@ __all__ = ['LayerSummary', 'SigmaSummary', 'summary']
 @dataclass
 class LayerSummary:
     name: str
-    grid_size: Union[int, str]  # n of a circular layer's n×n grid; the sides of any other grid ('7x3', '7x3x3')
+    grid_size: Union[int, str]  # n of an isotropic 2-D layer's n×n grid; the sides of any other grid ('7x3', '7x3x3')
     filters: int
     sigma_min: float
     sigma_median: float
@@ -57,13 +56,13 @@ class SigmaSummary(List[LayerSummary]):
 def summary(model: nn.Module, energy: float = 0.95) -> SigmaSummary:
     """A table of the adaptive layers of ``model`` (1-D, 2-D and 3-D): name, grid, sigma min/median/max and
     the effective kernel size each of those sigmas implies (``print`` it, or read its rows). Layers other
-    than the circular 2-D ones (elliptic, rectangular, 1-D, 3-D) give their sizes per axis ('5x3'): per axis
+    than the isotropic 2-D ones (elliptic, rectangular, 1-D, 3-D) give their sizes per axis ('5x3'): per axis
     the smallest, median and largest side of the filters' envelopes (each side from the envelope's energy
     along that axis)."""
     table = SigmaSummary()
     table.energy = energy
     for name, layer in model.named_modules():
-        if isinstance(layer, AdaptiveConv2d) and layer.is_circular:
+        if isinstance(layer, AdaptiveConvNd) and layer.isotropic and len(layer.kernel_size) == 2:
             sigma = layer.sigma.detach().float().cpu()
             picks = torch.stack([sigma.min(), sigma.median(), sigma.max()])
             envelopes = gaussian_envelope(picks, layer.grid_size)
@@ -71,7 +70,7 @@ def summary(model: nn.Module, energy: float = 0.95) -> SigmaSummary:
             table.append(
                 LayerSummary(name or '(model)', layer.grid_size, layer.out_channels, *map(float, picks), *sizes)
             )
-        elif isinstance(layer, (AdaptiveConv2d, AdaptiveConvNd)):
+        elif isinstance(layer, AdaptiveConvNd):
             table.append(_axis_row(name or '(model)', layer, energy))
     return table
 

@@ -1,11 +1,7 @@
-"""Fast paths of the adaptive layer: the product-kernel cache, compile, autocast, memory format, export.
-
-No timing here (benchmarks/overhead.py measures speed); these tests check that every fast path
-computes what the plain definition ``conv2d(x, weight * envelope(sigma))`` computes.
+"""Every path of the adaptive layer's forward computes the definition ``conv2d(x, weight * envelope(sigma))``:
+evaluation after every kind of parameter change, frozen layers, inference mode, ``torch.func``, ``torch.compile``,
+autocast, memory formats, ``torch.export``, ONNX, the meta device, and the training path's gradients.
 """
-
-import copy
-import io
 
 import pytest
 import torch
@@ -22,7 +18,7 @@ def _layer(dtype=torch.float32, **kwargs) -> AdaptiveConv2d:
 
 
 def _reference(layer: AdaptiveConv2d, x: torch.Tensor) -> torch.Tensor:
-    """The layer's output from its product kernel computed now (nothing cached)."""
+    """The layer's output from its product kernel, computed now by the layer alone."""
     kernel = layer.product_kernel().detach()
     definition = layer.weight.detach() * gaussian_envelope(layer.sigma.detach(), layer.grid_size)[:, None]
     torch.testing.assert_close(kernel, definition)  # the lean envelope is the paper's to float rounding
@@ -114,7 +110,7 @@ CHANGES = [
 
 
 @pytest.mark.parametrize('change', CHANGES, ids=lambda fn: fn.__name__.lstrip('_'))
-def test_cached_kernel_follows_every_parameter_change(change):
+def test_evaluation_follows_every_parameter_change(change):
     layer = _layer().eval()
     x = torch.randn(2, 3, 9, 9)
     before = _eval(layer, x)
@@ -127,31 +123,18 @@ def test_cached_kernel_follows_every_parameter_change(change):
     torch.testing.assert_close(after, _reference(layer, x), rtol=0, atol=0)
 
 
-def test_cache_is_reused_until_a_change():
-    layer = _layer()
-    x = torch.randn(1, 3, 8, 8)
-    _eval(layer, x)
-    cached = layer._kernel_cache[1]
-    _eval(layer, x)
-    assert layer._kernel_cache[1] is cached
-    _in_place_weight(layer)
-    _eval(layer, x)
-    assert layer._kernel_cache[1] is not cached
-
-
-def test_frozen_layer_uses_cache_and_still_passes_input_gradients():
+def test_frozen_layer_still_passes_input_gradients():
     layer = _layer().requires_grad_(False)
     x = torch.randn(2, 3, 8, 8, requires_grad=True)
-    layer(x).sum().backward()  # grad enabled, kernel needs none: the cached kernel serves
-    assert layer._kernel_cache is not None
+    layer(x).sum().backward()  # grad enabled, kernel needs none: computed without a graph
     reference_x = x.detach().clone().requires_grad_(True)
     _reference(layer, reference_x).sum().backward()
     torch.testing.assert_close(x.grad, reference_x.grad, rtol=0, atol=0)
 
 
-def test_training_forward_gives_gradients_not_the_cache():
+def test_training_forward_after_evaluation_gives_gradients():
     layer = _layer()
-    _eval(layer, torch.randn(1, 3, 8, 8))  # fill the cache
+    _eval(layer, torch.randn(1, 3, 8, 8))  # kernels computed without a graph
     layer(torch.randn(1, 3, 8, 8)).sum().backward()
     assert layer.weight.grad is not None and layer.sigma.grad is not None and layer.sigma.grad.abs().sum() > 0
 
@@ -161,13 +144,13 @@ def test_inference_mode_then_frozen_grad_mode():
     x = torch.randn(2, 3, 8, 8)
     with torch.inference_mode():
         expected = layer(x)
-    # a kernel cached under inference_mode is an inference tensor: it must not reach autograd
+    # a kernel computed under inference_mode is an inference tensor: it must not reach autograd
     x_grad = x.clone().requires_grad_(True)
     output = layer(x_grad)
     output.sum().backward()
     torch.testing.assert_close(output.detach(), expected, rtol=0, atol=0)
     with torch.inference_mode():
-        layer_made_in_inference = _layer()  # parameters that are inference tensors: no caching
+        layer_made_in_inference = _layer()  # parameters that are inference tensors (no version counters)
         torch.testing.assert_close(layer_made_in_inference(x), _reference(layer_made_in_inference, x))
 
 
@@ -175,21 +158,11 @@ def test_vmap_over_weights_without_grad():
     layer = _layer()
     weights = torch.randn(2, *layer.weight.shape)
     x = torch.randn(1, 3, 8, 8)
-    with torch.no_grad():  # batched weights have no storage to key a cache on
+    with torch.no_grad():  # batched weights: each layer computes its own kernel
         outputs = torch.func.vmap(lambda weight: torch.func.functional_call(layer, {'weight': weight}, (x,)))(weights)
         for weight, output in zip(weights, outputs):
             layer.weight.copy_(weight)
             torch.testing.assert_close(output, _reference(layer, x))
-
-
-def test_copies_do_not_carry_the_cache():
-    layer = _layer()
-    _eval(layer, torch.randn(1, 3, 8, 8))
-    assert copy.deepcopy(layer)._kernel_cache is None
-    buffer = io.BytesIO()
-    torch.save(layer, buffer)
-    buffer.seek(0)
-    assert torch.load(buffer, weights_only=False)._kernel_cache is None
 
 
 def _small_cnn(kernel_size: int = 5) -> nn.Module:
@@ -373,15 +346,15 @@ def test_torch_export_matches_eager(grad_mode):
         torch.testing.assert_close(program.module()(x), model(x))
 
 
-def test_sq_distance_buffer_follows_the_module_and_stays_out_of_the_state_dict():
+def test_grid_buffer_follows_the_module_and_stays_out_of_the_state_dict():
     layer = AdaptiveConv2d(3, 4, 5, device='meta')
-    assert 'sq_distance' not in layer.state_dict() and layer.sq_distance.is_meta
+    assert 'grid_coordinates' not in layer.state_dict() and layer.grid_coordinates.is_meta
     x = torch.empty(1, 3, 8, 8, device='meta', requires_grad=True)
     layer(x).sum().backward()  # the training path (and its backward) on the meta device
     assert layer.sigma.grad.shape == (4,) and layer.weight.grad.is_meta
     layer.to_empty(device='cpu')  # uninitialized memory: refilled
-    reference = timm_aconv.layers.envelope.grid_sq_distance(5, torch.device('cpu'), torch.float32)
-    torch.testing.assert_close(layer.sq_distance, reference, rtol=0, atol=0)
+    reference = timm_aconv.layers.envelope.grid_coordinates((5, 5), torch.device('cpu'), torch.float32)
+    torch.testing.assert_close(layer.grid_coordinates, reference, rtol=0, atol=0)
     layer.to(torch.float64)
-    assert layer.sq_distance.dtype == torch.float64
-    torch.testing.assert_close(layer.sq_distance, reference.double(), rtol=0, atol=1e-7)
+    assert layer.grid_coordinates.dtype == torch.float64
+    torch.testing.assert_close(layer.grid_coordinates, reference.double(), rtol=0, atol=0)
