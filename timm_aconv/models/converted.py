@@ -49,11 +49,15 @@ def aconv_converted(pretrained: bool = False, **kwargs: Any) -> nn.Module:
 
 default_cfgs = generate_default_cfgs(
     {
-        # what a saved model's config.json replaces (input size, normalization, classes)
+        # the default base's (resnet18); a saved model's config.json replaces them (input size, normalization,
+        # classes)
         'aconv_converted': {
             'url': '',
             'num_classes': 1000,
             'input_size': (3, 224, 224),
+            'pool_size': (7, 7),
+            'first_conv': 'conv1',
+            'classifier': 'fc',
             'crop_pct': 1.0,
             'interpolation': 'bilinear',
             'mean': (0.485, 0.456, 0.406),
