@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 
+import timm_aconv.recipes  # noqa: F401  (registers the shipped configs: --config by name)
 from timm_aconv.engine import ConfigError, parse_config, run_cli
 from timm_aconv.experiments.classification import ClassificationConfig, build_data
 from timm_aconv.experiments.compare import CompareConfig, run_config
