@@ -424,3 +424,33 @@ def test_the_real_files_of_debians_package_load_and_train(tmp_path):
     )
     history = json.loads((tmp_path / 'metrics.json').read_text())
     assert history[0]['step'] == 3 and history[0]['val_samples'] == 10000 and 0.0 < history[0]['val_accuracy'] <= 1.0
+
+
+def test_epoch_time_prints_each_epochs_wall_time(fashion_dir, tmp_path):
+    completed = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / 'benchmarks' / 'epoch_time.py'),
+            '--config',
+            str(ROOT / 'recipes/configs/simple_cnn_fashion_mnist.yaml'),
+            '--data_dir',
+            str(fashion_dir),
+            '--train_subset',
+            '40',
+            '--batch_size',
+            '16',
+            '--epochs',
+            '2',
+            '--output_dir',
+            str(tmp_path),
+            *FAST,
+        ],
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    lines = completed.stdout.splitlines()
+    assert [line.split(' wall ')[0] for line in lines if ' wall ' in line] == ['epoch 1', 'epoch 2']
+    assert lines[-1].startswith('total ') and lines[-1].endswith(' s (imports excluded)')
