@@ -50,8 +50,13 @@ FIELD_HELP: Dict[str, Tuple[str, str]] = {
     ),
     'split_seed': (
         DATA,
-        'seed of the train/validation split (digits, synthetic, lfw) and of generated data; '
-        "null: the run's seed, a new split per repeat",
+        'seed of the train/validation split (digits, synthetic, lfw), of generated data and of train_subset; '
+        "null: the run's seed, a new split per repeat (train_subset of an official split: 0)",
+    ),
+    'train_subset': (
+        DATA,
+        'train on a stratified subset of this many training images, drawn with split_seed (the low-data '
+        'setting; validation stays whole); null: all',
     ),
     'batch_size': (
         DATA,

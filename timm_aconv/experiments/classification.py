@@ -14,7 +14,9 @@ authors' networks there).
 
 ``batch_size`` is the global batch over all processes (:mod:`~timm_aconv.engine.loaders`).
 Datasets without an official split draw theirs from ``split_seed``, by default the run's seed
-(:func:`data_split_seed`).
+(:func:`data_split_seed`). ``train_subset`` (the low-data setting) trains on a stratified subset of
+the training split drawn with the same seed (on an official split: ``split_seed``, null meaning 0, so
+every arm and repeat of a comparison trains on the same images); validation stays the whole split.
 
 The final and the best model are saved in timm's own layout (:func:`timm.models.save_for_hf`:
 ``config.json`` with the architecture, its arguments and the preprocessing, and
@@ -63,7 +65,8 @@ class ClassificationConfig(EngineConfig):
 
     batch_size / val_batch_size: the GLOBAL batch over all processes (with N GPUs each process
     loads batch_size / N; N must divide it). split_seed: the train/validation split of digits,
-    synthetic and lfw (null: the run's seed, a new split per seed). input_norm: none, pixel_mean
+    synthetic and lfw (null: the run's seed, a new split per seed) and of train_subset (a stratified
+    subset of the training split; on an official split null means 0). input_norm: none, pixel_mean
     (minus the training split's per-pixel mean) or standardize. augment_shift: largest shift of
     the augmentation (fraction of the side; borders replicate the edge, as Keras' 'nearest').
     """
@@ -84,6 +87,7 @@ class ClassificationConfig(EngineConfig):
     augment_shift: float = 0.2
     input_norm: Literal['none', 'pixel_mean', 'standardize'] = 'none'
     split_seed: Optional[int] = None
+    train_subset: Optional[int] = None
     batch_size: int = 64
     val_batch_size: Optional[int] = None
     num_workers: int = 0
@@ -102,6 +106,11 @@ class ClassificationConfig(EngineConfig):
         for name in ('batch_size', 'val_batch_size'):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f'{name} must be >= 1, got {getattr(self, name)}')
+        if self.train_subset is not None and self.train_subset < 1:
+            raise ConfigError(
+                f'train_subset must be a number of training images >= 1 (a stratified subset) or null (all), '
+                f'got {self.train_subset}'
+            )
         if self.img_size is not None and self.img_size < 4:
             raise ConfigError(f'img_size must be >= 4 pixels or null (native size), got {self.img_size}')
         if not 0.0 <= self.augment_shift < 1.0:
@@ -202,9 +211,10 @@ def data_split_seed(config: ClassificationConfig) -> int:
     """The seed that draws the train/validation split of a dataset without an official one
     (:data:`~timm_aconv.experiments.datasets.RESPLIT_DATASETS`): ``split_seed``, or the run's ``seed``
     when it is null, so that each repeat of Algorithm 1 gets its own split, as in the authors'
-    code. Official splits ignore it (0)."""
+    code. It also draws the ``train_subset``. Official splits ignore it (0) unless ``train_subset``
+    is set: then ``split_seed`` (null: 0), the same subset for every arm and repeat."""
     if config.dataset not in RESPLIT_DATASETS:
-        return 0
+        return 0 if config.train_subset is None or config.split_seed is None else config.split_seed
     return config.seed if config.split_seed is None else config.split_seed
 
 
@@ -219,6 +229,7 @@ def build_data(config: ClassificationConfig) -> Tuple[ArrayDataset, ArrayDataset
         split_seed=data_split_seed(config),
         input_norm=config.input_norm,
         augment_shift=config.augment_shift,
+        train_subset=config.train_subset,
     )
 
 

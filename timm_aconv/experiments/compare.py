@@ -15,8 +15,10 @@ size with the best ACONV size. The *best size* is the size of the highest peak o
 
 Outputs in ``output_dir``: ``comparison.md`` / ``.csv`` / ``.json``, ``comparison_curves.png``
 (mean validation accuracy per epoch with ±1 std bands, the paper's Figures 5–6),
-``settings.yaml`` (the resolved settings of every run) and ``config.yaml`` (the comparison's own
-resolved settings: ``--config`` on it reruns the comparison). Each run keeps its own directory
+``settings.yaml`` (the resolved settings of every run), ``config.yaml`` (the comparison's own
+resolved settings: ``--config`` on it reruns the comparison) and ``learned_sizes.md`` / ``.json``: the
+kernel size each filter of the ACONV arm learned (:func:`timm_aconv.learned_kernel_sizes` of each
+run's best model, :func:`learned_sizes_table`). Each run keeps its own directory
 ``<arm>_k<n>/seed<seed>``; with ``resume=True`` finished runs are read back, not re-run.
 """
 
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
+import timm
 from accelerate import PartialState
 
 from ..engine.config import ConfigError, save_config
@@ -35,6 +38,8 @@ from ..engine.history import read_history
 from ..engine.launch import process_state
 from ..engine.settings import write_settings
 from ..engine.statistics import STD_DDOF, cohens_d, describe_peaks, holm_adjust, ttest_peaks
+from ..layers import DEFAULT_CROP_TOL
+from ..surgery import learned_kernel_sizes
 from .classification import ClassificationConfig, data_split_seed, train_classification
 
 __all__ = [
@@ -46,6 +51,7 @@ __all__ = [
     'best_sizes',
     'best_versus_best',
     'comparison_markdown',
+    'learned_sizes_table',
     'run_comparison',
     'run_config',
     'summarize',
@@ -132,6 +138,7 @@ class ComparisonResult:
     best_size: int
     markdown: str
     files: List[Path]
+    learned_sizes: Optional[str] = None  # the Markdown of learned_sizes.md (None: no adaptive run)
 
 
 def run_config(config: CompareConfig, arm: str, size: int, repeat: int) -> ClassificationConfig:
@@ -285,7 +292,99 @@ def run_comparison(config: CompareConfig) -> ComparisonResult:
     files = _write_outputs(
         config, runs, rows, best_row, best_size, markdown, peaks, curves, title, PartialState().is_main_process
     )
-    return ComparisonResult(peaks, curves, rows, best_row, best_size, markdown, files)
+    sizes_markdown = None
+    if PartialState().is_main_process:
+        sizes_markdown, sizes_files = _write_learned_sizes(config, runs)
+        files += sizes_files
+    return ComparisonResult(peaks, curves, rows, best_row, best_size, markdown, files, sizes_markdown)
+
+
+def _trained_model_dir(run: ClassificationConfig) -> Path:
+    """The best model of a run (``best/``) or, without one, its final model."""
+    best = Path(run.output_dir) / 'best'
+    return best if (best / 'model.safetensors').is_file() else Path(run.output_dir)
+
+
+def _size_label(size: Any) -> str:
+    return 'x'.join(map(str, size)) if isinstance(size, (tuple, list)) else f'{size}×{size}'
+
+
+def learned_sizes_table(
+    per_run: Dict[int, Dict[int, Dict[str, Any]]], crop_tol: float = DEFAULT_CROP_TOL, monitor: str = 'val_loss'
+) -> str:
+    """Markdown of the learned kernel sizes ``per_run[kernel_size][seed][layer]`` (each a
+    :class:`~timm_aconv.LayerKernelSizes`): per kernel size and layer, how many filters learned each
+    size over all repeats, the 95th percentile, and the kernel FLOPs at the learned sizes relative to
+    the full grid (mean ± std over the repeats, ddof=1)."""
+    lines = [
+        f'### Learned kernel sizes of the ACONV arm (crop_tol={crop_tol:g})',
+        '',
+        '| kernel | layer | filters per learned size, all repeats | p95 | kernel FLOPs vs the full grid (%) |',
+        '|---|---|---|---|---|',
+    ]
+    for kernel_size, by_seed in per_run.items():
+        layers = list(next(iter(by_seed.values())))
+        for layer in layers:
+            rows = [by_seed[seed][layer] for seed in by_seed]
+            sizes = [size for row in rows for size in row.sizes]
+            counts = dict.fromkeys(sorted(set(sizes), key=lambda size: (np.prod(size), size)), 0)
+            for size in sizes:
+                counts[size] += 1
+            flops = 100 * np.asarray([row.kernel_flops for row in rows])
+            spread = f'±{flops.std(ddof=STD_DDOF):.1f}' if len(flops) > 1 else ''
+            p95 = np.percentile(np.asarray(sizes), 95, method='higher', axis=0)
+            p95 = tuple(int(value) for value in p95) if np.ndim(p95) else int(p95)
+            lines.append(
+                f'| {_size_label(kernel_size)} | {layer} | '
+                + ', '.join(f'{_size_label(size)}: {count}' for size, count in counts.items())
+                + f' | {_size_label(p95)} | {flops.mean():.1f}{spread} |'
+            )
+    lines += [
+        '',
+        f"Each filter's learned size: the smallest centred window that keeps all but {crop_tol:g} of its product "
+        f"kernel's energy (timm_aconv.learned_kernel_sizes), in the best model of each run (by {monitor}), "
+        f'{len(next(iter(per_run.values())))} repeats per kernel size.',
+    ]
+    return '\n'.join(lines)
+
+
+def _write_learned_sizes(config: CompareConfig, runs: Dict[str, ClassificationConfig]):
+    """``learned_sizes.md`` / ``.json`` from the ACONV runs' saved models; (None, []) when they have no
+    adaptive layer."""
+    per_run: Dict[int, Dict[int, Dict[str, Any]]] = {}
+    for run in runs.values():
+        if run.model != config.model or run.convert != config.convert:
+            continue  # a CONV run
+        model = timm.create_model(f'local-dir:{_trained_model_dir(run)}', pretrained=True)
+        try:
+            sizes = learned_kernel_sizes(model, crop_tol=DEFAULT_CROP_TOL)
+        except ValueError:  # no adaptive layer: the "ACONV" arm is an ordinary model
+            return None, []
+        per_run.setdefault(run.kernel_size, {})[run.seed] = dict(sizes)
+    if not per_run:
+        return None, []
+    markdown = learned_sizes_table(per_run, DEFAULT_CROP_TOL, config.monitor)
+    document = dict(
+        crop_tol=DEFAULT_CROP_TOL,
+        model='best',
+        runs={
+            str(kernel_size): {
+                f'seed{seed}': {
+                    name: dict(
+                        sizes=[list(size) if isinstance(size, tuple) else size for size in row.sizes],
+                        kernel_flops=row.kernel_flops,
+                    )
+                    for name, row in layers.items()
+                }
+                for seed, layers in by_seed.items()
+            }
+            for kernel_size, by_seed in per_run.items()
+        },
+    )
+    directory = Path(config.output_dir)
+    (directory / 'learned_sizes.md').write_text(markdown + '\n')
+    (directory / 'learned_sizes.json').write_text(json.dumps(document, indent=1))
+    return markdown, [directory / 'learned_sizes.md', directory / 'learned_sizes.json']
 
 
 def _write_outputs(config, runs, rows, best_row, best_size, markdown, peaks, curves, title, write: bool) -> List[Path]:

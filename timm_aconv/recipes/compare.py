@@ -5,9 +5,10 @@
     python recipes/compare.py --config recipes/configs/digits.yaml --kernel_sizes 3,5,7,9 --repeats 5
     python recipes/compare.py --config recipes/configs/digits.yaml --resume   # reuse finished runs
 
-Writes comparison.md/.csv/.json and comparison_curves.png to --output_dir, one folder per run
-below it; a second comparison into the same output_dir needs --resume (reads finished runs back)
-or --overwrite. The logic lives in timm_aconv.experiments.compare.
+Writes comparison.md/.csv/.json, comparison_curves.png and the ACONV arm's learned kernel sizes
+(learned_sizes.md/.json) to --output_dir, one folder per run below it; a second comparison into the
+same output_dir needs --resume (reads finished runs back) or --overwrite. The logic lives in
+timm_aconv.experiments.compare.
 """
 
 from typing import List, Optional
@@ -24,6 +25,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     check_output_dir(config.output_dir, config.resume, config.overwrite)
     result = run_comparison(config)
     PartialState().print(result.markdown)
+    if result.learned_sizes:
+        PartialState().print('\n' + result.learned_sizes)
     PartialState().print('written:', ', '.join(str(path) for path in result.files))
 
 
