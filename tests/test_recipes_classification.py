@@ -4,6 +4,7 @@ import importlib.util
 import json
 import math
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -160,6 +161,47 @@ def test_compare_table_has_real_t_tests(tmp_path, capsys):
     )
     assert (tmp_path / 'aconv_k5' / 'seed1' / 'metrics.json').stat().st_mtime_ns == before
     assert json.loads((tmp_path / 'comparison.json').read_text())['rows'] == result['rows']
+
+
+def test_compare_resume_continues_an_interrupted_run_from_its_checkpoint(tmp_path, monkeypatch):
+    """A comparison stopped in the middle of a run continues it from its newest checkpoint: the same history as
+    an uninterrupted comparison; finished runs are read back, interrupted ones resumed, not started again."""
+    import timm_aconv.experiments.compare as compare_module
+    from timm_aconv.recipes import compare as recipe
+
+    trained = []
+    original = compare_module.train_classification
+
+    def recording(run, **kwargs):
+        trained.append((Path(run.output_dir).relative_to(run.output_dir.rsplit('/', 2)[0]).as_posix(), run.resume))
+        return original(run, **kwargs)
+
+    monkeypatch.setattr(compare_module, 'train_classification', recording)
+
+    def run(output_dir, epochs, resume=False):
+        args = ['--dataset', 'digits', '--img_size', '8', '--kernel_sizes', '3', '--repeats', '2', '--lr', '0.01',
+                '--max_steps_per_epoch', '4', '--save_every', '1', '--output_dir', str(output_dir), *FAST]  # fmt: skip
+        recipe.main([*args, '--epochs', str(epochs)] + (['--resume'] if resume else []))
+        histories = {
+            name: [record['val_accuracy'] for record in json.loads((output_dir / name / 'metrics.json').read_text())]
+            for name in ('conv_k3/seed0', 'conv_k3/seed1', 'aconv_k3/seed0', 'aconv_k3/seed1')
+        }
+        return histories, json.loads((output_dir / 'comparison.json').read_text())['rows']
+
+    whole = run(tmp_path / 'whole', 3)
+    interrupted = tmp_path / 'interrupted'
+    run(interrupted, 3)
+    for run_folder in ('conv_k3/seed1', 'aconv_k3/seed0'):  # stopped after the first epoch: later checkpoints gone
+        folder = interrupted / run_folder
+        checkpoints = sorted((folder / 'checkpoints').iterdir())
+        for checkpoint in checkpoints[1:]:
+            shutil.rmtree(checkpoint)
+        history = json.loads((folder / 'metrics.json').read_text())
+        (folder / 'metrics.json').write_text(json.dumps(history[:1]))
+    trained.clear()
+    resumed = run(interrupted, 3, resume=True)
+    assert resumed == whole and all(len(history) == 3 for history in resumed[0].values())
+    assert sorted(trained) == [('aconv_k3/seed0', True), ('conv_k3/seed1', True)]
 
 
 def test_demo_prints_the_table_and_the_files(tmp_path, capsys):

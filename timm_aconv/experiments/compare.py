@@ -19,7 +19,8 @@ Outputs in ``output_dir``: ``comparison.md`` / ``.csv`` / ``.json``, ``compariso
 resolved settings: ``--config`` on it reruns the comparison) and ``learned_sizes.md`` / ``.json``: the
 kernel size each filter of the ACONV arm learned (:func:`timm_aconv.learned_kernel_sizes` of each
 run's best model, :func:`learned_sizes_table`). Each run keeps its own directory
-``<arm>_k<n>/seed<seed>``; with ``resume=True`` finished runs are read back, not re-run.
+``<arm>_k<n>/seed<seed>``; with ``resume=True`` finished runs are read back, not re-run, and an interrupted run
+continues from its newest complete checkpoint (with the same results as an uninterrupted one).
 """
 
 import csv
@@ -36,6 +37,7 @@ from accelerate import PartialState
 from ..engine.config import ConfigError, save_config
 from ..engine.history import read_history
 from ..engine.launch import process_state
+from ..engine.output_dir import latest_checkpoint
 from ..engine.settings import write_settings
 from ..engine.statistics import STD_DDOF, cohens_d, describe_peaks, holm_adjust, ttest_peaks
 from ..layers import DEFAULT_CROP_TOL
@@ -278,6 +280,7 @@ def run_comparison(config: CompareConfig) -> ComparisonResult:
                 runs[str(Path(run.output_dir).relative_to(config.output_dir))] = run
                 history = _finished_history(run) if config.resume else None
                 if history is None:  # one process group for all runs (torchrun / accelerate launch)
+                    run.resume = config.resume and latest_checkpoint(run.output_dir) is not None
                     history = train_classification(run, end_training=False)
                 accuracy = [record['val_accuracy'] for record in history]
                 peaks[arm].setdefault(size, []).append(max(accuracy))
