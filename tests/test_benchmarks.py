@@ -3,18 +3,16 @@
 import copy
 import functools
 import json
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'benchmarks'))
-import overhead
-import timing
-
 import timm_aconv
+from benchmarks import overhead, steps, timing
+from benchmarks.suites import dispatch, gpu, ops
+from benchmarks.suites import layer as layer_suite
+from benchmarks.suites import model as model_suite
 
 pytestmark = pytest.mark.usefixtures('one_torch_thread')  # main(--threads 1) sets the thread count
 
@@ -85,12 +83,12 @@ def test_cuda_event_clock_sums_the_intervals_between_its_events(monkeypatch):
 
 
 def test_cli_writes_a_table_and_json(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(overhead, 'LAYER_SHAPES', [(4, 16, 8)])  # the CLI's plumbing, on a tiny layer
+    monkeypatch.setattr(layer_suite, 'LAYER_SHAPES', [(4, 16, 8)])  # the CLI's plumbing, on a tiny layer
     path = tmp_path / 'results.json'
     results = overhead.main(['--suite', 'layer', '--rounds', '1', '--threads', '1', '--json', str(path)])
     assert json.loads(path.read_text()) == json.loads(json.dumps(results))
     cases = results['cases']
-    assert len(cases) == len(overhead.LAYER_SHAPES) * len(overhead.LAYER_SIZES) * 3
+    assert len(cases) == len(layer_suite.LAYER_SHAPES) * len(layer_suite.LAYER_SIZES) * 3
     assert all(case['suite'] == 'layer' and case['ratio'] > 0 for case in cases)
     assert '| layer | 4x16x8x8 n=3 train fwd |' in capsys.readouterr().out
 
@@ -102,20 +100,20 @@ def test_count_compute_ops_counts_kernels_not_views_or_allocations():
         torch.empty(3)
         torch._foreach_add_(tensors, 1.0)  # one multi-tensor op (one kernel on a GPU)
         y.sum()
-    assert overhead.count_compute_ops(prof.events()) == {'aten::mul': 1, 'aten::_foreach_add_': 1, 'aten::sum': 1}
+    assert ops.count_compute_ops(prof.events()) == {'aten::mul': 1, 'aten::_foreach_add_': 1, 'aten::sum': 1}
 
 
 @pytest.mark.parametrize(
     'grouped,target',
-    [(True, overhead.OPS_PER_LAYER_TARGET), (False, overhead.OPS_PER_LAYER_UNGROUPED)],
+    [(True, ops.OPS_PER_LAYER_TARGET), (False, ops.OPS_PER_LAYER_UNGROUPED)],
     ids=['grouped', 'ungrouped'],
 )
 def test_adaptive_layers_add_at_most_the_target_operations_per_training_step(grouped, target):
     """The launch guard: extra compute ops of aconv_resnet20 over conv_resnet20, per adaptive layer,
     in one foreach-SGD training step (forward, backward, optimizer, sigma clamp). The count does not
     depend on batch or image size, so a small step stands for the benchmark's batch 8 at 32x32."""
-    adaptive, ordinary = overhead.resnet20_pair(kernel_size=3)
-    counts = overhead.op_overhead(adaptive, ordinary, batch=2, size=8, grouped=grouped)
+    adaptive, ordinary = steps.resnet20_pair(kernel_size=3)
+    counts = ops.op_overhead(adaptive, ordinary, batch=2, size=8, grouped=grouped)
     assert counts['layers'] == 19
     assert counts['extra_ops_per_layer'] <= target, counts['difference']
     # the clamp: two multi-tensor calls for all layers, no per-layer clamp
@@ -128,11 +126,11 @@ def test_grouped_operations_and_autograd_nodes_do_not_grow_with_depth():
     and the AccumulateGrad node of each sigma, nothing else per layer."""
     extra_ops, extra_nodes = {}, {}
     for depth in (20, 56):
-        adaptive, ordinary = overhead.tiny_resnet_pair(depth)
-        counts = overhead.op_overhead(adaptive, ordinary, batch=1, size=8)
+        adaptive, ordinary = steps.tiny_resnet_pair(depth)
+        counts = ops.op_overhead(adaptive, ordinary, batch=1, size=8)
         extra_ops[depth] = counts['adaptive_ops'] - counts['ordinary_ops']
         extra_nodes[depth] = (
-            overhead.autograd_nodes(adaptive, 1, 8) - overhead.autograd_nodes(ordinary, 1, 8),
+            dispatch.autograd_nodes(adaptive, 1, 8) - dispatch.autograd_nodes(ordinary, 1, 8),
             counts['layers'],
         )
     assert extra_ops[20] == extra_ops[56], extra_ops  # 4 stacks in both (input widths 3, 2, 4, 8)
@@ -142,13 +140,13 @@ def test_grouped_operations_and_autograd_nodes_do_not_grow_with_depth():
 
 
 TINY_CNN = dict(in_chans=3, img_size=8, kernel_size=3, width=4, hidden_size=8)
-TINY_PAIR = overhead.GpuPair('tiny', ('aconv_simple_cnn', TINY_CNN), ('conv_simple_cnn', TINY_CNN), 2, 8)
+TINY_PAIR = gpu.GpuPair('tiny', ('aconv_simple_cnn', TINY_CNN), ('conv_simple_cnn', TINY_CNN), 2, 8)
 
 
 def test_gpu_suite_runs_on_the_cpu_with_tiny_models(tmp_path, monkeypatch, capsys):
     """The gpu suite's driver (cases, compile, op and kernel counts, JSON, failures) on the CPU: what
     runs on a GPU differs only in the clock (CUDA events), the peak memory and the CUDA graph case."""
-    monkeypatch.setattr(overhead, 'GPU_PAIRS', [TINY_PAIR])
+    monkeypatch.setattr(gpu, 'GPU_PAIRS', [TINY_PAIR])
     path = tmp_path / 'gpu.json'
     results = overhead.main(
         [
@@ -191,8 +189,8 @@ def test_gpu_suite_runs_on_the_cpu_with_tiny_models(tmp_path, monkeypatch, capsy
 
 
 def test_gpu_suite_reports_failing_and_overtime_cases_and_keeps_going(monkeypatch):
-    monkeypatch.setattr(overhead, 'GPU_PAIRS', [TINY_PAIR])
-    monkeypatch.setattr(overhead, 'MIN_CASE_S', 1.0)
+    monkeypatch.setattr(gpu, 'GPU_PAIRS', [TINY_PAIR])
+    monkeypatch.setattr(gpu, 'MIN_CASE_S', 1.0)
     measure = functools.partial(timing.compare, rounds=1, warmup=0)
 
     def failing_case(pair, mode, *args):
@@ -200,7 +198,7 @@ def test_gpu_suite_reports_failing_and_overtime_cases_and_keeps_going(monkeypatc
             raise RuntimeError('out of memory')
         time.sleep(30)  # stopped by the time budget, which then skips the compiled case (CUDA graphs come last)
 
-    monkeypatch.setattr(overhead, '_gpu_case', failing_case)
+    monkeypatch.setattr(gpu, '_gpu_case', failing_case)
     counts = dict(
         layers=2,
         adaptive_ops=3,
@@ -210,9 +208,9 @@ def test_gpu_suite_reports_failing_and_overtime_cases_and_keeps_going(monkeypatc
         ordinary_cuda_kernels=None,
         difference={'aten::mul': 2},
     )
-    monkeypatch.setattr(overhead, 'op_overhead', lambda *args, **kwargs: counts)
+    monkeypatch.setattr(ops, 'op_overhead', lambda *args, **kwargs: counts)
     saved = []
-    rows, op_rows, failures = overhead.gpu_cases('cpu', measure, time_budget_s=2.5, on_result=lambda: saved.append(1))
+    rows, op_rows, failures = gpu.gpu_cases('cpu', measure, time_budget_s=2.5, on_result=lambda: saved.append(1))
     assert rows == [] and len(op_rows) == 2 and len(saved) == 4
     assert [failure['error'] for failure in failures] == [
         'RuntimeError: out of memory',
@@ -239,8 +237,8 @@ def test_compiled_group_adds_few_generated_kernels_per_layer_and_no_calls(one_to
     of 69, where inductor splits a few of the ordinary step's fused functions)."""
     extra = {}
     for depth in (8, 14):
-        adaptive, ordinary = overhead.tiny_resnet_pair(depth)
-        counts = [overhead.compiled_step_counts(model, 1, 8) for model in (adaptive, ordinary)]
+        adaptive, ordinary = steps.tiny_resnet_pair(depth)
+        counts = [dispatch.compiled_step_counts(model, 1, 8) for model in (adaptive, ordinary)]
         extra[depth] = counts[0]['generated_kernels'] - counts[1]['generated_kernels']
         assert counts[0]['kernel_calls'] == counts[1]['kernel_calls'] > 0, counts
     assert 0 < (extra[14] - extra[8]) / (13 - 7) <= 3.5, extra
@@ -249,8 +247,8 @@ def test_compiled_group_adds_few_generated_kernels_per_layer_and_no_calls(one_to
 def test_train_crop_cases_time_the_windows_they_name(capsys):
     """The model suite's training-crop cases: each adaptive model trains at the window its case names
     (3×3, 5×5) and keeps it through the timed steps; each case times the pairs it prints."""
-    for window in overhead.TRAIN_CROP_SIGMA:
-        model = overhead.train_crop_model(window)
+    for window in model_suite.TRAIN_CROP_SIGMA:
+        model = model_suite.train_crop_model(window)
         assert set(timm_aconv_windows(model)) == {(window, window)}
     timed = []
 
@@ -261,7 +259,7 @@ def test_train_crop_cases_time_the_windows_they_name(capsys):
         timed.append((adaptive, ordinary))
         return timing.Comparison(2.0, 4.0, 0.5, 0.4, 0.6, 1, 1, float('nan'), float('nan'))
 
-    rows = overhead.train_crop_cases(measure)
+    rows = model_suite.train_crop_cases(measure)
     assert [row['case'] for row in rows] == [
         'train step b32 32x32 at train_crop_tol=0.001 vs conv_resnet20 k=7',
         'train step b32 32x32 at train_crop_tol=0.001 vs conv_resnet20 k=3',
@@ -288,20 +286,20 @@ def test_sigma_floor_step_trains_plain_weights_and_pays_for_sigma_only(compile_m
     """The floor rows' step trains a copy of the model whose layers convolve with their plain weights (the
     group computes no product kernel): the weights train, and every sigma gets a zero gradient, an SGD
     update and the clamp, so it moves only into its bounds; compiled, the forward is the compiled model."""
-    adaptive, _ = overhead.tiny_resnet_pair(8)
+    adaptive, _ = steps.tiny_resnet_pair(8)
     before = copy.deepcopy(adaptive.state_dict())
     built = {}
-    train_step_fn = overhead.train_step_fn
+    train_step_fn = steps.train_step_fn
 
     def capture(model, *args, **kwargs):
         built.update(model=model, forward=kwargs.get('forward'))
         return train_step_fn(model, *args, **kwargs)
 
-    monkeypatch.setattr(overhead, 'train_step_fn', capture)
+    monkeypatch.setattr(dispatch, 'train_step_fn', capture)
     computed = []
     compute = timm_aconv.KernelGroup._compute
     monkeypatch.setattr(timm_aconv.KernelGroup, '_compute', lambda group: computed.append(group) or compute(group))
-    step = overhead.sigma_floor_step_fn(adaptive, 1, 8, compile_model=compile_model)
+    step = dispatch.sigma_floor_step_fn(adaptive, 1, 8, compile_model=compile_model)
     step()
     step()
     model = built['model']
@@ -336,7 +334,7 @@ def test_dispatch_cases_time_the_pairs_they_name(monkeypatch):
 
     monkeypatch.setattr(torch, 'compile', fake_compile)
     monkeypatch.setattr(
-        overhead, 'compiled_step_counts', lambda model, batch, size: dict(generated_kernels=9, kernel_calls=4)
+        dispatch, 'compiled_step_counts', lambda model, batch, size: dict(generated_kernels=9, kernel_calls=4)
     )
     timed = []
 
@@ -346,7 +344,7 @@ def test_dispatch_cases_time_the_pairs_they_name(monkeypatch):
         timed.append((adaptive, ordinary))
         return timing.Comparison(3.0, 2.0, 1.5, 1.4, 1.6, 1, 1, float('nan'), float('nan'))
 
-    rows, counts = overhead.dispatch_cases(measure, depths=(8,))
+    rows, counts = dispatch.dispatch_cases(measure, depths=(8,))
     name = 'resnet8 widths (2, 4, 8) k=3 b1 8x8'
     assert [row['case'] for row in rows] == [
         f'{name} default (as registered)',

@@ -1,0 +1,201 @@
+"""The dispatch suite: the host-bound regime of a GPU step, measured on the CPU.
+
+Twin ResNets 20 and 56 with tiny widths (2, 4, 8), 3x3 grids, batch 1 at 8x8, one thread, so that the arithmetic
+vanishes and what remains is per-step Python, autograd and dispatch work. Train-step ratios (model as registered;
+its layers ungrouped, each computing its own kernel; an ordinary twin against itself as the noise floor; both
+compiled; the floor of one more parameter per layer, eager and compiled), autograd nodes per step and, compiled,
+the kernels inductor generates (``torch._inductor.metrics``) and the calls of generated functions per step
+(``torch.profiler``).
+"""
+
+import copy
+import functools
+import json
+from typing import Callable, Dict, List, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
+
+import timm_aconv
+from benchmarks import report
+from benchmarks.steps import TINY_KERNEL_SIZE, TINY_WIDTHS, tiny_resnet_pair, train_step_fn
+from benchmarks.timing import Measure
+
+DISPATCH_DEPTHS = (20, 56)
+DISPATCH_BATCH, DISPATCH_IMAGE_SIZE = 1, 8
+
+
+def sigma_floor_step_fn(model: nn.Module, batch: int, size: int, compile_model: bool = False) -> Callable[[], None]:
+    """A training step of ``model`` (adaptive) that pays for its sigma parameters only: every layer
+    convolves with its plain weight (no envelope, no product kernel), and each sigma gets a gradient
+    (zeros, made once) for the optimizer's update and the clamp. What no formulation of the kernels
+    can remove while sigma stays one parameter per layer in the user's optimizer. ``compile_model``:
+    the forward is ``torch.compile``'d (the optimizer step and the clamp stay outside, as in the
+    compiled dispatch case)."""
+    model = copy.deepcopy(model)
+    layers = list(timm_aconv.adaptive_layers(model))
+    for layer in layers:
+        layer.forward = functools.partial(lambda layer, x: layer._conv_forward(x, layer.weight, layer.bias), layer)
+    zeros = [torch.zeros_like(layer.sigma) for layer in layers]
+
+    def sigma_gradients():
+        for layer, zero in zip(layers, zeros):
+            layer.sigma.grad = zero
+
+    forward = torch.compile(model) if compile_model else None
+    return train_step_fn(model, batch, size, foreach=True, forward=forward, after_backward=sigma_gradients)
+
+
+def autograd_nodes(model: nn.Module, batch: int, size: int) -> int:
+    """Nodes of the autograd graph of one training forward's loss (AccumulateGrad nodes included)."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, size, size, generator=generator)
+    loss = F.cross_entropy(model.train()(x), torch.zeros(batch, dtype=torch.long))
+    seen, stack = set(), [loss.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return len(seen)
+
+
+def compiled_step_counts(model: nn.Module, batch: int, size: int) -> Dict[str, int]:
+    """One compiled training step (forward and backward) of ``model``: the kernels inductor generates
+    (``generated_kernels``, ``torch._inductor.metrics``) and how many generated functions the step then
+    calls (``kernel_calls``, counted with ``torch.profiler``). On a CPU a generated function runs all the
+    loop nests inductor fused into it, so it may hold several generated kernels; each call is what a
+    launch is on a GPU."""
+    from torch._inductor import config, metrics
+
+    torch._dynamo.reset()
+    metrics.reset()
+    with config.patch({'cpp.enable_kernel_profile': True}):  # each generated function records its calls
+        step = train_step_fn(model, batch, size, foreach=True, forward=torch.compile(model))
+        step()  # compiles forward and backward
+        kernels = metrics.generated_kernel_count
+        with profile(activities=[ProfilerActivity.CPU]) as profiler:
+            step()
+    calls = sum(1 for event in profiler.events() if 'cpp_fused' in event.name)
+    return dict(generated_kernels=kernels, kernel_calls=calls)
+
+
+def dispatch_cases(
+    measure: Measure, compile_model: bool = True, depths: Sequence[int] = DISPATCH_DEPTHS
+) -> Tuple[List[Dict], List[Dict]]:
+    """Train-step ratios and deterministic counts of the tiny twins, on one thread."""
+    rows, count_rows = [], []
+
+    def time_pair(case: str, adaptive_step: Callable, ordinary_step: Callable, note: str = '') -> None:
+        comparison = measure(adaptive_step, ordinary_step, memory=False)
+        extra = f'{comparison.adaptive_ms - comparison.ordinary_ms:+.3f} ms/step'
+        rows.append(report.row('dispatch', case, comparison, f'{note}, {extra}' if note else extra))
+
+    def compiled(step: Callable[[], None]) -> Callable[[], None]:
+        step()  # compiles forward and backward
+        return step
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    shape = dict(batch=DISPATCH_BATCH, size=DISPATCH_IMAGE_SIZE)
+    try:
+        for depth in depths:
+            adaptive, ordinary = tiny_resnet_pair(depth)
+            layers = sum(1 for _ in timm_aconv.adaptive_layers(adaptive))
+            name = (
+                f'resnet{depth} widths {TINY_WIDTHS} k={TINY_KERNEL_SIZE} b{DISPATCH_BATCH} '
+                f'{DISPATCH_IMAGE_SIZE}x{DISPATCH_IMAGE_SIZE}'
+            )
+            ungrouped = copy.deepcopy(adaptive)
+            timm_aconv.ungroup_adaptive_layers(ungrouped)
+            cases = [
+                ('default (as registered)', adaptive, ordinary),
+                ('ungrouped (each layer its own kernel)', ungrouped, ordinary),
+                ('noise floor: ordinary vs ordinary', copy.deepcopy(ordinary), ordinary),
+            ]
+            for label, first, second in cases:
+                # foreach SGD: torch's default on a GPU (a for-loop over parameters on the CPU)
+                time_pair(
+                    f'{name} {label}',
+                    train_step_fn(copy.deepcopy(first), foreach=True, **shape),
+                    train_step_fn(copy.deepcopy(second), foreach=True, **shape),
+                    f'{layers} adaptive layers',
+                )
+            time_pair(
+                f'{name} floor: sigma parameters only (optimizer update and clamp)',
+                sigma_floor_step_fn(adaptive, **shape),
+                train_step_fn(copy.deepcopy(ordinary), foreach=True, **shape),
+            )
+            nodes = {
+                label: autograd_nodes(model, **shape)
+                for label, model in (('default', adaptive), ('ungrouped', ungrouped), ('ordinary', ordinary))
+            }
+            counts = dict(
+                case=name,
+                layers=layers,
+                autograd_nodes=nodes,
+                extra_nodes_per_layer={
+                    label: round((nodes[label] - nodes['ordinary']) / layers, 2) for label in ('default', 'ungrouped')
+                },
+            )
+            if compile_model:
+                compiled_counts = {
+                    label: compiled_step_counts(copy.deepcopy(model), **shape)
+                    for label, model in (('default', adaptive), ('ordinary', ordinary))
+                }
+                kernels = {label: count['generated_kernels'] for label, count in compiled_counts.items()}
+                counts.update(
+                    generated_kernels=kernels,
+                    extra_kernels_per_layer=round((kernels['default'] - kernels['ordinary']) / layers, 2),
+                    kernel_calls={label: count['kernel_calls'] for label, count in compiled_counts.items()},
+                )
+                torch._dynamo.reset()
+                twins = [copy.deepcopy(adaptive), copy.deepcopy(ordinary), copy.deepcopy(ordinary)]
+                adaptive_step, ordinary_step, floor_twin_step = (
+                    compiled(train_step_fn(model, foreach=True, forward=torch.compile(model), **shape))
+                    for model in twins
+                )
+                time_pair(
+                    f'{name} torch.compile (inductor)',
+                    adaptive_step,
+                    ordinary_step,
+                    f'generated kernels {kernels["default"]} vs {kernels["ordinary"]}: '
+                    f'{counts["extra_kernels_per_layer"]:+g} per adaptive layer',
+                )
+                time_pair(
+                    f'{name} compiled floor: sigma parameters only (optimizer update and clamp)',
+                    compiled(sigma_floor_step_fn(adaptive, compile_model=True, **shape)),
+                    floor_twin_step,
+                )
+            print(f'# {json.dumps(counts)}', flush=True)
+            count_rows.append(counts)
+    finally:
+        torch.set_num_threads(threads)
+    return rows, count_rows
+
+
+def format_dispatch_counts(counts: List[Dict]) -> str:
+    """The table of the counts of :func:`dispatch_cases`, one line per depth."""
+    lines = [
+        '| case | adaptive layers | autograd nodes default / ungrouped / ordinary | extra nodes per layer '
+        'default / ungrouped | generated kernels adaptive / ordinary | extra kernels per layer '
+        '| calls of generated functions adaptive / ordinary |',
+        '|' + '---|' * 7,
+    ]
+    for row in counts:
+        nodes, extra = row['autograd_nodes'], row['extra_nodes_per_layer']
+        kernels, calls = row.get('generated_kernels'), row.get('kernel_calls')
+        lines.append(
+            f'| {row["case"]} | {row["layers"]} | {nodes["default"]} / {nodes["ungrouped"]} / {nodes["ordinary"]} | '
+            f'**{extra["default"]:g}** / {extra["ungrouped"]:g} | '
+            + (
+                f'{kernels["default"]} / {kernels["ordinary"]} | **{row["extra_kernels_per_layer"]:g}** | '
+                f'{calls["default"]} / {calls["ordinary"]} |'
+                if kernels
+                else '– | – | – |'
+            )
+        )
+    return '\n'.join(lines)
