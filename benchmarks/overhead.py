@@ -15,7 +15,9 @@ Suites (one module each in ``benchmarks/suites/``, whose docstring says what it 
     dispatch    the host-bound regime of a GPU step, measured on the CPU: tiny twins, one thread.
     gpu         train steps on --device: eager, ungrouped, one CUDA graph, compiled; operations and kernels.
 
-This module is the command line: it runs the chosen suites and prints (and saves) their tables.
+This module is the command line: it runs the chosen suites and prints (and saves) their tables. The ops and
+dispatch suites also check deterministic counts against their targets (``benchmarks/guards.py``): a count over
+its target prints ``GUARD FAILED: ...`` and the command exits non-zero.
 
 Usage (from the repository root)::
 
@@ -33,11 +35,12 @@ import functools
 import json
 import sys
 import time
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from benchmarks import report
+from benchmarks.guards import Guard
 from benchmarks.suites import covariance, dispatch, gpu, layer, model, ops, scaling
 from benchmarks.timing import CLOCKS, CudaEventClock, compare
 
@@ -135,9 +138,11 @@ def _chosen_suites(names: Optional[Sequence[str]], cuda: bool) -> Tuple[str, ...
 
 def run_suites(
     args: argparse.Namespace, suites: Sequence[str], device: str, results: Dict, save: Callable[[], None]
-) -> None:
-    """Run ``suites`` in their fixed order with the options of ``args``, adding their rows to ``results``."""
+) -> List[Guard]:
+    """Run ``suites`` in their fixed order with the options of ``args``, adding their rows to ``results``;
+    returns the guards of their counts."""
     rows, op_rows = results['cases'], results['op_counts']
+    checks: List[Guard] = []
     measure = functools.partial(compare, rounds=args.rounds, clock=args.clock)
     if 'layer' in suites:
         rows += layer.layer_cases(measure)
@@ -149,13 +154,16 @@ def run_suites(
         rows += scaling.scaling_cases(functools.partial(measure, rounds=max(3, args.rounds - 2)))
     if 'ops' in suites:
         print(report.table_header(ops.OP_HEADER), flush=True)
-        op_rows += ops.ops_cases()
+        ops_rows = ops.ops_cases()
+        op_rows += ops_rows
+        checks += ops.guards(ops_rows)
     if 'dispatch' in suites:
         dispatch_rows, results['dispatch_counts'] = dispatch.dispatch_cases(
             functools.partial(measure, rounds=args.dispatch_rounds, warmup=5, min_round_s=0.1),
             compile_model=not args.no_compile,
         )
         rows += dispatch_rows
+        checks += dispatch.guards(results['dispatch_counts'])
     if 'gpu' in suites:
         clock = CudaEventClock() if torch.device(device).type == 'cuda' else args.clock
         gpu_rows, gpu_op_rows, failures = gpu.gpu_cases(
@@ -170,10 +178,11 @@ def run_suites(
         rows += gpu_rows
         op_rows += gpu_op_rows
         results['failures'] += failures
+    return checks
 
 
-def print_summary(results: Dict) -> None:
-    """The tables of all suites run, after their rows were printed one by one."""
+def print_summary(results: Dict, checks: Sequence[Guard]) -> None:
+    """The tables of all suites run, after their rows were printed one by one, and the guards' verdicts."""
     rows, op_rows = results['cases'], results['op_counts']
     print(
         f'\nratio = median over interleaved rounds of adaptive time / ordinary time (IQR: its quartiles); '
@@ -192,6 +201,8 @@ def print_summary(results: Dict) -> None:
         print('\n' + dispatch.format_dispatch_counts(results['dispatch_counts']))
     for failure in results['failures']:
         print(f'not measured: {failure["case"]}: {failure["error"]}')
+    if checks:
+        print('\n' + '\n'.join(guard.line() for guard in checks))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict:
@@ -218,10 +229,14 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
                 json.dump(results, file, indent=1)
 
     start = time.perf_counter()
-    run_suites(args, suites, device, results, save)
+    checks = run_suites(args, suites, device, results, save)
     info['seconds'] = round(time.perf_counter() - start, 1)
-    print_summary(results)
+    results['guards'] = [guard.as_dict() for guard in checks]
+    print_summary(results, checks)
     save()
+    failed = sum(not guard.passed for guard in checks)
+    if failed:
+        raise SystemExit(f'{failed} of {len(checks)} guards failed: a count exceeds its target (GUARD FAILED above)')
     return results
 
 

@@ -5,7 +5,7 @@ vanishes and what remains is per-step Python, autograd and dispatch work. Train-
 its layers ungrouped, each computing its own kernel; an ordinary twin against itself as the noise floor; both
 compiled; the floor of one more parameter per layer, eager and compiled), autograd nodes per step and, compiled,
 the kernels inductor generates (``torch._inductor.metrics``) and the calls of generated functions per step
-(``torch.profiler``).
+(``torch.profiler``). :func:`guards` checks the counts against their targets.
 """
 
 import copy
@@ -20,11 +20,21 @@ from torch.profiler import ProfilerActivity, profile
 
 import timm_aconv
 from benchmarks import report
+from benchmarks.guards import Guard
 from benchmarks.steps import TINY_KERNEL_SIZE, TINY_WIDTHS, tiny_resnet_pair, train_step_fn
+from benchmarks.suites import ops
 from benchmarks.timing import Measure
 
 DISPATCH_DEPTHS = (20, 56)
 DISPATCH_BATCH, DISPATCH_IMAGE_SIZE = 1, 8
+# the targets of the suite's guards (deterministic counts of the tiny twins, see guards()):
+# autograd nodes the kernel group adds to a model besides the AccumulateGrad node of each sigma: 12 for the family's
+# envelope, a product per stack of same-shape weights and a cat and a split per stack of several layers (22 in both
+# depths: stacks of 1, 6, 6 and 6 layers in ResNet20)
+GROUP_AUTOGRAD_NODES_TARGET = 22
+# kernels inductor generates for one compiled training step, per added adaptive layer: the concatenations' copies of
+# sigma, W and dL/dK (layer by layer it was 11)
+KERNELS_PER_ADDED_LAYER_TARGET = 3.5
 
 
 def sigma_floor_step_fn(model: nn.Module, batch: int, size: int, compile_model: bool = False) -> Callable[[], None]:
@@ -133,6 +143,7 @@ def dispatch_cases(
                 label: autograd_nodes(model, **shape)
                 for label, model in (('default', adaptive), ('ungrouped', ungrouped), ('ordinary', ordinary))
             }
+            op_counts = ops.op_overhead(copy.deepcopy(adaptive), copy.deepcopy(ordinary), **shape)
             counts = dict(
                 case=name,
                 layers=layers,
@@ -140,6 +151,7 @@ def dispatch_cases(
                 extra_nodes_per_layer={
                     label: round((nodes[label] - nodes['ordinary']) / layers, 2) for label in ('default', 'ungrouped')
                 },
+                extra_ops=op_counts['adaptive_ops'] - op_counts['ordinary_ops'],
             )
             if compile_model:
                 compiled_counts = {
@@ -199,3 +211,57 @@ def format_dispatch_counts(counts: List[Dict]) -> str:
             )
         )
     return '\n'.join(lines)
+
+
+def guards(counts: List[Dict]) -> List[Guard]:
+    """The counts of :func:`dispatch_cases` (one per depth, shallowest first) against their targets.
+
+    Per depth, the autograd nodes of the kernel group besides one AccumulateGrad per sigma
+    (:data:`GROUP_AUTOGRAD_NODES_TARGET`). From the shallowest depth to the deepest (two or more depths): the
+    extra operations of a training step do not grow (the kernels of all layers are computed together), and,
+    compiled, the generated kernels grow by at most :data:`KERNELS_PER_ADDED_LAYER_TARGET` per added layer;
+    at the shallowest depth the compiled step calls no more generated functions than its ordinary twin.
+    """
+    checks = [
+        Guard(
+            f'autograd nodes of the kernel group besides one AccumulateGrad per sigma, {row["case"]}',
+            row['autograd_nodes']['default'] - row['autograd_nodes']['ordinary'] - row['layers'],
+            GROUP_AUTOGRAD_NODES_TARGET,
+        )
+        for row in counts
+    ]
+    if not counts:
+        return checks
+    shallow, deep = counts[0], counts[-1]
+    added_layers = deep['layers'] - shallow['layers']
+    if added_layers > 0:
+        checks.append(
+            Guard(
+                f'extra operations of a training step added by the {added_layers} more adaptive layers of '
+                f'{deep["case"]} over {shallow["case"]}',
+                deep['extra_ops'] - shallow['extra_ops'],
+                0,
+            )
+        )
+    if 'generated_kernels' in shallow:
+        if added_layers > 0:
+            extra_kernels = [
+                row['generated_kernels']['default'] - row['generated_kernels']['ordinary'] for row in (shallow, deep)
+            ]
+            checks.append(
+                Guard(
+                    f'inductor-generated kernels of a compiled training step per added adaptive layer, '
+                    f'{shallow["case"]} to {deep["case"]}',
+                    round((extra_kernels[1] - extra_kernels[0]) / added_layers, 2),
+                    KERNELS_PER_ADDED_LAYER_TARGET,
+                )
+            )
+        calls = shallow['kernel_calls']
+        checks.append(
+            Guard(
+                f'extra calls of generated functions per compiled training step, {shallow["case"]}',
+                calls['default'] - calls['ordinary'],
+                0,
+            )
+        )
+    return checks

@@ -119,19 +119,21 @@ def gpu_cases(
     on_result: Callable[[], None] = lambda: None,
     pairs: Optional[Sequence[str]] = None,
     modes: Optional[Sequence[str]] = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Tuple[List[Dict], List[Dict], List[Dict]]:
     """Train-step timings of :data:`GPU_PAIRS` on ``device`` in every mode of :data:`GPU_MODES`.
 
     Every case (op counts of a pair, or a pair in one mode) runs on its own: an exception or the
     time budget ends that case only, and it is listed among the failures. Eager and CUDA-graph
     cases of all pairs run before the compiled ones (compiling takes longest). ``on_result`` is
-    called after every case (e.g. to save the results so far).
+    called after every case (e.g. to save the results so far). ``clock``: seconds, what the budget is
+    counted in (a case's own time limit is a ``SIGALRM`` alarm where the platform has one).
 
     Returns:
         (timing rows, op-count rows, failures).
     """
     rows, op_rows, failures = [], [], []
-    deadline = time.monotonic() + time_budget_s
+    deadline = clock() + time_budget_s
     cuda = torch.device(device).type == 'cuda'
     use_alarm = hasattr(signal, 'SIGALRM')
     chosen_pairs = [pair for pair in GPU_PAIRS if pairs is None or pair.name in pairs]
@@ -146,7 +148,7 @@ def gpu_cases(
     ]
     for pair, mode in tasks:
         case = f'{pair.adaptive[0]} vs {pair.ordinary[0]} b{pair.batch} {pair.size}x{pair.size} {mode}'
-        left = deadline - time.monotonic()
+        left = deadline - clock()
         if mode == 'cuda graph' and not cuda:
             failures.append(dict(case=case, error='skipped: CUDA graphs need a CUDA device'))
             continue

@@ -2,7 +2,7 @@
 
 ``aconv_resnet20`` vs ``conv_resnet20``, k=7, batch 8, foreach SGD: the extra operations per adaptive layer and
 which they are (deterministic, unlike times), with the model's kernels computed together (the default) and layer
-by layer (ungrouped).
+by layer (ungrouped); :func:`guards` checks both against their targets.
 """
 
 import collections
@@ -14,6 +14,7 @@ import torch.nn as nn
 from torch.profiler import ProfilerActivity, profile
 
 import timm_aconv
+from benchmarks.guards import Guard
 from benchmarks.report import table_header
 from benchmarks.steps import resnet20_pair, train_step_fn
 from benchmarks.timing import quiet_stderr
@@ -127,6 +128,7 @@ def op_overhead(
         batch=batch,
         size=size,
         layers=layers,
+        grouped=grouped,
         adaptive_ops=total_adaptive,
         ordinary_ops=total_ordinary,
         extra_ops_per_layer=round((total_adaptive - total_ordinary) / max(layers, 1), 2),
@@ -186,3 +188,16 @@ def ops_cases() -> List[Dict]:
             )
         )
     return rows
+
+
+def guards(rows: List[Dict]) -> List[Guard]:
+    """The extra operations per adaptive layer of each row of :func:`ops_cases` against its target
+    (:data:`OPS_PER_LAYER_TARGET` with the kernels computed together, :data:`OPS_PER_LAYER_UNGROUPED` without)."""
+    return [
+        Guard(
+            f'extra operations per adaptive layer of a training step, {result["case"]}',
+            result['extra_ops_per_layer'],
+            OPS_PER_LAYER_TARGET if result['grouped'] else OPS_PER_LAYER_UNGROUPED,
+        )
+        for result in rows
+    ]
