@@ -359,6 +359,15 @@ def _named_layers(model):
     return [(name, module) for name, module in model.named_modules() if isinstance(module, timm_aconv.AdaptiveConv2d)]
 
 
+COVARIANCE_AND_STACK_ROWS = [  # the dispatch suite's rows after those of the twins of each depth
+    "resnet20 widths (2, 4, 8) k=3 b1 8x8 covariance_type='diag' vs 'spherical'",
+    "resnet20 widths (2, 4, 8) k=3 b1 8x8 covariance_type='full' vs 'spherical'",
+    'stack of 10 AdaptiveConv1d vs nn.Conv1d, 4 channels, k=3, input (64,)',
+    'stack of 10 AdaptiveConv2d vs nn.Conv2d, 4 channels, k=3, input (8, 8)',
+    'stack of 10 AdaptiveConv3d vs nn.Conv3d, 4 channels, k=3, input (4, 4, 4)',
+]
+
+
 def test_dispatch_cases_time_the_pairs_they_name(monkeypatch):
     """The dispatch suite's wiring, without timing or inductor: every row times the pair its label names
     (each step runs), the compiled rows compile the four models they time, and the counts carry the compiled
@@ -390,6 +399,7 @@ def test_dispatch_cases_time_the_pairs_they_name(monkeypatch):
         f'{name} floor: sigma parameters only (optimizer update and clamp)',
         f'{name} torch.compile (inductor)',
         f'{name} compiled floor: sigma parameters only (optimizer update and clamp)',
+        *COVARIANCE_AND_STACK_ROWS,
     ]
     assert len(timed) == len(rows) and all(row['note'].endswith('+1.000 ms/step') for row in rows)
     # the adaptive model, the ordinary twin, a second twin for the floor, and the floor model
@@ -399,3 +409,56 @@ def test_dispatch_cases_time_the_pairs_they_name(monkeypatch):
     assert layers == [7, 0, 0, 7]
     assert counts[0]['kernel_calls'] == {'default': 4, 'ordinary': 4} and counts[0]['extra_kernels_per_layer'] == 0
     assert all(guard.passed for guard in dispatch.guards(counts)), [guard.line() for guard in dispatch.guards(counts)]
+
+
+def test_dispatch_covariance_and_stack_rows_time_the_pairs_they_name(monkeypatch):
+    """The dispatch suite's rows of the covariance types and of the 1-D / 2-D / 3-D stacks, without timing: each
+    times the pair its label names (each step runs): the tiny ResNet20 with 'diag' / 'full' envelopes against a
+    spherical one, ten adaptive layers against ten plain ones of the same dimension (from the same seed) on the
+    input the label gives."""
+    trained = {}  # step -> (model, input of a stack's step)
+    initial = {}  # id of a stack -> the weights of its layers when its step was built
+    train_step_fn, square_loss_step_fn = dispatch.train_step_fn, dispatch.square_loss_step_fn
+
+    def train_step(model, **kwargs):
+        step = train_step_fn(model, **kwargs)
+        trained[step] = (model, None)
+        return step
+
+    def square_loss_step(model, x):
+        step = square_loss_step_fn(model, x)
+        trained[step] = (model, x)
+        initial[id(model)] = [layer.weight.detach().clone() for layer in model]
+        return step
+
+    monkeypatch.setattr(dispatch, 'train_step_fn', train_step)
+    monkeypatch.setattr(dispatch, 'square_loss_step_fn', square_loss_step)
+    timed = []
+
+    def measure(adaptive, ordinary, **kwargs):
+        adaptive()
+        ordinary()
+        timed.append((trained[adaptive], trained[ordinary]))
+        return timing.Comparison(3.0, 2.0, 1.5, 1.4, 1.6, 1, 1, float('nan'), float('nan'))
+
+    rows, counts = dispatch.dispatch_cases(measure, compile_model=False, depths=())
+    assert [row['case'] for row in rows] == COVARIANCE_AND_STACK_ROWS and counts == []
+    assert all(row['note'].endswith('+1.000 ms/step') for row in rows)
+    for kind, ((adaptive, _), (spherical, _)) in zip(('diag', 'full'), timed[:2]):
+        layers = [list(timm_aconv.adaptive_layers(model)) for model in (adaptive, spherical)]
+        assert adaptive is not spherical and len(layers[0]) == len(layers[1]) == 19
+        assert {layer.covariance_type for layer in layers[0]} == {kind}
+        assert {layer.covariance_type for layer in layers[1]} == {'spherical'}
+        assert [layer.out_channels for layer in layers[0]] == [layer.out_channels for layer in layers[1]]
+        assert max(layer.out_channels for layer in layers[0]) == 8 and layers[0][0].kernel_size == (3, 3)
+    for dims, ((adaptive, x), (ordinary, ordinary_x)) in zip((1, 2, 3), timed[2:]):
+        assert [type(layer) for layer in adaptive] == [getattr(timm_aconv, f'AdaptiveConv{dims}d')] * 10
+        assert [type(layer) for layer in ordinary] == [getattr(torch.nn, f'Conv{dims}d')] * 10
+        assert all(
+            (layer.in_channels, layer.out_channels, layer.kernel_size, layer.padding, layer.bias)
+            == (4, 4, (3,) * dims, (1,) * dims, None)
+            for layer in [*adaptive, *ordinary]
+        )
+        assert x is ordinary_x and x.shape == (1, 4, *{1: (64,), 2: (8, 8), 3: (4, 4, 4)}[dims])
+        # both from seed 0: the same weights before their first step
+        assert all(torch.equal(first, plain) for first, plain in zip(initial[id(adaptive)], initial[id(ordinary)]))

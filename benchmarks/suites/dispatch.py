@@ -5,13 +5,15 @@ vanishes and what remains is per-step Python, autograd and dispatch work. Train-
 its layers ungrouped, each computing its own kernel; an ordinary twin against itself as the noise floor; both
 compiled; the floor of one more parameter per layer, eager and compiled), autograd nodes per step and, compiled,
 the kernels inductor generates (``torch._inductor.metrics``) and the calls of generated functions per step
-(``torch.profiler``). :func:`guards` checks the counts against their targets.
+(``torch.profiler``). :func:`guards` checks the counts against their targets. In the same regime: the ResNet20
+twin with 'diag' and 'full' envelopes against 'spherical' ones, and stacks of ten adaptive layers against ten
+plain convolutions in 1-D, 2-D and 3-D.
 """
 
 import copy
 import functools
 import json
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple, Type
 
 import torch
 import torch.nn as nn
@@ -21,12 +23,21 @@ from torch.profiler import ProfilerActivity, profile
 import timm_aconv
 from benchmarks import report
 from benchmarks.guards import Guard
-from benchmarks.steps import TINY_KERNEL_SIZE, TINY_WIDTHS, tiny_resnet_pair, train_step_fn
+from benchmarks.steps import TINY_KERNEL_SIZE, TINY_WIDTHS, tiny_resnet, tiny_resnet_pair, train_step_fn
 from benchmarks.suites import ops
 from benchmarks.timing import Measure
 
 DISPATCH_DEPTHS = (20, 56)
 DISPATCH_BATCH, DISPATCH_IMAGE_SIZE = 1, 8
+COVARIANCE_DEPTH = 20  # the twin whose 'diag' and 'full' envelopes are timed against its 'spherical' ones
+COVARIANCE_TYPES = ('spherical', 'diag', 'full')
+# stacks of bare layers in 1-D, 2-D and 3-D: (adaptive, ordinary, input shape), inputs of one number of pixels
+STACK_LAYERS, STACK_CHANNELS = 10, 4
+STACKS = (
+    (timm_aconv.AdaptiveConv1d, nn.Conv1d, (64,)),
+    (timm_aconv.AdaptiveConv2d, nn.Conv2d, (8, 8)),
+    (timm_aconv.AdaptiveConv3d, nn.Conv3d, (4, 4, 4)),
+)
 # the targets of the suite's guards (deterministic counts of the tiny twins, see guards()):
 # autograd nodes the kernel group adds to a model besides the AccumulateGrad node of each sigma: 12 for the family's
 # envelope, a product per stack of same-shape weights and a cat and a split per stack of several layers (22 in both
@@ -93,10 +104,15 @@ def compiled_step_counts(model: nn.Module, batch: int, size: int) -> Dict[str, i
     return dict(generated_kernels=kernels, kernel_calls=calls)
 
 
+TimePair = Callable[..., None]  # time_pair(case, adaptive_step, ordinary_step, note=''): one timed row
+
+
 def dispatch_cases(
     measure: Measure, compile_model: bool = True, depths: Sequence[int] = DISPATCH_DEPTHS
 ) -> Tuple[List[Dict], List[Dict]]:
-    """Train-step ratios and deterministic counts of the tiny twins, on one thread."""
+    """Train-step ratios and deterministic counts of the tiny twins (:func:`twin_cases` per depth), then the
+    covariance types (:func:`covariance_type_cases`) and the 1-D / 2-D / 3-D stacks (:func:`stack_cases`), on one
+    thread. Returns the rows and the counts of each depth."""
     rows, count_rows = [], []
 
     def time_pair(case: str, adaptive_step: Callable, ordinary_step: Callable, note: str = '') -> None:
@@ -104,89 +120,154 @@ def dispatch_cases(
         extra = f'{comparison.adaptive_ms - comparison.ordinary_ms:+.3f} ms/step'
         rows.append(report.row('dispatch', case, comparison, f'{note}, {extra}' if note else extra))
 
-    def compiled(step: Callable[[], None]) -> Callable[[], None]:
-        step()  # compiles forward and backward
-        return step
-
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    shape = dict(batch=DISPATCH_BATCH, size=DISPATCH_IMAGE_SIZE)
     try:
         for depth in depths:
-            adaptive, ordinary = tiny_resnet_pair(depth)
-            layers = sum(1 for _ in timm_aconv.adaptive_layers(adaptive))
-            name = (
-                f'resnet{depth} widths {TINY_WIDTHS} k={TINY_KERNEL_SIZE} b{DISPATCH_BATCH} '
-                f'{DISPATCH_IMAGE_SIZE}x{DISPATCH_IMAGE_SIZE}'
-            )
-            ungrouped = copy.deepcopy(adaptive)
-            timm_aconv.ungroup_adaptive_layers(ungrouped)
-            cases = [
-                ('default (as registered)', adaptive, ordinary),
-                ('ungrouped (each layer its own kernel)', ungrouped, ordinary),
-                ('noise floor: ordinary vs ordinary', copy.deepcopy(ordinary), ordinary),
-            ]
-            for label, first, second in cases:
-                # foreach SGD: torch's default on a GPU (a for-loop over parameters on the CPU)
-                time_pair(
-                    f'{name} {label}',
-                    train_step_fn(copy.deepcopy(first), foreach=True, **shape),
-                    train_step_fn(copy.deepcopy(second), foreach=True, **shape),
-                    f'{layers} adaptive layers',
-                )
-            time_pair(
-                f'{name} floor: sigma parameters only (optimizer update and clamp)',
-                sigma_floor_step_fn(adaptive, **shape),
-                train_step_fn(copy.deepcopy(ordinary), foreach=True, **shape),
-            )
-            nodes = {
-                label: autograd_nodes(model, **shape)
-                for label, model in (('default', adaptive), ('ungrouped', ungrouped), ('ordinary', ordinary))
-            }
-            op_counts = ops.op_overhead(copy.deepcopy(adaptive), copy.deepcopy(ordinary), **shape)
-            counts = dict(
-                case=name,
-                layers=layers,
-                autograd_nodes=nodes,
-                extra_nodes_per_layer={
-                    label: round((nodes[label] - nodes['ordinary']) / layers, 2) for label in ('default', 'ungrouped')
-                },
-                extra_ops=op_counts['adaptive_ops'] - op_counts['ordinary_ops'],
-            )
-            if compile_model:
-                compiled_counts = {
-                    label: compiled_step_counts(copy.deepcopy(model), **shape)
-                    for label, model in (('default', adaptive), ('ordinary', ordinary))
-                }
-                kernels = {label: count['generated_kernels'] for label, count in compiled_counts.items()}
-                counts.update(
-                    generated_kernels=kernels,
-                    extra_kernels_per_layer=round((kernels['default'] - kernels['ordinary']) / layers, 2),
-                    kernel_calls={label: count['kernel_calls'] for label, count in compiled_counts.items()},
-                )
-                torch._dynamo.reset()
-                twins = [copy.deepcopy(adaptive), copy.deepcopy(ordinary), copy.deepcopy(ordinary)]
-                adaptive_step, ordinary_step, floor_twin_step = (
-                    compiled(train_step_fn(model, foreach=True, forward=torch.compile(model), **shape))
-                    for model in twins
-                )
-                time_pair(
-                    f'{name} torch.compile (inductor)',
-                    adaptive_step,
-                    ordinary_step,
-                    f'generated kernels {kernels["default"]} vs {kernels["ordinary"]}: '
-                    f'{counts["extra_kernels_per_layer"]:+g} per adaptive layer',
-                )
-                time_pair(
-                    f'{name} compiled floor: sigma parameters only (optimizer update and clamp)',
-                    compiled(sigma_floor_step_fn(adaptive, compile_model=True, **shape)),
-                    floor_twin_step,
-                )
-            print(f'# {json.dumps(counts)}', flush=True)
-            count_rows.append(counts)
+            count_rows.append(twin_cases(depth, time_pair, compile_model))
+        covariance_type_cases(time_pair)
+        stack_cases(time_pair)
     finally:
         torch.set_num_threads(threads)
     return rows, count_rows
+
+
+def _twin_name(depth: int) -> str:
+    return (
+        f'resnet{depth} widths {TINY_WIDTHS} k={TINY_KERNEL_SIZE} b{DISPATCH_BATCH} '
+        f'{DISPATCH_IMAGE_SIZE}x{DISPATCH_IMAGE_SIZE}'
+    )
+
+
+def _compiled(step: Callable[[], None]) -> Callable[[], None]:
+    step()  # compiles forward and backward
+    return step
+
+
+def twin_cases(depth: int, time_pair: TimePair, compile_model: bool) -> Dict:
+    """The twins of one depth: the rows of the model as registered, ungrouped, the noise floor and the sigma
+    floor (and compiled); returns their deterministic counts (autograd nodes, operations, compiled kernels)."""
+    shape = dict(batch=DISPATCH_BATCH, size=DISPATCH_IMAGE_SIZE)
+    adaptive, ordinary = tiny_resnet_pair(depth)
+    layers = sum(1 for _ in timm_aconv.adaptive_layers(adaptive))
+    name = _twin_name(depth)
+    ungrouped = copy.deepcopy(adaptive)
+    timm_aconv.ungroup_adaptive_layers(ungrouped)
+    cases = [
+        ('default (as registered)', adaptive, ordinary),
+        ('ungrouped (each layer its own kernel)', ungrouped, ordinary),
+        ('noise floor: ordinary vs ordinary', copy.deepcopy(ordinary), ordinary),
+    ]
+    for label, first, second in cases:
+        # foreach SGD: torch's default on a GPU (a for-loop over parameters on the CPU)
+        time_pair(
+            f'{name} {label}',
+            train_step_fn(copy.deepcopy(first), foreach=True, **shape),
+            train_step_fn(copy.deepcopy(second), foreach=True, **shape),
+            f'{layers} adaptive layers',
+        )
+    time_pair(
+        f'{name} floor: sigma parameters only (optimizer update and clamp)',
+        sigma_floor_step_fn(adaptive, **shape),
+        train_step_fn(copy.deepcopy(ordinary), foreach=True, **shape),
+    )
+    nodes = {
+        label: autograd_nodes(model, **shape)
+        for label, model in (('default', adaptive), ('ungrouped', ungrouped), ('ordinary', ordinary))
+    }
+    op_counts = ops.op_overhead(copy.deepcopy(adaptive), copy.deepcopy(ordinary), **shape)
+    counts = dict(
+        case=name,
+        layers=layers,
+        autograd_nodes=nodes,
+        extra_nodes_per_layer={
+            label: round((nodes[label] - nodes['ordinary']) / layers, 2) for label in ('default', 'ungrouped')
+        },
+        extra_ops=op_counts['adaptive_ops'] - op_counts['ordinary_ops'],
+    )
+    if compile_model:
+        compiled_counts = {
+            label: compiled_step_counts(copy.deepcopy(model), **shape)
+            for label, model in (('default', adaptive), ('ordinary', ordinary))
+        }
+        kernels = {label: count['generated_kernels'] for label, count in compiled_counts.items()}
+        counts.update(
+            generated_kernels=kernels,
+            extra_kernels_per_layer=round((kernels['default'] - kernels['ordinary']) / layers, 2),
+            kernel_calls={label: count['kernel_calls'] for label, count in compiled_counts.items()},
+        )
+        torch._dynamo.reset()
+        twins = [copy.deepcopy(adaptive), copy.deepcopy(ordinary), copy.deepcopy(ordinary)]
+        adaptive_step, ordinary_step, floor_twin_step = (
+            _compiled(train_step_fn(model, foreach=True, forward=torch.compile(model), **shape)) for model in twins
+        )
+        time_pair(
+            f'{name} torch.compile (inductor)',
+            adaptive_step,
+            ordinary_step,
+            f'generated kernels {kernels["default"]} vs {kernels["ordinary"]}: '
+            f'{counts["extra_kernels_per_layer"]:+g} per adaptive layer',
+        )
+        time_pair(
+            f'{name} compiled floor: sigma parameters only (optimizer update and clamp)',
+            _compiled(sigma_floor_step_fn(adaptive, compile_model=True, **shape)),
+            floor_twin_step,
+        )
+    print(f'# {json.dumps(counts)}', flush=True)
+    return counts
+
+
+def covariance_type_cases(time_pair: TimePair) -> None:
+    """The tiny ResNet20 with 'diag' and with 'full' envelopes against the same model with 'spherical' ones (the
+    same train step as the twins' rows; each model built from seed 0)."""
+    shape = dict(batch=DISPATCH_BATCH, size=DISPATCH_IMAGE_SIZE)
+    models = {kind: tiny_resnet('aconv', COVARIANCE_DEPTH, covariance_type=kind) for kind in COVARIANCE_TYPES}
+    layers = sum(1 for _ in timm_aconv.adaptive_layers(models['spherical']))
+    for kind in ('diag', 'full'):
+        time_pair(
+            f"{_twin_name(COVARIANCE_DEPTH)} covariance_type='{kind}' vs 'spherical'",
+            train_step_fn(models[kind], foreach=True, **shape),
+            train_step_fn(copy.deepcopy(models['spherical']), foreach=True, **shape),
+            f'{layers} adaptive layers',
+        )
+
+
+def square_loss_step_fn(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    """A training step of ``model`` on ``x`` with the loss ``mean(model(x)²)``: foreach SGD with momentum on
+    :func:`timm_aconv.param_groups` (sigma clamped after the step by the package's automatic clamp)."""
+    optimizer = torch.optim.SGD(timm_aconv.param_groups(model), lr=0.01, momentum=0.9, foreach=True)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        model(x).square().mean().backward()
+        optimizer.step()
+
+    return step
+
+
+def _stack(layer_class: Type[nn.Module]) -> nn.Sequential:
+    """:data:`STACK_LAYERS` layers ``layer_class(STACK_CHANNELS, STACK_CHANNELS, TINY_KERNEL_SIZE)`` that keep the
+    input's size, built from seed 0."""
+    torch.manual_seed(0)
+    channels, size = STACK_CHANNELS, TINY_KERNEL_SIZE
+    return nn.Sequential(
+        *(layer_class(channels, channels, size, padding=size // 2, bias=False) for _ in range(STACK_LAYERS))
+    )
+
+
+def stack_cases(time_pair: TimePair) -> None:
+    """Stacks of adaptive layers against the same stacks of plain convolutions in 1-D, 2-D and 3-D, on inputs with
+    the same number of pixels: what each kind of layer costs per step where the arithmetic vanishes. Bare layers
+    in an ``nn.Sequential``, as a user stacks them: no model groups them, so each computes its own kernel."""
+    for adaptive_class, ordinary_class, input_shape in STACKS:
+        x = torch.randn(1, STACK_CHANNELS, *input_shape, generator=torch.Generator().manual_seed(0))
+        time_pair(
+            f'stack of {STACK_LAYERS} {adaptive_class.__name__} vs nn.{ordinary_class.__name__}, '
+            f'{STACK_CHANNELS} channels, k={TINY_KERNEL_SIZE}, input {input_shape}',
+            square_loss_step_fn(_stack(adaptive_class), x),
+            square_loss_step_fn(_stack(ordinary_class), x),
+            'bare layers, each computing its own kernel',
+        )
 
 
 def format_dispatch_counts(counts: List[Dict]) -> str:
