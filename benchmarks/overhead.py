@@ -147,7 +147,9 @@ def run_suites(
     if 'layer' in suites:
         rows += layer.layer_cases(measure)
     if 'model' in suites:
-        rows += model.model_cases(functools.partial(measure, rounds=args.model_rounds), not args.no_compile)
+        rows += model.model_cases(
+            functools.partial(measure, rounds=args.model_rounds), compile_model=not args.no_compile
+        )
     if 'covariance' in suites:
         rows += covariance.covariance_cases(functools.partial(measure, rounds=args.model_rounds))
     if 'scaling' in suites:

@@ -29,6 +29,7 @@ from benchmarks.timing import Measure
 
 DISPATCH_DEPTHS = (20, 56)
 DISPATCH_BATCH, DISPATCH_IMAGE_SIZE = 1, 8
+TWIN_STEP = dict(batch=DISPATCH_BATCH, size=DISPATCH_IMAGE_SIZE)  # the batch and image size of the twins' steps
 COVARIANCE_DEPTH = 20  # the twin whose 'diag' and 'full' envelopes are timed against its 'spherical' ones
 COVARIANCE_TYPES = ('spherical', 'diag', 'full')
 # stacks of bare layers in 1-D, 2-D and 3-D: (adaptive, ordinary, input shape), inputs of one number of pixels
@@ -147,7 +148,6 @@ def _compiled(step: Callable[[], None]) -> Callable[[], None]:
 def twin_cases(depth: int, time_pair: TimePair, compile_model: bool) -> Dict:
     """The twins of one depth: the rows of the model as registered, ungrouped, the noise floor and the sigma
     floor (and compiled); returns their deterministic counts (autograd nodes, operations, compiled kernels)."""
-    shape = dict(batch=DISPATCH_BATCH, size=DISPATCH_IMAGE_SIZE)
     adaptive, ordinary = tiny_resnet_pair(depth)
     layers = sum(1 for _ in timm_aconv.adaptive_layers(adaptive))
     name = _twin_name(depth)
@@ -162,20 +162,20 @@ def twin_cases(depth: int, time_pair: TimePair, compile_model: bool) -> Dict:
         # foreach SGD: torch's default on a GPU (a for-loop over parameters on the CPU)
         time_pair(
             f'{name} {label}',
-            train_step_fn(copy.deepcopy(first), foreach=True, **shape),
-            train_step_fn(copy.deepcopy(second), foreach=True, **shape),
+            train_step_fn(copy.deepcopy(first), foreach=True, **TWIN_STEP),
+            train_step_fn(copy.deepcopy(second), foreach=True, **TWIN_STEP),
             f'{layers} adaptive layers',
         )
     time_pair(
         f'{name} floor: sigma parameters only (optimizer update and clamp)',
-        sigma_floor_step_fn(adaptive, **shape),
-        train_step_fn(copy.deepcopy(ordinary), foreach=True, **shape),
+        sigma_floor_step_fn(adaptive, **TWIN_STEP),
+        train_step_fn(copy.deepcopy(ordinary), foreach=True, **TWIN_STEP),
     )
     nodes = {
-        label: autograd_nodes(model, **shape)
+        label: autograd_nodes(model, **TWIN_STEP)
         for label, model in (('default', adaptive), ('ungrouped', ungrouped), ('ordinary', ordinary))
     }
-    op_counts = ops.op_overhead(copy.deepcopy(adaptive), copy.deepcopy(ordinary), **shape)
+    op_counts = ops.op_overhead(copy.deepcopy(adaptive), copy.deepcopy(ordinary), **TWIN_STEP)
     counts = dict(
         case=name,
         layers=layers,
@@ -187,7 +187,7 @@ def twin_cases(depth: int, time_pair: TimePair, compile_model: bool) -> Dict:
     )
     if compile_model:
         compiled_counts = {
-            label: compiled_step_counts(copy.deepcopy(model), **shape)
+            label: compiled_step_counts(copy.deepcopy(model), **TWIN_STEP)
             for label, model in (('default', adaptive), ('ordinary', ordinary))
         }
         kernels = {label: count['generated_kernels'] for label, count in compiled_counts.items()}
@@ -199,7 +199,7 @@ def twin_cases(depth: int, time_pair: TimePair, compile_model: bool) -> Dict:
         torch._dynamo.reset()
         twins = [copy.deepcopy(adaptive), copy.deepcopy(ordinary), copy.deepcopy(ordinary)]
         adaptive_step, ordinary_step, floor_twin_step = (
-            _compiled(train_step_fn(model, foreach=True, forward=torch.compile(model), **shape)) for model in twins
+            _compiled(train_step_fn(model, foreach=True, forward=torch.compile(model), **TWIN_STEP)) for model in twins
         )
         time_pair(
             f'{name} torch.compile (inductor)',
@@ -210,7 +210,7 @@ def twin_cases(depth: int, time_pair: TimePair, compile_model: bool) -> Dict:
         )
         time_pair(
             f'{name} compiled floor: sigma parameters only (optimizer update and clamp)',
-            _compiled(sigma_floor_step_fn(adaptive, compile_model=True, **shape)),
+            _compiled(sigma_floor_step_fn(adaptive, compile_model=True, **TWIN_STEP)),
             floor_twin_step,
         )
     print(f'# {json.dumps(counts)}', flush=True)
@@ -220,14 +220,13 @@ def twin_cases(depth: int, time_pair: TimePair, compile_model: bool) -> Dict:
 def covariance_type_cases(time_pair: TimePair) -> None:
     """The tiny ResNet20 with 'diag' and with 'full' envelopes against the same model with 'spherical' ones (the
     same train step as the twins' rows; each model built from seed 0)."""
-    shape = dict(batch=DISPATCH_BATCH, size=DISPATCH_IMAGE_SIZE)
     models = {kind: tiny_resnet('aconv', COVARIANCE_DEPTH, covariance_type=kind) for kind in COVARIANCE_TYPES}
     layers = sum(1 for _ in timm_aconv.adaptive_layers(models['spherical']))
     for kind in ('diag', 'full'):
         time_pair(
             f"{_twin_name(COVARIANCE_DEPTH)} covariance_type='{kind}' vs 'spherical'",
-            train_step_fn(models[kind], foreach=True, **shape),
-            train_step_fn(copy.deepcopy(models['spherical']), foreach=True, **shape),
+            train_step_fn(models[kind], foreach=True, **TWIN_STEP),
+            train_step_fn(copy.deepcopy(models['spherical']), foreach=True, **TWIN_STEP),
             f'{layers} adaptive layers',
         )
 
