@@ -23,32 +23,31 @@ Ratios below 1 mean the first variant is faster. Cases:
 
 Usage (from the repository root)::
 
-    python benchmarks/export_sizes.py                        # both suites, ~3 minutes on 2 cores
-    python benchmarks/export_sizes.py --suite layer --threads 1 --clock cpu --json export.json
+    python -m benchmarks.export_sizes                        # both suites, ~3 minutes on 2 cores
+    python -m benchmarks.export_sizes --suite layer --threads 1 --clock cpu --json export.json
 """
 
 import argparse
 import copy
 import functools
 import json
-import os
 import sys
 import time
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import timm
-from overhead import eval_forward_fn, machine_info
-from timing import CLOCKS, compare
-
 import timm_aconv
+from benchmarks.report import machine_info, table_header
+from benchmarks.steps import eval_forward_fn, relative_error
+from benchmarks.timing import CLOCKS, compare
 from timm_aconv.layers import MixedSizeConv
 
 SUITES = ('layer', 'model')
+COMMAND = 'python -m benchmarks.export_sizes'
 CROP_TOL = 1e-3
 GRID = 7
 # sigma (normalized units) whose envelope keeps all but ~1e-3 of its energy in a 3×3 / 5×5 / the 7×7 window
@@ -105,17 +104,13 @@ def describe(module: nn.Module) -> str:
     return f'{sizes}' + (f' ({bucketed} bucketed layers, {gathered} gather)' if bucketed else '')
 
 
-def _relative_error(output: torch.Tensor, reference: torch.Tensor) -> float:
-    return float((output - reference).norm() / reference.norm())
-
-
 def run_pairs(suite: str, case: str, model: nn.Module, x: torch.Tensor, measure: Callable) -> List[Dict]:
     built = variants(model, x)
     reference = eval_forward_fn(model, x)()
     rows = []
     for first, second in PAIRS:
         comparison = measure(eval_forward_fn(built[first], x), eval_forward_fn(built[second], x))
-        errors = [_relative_error(eval_forward_fn(built[name], x)(), reference) for name in (first, second)]
+        errors = [relative_error(eval_forward_fn(built[name], x)(), reference) for name in (first, second)]
         row = dict(
             suite=suite,
             case=case,
@@ -194,12 +189,12 @@ def format_row(row: Dict) -> str:
 
 
 def format_table(rows: List[Dict]) -> str:
-    lines = ['| ' + ' | '.join(HEADER) + ' |', '|' + '---|' * len(HEADER)]
+    lines = [table_header(HEADER), '|' + '---|' * len(HEADER)]
     return '\n'.join(lines + [format_row(row) for row in rows])
 
 
-def main(argv=None) -> Dict:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+def main(argv: Optional[Sequence[str]] = None) -> Dict:
+    parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__.split('\n\n')[0])
     parser.add_argument('--suite', nargs='+', choices=(*SUITES, 'all'), default=['all'])
     parser.add_argument('--rounds', type=int, default=11, help='timed rounds per pair (default 11)')
     parser.add_argument('--threads', type=int, default=None, help='torch threads (default: all cores)')
@@ -215,7 +210,8 @@ def main(argv=None) -> Dict:
         torch.set_num_threads(args.threads)
     suites = SUITES if 'all' in args.suite else tuple(args.suite)
     info = dict(machine_info(), clock=args.clock, crop_tol=CROP_TOL)
-    print(f'# {" ".join(["python", *sys.argv])}\n# {info}\n' + '| ' + ' | '.join(HEADER) + ' |', flush=True)
+    command = ' '.join([COMMAND, *(sys.argv[1:] if argv is None else argv)])
+    print(f'# {command}\n# {info}\n' + table_header(HEADER), flush=True)
     measure = functools.partial(compare, rounds=args.rounds, clock=args.clock, memory=False)
     start = time.perf_counter()
     rows = []
@@ -229,7 +225,7 @@ def main(argv=None) -> Dict:
         f'{len(rows)} pairs in {info["seconds"]} s\n'
     )
     print(format_table(rows))
-    results = dict(command=' '.join(['python', *sys.argv]), machine=info, cases=rows)
+    results = dict(command=command, machine=info, cases=rows)
     if args.json:
         with open(args.json, 'w') as file:
             json.dump(results, file, indent=1)

@@ -30,6 +30,7 @@ __all__ = [
     'CLOCKS',
     'Comparison',
     'CudaEventClock',
+    'Measure',
     'compare',
     'cuda_peak_memory_mib',
     'peak_memory_mib',
@@ -80,6 +81,9 @@ class Comparison:
             key: (None if math.isnan(value) else round(value, 4)) if isinstance(value, float) else value
             for key, value in asdict(self).items()
         }
+
+
+Measure = Callable[..., Comparison]  # compare() with a run's rounds and clock bound (a functools.partial)
 
 
 @contextlib.contextmanager

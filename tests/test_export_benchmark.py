@@ -1,13 +1,10 @@
 """benchmarks/export_sizes.py: its variants and CLI on a tiny layer (the measuring logic is timing.py's)."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'benchmarks'))
-import export_sizes
+from benchmarks import export_sizes
 
 pytestmark = pytest.mark.usefixtures('one_torch_thread')  # main(--threads 1) sets the thread count
 
