@@ -257,7 +257,8 @@ def _stack(layer_class: Type[nn.Module]) -> nn.Sequential:
 def stack_cases(time_pair: TimePair) -> None:
     """Stacks of adaptive layers against the same stacks of plain convolutions in 1-D, 2-D and 3-D, on inputs with
     the same number of pixels: what each kind of layer costs per step where the arithmetic vanishes. Bare layers
-    in an ``nn.Sequential``, as a user stacks them: no model groups them, so each computes its own kernel."""
+    in an ``nn.Sequential``, as a user stacks them: grouped as they are registered, so their kernels are computed
+    together, as a registered model's are."""
     for adaptive_class, ordinary_class, input_shape in STACKS:
         x = torch.randn(1, STACK_CHANNELS, *input_shape, generator=torch.Generator().manual_seed(0))
         time_pair(
@@ -265,7 +266,7 @@ def stack_cases(time_pair: TimePair) -> None:
             f'{STACK_CHANNELS} channels, k={TINY_KERNEL_SIZE}, input {input_shape}',
             square_loss_step_fn(_stack(adaptive_class), x),
             square_loss_step_fn(_stack(ordinary_class), x),
-            'bare layers, each computing its own kernel',
+            'kernels computed together (grouped as registered)',
         )
 
 
