@@ -90,16 +90,16 @@ def normalized_envelope(
         if theta is not None:
             theta = theta.float()
     neg_half_var = torch.rsub(sigma.square(), -eps / 2)  # -(2 sigma² + eps) / 2
-    if theta is not None:
-        rows, columns = coordinates[0].reshape(1, -1), coordinates[1].reshape(1, -1)
-        cos, sin = theta.cos().unsqueeze(-1), theta.sin().unsqueeze(-1)
-        along, across = cos * rows + sin * columns, cos * columns - sin * rows
-        exponent = along.square() / neg_half_var[:, 0:1] + across.square() / neg_half_var[:, 1:2]
-    elif sigma.dim() == 1:
+    ndim = coordinates.shape[0]
+    if sigma.dim() == 1:  # one aperture: the squared distance to the centre, summed over the axes first
         exponent = torch.div(coordinates.square().sum(0).reshape(1, -1), neg_half_var.view(-1, 1))
     else:
-        ndim = coordinates.shape[0]
-        exponent = (coordinates.square().reshape(1, ndim, -1) / neg_half_var.unsqueeze(-1)).sum(1)
+        offsets = coordinates.reshape(1, ndim, -1)  # (1, ndim, cells)
+        if theta is not None:  # the offsets along the ellipse's axes: R(theta)ᵀ d, (filters, 2, cells)
+            cos, sin = theta.cos(), theta.sin()
+            rotation = torch.stack([cos, sin, -sin, cos], -1).view(-1, 2, 2, 1)
+            offsets = (rotation * offsets.unsqueeze(1)).sum(2)
+        exponent = (offsets.square() / neg_half_var.unsqueeze(-1)).sum(1)
     cells = exponent.shape[1]
     # weights that underflow take float32's smallest normal number, 1.2e-38 (a literal: TorchScript reads no
     # globals): the square root's derivative stays finite there, so that dU/dsigma is 0 there, not 0 * inf = nan
