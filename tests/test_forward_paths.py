@@ -3,6 +3,9 @@ evaluation after every kind of parameter change, frozen layers, inference mode, 
 autocast, memory formats, ``torch.export``, ONNX, the meta device, and the training path's gradients.
 """
 
+import copy
+import io
+
 import pytest
 import torch
 import torch.nn as nn
@@ -121,6 +124,34 @@ def test_evaluation_follows_every_parameter_change(change):
     if change is not _to_float64:
         assert not torch.allclose(after, before, atol=1e-3), 'the change should change the output'
     torch.testing.assert_close(after, _reference(layer, x), rtol=0, atol=0)
+
+
+def test_evaluation_reuses_its_kernels_until_a_change_and_copies_start_without(monkeypatch):
+    model = nn.Sequential(_layer(), nn.ReLU(), AdaptiveConv2d(6, 6, 3, padding=1)).eval()
+    group = model[0]._kernel_group
+    computes = []
+    original = group._compute
+    monkeypatch.setattr(group, '_compute', lambda: computes.append(1) or original())
+    x = torch.randn(1, 3, 8, 8)
+    for _ in range(3):
+        _eval(model, x)
+    assert computes == [1]  # one computation serves every evaluation
+    _in_place_weight(model[2])
+    _eval(model, x)
+    assert computes == [1, 1]
+    model(x)  # recording gradients: new kernels with a graph, each handed out once
+    model(x)
+    assert len(computes) == 4
+    with torch.inference_mode():
+        _eval(model, x)
+        _eval(model, x)
+    assert len(computes) == 5
+    copied = copy.deepcopy(model)
+    assert copied[0]._kernel_group._entries is None
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    assert torch.load(buffer, weights_only=False)[0]._kernel_group._entries is None
 
 
 def test_frozen_layer_still_passes_input_gradients():

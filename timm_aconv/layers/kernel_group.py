@@ -23,9 +23,11 @@ not run since (a pre-hook on a node of the kernels' graph marks that; it holds t
 that no backward follows keeps nothing alive once the model is gone). A layer that runs again (shared, or a
 second forward) computes the group anew; activation checkpointing, which runs the forward again inside the
 backward, gets the same kernel (non-reentrant) or new ones for its own graph (reentrant). Evaluation
-(``torch.no_grad()``) takes the same path without a graph. Under ``torch.compile`` the same computation is
-traced with autograd, so the compiler fuses a family into few kernels. Under TorchScript, ``torch.export``
-and ``torch.func`` transforms every layer computes its own kernel.
+(``torch.no_grad()``) takes the same path without a graph, and its kernels serve every later evaluation until a
+parameter changes (a new version, a new tensor, or new data under ``param.data = ...``): recomputing them costs a
+few percent of a CIFAR ResNet's batch-64 forward on a CPU (docs/performance.md). Under ``torch.compile`` the same
+computation is traced with autograd, so the compiler fuses a family into few kernels. Under TorchScript,
+``torch.export`` and ``torch.func`` transforms every layer computes its own kernel.
 
 Models are grouped as they are built: a module registration hook (:func:`group_on_registration`,
 installed on import) joins each adaptive layer registered in a module to its siblings' group, so a
@@ -174,13 +176,11 @@ class KernelGroup:
     def __init__(self, layers: Sequence[nn.Module]):
         self.layers = list(layers)
         self._families: Optional[List[_Family]] = None
-        # per member: (kernel, weight, its version, sigma, its version, theta or None, its version)
+        # per member: (kernel, weight, its version, sigma, its version, theta or None, its version, and for a kernel
+        # computed without a graph the parameters' storage: :func:`_kept_storage`)
         self._entries: Optional[List[Tuple]] = None
-        self._entries_key: Tuple[int, bool, bool] = (
-            -1,
-            False,
-            False,
-        )  # optimizer steps, gradient mode and CUDA-graph capture at the computation
+        # optimizer steps, gradient mode, CUDA-graph capture and inference mode when the kernels were computed
+        self._entries_key: Tuple[int, bool, bool, bool] = (-1, False, False, False)
         self._taken: List[bool] = []
         self._invalidate_hook = _InvalidateOnBackward(self)
         # the tensors and kernel windows the families were planned for
@@ -249,16 +249,17 @@ class KernelGroup:
     def kernel(self, layer: nn.Module, index: int) -> torch.Tensor:
         """The product kernel of ``layer`` (member ``index``) for a forward.
 
-        Each kernel the group computes is handed out once while it is valid; any other request computes
-        the group's kernels anew. Where saved tensors go through hooks (``torch.utils.checkpoint``: a
-        checkpointed region and its recomputation in the backward) a valid kernel is handed out again, so
-        that the recomputation saves what the forward saved; inside a backward without such hooks (a
-        reentrant checkpoint recomputing its region) kernels are computed anew, for the inner graph.
+        Each kernel the group computes with a graph is handed out once while it is valid; any other request
+        computes the group's kernels anew. A kernel computed without a graph (evaluation) is handed out while it
+        is valid and the parameters' data has not moved. Where saved tensors go through hooks
+        (``torch.utils.checkpoint``: a checkpointed region and its recomputation in the backward) a valid kernel
+        is handed out again, so that the recomputation saves what the forward saved; inside a backward without such
+        hooks (a reentrant checkpoint recomputing its region) kernels are computed anew, for the inner graph.
         """
         entries = self._entries
-        steps, recording, capturing = self._entries_key
+        steps, recording, capturing, inference = self._entries_key
         if entries is not None and steps == OptimizerSteps.count and recording == torch.is_grad_enabled():
-            kernel, weight, weight_version, sigma, sigma_version, theta, theta_version = entries[index]
+            kernel, weight, weight_version, sigma, sigma_version, theta, theta_version, storage = entries[index]
             params = layer._parameters
             try:
                 valid = (
@@ -274,12 +275,18 @@ class KernelGroup:
             except RuntimeError:  # inference tensors have no version counter
                 valid = False
             if valid:
-                if _TOP_SAVED_TENSORS_HOOKS is not None and _TOP_SAVED_TENSORS_HOOKS(False) is not None:
+                if not recording:  # evaluation: no graph, so the kernel serves until a parameter changes
+                    if inference == torch.is_inference_mode_enabled() and storage[1] == _storage_key(
+                        weight, sigma, theta
+                    ):
+                        return kernel
+                elif _TOP_SAVED_TENSORS_HOOKS is not None and _TOP_SAVED_TENSORS_HOOKS(False) is not None:
                     return kernel  # saved tensors go through hooks: a checkpointed region or its recomputation
-                taken = self._taken
-                if not taken[index] and torch._C._current_graph_task_id() == -1:
-                    taken[index] = True
-                    return kernel
+                else:
+                    taken = self._taken
+                    if not taken[index] and torch._C._current_graph_task_id() == -1:
+                        taken[index] = True
+                        return kernel
         kernel = self._compute()[index][0]
         self._taken[index] = True
         return kernel
@@ -355,13 +362,15 @@ class KernelGroup:
                     sigma._version,
                     theta,
                     -1 if theta is None else theta._version,
+                    None if recording else _kept_storage(weight, sigma, theta),
                 )
                 for kernel, weight, sigma, theta in zip(kernels, weights, sigmas, thetas)
             ]
         except RuntimeError:  # inference tensors have no version counter: nothing is handed out twice
-            entries = [(kernel, None, -1, None, -1, None, -1) for kernel in kernels]
+            entries = [(kernel, None, -1, None, -1, None, -1, None) for kernel in kernels]
         capturing = stream_capturing(weights[0])
-        self._entries, self._entries_key = entries, (OptimizerSteps.count, recording, capturing)
+        key = (OptimizerSteps.count, recording, capturing, torch.is_inference_mode_enabled())
+        self._entries, self._entries_key = entries, key
         self._taken = [False] * len(entries)
         return entries
 
@@ -397,6 +406,17 @@ class KernelGroup:
             for index, kernel in zip(order, family_kernel_list):
                 kernels[index] = kernel
         return kernels
+
+
+def _storage_key(*tensors: Optional[torch.Tensor]) -> Tuple:
+    """Where each tensor's data lies: ``param.data = ...`` swaps it without a new version."""
+    return tuple((tensor.data_ptr(), tensor.stride()) for tensor in tensors if tensor is not None)
+
+
+def _kept_storage(*tensors: Optional[torch.Tensor]) -> Tuple[Tuple[torch.Tensor, ...], Tuple]:
+    """The parameters' data (kept alive, so that a freed address cannot come back under the same key) and their
+    :func:`_storage_key`: what an evaluation kernel is reused against."""
+    return tuple(tensor.detach() for tensor in tensors if tensor is not None), _storage_key(*tensors)
 
 
 def group_adaptive_layers(model: nn.Module) -> Optional[KernelGroup]:
