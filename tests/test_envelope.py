@@ -168,3 +168,32 @@ def test_underflowed_weights_keep_the_derivative_finite(sigma, dtype):
         envelope.float().square().mul(torch.arange(49.0).view(7, 7)).sum().backward()
         assert torch.isfinite(apertures.grad).all()
         assert angles is None or torch.isfinite(angles.grad).all()
+
+
+@pytest.mark.parametrize(
+    'sides,covariance_type',
+    [((7, 7), 'spherical'), ((9,), 'spherical'), ((7, 3), 'diag'), ((5, 5, 3), 'diag'), ((7, 7), 'full')],
+)
+def test_closed_form_derivatives_of_every_kind_equal_forward_mode_autograd(sides, covariance_type):
+    """The derivatives the training window reads (envelope_derivatives, closed form) against forward-mode
+    autograd through normalized_envelope, in each aperture component and the angle."""
+    generator = torch.Generator().manual_seed(0)
+    ndim = len(sides)
+    shape = (5,) if covariance_type == 'spherical' else (5, ndim)
+    sigma = torch.rand(shape, generator=generator, dtype=torch.float64) * 0.5 + 0.02
+    theta = torch.rand(5, generator=generator, dtype=torch.float64) * 6 - 3 if covariance_type == 'full' else None
+    coordinates = grid_coordinates(sides, dtype=torch.float64)
+    envelope, derivatives = envelope_derivatives(sigma, theta, coordinates)
+    params = (sigma,) if theta is None else (sigma, theta)
+
+    def envelope_of(*values):
+        return normalized_envelope(values[0], values[1] if len(values) > 1 else None, coordinates)
+
+    expected = []
+    for index, param in enumerate(params):
+        for component in range(1 if param.dim() == 1 else param.shape[1]):
+            tangents = [torch.zeros_like(value) for value in params]
+            tangents[index][(slice(None), component) if param.dim() == 2 else slice(None)] = 1
+            expected.append(torch.func.jvp(envelope_of, params, tuple(tangents))[1])
+    torch.testing.assert_close(envelope, envelope_of(*params), rtol=0, atol=0)
+    torch.testing.assert_close(derivatives, torch.stack(expected), rtol=1e-9, atol=1e-12)

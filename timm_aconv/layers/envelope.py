@@ -110,35 +110,41 @@ def normalized_envelope(
 
 
 def envelope_derivatives(
-    sigma: torch.Tensor, theta: Optional[torch.Tensor], coordinates: torch.Tensor
+    sigma: torch.Tensor, theta: Optional[torch.Tensor], coordinates: torch.Tensor, eps: float = SIGMA_EPS
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """The envelopes U of :func:`normalized_envelope` and their derivatives in each aperture, without autograd.
 
-    Each filter's envelope depends on its own apertures only, so one forward-mode derivative per aperture
-    component (sigma's axes, theta) gives that derivative for every filter at once.
+    With the exponent ``z = -sum_a d'_a² / t_a`` (``t_a = sigma_a² + eps / 2``, d' the offsets along the envelope's
+    axes) and the softmax weights ``w = U² / cells``, ``d log U / dp = (dz/dp - sum_g w dz/dp) / 2`` for each
+    aperture p (eq. 12 through the normalization of eq. 21): ``dz/dsigma_a = 2 sigma_a d'_a² / t_a²`` and, for a
+    rotated envelope, ``dz/dtheta = 2 d'_1 d'_2 (1 / t_2 - 1 / t_1)``.
 
     Returns:
-        ``(envelope, derivatives)``: (filters, *sides) and (components, filters, *sides), in sigma's dtype;
-        components: 1 ('spherical'), ndim ('diag') or 3 ('full': sigma's two axes, then theta).
+        ``(envelope, derivatives)``: (filters, *sides) and (components, filters, *sides), in float32 for float16
+        and bfloat16 apertures, else in sigma's dtype; components: 1 ('spherical'), ndim ('diag') or 3 ('full':
+        sigma's two axes, then theta).
     """
     sigma = sigma.detach()
-    theta = None if theta is None else theta.detach()
-    params = (sigma,) if theta is None else (sigma, theta)
-
-    def envelope_of(*values: torch.Tensor) -> torch.Tensor:
-        return normalized_envelope(values[0], values[1] if len(values) > 1 else None, coordinates)
-
-    derivatives = []
-    for index, param in enumerate(params):
-        for component in range(1 if param.dim() == 1 else param.shape[1]):
-            tangents = [torch.zeros_like(value) for value in params]
-            if param.dim() == 1:
-                tangents[index].fill_(1)
-            else:
-                tangents[index][:, component] = 1
-            envelope, derivative = torch.func.jvp(envelope_of, params, tuple(tangents))
-            derivatives.append(derivative)
-    return envelope, torch.stack(derivatives)
+    if sigma.dtype == torch.float16 or sigma.dtype == torch.bfloat16:
+        sigma = sigma.float()
+    coordinates = coordinates.to(sigma.dtype)
+    theta = None if theta is None else theta.detach().to(sigma.dtype)
+    envelope = normalized_envelope(sigma, theta, coordinates, eps)
+    ndim = coordinates.shape[0]
+    offsets = coordinates.reshape(1, ndim, -1)  # (1, ndim, cells)
+    if theta is not None:
+        cos, sin = theta.cos().view(-1, 1), theta.sin().view(-1, 1)
+        offsets = torch.stack([cos * offsets[:, 0] + sin * offsets[:, 1], cos * offsets[:, 1] - sin * offsets[:, 0]], 1)
+    half_var = sigma.square() + eps / 2
+    half_var = half_var.view(-1, 1, 1) if sigma.dim() == 1 else half_var.unsqueeze(-1)  # (filters, 1 or ndim, 1)
+    per_axis = 2 * sigma.view(half_var.shape[0], -1, 1) * offsets.square() / half_var.square()  # dz / dsigma_a
+    exponent_grads = [per_axis.sum(1)] if sigma.dim() == 1 else list(per_axis.unbind(1))
+    if theta is not None:
+        exponent_grads.append(2 * offsets[:, 0] * offsets[:, 1] * (1 / half_var[:, 1] - 1 / half_var[:, 0]))
+    weights = envelope.reshape(envelope.shape[0], -1).square() / offsets.shape[-1]  # the softmax of the exponent
+    flat = envelope.reshape(envelope.shape[0], -1)
+    derivatives = [flat * (grad - (weights * grad).sum(-1, keepdim=True)) / 2 for grad in exponent_grads]
+    return envelope, torch.stack(derivatives).view(len(derivatives), *envelope.shape)
 
 
 def gaussian_envelope(sigma: torch.Tensor, kernel_size: int, eps: float = SIGMA_EPS) -> torch.Tensor:
