@@ -201,6 +201,13 @@ def test_conversion_advice_is_the_recipes_own_option(capsys):
     )
     model = create_classifier(config, DataInfo('synthetic', 4, 1, (32, 32)))
     assert type(model.stem[0]) is torch.nn.Conv2d and len(list(timm_aconv.adaptive_layers(model))) == 12
+    assert parse_config(ClassificationConfig, ['--convert_exclude', 'stem.0']).convert_exclude == [
+        'stem.0'
+    ]  # as advised
+    assert parse_config(ClassificationConfig, ['--convert_exclude=[stem.0, head]']).convert_exclude == [
+        'stem.0',
+        'head',
+    ]
     config = parse_config(ClassificationConfig, ['--model', 'resnet18', '--convert', '--convert_include', 'layer1.*'])
     names = [
         name for name, _ in timm_aconv.named_adaptive_layers(create_classifier(config, DataInfo('s', 4, 1, (32, 32))))

@@ -1,18 +1,15 @@
-"""Typed recipe configs on jsonargparse: dataclass defaults < YAML file < command line
+"""Typed recipe configs on jsonargparse: dataclass defaults < YAML file (``--config``) < ``--key value``
 
-A recipe's settings are one dataclass: each field's type (``Literal`` choices, ``Optional``, ``Tuple``/``List``,
-the range types of :mod:`jsonargparse.typing`) is its validation, its default the default, and the docstring
-under it the help text. :func:`parse_config` reads ``--config file.yaml`` (a path, or the name of a shipped
-config) and ``--key value`` overrides with `jsonargparse <https://jsonargparse.readthedocs.io>`_, the parser
-behind LightningCLI; ``--help`` lists every key with its type, default and help, ``--print_config`` prints the
-resolved settings as YAML that ``--config`` reads back:
+A recipe's settings are one dataclass: a field's type (``Literal``, ``Optional``, lists, the ranges of
+:mod:`jsonargparse.typing`) is its check, its default the default, the docstring under it the help line.
+:func:`parse_config` parses them with `jsonargparse <https://jsonargparse.readthedocs.io>`_ (``--help``,
+``--print_config``), :func:`check_fields` checks a config built in Python the same way, and every bad key or
+value is a :class:`ConfigError` naming it, which :func:`run_cli` prints as one ``error:`` line:
 
-    >>> config = parse_config(ClassificationConfig, ['--config', 'digits', '--epochs', '3'])
+    >>> config = parse_config(ClassificationConfig, ['--config', 'digits', '--kernel_size', '5', '--resume'])
 
-Lists are YAML (``--kernel_sizes "[3, 7]"``) or comma separated (``--kernel_sizes 3,7``); a boolean flag alone
-(``--resume``) means true; ``null`` is None. A config built in Python is checked against the same types
-(:func:`check_fields`, called by the configs' ``__post_init__``). Every bad key or value is a
-:class:`ConfigError` naming the key, which :func:`run_cli` prints as one ``error:`` line.
+``--config`` takes a path or a shipped config's name; a list key takes ``3,7`` or a YAML list; a boolean
+key alone means true.
 """
 
 import argparse
@@ -23,7 +20,7 @@ import re
 import sys
 import typing
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Type, TypeVar
+from typing import Any, Callable, Dict, List, Mapping, Optional, Type, TypeVar
 
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter, set_parsing_settings
@@ -86,7 +83,7 @@ class _ConfigFile(ActionConfigFile):
 
 
 # jsonargparse's messages for a key no field has: on the command line, in a YAML file
-_UNKNOWN_KEY = re.compile(r"unrecognized arguments: --([^\s=]+)|Option '([^']+)' is not accepted")
+_UNKNOWN_KEY = re.compile(r"(?i:unrecognized arguments): --([^\s=]+)|Option '([^']+)' is not accepted")
 
 
 class _ArgumentParser(ArgumentParser):
@@ -107,32 +104,23 @@ class _HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter)
     """jsonargparse's help (each key with its type and default), the description's lines kept as written."""
 
 
-def _list_keys(config_cls: Type) -> Set[str]:
-    """The fields of ``config_cls`` that hold a list or a tuple (``Optional`` or not)."""
-    return {
-        name
-        for name, hint in typing.get_type_hints(config_cls).items()
-        if typing.get_origin(hint) in (list, tuple)
-        or any(typing.get_origin(arg) in (list, tuple) for arg in typing.get_args(hint))
+def _lists_as_yaml(argv: List[str], config_cls: Type) -> List[str]:
+    """``argv`` with each value of a list or tuple field given the shell's way (``--kernel_sizes 3,7``,
+    ``--variants conv7``) written as the YAML list jsonargparse reads (``[3,7]``); other words as they are."""
+    hints = typing.get_type_hints(config_cls).items()
+    lists = {
+        key for key, hint in hints if {list, tuple} & {typing.get_origin(h) for h in (hint, *typing.get_args(hint))}
     }
-
-
-def _bracketed(value: str) -> str:
-    """``3,7`` and ``7`` as the YAML lists ``[3,7]`` and ``[7]``; YAML lists and null as they are."""
-    return value if value.strip().startswith('[') or value.strip() in ('null', '') else f'[{value}]'
-
-
-def _lists_as_yaml(argv: List[str], list_keys: Set[str]) -> List[str]:
-    """``argv`` with the values of list keys given the shell's way (``--kernel_sizes 3,5,7``, ``--variants
-    conv7``) written as the YAML lists jsonargparse reads; every other word as it is."""
-    words = []
-    for index, word in enumerate(argv):
+    words: List[str] = []
+    for word in argv:
         key, equals, value = word.partition('=')
-        if word.startswith('--') and equals and key[2:] in list_keys:
-            word = f'{key}={_bracketed(value)}'
-        elif index and argv[index - 1].startswith('--') and argv[index - 1][2:] in list_keys:
-            word = _bracketed(word)
-        words.append(word)
+        if words and words[-1].startswith('--') and words[-1][2:] in lists and not word.startswith('--'):
+            key, equals, value = '', '', word
+        elif not (word.startswith('--') and equals and key[2:] in lists):
+            words.append(word)
+            continue
+        as_is = value.strip().startswith('[') or value.strip() in ('null', '')
+        words.append(key + equals + (value if as_is else f'[{value}]'))
     return words
 
 
@@ -200,7 +188,7 @@ def parse_config(
     (later wins). ``--help`` and ``--print_config`` print and exit; any bad key or value is a ConfigError."""
     parser = build_parser(config_cls, description, prog, defaults)
     argv = sys.argv[1:] if argv is None else list(argv)
-    values = parser.parse_args(_lists_as_yaml(argv, _list_keys(config_cls)))
+    values = parser.parse_args(_lists_as_yaml(argv, config_cls))
     return config_cls(**_settings(values))
 
 

@@ -1,9 +1,9 @@
 """:class:`EngineConfig`: the training loop's settings (typed, documented, validated), and the optimizer they describe
 
-Recipes subclass :class:`EngineConfig` with their model and data fields. Every field is a YAML key and a
-command-line flag (:mod:`timm_aconv.engine.config`): its type is its check (ranges from
-:mod:`~timm_aconv.engine.config_types`), the docstring under it its ``--help`` line. ``__post_init__``
-checks the types for a config built in Python too, then the rules that tie two fields together.
+Recipes subclass it with their model and data fields. Every field is a YAML key and a ``--key``
+(:mod:`timm_aconv.engine.config`): its type is its check (ranges: :mod:`jsonargparse.typing`,
+:mod:`~timm_aconv.engine.config_types`), the docstring under it its help line. ``__post_init__`` checks a
+config built in Python the same way, then the rule that ties two fields together.
 """
 
 from dataclasses import dataclass
@@ -11,22 +11,13 @@ from typing import Literal, Optional, Union
 
 import torch
 import torch.nn as nn
+from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, OpenUnitInterval, PositiveFloat, PositiveInt
 
 from ..layers import param_groups
 from .config import ConfigError, check_fields
-from .config_types import (
-    AtLeastTwo,
-    LeftOpenUnitInterval,
-    NonNegativeFloat,
-    NonNegativeInt,
-    OpenUnitInterval,
-    Optimizer,
-    PositiveFloat,
-    PositiveInt,
-    Scheduler,
-)
+from .config_types import AtLeastTwo, LeftOpenUnitInterval, Optimizer, Scheduler
 
-__all__ = ['CompileMode', 'EngineConfig', 'create_optimizer']
+__all__ = ['CompileMode', 'EngineConfig', 'Tracker', 'create_optimizer']
 
 # torch.compile's modes (reduce-overhead: CUDA graphs of the compiled forward and backward)
 CompileMode = Literal['default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs']

@@ -36,12 +36,11 @@ from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Tuple
 
 import timm
 import torch.nn as nn
-from jsonargparse.typing import restricted_number_type
+from jsonargparse.typing import ClosedUnitInterval, PositiveInt, restricted_number_type
 from safetensors.torch import load_file
 
 from ..engine.callbacks import Callback, SigmaRecorder
 from ..engine.config import ConfigError
-from ..engine.config_types import ClosedUnitInterval, PositiveInt, RightOpenUnitInterval
 from ..engine.loaders import build_loaders
 from ..engine.metrics import ClassificationMetric
 from ..engine.trainer import Trainer, set_seed
@@ -62,6 +61,8 @@ __all__ = [
 
 # the simple CNN's pooling needs at least 4 × 4 pixels
 ImageSide = restricted_number_type('ImageSide', int, ('>=', 4))
+# [0, 1): the augmentation's largest shift, a share of the side
+RightOpenUnitInterval = restricted_number_type('RightOpenUnitInterval', float, [('>=', 0), ('<', 1)])
 
 
 @dataclass

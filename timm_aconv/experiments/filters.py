@@ -24,10 +24,10 @@ from typing import Dict, List, Literal, Optional, Tuple, get_args
 import numpy as np
 import torch
 import torch.nn as nn
+from jsonargparse.typing import NonNegativeFloat, OpenUnitInterval, PositiveFloat, PositiveInt
 from scipy import ndimage
 
 from ..engine.config import check_fields, config_to_dict, save_config
-from ..engine.config_types import NonNegativeFloat, OpenUnitInterval, PositiveFloat, PositiveInt
 from ..layers.adaptive_conv import AdaptiveConv2d
 from ..layers.sigma import param_groups, register_sigma_clamp
 from .kernel_plots import layer_kernel_rows, new_figure, plot_kernel_row, plot_sigma_trajectories

@@ -31,18 +31,11 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
 
 import torch.nn as nn
 from accelerate import PartialState
+from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, OpenUnitInterval, PositiveFloat, PositiveInt
 
 from ..engine.callbacks import Callback, SigmaRecorder
 from ..engine.config import ConfigError
-from ..engine.config_types import (
-    NonNegativeFloat,
-    NonNegativeInt,
-    OpenUnitInterval,
-    Optimizer,
-    PositiveFloat,
-    PositiveInt,
-    Scheduler,
-)
+from ..engine.config_types import Optimizer, Scheduler
 from ..engine.history import read_history
 from ..engine.loaders import build_loaders
 from ..engine.metrics import SegmentationMetric

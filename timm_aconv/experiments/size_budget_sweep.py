@@ -35,11 +35,12 @@ from typing import Dict, List, Literal, Optional, Tuple
 
 import torch
 import torch.nn as nn
+from jsonargparse.typing import OpenUnitInterval, PositiveInt
 from torch.utils.data import DataLoader
 
 from ..engine.callbacks import Callback
 from ..engine.config import ConfigError
-from ..engine.config_types import LeftOpenUnitInterval, OpenUnitInterval, PositiveInt
+from ..engine.config_types import LeftOpenUnitInterval
 from ..engine.history import read_history
 from ..engine.launch import process_state
 from ..layers import OutputPixelTracker, estimated_kernel_flops

@@ -8,7 +8,8 @@ recipes subclass it with their model and dataset fields.
 from dataclasses import dataclass
 from typing import Optional
 
-from ..engine.config_types import NonNegativeInt, PositiveInt
+from jsonargparse.typing import NonNegativeInt, PositiveInt
+
 from ..engine.engine_config import EngineConfig
 
 __all__ = ['TaskConfig']
