@@ -1,5 +1,5 @@
 """The command line: one-line errors with exit status 2, launcher and output-folder traps, --help,
-the per-epoch line, thread pinning"""
+--print_config, the per-epoch line, thread pinning"""
 
 import dataclasses
 import json
@@ -16,8 +16,7 @@ import torch
 
 import timm_aconv
 from timm_aconv.engine import ConfigError, parse_config, run_cli
-from timm_aconv.engine.cli_help import GROUPS, field_help
-from timm_aconv.engine.config import plain_text
+from timm_aconv.engine.config import build_parser
 from timm_aconv.engine.history import epoch_line
 from timm_aconv.engine.launch import check_process_count, expected_process_count
 from timm_aconv.engine.output_dir import check_output_dir
@@ -143,7 +142,7 @@ def test_demo_help_names_the_command_and_shows_the_demos_values(capsys, monkeypa
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     assert text.startswith('usage: python -m timm_aconv.demo [--config FILE] [--KEY VALUE ...]\n')
-    assert re.search(r'--repeats INT +training runs per arm .* \(default: 3\)', text)  # the demo's value
+    assert re.search(r'--repeats REPEATS +training runs per arm .* default: 3\)', text)  # the demo's value
     assert '``' not in text and '::' not in text
 
 
@@ -167,8 +166,13 @@ def test_bad_layer_settings_are_one_line_errors_in_every_recipe(capsys):
         'error: kernel_size must be an odd integer'
     )
     assert cli_error(classification, ['--epochs'], capsys) == 'error: argument --epochs: expected one argument'
-    assert cli_error(classification, ['--epoch', '3'], capsys).startswith(
-        "error: unknown config key 'epoch' in the command line. Did you mean epochs?"
+    assert cli_error(classification, ['--epoch', '3'], capsys) == "error: unknown key 'epoch'; did you mean epochs?"
+    assert cli_error(classification, ['--optimizer', 'lion'], capsys) == (
+        "error: Parser key \"optimizer\": Expected a typing.Literal['sgd', 'adam', 'adamw']. Got value: lion"
+    )
+    assert cli_error(classification, ['--augment_shift', '1'], capsys) == (
+        'error: Parser key "augment_shift": Not of type RightOpenUnitInterval: 1 does not conform to restriction '
+        'v>=0 and v<1'
     )
 
 
@@ -197,6 +201,13 @@ def test_conversion_advice_is_the_recipes_own_option(capsys):
     )
     model = create_classifier(config, DataInfo('synthetic', 4, 1, (32, 32)))
     assert type(model.stem[0]) is torch.nn.Conv2d and len(list(timm_aconv.adaptive_layers(model))) == 12
+    assert parse_config(ClassificationConfig, ['--convert_exclude', 'stem.0']).convert_exclude == [
+        'stem.0'
+    ]  # as advised
+    assert parse_config(ClassificationConfig, ['--convert_exclude=[stem.0, head]']).convert_exclude == [
+        'stem.0',
+        'head',
+    ]
     config = parse_config(ClassificationConfig, ['--model', 'resnet18', '--convert', '--convert_include', 'layer1.*'])
     names = [
         name for name, _ in timm_aconv.named_adaptive_layers(create_classifier(config, DataInfo('s', 4, 1, (32, 32))))
@@ -315,41 +326,53 @@ def test_help_lists_every_key_with_type_default_and_help(name, capsys, monkeypat
     assert text.startswith(f'usage: python recipes/{name}.py [--config FILE] [--KEY VALUE ...]\n')
     assert '``' not in text and '::' not in text and ':mod:' not in text
     options = option_help(text)
+    assert '--print_config' in options
+    docstrings = {action.dest: ' '.join((action.help or '').split()) for action in build_parser(RECIPES[name])._actions}
     for field in dataclasses.fields(RECIPES[name]):
         line = options.get(f'--{field.name}')
         assert line is not None, field.name
-        _group, help_line = field_help(field)
-        assert help_line and help_line in line and '(default: ' in line, line
-    used = [group for group in GROUPS if f'\n{group}:\n' in text]
-    assert used[:2] == ['model', 'data'] or name == 'learn_filters'
+        assert docstrings[field.name] and f'{docstrings[field.name]} (type: ' in line, line
+        assert re.search(r'\(type: .+, default: .+\)$', line), line
 
 
-def test_help_shows_allowed_values_types_and_the_config_files_defaults(capsys, monkeypatch):
+def test_help_shows_allowed_values_types_and_bare_flags(capsys, monkeypatch):
     monkeypatch.setenv('COLUMNS', '250')
     with pytest.raises(SystemExit):
-        parse_config(ClassificationConfig, ['--config', DIGITS, '--help'])
+        parse_config(ClassificationConfig, ['--help'])
     lines = option_help(capsys.readouterr().out)
     assert lines['--optimizer'].split()[1] == '{sgd,adam,adamw}'
-    assert lines['--kernel_size'].split()[1] == 'INT|null' and lines['--kernel_size'].endswith('(default: 7)')
-    assert lines['--sigma_init'].endswith('(default: 0.1,0.5)') and lines['--resume'].split()[1] == '[BOOL]'
-    assert lines['--output_dir'].endswith('(default: runs/digits)')
-
-
-def test_plain_text_drops_rest_markup():
-    docstring = (
-        'Runs :func:`~timm_aconv.experiments.compare.run_comparison` with ``x``::\n\n        code\n\n    End::\n'
-    )
-    assert plain_text(docstring) == 'Runs timm_aconv.experiments.compare.run_comparison with x:\n\n    code\n\nEnd:'
+    assert lines['--kernel_size'].endswith('(type: Optional[int], default: null)')
+    assert lines['--epochs'].endswith('training epochs (type: PositiveInt, default: 10)')  # the field's docstring
+    assert lines['--sigma_init'].endswith('default: null)') and lines['--resume'].split()[1] == '[{true,false}]'
 
 
 def test_every_config_field_of_every_recipe_has_a_help_line():
     missing = [
-        (cls.__name__, field.name)
+        (cls.__name__, action.dest)
         for cls in RECIPES.values()
-        for field in dataclasses.fields(cls)
-        if field_help(field)[0] == 'other' or not field_help(field)[1]
+        for action in build_parser(cls)._actions
+        if action.dest in {field.name for field in dataclasses.fields(cls)} and not action.help
     ]
-    assert not missing, f'add these to FIELD_HELP in timm_aconv/engine/cli_help.py: {missing}'
+    assert not missing, f'add a docstring under these fields: {missing}'
+
+
+@pytest.mark.parametrize('name', list(RECIPES))
+def test_print_config_reads_back_to_the_same_settings(name, tmp_path, capsys):
+    shipped = dict(
+        train_classification='digits',
+        compare='digits',
+        learn_filters='learn_filters',
+        train_segmentation='segmentation',
+        size_budget='size_budget_digits',
+    )
+    argv = ['--config', shipped[name], '--seed', '3', '--output_dir', str(tmp_path / 'run'), '--plots', 'false']
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(RECIPES[name], [*argv, '--print_config'])
+    assert exit_info.value.code == 0
+    printed = tmp_path / 'printed.yaml'
+    printed.write_text(capsys.readouterr().out)
+    assert 'seed: 3\n' in printed.read_text()
+    assert parse_config(RECIPES[name], ['--config', str(printed)]) == parse_config(RECIPES[name], argv)
 
 
 # ---- the per-epoch line and threads

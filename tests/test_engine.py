@@ -181,14 +181,18 @@ def test_plateau_scheduler_reduces_lr_by_factor(tmp_path):
 def test_config_errors_name_the_key(tmp_path):
     config_file = tmp_path / 'bad.yaml'
     config_file.write_text('epochs: 3\nlearning_rate: 0.1\n')
-    with pytest.raises(ConfigError, match=r"unknown config key 'learning_rate' in .*bad.yaml"):
+    with pytest.raises(ConfigError, match=r"^unknown key 'learning_rate'"):
         parse_config(EngineConfig, ['--config', str(config_file)])
-    with pytest.raises(ConfigError, match='scheduler must be one of'):
+    with pytest.raises(
+        ConfigError, match=r"\"scheduler\": Expected a typing.Literal\['constant', 'plateau', 'one_cycle'\]"
+    ):
         parse_config(EngineConfig, ['--scheduler', 'cosine'])
-    with pytest.raises(ConfigError, match='epochs must be an integer'):
+    with pytest.raises(ConfigError, match=r'"epochs": Not of type PositiveInt: invalid literal .* \'2.5\''):
         parse_config(EngineConfig, ['--epochs', '2.5'])
-    with pytest.raises(ConfigError, match='Did you mean optimizer'):
+    with pytest.raises(ConfigError, match=r"^unknown key 'optimiser'; did you mean optimizer\?$"):
         parse_config(EngineConfig, ['--optimiser', 'adam'])
+    with pytest.raises(ConfigError, match=r'"lr": Not of type PositiveFloat: 0.0 does not conform to restriction v>0'):
+        EngineConfig(lr=0.0)  # built in Python: the same check
     with pytest.raises(ConfigError, match='max_steps_per_epoch must be a positive multiple of grad_accum_steps'):
         parse_config(EngineConfig, ['--grad_accum_steps', '2', '--max_steps_per_epoch', '3'])
     config = parse_config(EngineConfig, ['--resume', '--lr=0.2'])
@@ -306,7 +310,9 @@ def test_run_writes_its_config_and_a_fresh_run_starts_over(tmp_path):
     assert checkpoint_names(tmp_path) == ['checkpoint_0']
     assert json.loads((tmp_path / 'checkpoints' / 'checkpoint_0' / 'trainer_state.json').read_text())['epoch'] == 1
     assert not (tmp_path / 'best').exists()
-    with pytest.raises(ConfigError, match='keep_checkpoints must be >= 2'):
+    with pytest.raises(
+        ConfigError, match='"keep_checkpoints": Not of type AtLeastTwo: 1 does not conform to restriction v>=2'
+    ):
         EngineConfig(keep_checkpoints=1)
 
 
@@ -370,13 +376,14 @@ def test_compiled_training_matches_eager_without_breaks_or_recompiles(tmp_path, 
 def test_compile_setting_is_checked():
     assert parse_config(EngineConfig, ['--compile', 'true']).compile is True
     assert parse_config(EngineConfig, ['--compile', 'auto']).compile == 'auto'
-    with pytest.raises(ConfigError, match="compile must be 'auto', true or false, got 'yes'"):
-        EngineConfig(compile='yes')
+    assert parse_config(EngineConfig, ['--compile', 'no']).compile is False  # YAML's booleans
+    with pytest.raises(ConfigError, match=r'"compile": Does not validate .* Given value: fast'):
+        EngineConfig(compile='fast')
     assert parse_config(EngineConfig, ['--compile_mode', 'reduce-overhead']).compile_mode == 'reduce-overhead'
     with pytest.raises(
         ConfigError,
-        match='compile_mode must be null or one of default, reduce-overhead, '
-        "max-autotune, max-autotune-no-cudagraphs, got 'fast'",
+        match=r'"compile_mode": .*\'default\', \'reduce-overhead\', \'max-autotune\', '
+        r"'max-autotune-no-cudagraphs'.* Given value: fast",
     ):
         EngineConfig(compile_mode='fast')
 

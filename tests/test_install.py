@@ -14,7 +14,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # the importable names of what `pip install timm-aconv` does not install (torch, timm and timm's own
 # dependencies torchvision, pyyaml, huggingface_hub, safetensors are there)
-EXTRAS_ONLY = ['accelerate', 'albumentations', 'cv2', 'matplotlib', 'scipy', 'segmentation_models_pytorch', 'sklearn']
+EXTRAS_ONLY = [
+    'accelerate',
+    'albumentations',
+    'cv2',
+    'docstring_parser',
+    'jsonargparse',
+    'matplotlib',
+    'scipy',
+    'segmentation_models_pytorch',
+    'sklearn',
+]
 
 CHILD = '''
 import json, sys, warnings
@@ -89,8 +99,8 @@ def test_core_install_works_and_missing_extras_or_versions_say_what_to_install()
     assert report['imported_extras'] == []
     # the training engine names what is missing and the one command that installs it
     assert report['train_error'] == (
-        'timm_aconv.engine needs the training libraries, missing here: accelerate, '
-        "albumentations, matplotlib, scikit-learn, scipy; pip install 'timm-aconv[train]'"
+        'timm_aconv.engine needs the training libraries, missing here: accelerate, albumentations, '
+        "docstring-parser, jsonargparse, matplotlib, scikit-learn, scipy; pip install 'timm-aconv[train]'"
     )
     # an SMP without the internals: a warning naming the supported versions, the timm side still works
     assert report['old_smp_registered'] is False and report['old_smp_model'] == 'SimpleCnn'

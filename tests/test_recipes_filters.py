@@ -119,11 +119,11 @@ def test_both_layers_start_from_the_same_seed():
 @pytest.mark.parametrize(
     'argv, message',
     [
-        (['--iterations', '0'], 'iterations must be >= 1'),
+        (['--iterations', '0'], '"iterations": Not of type PositiveInt: 0 does not conform to restriction v>0'),
         (['--kernel_size', '8'], 'kernel_size must be an odd integer'),
-        (['--image', 'lena.png'], "image must be one of \\['china.jpg', 'flower.jpg'\\]"),
-        (['--conv_weight_init', 'orthogonal'], 'conv_weight_init must be one of'),
-        (['--clip_value', '-1'], 'clip_value must be > 0 or null'),
+        (['--image', 'lena.png'], "\"image\": Expected a typing.Literal\\['china.jpg', 'flower.jpg'\\]"),
+        (['--conv_weight_init', 'orthogonal'], '"conv_weight_init": Expected a typing.Literal'),
+        (['--clip_value', '-1'], '"clip_value".* PositiveFloat: .* restriction v>0 .* Given value: -1'),
     ],
 )
 def test_config_errors_name_the_key(argv, message):

@@ -473,9 +473,9 @@ def test_engine_trains_at_the_learned_size_and_resumes_with_the_loaded_windows(t
             nn.Sequential(nn.Conv2d(1, 3, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()), loader, loader,
             EngineConfig(train_crop_tol=TOL, **settings), nn.CrossEntropyLoss(), ClassificationMetric(),
         )  # fmt: skip
-    with pytest.raises(ConfigError, match=r'train_crop_tol must be in \(0, 1\)'):
+    with pytest.raises(ConfigError, match=r'"train_crop_tol".* OpenUnitInterval: .* v>0 and v<1'):
         EngineConfig(train_crop_tol=1.0)
-    with pytest.raises(ConfigError, match=r'train_crop_interval must be >= 1'):
+    with pytest.raises(ConfigError, match=r'"train_crop_interval": Not of type PositiveInt: 0 .* v>0'):
         EngineConfig(train_crop_interval=0)
 
 

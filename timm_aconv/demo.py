@@ -18,7 +18,7 @@ The same run through the recipe:
 import time
 from typing import List, Optional
 
-from .engine.config import config_from_dict, parse_values, run_cli
+from .engine.config import parse_config, run_cli
 from .experiments.compare import CompareConfig, run_comparison
 
 DEMO_SETTINGS = dict(
@@ -51,8 +51,7 @@ PROG = 'python -m timm_aconv.demo'
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    values, source = parse_values(CompareConfig, argv, description=__doc__, prog=PROG, defaults=DEMO_SETTINGS)
-    config = config_from_dict(CompareConfig, values, f'the demo settings + {source}')
+    config = parse_config(CompareConfig, argv, description=__doc__, prog=PROG, defaults=DEMO_SETTINGS)
     print(
         f'CONV vs ACONV on scikit-learn digits: kernel sizes {config.kernel_sizes}, {config.repeats} repeats, '
         f'{config.epochs} epochs each ({2 * len(config.kernel_sizes) * config.repeats} runs)',

@@ -4,8 +4,8 @@ Task-agnostic: nothing here knows a dataset or a paper experiment (those are :mo
 
 - :mod:`~timm_aconv.engine.trainer`: :class:`Trainer`, the loop (start here).
 - :mod:`~timm_aconv.engine.engine_config`: :class:`EngineConfig`, its validated settings, and the optimizer.
-- :mod:`~timm_aconv.engine.config`: YAML + command-line configs with validation
-  (help text: :mod:`~timm_aconv.engine.cli_help`).
+- :mod:`~timm_aconv.engine.config`: YAML + command-line configs on jsonargparse (types, defaults and help
+  from the config dataclasses).
 - :mod:`~timm_aconv.engine.adaptive_setup`: what the engine does to adaptive layers (clamp, groups,
   training crop), and its trackers.
 - :mod:`~timm_aconv.engine.launch`: launcher checks (``torchrun``, ``accelerate launch``) and the process state.
@@ -42,6 +42,8 @@ def _missing_training_libraries():
 _TRAINING_LIBRARIES = {
     'accelerate': 'accelerate',
     'albumentations': 'albumentations',
+    'docstring_parser': 'docstring-parser',
+    'jsonargparse': 'jsonargparse',
     'matplotlib': 'matplotlib',
     'numpy': 'numpy',
     'PIL': 'pillow',
@@ -62,11 +64,9 @@ if _MISSING:
 from .callbacks import Callback, SigmaRecorder  # noqa: E402
 from .config import (  # noqa: E402
     ConfigError,
-    config_from_dict,
+    check_fields,
     config_to_dict,
-    load_config,
     parse_config,
-    parse_values,
     run_cli,
     save_config,
 )
@@ -88,15 +88,13 @@ __all__ = [
     'SegmentationMetric',
     'SigmaRecorder',
     'Trainer',
+    'check_fields',
     'check_output_dir',
-    'config_from_dict',
     'config_to_dict',
     'create_optimizer',
     'create_scheduler',
     'latest_checkpoint',
-    'load_config',
     'parse_config',
-    'parse_values',
     'process_state',
     'read_history',
     'run_cli',

@@ -1,186 +1,52 @@
-"""Typed recipe configs: dataclass defaults < YAML file < command line
+"""Typed recipe configs on jsonargparse: dataclass defaults < YAML file (``--config``) < ``--key value``
 
-A recipe declares its settings as a dataclass (fields typed with ``int``, ``float``, ``str``,
-``bool``, ``Optional[...]``, ``Literal[...]`` choices, ``Tuple``/``List`` of numbers).
-:func:`parse_config` builds one from ``--config file.yaml`` plus ``--key value`` overrides
-for every field; unknown keys (in the file or on the command line) and values of the wrong
-type or outside the allowed choices are :class:`ConfigError` naming the key:
+A recipe's settings are one dataclass: a field's type (``Literal``, ``Optional``, lists, the ranges of
+:mod:`jsonargparse.typing`) is its check, its default the default, the docstring under it the help line.
+:func:`parse_config` parses them with `jsonargparse <https://jsonargparse.readthedocs.io>`_ (``--help``,
+``--print_config``), :func:`check_fields` checks a config built in Python the same way, and every bad key or
+value is a :class:`ConfigError` naming it, which :func:`run_cli` prints as one ``error:`` line:
 
-    >>> config = parse_config(ClassificationConfig, ['--config', 'recipes/configs/digits.yaml', '--epochs', '3'])
+    >>> config = parse_config(ClassificationConfig, ['--config', 'digits', '--kernel_size', '5', '--resume'])
 
-Lists are given as YAML (``--kernel_sizes "[3, 7]"``) or comma separated (``--kernel_sizes 3,7``);
-a bare boolean flag (``--resume``) means true.
+``--config`` takes a path or a shipped config's name; a list key takes ``3,7`` or a YAML list; a boolean
+key alone means true.
 """
 
 import argparse
 import dataclasses
 import difflib
-import inspect
+import functools
 import re
 import sys
 import typing
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type, TypeVar
+from typing import Any, Callable, Dict, List, Mapping, Optional, Type, TypeVar
 
 import yaml
+from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter, set_parsing_settings
+from jsonargparse import Namespace as ParsedValues
 
 from ..layers.covariance import resolve_axis_bounds, resolve_kernel_size, resolve_sigma_init
-from .cli_help import GROUPS, field_help
 
 __all__ = [
     'ConfigError',
     'build_parser',
-    'config_from_dict',
+    'check_fields',
     'config_to_dict',
-    'load_config',
     'parse_config',
-    'parse_values',
-    'plain_text',
+    'register_config_dir',
     'run_cli',
     'save_config',
 ]
 
 ConfigT = TypeVar('ConfigT')
 
+# the help text of a field is the string literal right under it
+set_parsing_settings(docstring_parse_attribute_docstrings=True)
+
 
 class ConfigError(ValueError):
     """A config key that does not exist or a value that does not fit its field."""
-
-
-def _unknown_key_message(key: str, known: Sequence[str], source: str) -> str:
-    close = difflib.get_close_matches(key, known, n=3)
-    hint = f' Did you mean {", ".join(close)}?' if close else ''
-    return f'unknown config key {key!r} in {source}.{hint} Valid keys: {", ".join(sorted(known))}'
-
-
-def _coerce(value: Any, annotation: Any, key: str) -> Any:
-    """``value`` converted to the field type ``annotation`` or a ConfigError naming ``key``."""
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if origin is typing.Union:
-        is_null = value is None or (isinstance(value, str) and value.lower() in ('none', 'null'))
-        if is_null and type(None) in args:
-            return None
-        errors = []
-        for option in (arg for arg in args if arg is not type(None)):
-            try:
-                return _coerce(value, option, key)
-            except ConfigError as error:
-                errors.append(str(error))
-        raise ConfigError(errors[0] if errors else f'{key}: got {value!r}')
-    if origin is typing.Literal:
-        if value not in args:
-            raise ConfigError(f'{key} must be one of {list(args)}, got {value!r}')
-        return value
-    if origin in (tuple, list):
-        if isinstance(value, str):
-            value = [item.strip() for item in value.strip('[]()').split(',') if item.strip()]
-        if not isinstance(value, (list, tuple)):
-            value = [value]
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(value) != len(args):
-                raise ConfigError(f'{key} must have {len(args)} values, got {value!r}')
-            return tuple(_coerce(item, arg, key) for item, arg in zip(value, args))
-        item_type = args[0] if args else Any
-        items = [_coerce(item, item_type, key) for item in value]
-        return tuple(items) if origin is tuple else items
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ('true', 'yes', '1', 'false', 'no', '0'):
-            return value.lower() in ('true', 'yes', '1')
-        raise ConfigError(f'{key} must be true or false, got {value!r}')
-    if annotation is int:
-        if isinstance(value, bool):
-            raise ConfigError(f'{key} must be an integer, got {value!r}')
-        try:
-            number = float(value) if isinstance(value, str) else value
-            if isinstance(number, float) and number.is_integer():
-                number = int(number)
-            if isinstance(number, int):
-                return number
-        except ValueError:
-            pass
-        raise ConfigError(f'{key} must be an integer, got {value!r}')
-    if annotation is float:
-        if isinstance(value, bool):
-            raise ConfigError(f'{key} must be a number, got {value!r}')
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f'{key} must be a number, got {value!r}') from None
-    if annotation is str:
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ConfigError(f'{key} must be a string, got {value!r}')
-        return str(value)
-    return value
-
-
-def _field_types(config_cls: Type) -> Dict[str, Any]:
-    hints = typing.get_type_hints(config_cls)
-    return {field.name: hints[field.name] for field in dataclasses.fields(config_cls)}
-
-
-def config_from_dict(config_cls: Type[ConfigT], values: Dict[str, Any], source: str = 'config') -> ConfigT:
-    """``config_cls`` from a mapping; unknown keys and bad values raise :class:`ConfigError`."""
-    types = _field_types(config_cls)
-    kwargs = {}
-    for key, value in values.items():
-        if key not in types:
-            raise ConfigError(_unknown_key_message(key, list(types), source))
-        kwargs[key] = _coerce(value, types[key], key)
-    _check_layer_arguments(kwargs)
-    try:
-        return config_cls(**kwargs)
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as error:
-        raise ConfigError(f'{source}: {error}') from error
-
-
-# config fields that are AdaptiveConv2d arguments, checked the way the layer checks them
-_LAYER_ARGUMENT_CHECKS: Dict[str, Callable[[Any], Any]] = dict(
-    kernel_size=resolve_kernel_size,
-    sigma_init=resolve_sigma_init,
-    sigma_bounds=lambda bounds: resolve_axis_bounds(bounds, (3, 3), 'spherical'),
-)
-
-
-def _check_layer_arguments(values: Dict[str, Any]) -> None:
-    """A bad ``kernel_size`` / ``sigma_init`` / ``sigma_bounds`` among the given ``values`` is a config
-    error naming the key, before any model is built (the layer's own ValueError would come with a
-    traceback)."""
-    for key, check in _LAYER_ARGUMENT_CHECKS.items():
-        value = values.get(key)
-        if value is not None:
-            try:
-                check(value)
-            except (TypeError, ValueError) as error:
-                raise ConfigError(str(error)) from None
-
-
-def config_to_dict(config: Any) -> Dict[str, Any]:
-    """A config as plain YAML/JSON-friendly values (tuples become lists, also inside mappings)."""
-
-    def plain(value):
-        if isinstance(value, dict):
-            return {key: plain(item) for key, item in value.items()}
-        return [plain(item) for item in value] if isinstance(value, (tuple, list)) else value
-
-    return {key: plain(value) for key, value in dataclasses.asdict(config).items()}
-
-
-def save_config(config: Any, output_dir: str, filename: str = 'config.yaml') -> Path:
-    """Writes ``config`` as YAML to ``output_dir/filename``, every field resolved; ``--config`` on that
-    file reruns the run (``resume`` is written as false: the file describes the run from its start)."""
-    values = config_to_dict(config)
-    if 'resume' in values:
-        values['resume'] = False
-    path = Path(output_dir) / filename
-    path.parent.mkdir(parents=True, exist_ok=True)
-    header = f'# the resolved settings of this run ({type(config).__name__}); rerun it with --config {path}\n'
-    path.write_text(header + yaml.safe_dump(values, sort_keys=False))
-    return path
 
 
 # folders of configs that --config finds by name (the recipes package registers its shipped configs)
@@ -209,70 +75,53 @@ def resolve_config_path(path: str) -> Path:
     raise ConfigError(f'config file {str(file)!r} does not exist{known}')
 
 
-def load_config(path: str) -> Dict[str, Any]:
-    """The mapping in a YAML config file (a path, or the name of a registered config), or a ConfigError
-    naming the file."""
-    file = resolve_config_path(path)
-    values = yaml.safe_load(file.read_text()) or {}
-    if not isinstance(values, dict):
-        raise ConfigError(f'config file {str(file)!r} must hold a mapping of keys to values')
-    return values
+class _ConfigFile(ActionConfigFile):
+    """``--config``: a YAML file, or the name of a shipped config (:func:`resolve_config_path`)."""
+
+    def __call__(self, parser, cfg, values, option_string=None):
+        super().__call__(parser, cfg, str(resolve_config_path(values)), option_string)
 
 
-class _ArgumentParser(argparse.ArgumentParser):
-    """argparse, its usage errors raised as :class:`ConfigError` (one ``error: ...`` line via :func:`run_cli`)."""
-
-    def error(self, message: str) -> None:
-        raise ConfigError(message)
+# jsonargparse's messages for a key no field has: on the command line, in a YAML file
+_UNKNOWN_KEY = re.compile(r"(?i:unrecognized arguments): --([^\s=]+)|Option '([^']+)' is not accepted")
 
 
-def plain_text(docstring: Optional[str]) -> str:
-    """A docstring as plain terminal text: reST roles, double backquotes and ``::`` removed."""
-    text = inspect.cleandoc(docstring or '')
-    text = re.sub(r':(?:mod|func|class|meth|attr|data):`~?([^`]+)`', r'\1', text)
-    text = text.replace('``', '')
-    return re.sub(r'(\S)::$', r'\1:', re.sub(r'\s+::$', '', text, flags=re.M), flags=re.M)
+class _ArgumentParser(ArgumentParser):
+    """jsonargparse, its errors raised as :class:`ConfigError` (one ``error: ...`` line via :func:`run_cli`);
+    an unknown key gets the keys it may have meant."""
+
+    def error(self, message: str, ex: Optional[Exception] = None) -> None:
+        unknown = _UNKNOWN_KEY.search(message)
+        if unknown:
+            key = unknown.group(1) or unknown.group(2)
+            keys = [action.dest for action in self._actions if action.dest not in ('help', 'config', 'print_config')]
+            close = difflib.get_close_matches(key, keys, n=3)
+            message = f'unknown key {key!r}' + (f'; did you mean {", ".join(close)}?' if close else '; see --help')
+        raise ConfigError(' '.join(message.split())) from ex
 
 
-def _type_label(annotation: Any) -> str:
-    """How a value of ``annotation`` is written on the command line, e.g. ``INT|null``, ``{sgd,adam}``."""
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin is typing.Union:
-        labels = [_type_label(arg) for arg in args if arg is not type(None)]
-        return '|'.join(labels + (['null'] if type(None) in args else []))
-    if origin is typing.Literal:
-        return '{' + ','.join(str(arg) for arg in args) + '}'
-    if origin is tuple and args and args[-1] is not Ellipsis:
-        return ','.join(_type_label(arg) for arg in args)
-    if origin in (tuple, list):
-        item = _type_label(args[0]) if args else 'VALUE'
-        return f'{item},{item},...'
-    if origin is dict or annotation is dict:
-        return '{KEY: VALUE}'
-    return {int: 'INT', float: 'FLOAT', str: 'STR', bool: 'BOOL'}.get(annotation, 'VALUE')
+class _HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """jsonargparse's help (each key with its type and default), the description's lines kept as written."""
 
 
-def _value_label(value: Any) -> str:
-    """A default as it would be typed: null, true/false, 3,7 for lists."""
-    if value is None:
-        return 'null'
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, (list, tuple)):
-        return ','.join(_value_label(item) for item in value) if value else '[]'
-    if isinstance(value, dict):
-        return yaml.safe_dump(value, default_flow_style=True).strip()
-    return str(value)
-
-
-def _field_defaults(config_cls: Type) -> Dict[str, Any]:
-    defaults = {}
-    for field in dataclasses.fields(config_cls):
-        if field.default is not dataclasses.MISSING:
-            defaults[field.name] = field.default
-        elif field.default_factory is not dataclasses.MISSING:
-            defaults[field.name] = field.default_factory()
-    return defaults
+def _lists_as_yaml(argv: List[str], config_cls: Type) -> List[str]:
+    """``argv`` with each value of a list or tuple field given the shell's way (``--kernel_sizes 3,7``,
+    ``--variants conv7``) written as the YAML list jsonargparse reads (``[3,7]``); other words as they are."""
+    hints = typing.get_type_hints(config_cls).items()
+    lists = {
+        key for key, hint in hints if {list, tuple} & {typing.get_origin(h) for h in (hint, *typing.get_args(hint))}
+    }
+    words: List[str] = []
+    for word in argv:
+        key, equals, value = word.partition('=')
+        if words and words[-1].startswith('--') and words[-1][2:] in lists and not word.startswith('--'):
+            key, equals, value = '', '', word
+        elif not (word.startswith('--') and equals and key[2:] in lists):
+            words.append(word)
+            continue
+        as_is = value.strip().startswith('[') or value.strip() in ('null', '')
+        words.append(key + equals + (value if as_is else f'[{value}]'))
+    return words
 
 
 def _default_prog() -> Optional[str]:
@@ -285,93 +134,47 @@ def _default_prog() -> Optional[str]:
     return f'python {script}' if script.endswith('.py') and not script.endswith('__main__.py') else None
 
 
-def _config_file_in(argv: Optional[List[str]]) -> Optional[str]:
-    """The value of ``--config`` in ``argv`` (to show its values as the defaults in ``--help``)."""
-    finder = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    finder.add_argument('--config')
-    try:
-        return finder.parse_known_args(argv)[0].config
-    except SystemExit:
-        return None
-
-
 def build_parser(
     config_cls: Type,
     description: Optional[str] = None,
     prog: Optional[str] = None,
     defaults: Optional[Mapping[str, Any]] = None,
-) -> argparse.ArgumentParser:
-    """The argparse parser of a recipe: ``--config`` plus one ``--key`` per field of ``config_cls``,
-    grouped, each with its type, allowed values, default (``defaults`` over the dataclass's) and
-    one line of help (:mod:`timm_aconv.engine.cli_help`). Every option defaults to "not given"."""
-    types = _field_types(config_cls)
-    shown = {**_field_defaults(config_cls), **(defaults or {})}
+) -> ArgumentParser:
+    """The parser of a recipe: ``--config``, ``--print_config`` and one ``--key`` per field of ``config_cls``
+    (its type, default, ``defaults`` over the dataclass's, and docstring); a bool field alone means true."""
     parser = _ArgumentParser(
         prog=prog or _default_prog(),
-        description=plain_text(description or config_cls.__doc__),
+        description=description,
         usage='%(prog)s [--config FILE] [--KEY VALUE ...]',
         allow_abbrev=False,
-        formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, max_help_position=34),
-        epilog='Settings: the defaults shown, then --config FILE, then --KEY VALUE (the command line wins).\n'
+        exit_on_error=False,
+        formatter_class=_HelpFormatter,
+        epilog='Settings: the defaults shown, then --config FILE, then --KEY VALUE (the command line wins). '
         'Lists: 3,7 or "[3, 7]"; a boolean flag alone means true; null means none.',
     )
-    parser.add_argument('--config', metavar='FILE', help='YAML file with any of the keys below')
-    grouped: Dict[str, List[Tuple[str, Any, str]]] = {}
-    for field in dataclasses.fields(config_cls):
-        group, text = field_help(field)
-        default = f'(default: {_value_label(shown[field.name])})' if field.name in shown else '(required)'
-        grouped.setdefault(group, []).append((field.name, types[field.name], f'{text} {default}'.strip()))
-    for group in (name for name in GROUPS if name in grouped):
-        arguments = parser.add_argument_group(group)
-        for key, annotation, text in grouped[group]:
-            flag_options = dict(nargs='?', const='true') if annotation is bool else {}
-            arguments.add_argument(
-                f'--{key}',
-                default=argparse.SUPPRESS,
-                metavar=_type_label(annotation),
-                help=text.replace('%', '%%'),
-                **flag_options,
-            )
+    parser.add_argument('--config', action=_ConfigFile, metavar='FILE', help='YAML file (or shipped config name)')
+    parser.add_class_arguments(config_cls, as_group=False)
+    bools = {field.name for field in dataclasses.fields(config_cls) if field.type in (bool, 'bool')}
+    for action in parser._actions:
+        if action.dest in bools:
+            action.nargs, action.const = '?', True
+    if defaults:
+        parser.set_defaults(dict(defaults))
     return parser
 
 
-def parse_values(
-    config_cls: Type,
-    argv: Optional[List[str]] = None,
-    description: Optional[str] = None,
-    prog: Optional[str] = None,
-    defaults: Optional[Mapping[str, Any]] = None,
-) -> Tuple[Dict[str, Any], str]:
-    """The raw settings given by ``defaults``, ``--config file.yaml`` and ``--key value`` in ``argv``
-    (later wins), and their source.
+def _builtin(value: Any) -> Any:
+    """A parsed value with the numbers of jsonargparse's range types (``PositiveInt``, ...) as plain int/float."""
+    if isinstance(value, (list, tuple)):
+        return type(value)(_builtin(item) for item in value)
+    if isinstance(value, float) or (isinstance(value, int) and not isinstance(value, bool)):
+        return float(value) if isinstance(value, float) else int(value)
+    return value
 
-    Only keys actually given appear; the dataclass defaults are not filled in. Unknown keys and
-    malformed command lines raise :class:`ConfigError`. ``--help`` prints every key with its type,
-    default (the file's value when ``--config`` comes first) and help line, then exits.
-    """
-    types = _field_types(config_cls)
-    config_file = _config_file_in(argv)
-    file_values = load_config(config_file) if config_file else {}
-    for key in file_values:
-        if key not in types:
-            raise ConfigError(_unknown_key_message(key, list(types), config_file))
-    parser = build_parser(config_cls, description, prog, {**(defaults or {}), **file_values})
-    args, unknown = parser.parse_known_args(argv)
-    if unknown:
-        key = unknown[0].lstrip('-').split('=')[0]
-        raise ConfigError(_unknown_key_message(key, list(types), 'the command line'))
-    values: Dict[str, Any] = dict(defaults or {})
-    source = 'the command line'
-    if config_file:
-        values.update(file_values)
-        source = f'{config_file} + the command line'
-    for key, value in vars(args).items():
-        if key != 'config':
-            # a YAML list or mapping on the command line ("[3, 7]", "{drop_rate: 0.2}") is read the YAML way
-            values[key] = (
-                yaml.safe_load(value) if types[key] is not str and value.strip().startswith(('[', '{')) else value
-            )
-    return values, source
+
+def _settings(values: ParsedValues) -> Dict[str, Any]:
+    """The parsed fields (no ``--config``) as the dataclass's keyword arguments."""
+    return {key: _builtin(value) for key, value in values.as_dict().items() if key not in ('config', '__path__')}
 
 
 def parse_config(
@@ -381,9 +184,65 @@ def parse_config(
     prog: Optional[str] = None,
     defaults: Optional[Mapping[str, Any]] = None,
 ) -> ConfigT:
-    """``config_cls`` from ``defaults``, ``--config file.yaml`` and ``--key value`` overrides in ``argv``."""
-    values, source = parse_values(config_cls, argv, description, prog, defaults)
-    return config_from_dict(config_cls, values, source)
+    """``config_cls`` from ``defaults``, ``--config file.yaml`` and ``--key value`` overrides in ``argv``
+    (later wins). ``--help`` and ``--print_config`` print and exit; any bad key or value is a ConfigError."""
+    parser = build_parser(config_cls, description, prog, defaults)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    values = parser.parse_args(_lists_as_yaml(argv, config_cls))
+    return config_cls(**_settings(values))
+
+
+@functools.cache
+def _field_parser(config_cls: Type) -> ArgumentParser:
+    return build_parser(config_cls)
+
+
+# config fields that are AdaptiveConv2d arguments, checked the way the layer checks them
+_LAYER_ARGUMENT_CHECKS: Dict[str, Callable[[Any], Any]] = dict(
+    kernel_size=resolve_kernel_size,
+    sigma_init=resolve_sigma_init,
+    sigma_bounds=lambda bounds: resolve_axis_bounds(bounds, (3, 3), 'spherical'),
+)
+
+
+def check_fields(config: Any) -> None:
+    """Every field of the dataclass ``config`` checked against its type, as the command line checks it, and
+    set to the parsed value (a list given for a tuple becomes the tuple); the fields that are AdaptiveConv2d
+    arguments (``kernel_size``, ``sigma_init``, ``sigma_bounds``) checked the way the layer checks them.
+    A ConfigError naming the key otherwise, before any model is built."""
+    parsed = _settings(_field_parser(type(config)).parse_object(config_to_dict(config)))
+    for key, value in parsed.items():
+        setattr(config, key, value)
+    for key, check in _LAYER_ARGUMENT_CHECKS.items():
+        if getattr(config, key, None) is not None:
+            try:
+                check(getattr(config, key))
+            except (TypeError, ValueError) as error:
+                raise ConfigError(str(error)) from None
+
+
+def config_to_dict(config: Any) -> Dict[str, Any]:
+    """A config as plain YAML/JSON-friendly values (tuples become lists, also inside mappings)."""
+
+    def plain(value):
+        if isinstance(value, dict):
+            return {key: plain(item) for key, item in value.items()}
+        return [plain(item) for item in value] if isinstance(value, (tuple, list)) else value
+
+    return {key: plain(value) for key, value in dataclasses.asdict(config).items()}
+
+
+def save_config(config: Any, output_dir: str, filename: str = 'config.yaml') -> Path:
+    """Writes ``config`` as YAML to ``output_dir/filename``, every field resolved; ``--config`` on that
+    file reruns the run (``resume`` is written as false: the file describes the run from its start)."""
+    values = config_to_dict(config)
+    if 'resume' in values:
+        values['resume'] = False
+    path = Path(output_dir) / filename
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = f'# the resolved settings of this run ({type(config).__name__}); rerun it with --config {path}\n'
+    path.write_text(header + yaml.safe_dump(values, sort_keys=False))
+    return path
 
 
 def run_cli(main: Callable[[], Any]) -> Any:

@@ -36,17 +36,18 @@ from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Tuple
 
 import timm
 import torch.nn as nn
+from jsonargparse.typing import ClosedUnitInterval, PositiveInt, restricted_number_type
 from safetensors.torch import load_file
 
 from ..engine.callbacks import Callback, SigmaRecorder
 from ..engine.config import ConfigError
-from ..engine.engine_config import EngineConfig
 from ..engine.loaders import build_loaders
 from ..engine.metrics import ClassificationMetric
 from ..engine.trainer import Trainer, set_seed
 from ..models import converted_model_args
 from ..surgery import convert_convs
-from .datasets import INPUT_NORMS, RESPLIT_DATASETS, ArrayDataset, DataInfo, build_classification_data
+from .datasets import RESPLIT_DATASETS, ArrayDataset, DataInfo, build_classification_data
+from .task_config import TaskConfig
 
 __all__ = [
     'ClassificationConfig',
@@ -58,67 +59,56 @@ __all__ = [
     'train_classification',
 ]
 
+# the simple CNN's pooling needs at least 4 × 4 pixels
+ImageSide = restricted_number_type('ImageSide', int, ('>=', 4))
+# [0, 1): the augmentation's largest shift, a share of the side
+RightOpenUnitInterval = restricted_number_type('RightOpenUnitInterval', float, [('>=', 0), ('<', 1)])
+
 
 @dataclass
-class ClassificationConfig(EngineConfig):
-    """Train a timm image classifier (plain, adaptive, or converted) with the paper's protocol.
-
-    batch_size / val_batch_size: the GLOBAL batch over all processes (with N GPUs each process
-    loads batch_size / N; N must divide it). split_seed: the train/validation split of digits,
-    synthetic and lfw (null: the run's seed, a new split per seed) and of train_subset (a stratified
-    subset of the training split; on an official split null means 0). input_norm: none, pixel_mean
-    (minus the training split's per-pixel mean) or standardize. augment_shift: largest shift of
-    the augmentation (fraction of the side; borders replicate the edge, as Keras' 'nearest').
-    """
+class ClassificationConfig(TaskConfig):
+    """Train a timm image classifier (plain, adaptive, or converted) with the paper's protocol."""
 
     model: str = 'aconv_simple_cnn'
+    """timm model name: aconv_*/conv_* twins (aconv_simple_cnn, aconv_resnet20, ...) or any timm model"""
     kernel_size: Optional[int] = None
+    """kernel size n of the k×k convolutions, odd >= 3; null keeps the model default"""
     sigma_init: Optional[Tuple[float, float]] = None
-    drop_rate: Optional[float] = None
+    """initial sigma of the adaptive filters: LOW,HIGH spaced over the filters; null keeps the model default"""
+    drop_rate: Optional[ClosedUnitInterval] = None
+    """dropout rate of the model (timm drop_rate); null keeps the model default"""
     model_kwargs: Dict[str, Any] = field(default_factory=dict)
+    """further keyword arguments of timm.create_model, e.g. {drop_path_rate: 0.1}"""
     convert: bool = False
+    """make the model's convolutions adaptive (timm_aconv.convert_convs, n = kernel_size or 7)"""
     convert_include: Optional[List[str]] = None
+    """with convert: convert only layers matching these module-name patterns (fnmatch)"""
     convert_exclude: Optional[List[str]] = None
+    """with convert: leave layers matching these module-name patterns (fnmatch) ordinary"""
     dataset: Literal['digits', 'synthetic', 'mnist', 'fashion_mnist', 'cifar10', 'mnist_cluttered', 'lfw'] = 'digits'
-    data_dir: str = 'data'
-    download: bool = True
-    img_size: Optional[int] = None
+    """dataset name; digits and synthetic need no download"""
+    img_size: Optional[ImageSide] = None
+    """resize images to img_size × img_size pixels (>= 4); null keeps the native size"""
     augment: bool = False
-    augment_shift: float = 0.2
+    """the paper's training augmentation: shifts and flips"""
+    augment_shift: RightOpenUnitInterval = 0.2
+    """largest shift of the augmentation, a fraction of the side (edges replicated, Keras' nearest)"""
     input_norm: Literal['none', 'pixel_mean', 'standardize'] = 'none'
+    """input preprocessing from the training split: none, pixel_mean (minus its per-pixel mean), standardize"""
     split_seed: Optional[int] = None
-    train_subset: Optional[int] = None
-    batch_size: int = 64
-    val_batch_size: Optional[int] = None
-    num_workers: int = 0
-    plots: bool = True
-    push_to_hub: Optional[str] = None  # a Hugging Face Hub repo id: the best model goes there after training
+    """seed of the train/validation split (digits, synthetic, lfw), of generated data and of train_subset;
+    null: the run's seed, a new split per repeat (train_subset of an official split: 0)"""
+    train_subset: Optional[PositiveInt] = None
+    """train on a stratified subset of this many training images, drawn with split_seed (the low-data
+    setting; validation stays whole); null: all"""
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not isinstance(self.model_kwargs, dict):
-            raise ConfigError(f'model_kwargs must be a mapping of keyword arguments, got {self.model_kwargs!r}')
         if self.model not in timm.list_models():
             raise ConfigError(
                 f'model {self.model!r} is not a timm model; e.g. aconv_simple_cnn, conv_simple_cnn, '
                 f'aconv_resnet20, conv_resnet20, or any name of timm.list_models()'
             )
-        for name in ('batch_size', 'val_batch_size'):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ConfigError(f'{name} must be >= 1, got {getattr(self, name)}')
-        if self.train_subset is not None and self.train_subset < 1:
-            raise ConfigError(
-                f'train_subset must be a number of training images >= 1 (a stratified subset) or null (all), '
-                f'got {self.train_subset}'
-            )
-        if self.img_size is not None and self.img_size < 4:
-            raise ConfigError(f'img_size must be >= 4 pixels or null (native size), got {self.img_size}')
-        if not 0.0 <= self.augment_shift < 1.0:
-            raise ConfigError(
-                f'augment_shift must be in [0, 1) (a fraction of the image side), got {self.augment_shift}'
-            )
-        if self.input_norm not in INPUT_NORMS:
-            raise ConfigError(f'input_norm must be one of {list(INPUT_NORMS)}, got {self.input_norm!r}')
 
 
 def classifier_kwargs(config: ClassificationConfig, info: DataInfo) -> Dict[str, Any]:

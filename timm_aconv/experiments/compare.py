@@ -35,6 +35,7 @@ import timm
 from accelerate import PartialState
 
 from ..engine.config import ConfigError, save_config
+from ..engine.config_types import AtLeastTwo
 from ..engine.history import read_history
 from ..engine.launch import process_state
 from ..engine.output_dir import latest_checkpoint
@@ -83,20 +84,19 @@ CSV_COLUMNS = [
 
 @dataclass
 class CompareConfig(ClassificationConfig):
-    """Algorithm 1: CONV (``baseline_model``) vs ACONV (``model``) per kernel size, ``repeats`` seeds each.
+    """Algorithm 1: CONV (baseline_model) vs ACONV (model) per kernel size, repeats seeds each.
 
-    ``baseline_model`` defaults to the ordinary twin of ``model`` (``aconv_resnet20`` →
-    ``conv_resnet20``), or to ``model`` itself with ``convert=True`` (only the ACONV arm is
-    converted). ``kernel_size`` is replaced by each of ``kernel_sizes`` (default: 3, 5, 7 for the
-    CIFAR ResNets as the authors ran them, else the paper's 3, 5, 7, 9). batch_size /
-    val_batch_size: the GLOBAL batch over all processes (with N GPUs each process loads
-    batch_size / N; N must divide it). split_seed: null (default) draws a new train/validation
-    split per repeat for digits, synthetic and lfw, from the repeat's seed.
+    kernel_size is replaced by each of kernel_sizes; split_seed null (the default) draws a new
+    train/validation split per repeat for digits, synthetic and lfw, from the repeat's seed.
     """
 
     baseline_model: Optional[str] = None
+    """the CONV arm's timm model; null: the conv_ twin of model (or model itself with convert)"""
     kernel_sizes: Optional[List[int]] = None
-    repeats: int = 5
+    """kernel sizes to compare, odd >= 3, e.g. 3,5,7,9; null: 3,5,7 for the CIFAR ResNets (as the authors ran
+    them), else the paper's 3,5,7,9"""
+    repeats: AtLeastTwo = 5
+    """training runs per arm and kernel size, for the t-test (seeds seed, seed + 1, ...)"""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -118,8 +118,6 @@ class CompareConfig(ClassificationConfig):
                 'push_to_hub pushes the model of one training run (recipes/train_classification.py); '
                 'a comparison trains many'
             )
-        if self.repeats < 2:
-            raise ConfigError(f'repeats must be >= 2 for a t-test, got {self.repeats}')
         if not self.kernel_sizes:
             raise ConfigError('kernel_sizes must list at least one kernel size, e.g. [3, 5, 7, 9]')
         for size in self.kernel_sizes:

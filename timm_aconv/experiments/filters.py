@@ -17,18 +17,18 @@ scipy.ndimage and zero borders, which is what the layer's zero padding can repro
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Literal, Optional, Tuple
+from typing import Dict, List, Literal, Optional, Tuple, get_args
 
 import numpy as np
 import torch
 import torch.nn as nn
+from jsonargparse.typing import NonNegativeFloat, OpenUnitInterval, PositiveFloat, PositiveInt
 from scipy import ndimage
 
-from ..engine.config import ConfigError, config_to_dict, save_config
+from ..engine.config import check_fields, config_to_dict, save_config
 from ..layers.adaptive_conv import AdaptiveConv2d
-from ..layers.covariance import resolve_kernel_size
 from ..layers.sigma import param_groups, register_sigma_clamp
 from .kernel_plots import layer_kernel_rows, new_figure, plot_kernel_row, plot_sigma_trajectories
 
@@ -66,7 +66,8 @@ FILTER_NAMES = (
     'Sobel v∘Gauss σ=2',
 )
 LAYER_KINDS = ('aconv', 'conv')
-WEIGHT_INITS = ('he_uniform', 'glorot_uniform', 'torch')
+WeightInit = Literal['he_uniform', 'glorot_uniform', 'torch']
+WEIGHT_INITS = get_args(WeightInit)
 SAMPLE_IMAGES = ('china.jpg', 'flower.jpg')
 
 
@@ -74,48 +75,49 @@ SAMPLE_IMAGES = ('china.jpg', 'flower.jpg')
 class LearnFiltersConfig:
     """Learn 9 image filters with one 9×9 adaptive layer and one ordinary 9×9 layer (paper section 4.1).
 
-    Defaults are the authors' code; ``recipes/configs/learn_filters.yaml`` says where the paper differs.
+    Defaults are the authors' code; recipes/configs/learn_filters.yaml says where the paper differs.
     """
 
     output_dir: str = 'runs/learn_filters'
+    """folder for results.json and the figure"""
     image: Literal['china.jpg', 'flower.jpg'] = 'china.jpg'
-    image_size: int = 96
-    kernel_size: int = field(default=9, metadata=dict(help='n of both n×n layers, odd >= 3'))
-    iterations: int = 2500
-    lr: float = field(default=0.1, metadata=dict(help='SGD learning rate'))
-    momentum: float = 0.9
-    clip_value: Optional[float] = 1.0
-    l2: float = 1e-3
-    sigma_init: float = field(default=0.25, metadata=dict(help='initial sigma of every adaptive filter'))
+    """the scikit-learn sample image to filter"""
+    image_size: PositiveInt = 96
+    """the image's centre square is resized to image_size × image_size pixels"""
+    kernel_size: int = 9
+    """n of both n×n layers, odd >= 3"""
+    iterations: PositiveInt = 2500
+    """full-batch SGD iterations per layer"""
+    lr: PositiveFloat = 0.1
+    """SGD learning rate"""
+    momentum: NonNegativeFloat = 0.9
+    """SGD momentum"""
+    clip_value: Optional[PositiveFloat] = 1.0
+    """clip every gradient (sigma too) into [-v, v] (Keras clipvalue); null: no clipping"""
+    l2: NonNegativeFloat = 1e-3
+    """Keras-style L2 penalty on W (SGD weight decay 2·l2)"""
+    sigma_init: PositiveFloat = 0.25
+    """initial sigma of every adaptive filter"""
     sigma_bounds: Optional[Tuple[float, float]] = None
-    train_crop_tol: Optional[float] = None  # the adaptive layer trains at its learned window (null: full grid)
-    aconv_weight_init: Literal['he_uniform', 'glorot_uniform', 'torch'] = 'he_uniform'
-    conv_weight_init: Literal['he_uniform', 'glorot_uniform', 'torch'] = 'glorot_uniform'
+    """LOW,HIGH range sigma is clamped into after every step; null: the paper's [1/n, n]"""
+    train_crop_tol: Optional[OpenUnitInterval] = None
+    """train the adaptive layer at the smallest window holding all but this share of its envelope energy;
+    null: the full grid (the paper)"""
+    aconv_weight_init: WeightInit = 'he_uniform'
+    """initialisation of the adaptive layer's W (he_uniform: the authors' code)"""
+    conv_weight_init: WeightInit = 'glorot_uniform'
+    """initialisation of the ordinary layer's W (glorot_uniform: Keras' default)"""
     seed: int = 9
-    num_threads: Optional[int] = 1  # the MSE values depend on the thread count; null: torch's default
+    """random seed of both layers' initialisation"""
+    num_threads: Optional[PositiveInt] = 1
+    """torch CPU threads (the MSE values depend on the thread count); null: torch's default"""
     plots: bool = True
-    overwrite: bool = False  # the recipe refuses an output_dir holding results unless set
+    """write the figure learn_filters.png"""
+    overwrite: bool = False
+    """write into an output_dir that already holds results, replacing them"""
 
     def __post_init__(self) -> None:
-        if self.num_threads is not None and self.num_threads < 1:
-            raise ConfigError(f'num_threads must be >= 1 or null (torch default), got {self.num_threads!r}')
-        for name in ('image_size', 'iterations'):
-            if getattr(self, name) < 1:
-                raise ConfigError(f'{name} must be >= 1, got {getattr(self, name)!r}')
-        for name in ('lr', 'sigma_init'):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f'{name} must be > 0, got {getattr(self, name)!r}')
-        for name in ('momentum', 'l2'):
-            if getattr(self, name) < 0:
-                raise ConfigError(f'{name} must be >= 0, got {getattr(self, name)!r}')
-        if self.clip_value is not None and self.clip_value <= 0:
-            raise ConfigError(f'clip_value must be > 0 or null (no clipping), got {self.clip_value!r}')
-        resolve_kernel_size(self.kernel_size)
-        if self.train_crop_tol is not None and not 0 < self.train_crop_tol < 1:
-            raise ConfigError(f'train_crop_tol must be in (0, 1) or null (full grid), got {self.train_crop_tol!r}')
-        for init in (self.aconv_weight_init, self.conv_weight_init):
-            if init not in WEIGHT_INITS:
-                raise ConfigError(f'weight inits must be one of {WEIGHT_INITS}, got {init!r}')
+        check_fields(self)
 
 
 @dataclass

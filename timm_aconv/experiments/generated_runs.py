@@ -7,11 +7,14 @@ loop with :class:`GeneratedTaskConfig`'s settings, reduced to its peak validatio
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch.nn as nn
+from jsonargparse.typing import NonNegativeInt, PositiveFloat, PositiveInt
 from torch.utils.data import DataLoader, Dataset
 
-from ..engine.engine_config import EngineConfig
+from ..engine.config_types import Scheduler
+from ..engine.engine_config import EngineConfig, Tracker
 from ..engine.metrics import ClassificationMetric
 from ..engine.trainer import Trainer
 
@@ -22,14 +25,15 @@ __all__ = ['GeneratedTaskConfig', 'peak_val_accuracy']
 class GeneratedTaskConfig(EngineConfig):
     """The engine's settings for quick runs on generated data: constant rate, clipping, no logs or checkpoints."""
 
-    batch_size: int = 32
-    scheduler: str = 'constant'
-    clip_value: float = 1.0
+    batch_size: PositiveInt = 32
+    """training batch size"""
+    scheduler: Scheduler = 'constant'
+    clip_value: Optional[PositiveFloat] = 1.0
     progress: bool = False
     print_epochs: bool = False
-    log_with: str = 'none'
+    log_with: Tracker = 'none'
     save_best: bool = False
-    save_every: int = 0
+    save_every: NonNegativeInt = 0
 
 
 def peak_val_accuracy(

@@ -31,15 +31,17 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
 
 import torch.nn as nn
 from accelerate import PartialState
+from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, OpenUnitInterval, PositiveFloat, PositiveInt
 
 from ..engine.callbacks import Callback, SigmaRecorder
 from ..engine.config import ConfigError
-from ..engine.engine_config import EngineConfig
+from ..engine.config_types import Optimizer, Scheduler
 from ..engine.history import read_history
 from ..engine.loaders import build_loaders
 from ..engine.metrics import SegmentationMetric
 from ..engine.trainer import Trainer, set_seed
 from .segmentation_data import TRIMAP_CLASSES
+from .task_config import TaskConfig
 
 __all__ = [
     'SegmentationConfig',
@@ -54,48 +56,50 @@ VARIANT_PATTERN = re.compile(r'^(aconv|conv)([1-9][0-9]*)$')
 
 
 @dataclass
-class SegmentationConfig(EngineConfig):
+class SegmentationConfig(TaskConfig):
     """Train U-Nets with adaptive / ordinary first convolutions on trimap segmentation (paper 4.4).
 
     Defaults are the paper's (Adam 0.01, batch 64, 75 epochs, reduce-on-plateau ×0.2 / 10 epochs,
-    gradient clip by value 1.0) on the offline ``shapes`` data; ``recipes/configs/`` has the runs.
-    batch_size / val_batch_size: the GLOBAL batch over all processes (with N GPUs each process
-    loads batch_size / N; N must divide it). val_protocol: 'full' (the whole test split) or
-    'authors' (the first 704 test images with bilinearly resized masks, how the paper's
-    86.21% / 85.54% were measured). push_to_hub: a Hugging Face Hub repo id; the best model of the
-    (single) run goes there after training.
+    gradient clip by value 1.0) on the offline shapes data; recipes/configs/ has the runs.
     """
 
     output_dir: str = 'runs/segmentation'
     arch: Literal['paper_unet', 'smp_unet'] = 'paper_unet'
+    """U-Net: the paper's Xception-style U-Net or SMP's U-Net with encoder_name"""
     encoder_name: str = 'resnet18'
+    """SMP encoder of arch smp_unet (e.g. resnet18, resnet34)"""
     variants: List[str] = field(default_factory=lambda: ['aconv7', 'conv7', 'conv3'])
-    repeats: int = 1
+    """first convolutions to compare: aconv<n> (adaptive n×n) or conv<n> (ordinary), n odd"""
+    repeats: PositiveInt = 1
+    """training runs per variant (seeds seed, seed + 1, ...)"""
     sigma_init: Tuple[float, float] = (0.1, 0.25)
+    """initial sigma of the adaptive filters: LOW,HIGH spaced over the filters"""
     sigma_bounds: Tuple[float, float] = (1 / 7, 5.0)
+    """LOW,HIGH range sigma is clamped into after every step"""
     dataset: Literal['shapes', 'oxford_pets'] = 'shapes'
-    data_dir: str = 'data'
-    download: bool = True
-    img_size: int = 128
+    """dataset: the generated shapes (offline) or the Oxford-IIIT Pet trimaps"""
+    img_size: PositiveInt = 128
+    """resize images to img_size × img_size pixels, a multiple of 16 (U-Net down-sampling)"""
     augment: bool = True
-    shapes_train_size: int = 512
-    shapes_val_size: int = 128
+    """the paper's training augmentation"""
+    shapes_train_size: PositiveInt = 512
+    """training images of the generated shapes dataset"""
+    shapes_val_size: PositiveInt = 128
+    """validation images of the generated shapes dataset"""
     val_protocol: Literal['full', 'authors'] = 'full'
-    batch_size: int = 64
-    val_batch_size: Optional[int] = None
-    num_workers: int = 0
-    examples: int = 3
-    plots: bool = True
-    push_to_hub: Optional[str] = None
+    """validation: full (the whole test split) or authors (the first 704 test images, bilinearly resized
+    masks, how the paper's 86.21% / 85.54% were measured)"""
+    examples: NonNegativeInt = 3
+    """validation images drawn in examples.png (0: no figure)"""
     # the paper's training settings (fields of EngineConfig with new defaults)
-    epochs: int = 75
-    optimizer: Literal['sgd', 'adam', 'adamw'] = 'adam'
-    lr: float = 0.01
-    scheduler: Literal['constant', 'plateau', 'one_cycle'] = 'plateau'
-    plateau_factor: float = 0.2
-    plateau_patience: int = 10
-    plateau_cooldown: int = 0
-    min_lr: float = 0.0
+    epochs: PositiveInt = 75
+    optimizer: Optimizer = 'adam'
+    lr: PositiveFloat = 0.01
+    scheduler: Scheduler = 'plateau'
+    plateau_factor: OpenUnitInterval = 0.2
+    plateau_patience: NonNegativeInt = 10
+    plateau_cooldown: NonNegativeInt = 0
+    min_lr: NonNegativeFloat = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -105,15 +109,8 @@ class SegmentationConfig(EngineConfig):
             parse_variant(variant)
         if len(set(self.variants)) != len(self.variants):
             raise ConfigError(f'variants must not repeat, got {self.variants}')
-        for name in ('repeats', 'batch_size', 'shapes_train_size', 'shapes_val_size'):
-            if getattr(self, name) < 1:
-                raise ConfigError(f'{name} must be >= 1, got {getattr(self, name)}')
-        if self.val_batch_size is not None and self.val_batch_size < 1:
-            raise ConfigError(f'val_batch_size must be >= 1 or null, got {self.val_batch_size}')
-        if self.img_size < 16 or self.img_size % 16:
+        if self.img_size % 16:
             raise ConfigError(f'img_size must be a multiple of 16 (U-Net down-sampling), got {self.img_size}')
-        if self.examples < 0 or self.num_workers < 0:
-            raise ConfigError(f'examples and num_workers must be >= 0, got {self.examples}, {self.num_workers}')
         if self.push_to_hub and len(self.variants) * self.repeats > 1:
             raise ConfigError(
                 f'push_to_hub pushes the model of one training run (a Hub repository holds one model), but '

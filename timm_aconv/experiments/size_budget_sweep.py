@@ -35,10 +35,12 @@ from typing import Dict, List, Literal, Optional, Tuple
 
 import torch
 import torch.nn as nn
+from jsonargparse.typing import OpenUnitInterval, PositiveInt
 from torch.utils.data import DataLoader
 
 from ..engine.callbacks import Callback
 from ..engine.config import ConfigError
+from ..engine.config_types import LeftOpenUnitInterval
 from ..engine.history import read_history
 from ..engine.launch import process_state
 from ..layers import OutputPixelTracker, estimated_kernel_flops
@@ -53,16 +55,24 @@ __all__ = ['SizeBudgetConfig', 'SweepResult', 'conv_macs', 'run_size_budget_swee
 class SizeBudgetConfig(ClassificationConfig):
     """A sweep of kernel-size budgets against the unconstrained ACONV model and ordinary CONV models."""
 
-    budgets: List[float] = field(default_factory=lambda: [0.5, 0.25, 0.1])
-    repeats: int = 3
+    budgets: List[LeftOpenUnitInterval] = field(default_factory=lambda: [0.5, 0.25, 0.1])
+    """kernel-size budgets of the ACONV arms, fractions in (0, 1] of the full grids' kernel FLOPs"""
+    repeats: PositiveInt = 3
+    """training runs per arm (seeds seed, seed + 1, ...)"""
     conv_kernel_sizes: List[int] = field(default_factory=lambda: [7, 3])
-    crop_tol: float = 1e-3
+    """kernel sizes of the ordinary CONV arms, odd"""
+    crop_tol: OpenUnitInterval = 1e-3
+    """energy share each filter may lose when exported at its learned size"""
     export_strategy: Literal['bucketed', 'single', 'auto'] = 'auto'
-    latency_batch: int = 32
-    latency_rounds: int = 15
-    latency_clock: Literal['wall', 'cpu'] = 'wall'  # 'cpu' (with num_threads 1) on a machine busy with other work
-    # budgets (null: none) of the arms trained at the learned size, with train_crop_tol (only those arms)
-    train_crop_budgets: List[Optional[float]] = field(default_factory=list)
+    """export_learned_sizes strategy: bucketed, single (one crop per layer) or auto (timed)"""
+    latency_batch: PositiveInt = 32
+    """images per batch of the latency measurement"""
+    latency_rounds: PositiveInt = 15
+    """round-robin rounds of the latency measurement"""
+    latency_clock: Literal['wall', 'cpu'] = 'wall'
+    """latency clock: wall, or cpu (this process's CPU time, with num_threads 1: for a machine busy with other work)"""
+    train_crop_budgets: List[Optional[LeftOpenUnitInterval]] = field(default_factory=list)
+    """budgets (null: none) of extra ACONV arms trained at the learned size with train_crop_tol"""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -70,25 +80,11 @@ class SizeBudgetConfig(ClassificationConfig):
             raise ConfigError(f'model must be an adaptive timm model with a conv_ twin (aconv_*), got {self.model!r}')
         if self.size_budget is not None:
             raise ConfigError('size_budget is set per arm by the sweep: give budgets instead')
-        for budget in self.budgets:
-            if not 0 < budget <= 1:
-                raise ConfigError(f'budgets must be kernel-FLOPs fractions in (0, 1], got {self.budgets}')
-        for budget in self.train_crop_budgets:
-            if budget is not None and not 0 < budget <= 1:
-                raise ConfigError(
-                    f'train_crop_budgets must be kernel-FLOPs fractions in (0, 1] or null, '
-                    f'got {self.train_crop_budgets}'
-                )
         if self.train_crop_budgets and self.train_crop_tol is None:
             raise ConfigError('train_crop_budgets needs train_crop_tol: the tolerance those arms train with')
         for size in self.conv_kernel_sizes:
             if size < 1 or size % 2 == 0:
                 raise ConfigError(f'conv_kernel_sizes must be odd integers, got {self.conv_kernel_sizes}')
-        if not 0 < self.crop_tol < 1:
-            raise ConfigError(f'crop_tol must be in (0, 1), got {self.crop_tol}')
-        for name in ('repeats', 'latency_batch', 'latency_rounds'):
-            if getattr(self, name) < 1:
-                raise ConfigError(f'{name} must be >= 1, got {getattr(self, name)}')
 
 
 @dataclass(frozen=True)
