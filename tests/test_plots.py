@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import timm_aconv
-from timm_aconv.engine import plots
 from timm_aconv.experiments import kernel_plots
+from timm_aconv.experiments import training_plots as plots
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ import yaml
 import timm_aconv
 from timm_aconv.engine import Callback, ConfigError
 from timm_aconv.engine.loaders import build_loaders, process_batch_size
-from timm_aconv.engine.statistics import cohens_d, holm_adjust, ttest_peaks
 from timm_aconv.experiments.classification import ClassificationConfig, build_data, create_classifier
 from timm_aconv.experiments.compare import (
     CompareConfig,
@@ -37,6 +36,7 @@ from timm_aconv.experiments.datasets import (
     build_transform,
     clutter_canvas,
 )
+from timm_aconv.experiments.statistics import cohens_d, holm_adjust, ttest_peaks
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ['--progress', 'false', '--log_with', 'none', '--num_threads', '1']

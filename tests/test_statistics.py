@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from timm_aconv.engine.statistics import STD_DDOF, cohens_d, describe_peaks, holm_adjust, ttest_peaks
+from timm_aconv.experiments.statistics import STD_DDOF, cohens_d, describe_peaks, holm_adjust, ttest_peaks
 
 
 def test_describe_peaks():
@@ -46,7 +46,7 @@ def test_cohens_d_uses_the_pooled_sample_std():
 def test_plot_bands_use_the_tables_std(tmp_path, monkeypatch):
     import matplotlib.axes
 
-    from timm_aconv.engine.plots import plot_mean_curves
+    from timm_aconv.experiments.training_plots import plot_mean_curves
 
     bands = []
     monkeypatch.setattr(

@@ -15,9 +15,9 @@ Task-agnostic: nothing here knows a dataset or a paper experiment (those are :mo
 - :mod:`~timm_aconv.engine.callbacks`: hooks, :class:`SigmaRecorder`.
 - :mod:`~timm_aconv.engine.loaders`: DataLoaders whose ``batch_size`` is the global batch.
 - :mod:`~timm_aconv.engine.history`: per-epoch metrics files and the printed line.
-- :mod:`~timm_aconv.engine.statistics`: peak summaries, t-test, Holm correction, Cohen's d.
-- :mod:`~timm_aconv.engine.settings`: ``settings.yaml``, the resolved settings of a comparison's runs.
-- :mod:`~timm_aconv.engine.plots`: learning curves, sigma histograms, mean-accuracy bands.
+
+A comparison's statistics, its ``settings.yaml`` and the training figures are the paper's protocol, in
+:mod:`timm_aconv.experiments` (``statistics``, ``settings``, ``training_plots``).
 
 Needs the ``train`` extra (``pip install 'timm-aconv[train]'``); importing it without names what is missing.
 """

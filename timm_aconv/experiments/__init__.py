@@ -10,6 +10,9 @@ Each recipe in :mod:`timm_aconv.recipes` is a thin command line over one module 
 - :mod:`~timm_aconv.experiments.filters`: learning image filters (paper 4.1).
 - :mod:`~timm_aconv.experiments.size_budget_sweep`: kernel-size budgets against accuracy and latency.
 - :mod:`~timm_aconv.experiments.signals`: Algorithm 1 in 1-D on generated waveforms.
+- :mod:`~timm_aconv.experiments.statistics`: peak summaries, t-test, Holm correction, Cohen's d (Algorithm 1's).
+- :mod:`~timm_aconv.experiments.settings`: ``settings.yaml``, the resolved settings of a comparison's runs.
+- :mod:`~timm_aconv.experiments.training_plots`: learning curves, sigma histograms, mean-accuracy bands.
 - :mod:`~timm_aconv.experiments.kernel_plots`, :mod:`~timm_aconv.experiments.figures`: the experiments' figures.
 
 Needs the ``train`` extra (``pip install 'timm-aconv[train]'``), like :mod:`timm_aconv.engine`.

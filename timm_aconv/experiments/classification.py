@@ -293,7 +293,7 @@ def train_classification(
     if config.push_to_hub and trainer.is_main_process:
         _push_best(trainer, config, info)
     if config.plots and trainer.is_main_process:
-        from ..engine.plots import plot_learning_curves, plot_sigma_histograms
+        from .training_plots import plot_learning_curves, plot_sigma_histograms
 
         plot_learning_curves(history, config.output_dir)
         if recorder.epochs:

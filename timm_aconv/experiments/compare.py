@@ -39,11 +39,11 @@ from ..engine.config_types import AtLeastTwo
 from ..engine.history import read_history
 from ..engine.launch import process_state
 from ..engine.output_dir import latest_checkpoint
-from ..engine.settings import write_settings
-from ..engine.statistics import STD_DDOF, cohens_d, describe_peaks, holm_adjust, ttest_peaks
 from ..layers import DEFAULT_CROP_TOL
 from ..surgery import learned_kernel_sizes
 from .classification import ClassificationConfig, data_split_seed, train_classification
+from .settings import write_settings
+from .statistics import STD_DDOF, cohens_d, describe_peaks, holm_adjust, ttest_peaks
 
 __all__ = [
     'ARMS',
@@ -390,7 +390,7 @@ def _write_learned_sizes(config: CompareConfig, runs: Dict[str, ClassificationCo
 
 def _write_outputs(config, runs, rows, best_row, best_size, markdown, peaks, curves, title, write: bool) -> List[Path]:
     """The table as Markdown, CSV and JSON, the mean curves and the settings; written only when ``write``."""
-    from ..engine.plots import plot_mean_curves
+    from .training_plots import plot_mean_curves
 
     directory = Path(config.output_dir)
     names = ('comparison.md', 'comparison.csv', 'comparison.json', 'comparison_curves.png', 'settings.yaml')

@@ -20,12 +20,12 @@ import torch.nn as nn
 from torch.utils.data import TensorDataset
 
 from ..engine.config import ConfigError
-from ..engine.statistics import holm_adjust
 from ..engine.trainer import set_seed
 from ..layers.adaptive_conv import AdaptiveConv2d
 from ..layers.covariance import COVARIANCE_TYPES
 from .compare import _test_row
 from .generated_runs import GeneratedTaskConfig, peak_val_accuracy
+from .statistics import holm_adjust
 
 __all__ = ['OrientedCompareConfig', 'OrientedComparison', 'oriented_bars', 'oriented_cnn', 'run_oriented_comparison']
 

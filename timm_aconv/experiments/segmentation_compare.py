@@ -19,11 +19,11 @@ import torch.nn as nn
 from ..engine.callbacks import Callback
 from ..engine.config import save_config
 from ..engine.launch import process_state
-from ..engine.settings import write_settings
-from ..engine.statistics import STD_DDOF, cohens_d, describe_peaks, holm_adjust, ttest_peaks
 from ..layers import adaptive_layers
 from .segmentation import SegmentationConfig, first_conv, parse_variant, train_variant, variant_config
 from .segmentation_data import build_segmentation_data
+from .settings import write_settings
+from .statistics import STD_DDOF, cohens_d, describe_peaks, holm_adjust, ttest_peaks
 
 __all__ = ['SegmentationResult', 'train_segmentation']
 
@@ -98,9 +98,9 @@ def _markdown(rows: List[Dict[str, Any]], title: str) -> str:
 
 
 def _write_figures(config: SegmentationConfig, histories, models, val_set) -> None:
-    from ..engine.plots import plot_mean_curves
     from .figures import plot_segmentation_examples
     from .kernel_plots import plot_layer_kernels
+    from .training_plots import plot_mean_curves
 
     directory = Path(config.output_dir)
     curves = {

@@ -11,7 +11,7 @@ from typing import Any, Dict
 
 import yaml
 
-from .config import config_to_dict
+from ..engine.config import config_to_dict
 
 __all__ = ['settings_document', 'write_settings']
 
